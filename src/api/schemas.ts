@@ -1,0 +1,85 @@
+/**
+ * JSON schemas of every request the API accepts. openapi.yaml carries the
+ * same schemas; test/api/openapi-contract.test.ts fails when they differ.
+ */
+
+export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
+export const TRANSACTION_ID_PATTERN = '^[A-Za-z0-9-]{1,64}$';
+
+export const participantNameParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: { name: { type: 'string', pattern: NAME_PATTERN } },
+} as const;
+
+export const transactionIdParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: TRANSACTION_ID_PATTERN } },
+} as const;
+
+export const registerParticipantBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'kind'],
+  properties: {
+    name: { type: 'string', pattern: NAME_PATTERN },
+    kind: { type: 'string', enum: ['postgres', 'http'] },
+    connectionString: { type: 'string', minLength: 1, maxLength: 2048 },
+    baseUrl: { type: 'string', minLength: 1, maxLength: 2048 },
+  },
+} as const;
+
+export const sqlOperation = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['sql'],
+  properties: {
+    sql: { type: 'string', minLength: 1, maxLength: 100000 },
+    params: { type: 'array', maxItems: 1000 },
+  },
+} as const;
+
+export const branchBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['participant'],
+  properties: {
+    participant: { type: 'string', pattern: NAME_PATTERN },
+    operations: { type: 'array', minItems: 1, maxItems: 100, items: sqlOperation },
+    payload: {},
+  },
+} as const;
+
+export const beginTransactionBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    protocol: { type: 'string', enum: ['2pc'] },
+    timeoutMs: { type: 'integer', minimum: 100, maximum: 86400000 },
+    branches: { type: 'array', minItems: 1, maxItems: 64, items: branchBody },
+    commit: { type: 'boolean' },
+  },
+} as const;
+
+export const abortBody = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: {
+    reason: { type: 'string', maxLength: 1000 },
+  },
+} as const;
+
+export const listTransactionsQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    state: {
+      type: 'string',
+      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'committing', 'aborting'],
+    },
+    limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' },
+  },
+} as const;

@@ -1,0 +1,164 @@
+/**
+ * The REST API. Routes validate their input with the JSON schemas in
+ * schemas.ts before anything runs, so bad input changes nothing.
+ */
+
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { CoordinatorError } from '../errors.js';
+import type { Coordinator } from '../coordinator/coordinator.js';
+import type { Outcome } from '../coordinator/transaction-manager.js';
+import type { RegistrationRequest } from '../coordinator/participant-registry.js';
+import { installErrorHandling } from './error-handler.js';
+import {
+  abortBody,
+  beginTransactionBody,
+  branchBody,
+  listTransactionsQuery,
+  participantNameParams,
+  registerParticipantBody,
+  transactionIdParams,
+} from './schemas.js';
+
+export interface ServerOptions {
+  readonly bodyLimitBytes?: number;
+}
+
+interface BranchInput {
+  participant: string;
+  operations?: unknown[];
+  payload?: unknown;
+}
+
+/** A commit or prepare that ended in abort answers 409 with the reason, and still carries `state`. */
+function outcomeBody(outcome: Outcome): Record<string, unknown> {
+  if (outcome.status !== 409) return { ...outcome.view };
+  return {
+    ...outcome.view,
+    error: { code: 'TRANSACTION_ABORTED', message: outcome.view.reason ?? 'the transaction was aborted' },
+  };
+}
+
+export function buildServer(coordinator: Coordinator, logger: Logger, options: ServerOptions = {}): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
+  installErrorHandling(app);
+  const tx = coordinator.transactions;
+
+  app.get('/healthz', async (_request, reply) => {
+    const health = coordinator.health();
+    return reply.status(health.status === 'ok' ? 200 : 503).send(health);
+  });
+
+  // ---- participants -------------------------------------------------------------------
+
+  app.post('/v1/participants', { schema: { body: registerParticipantBody } }, async (request, reply) => {
+    const body = request.body as RegistrationRequest;
+    if (body.kind === 'postgres' && body.connectionString === undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'a postgres participant needs a connectionString');
+    }
+    if (body.kind === 'http' && body.baseUrl === undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'an http participant needs a baseUrl');
+    }
+    if (body.kind === 'postgres' && body.baseUrl !== undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'a postgres participant takes a connectionString, not a baseUrl');
+    }
+    if (body.kind === 'http' && body.connectionString !== undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'an http participant takes a baseUrl, not a connectionString');
+    }
+    const address = body.connectionString ?? body.baseUrl ?? '';
+    if (!URL.canParse(address) && body.kind === 'http') {
+      throw new CoordinatorError('VALIDATION_FAILED', 'baseUrl must be an absolute http(s) URL');
+    }
+    const view = await coordinator.registerParticipant(body);
+    return reply.status(201).send(view);
+  });
+
+  app.get('/v1/participants', async () => ({ participants: coordinator.participants() }));
+
+  app.get('/v1/participants/:name', { schema: { params: participantNameParams } }, async (request) => {
+    const { name } = request.params as { name: string };
+    return coordinator.participant(name);
+  });
+
+  app.delete('/v1/participants/:name', { schema: { params: participantNameParams } }, async (request, reply) => {
+    const { name } = request.params as { name: string };
+    await coordinator.removeParticipant(name);
+    return reply.status(204).send();
+  });
+
+  // ---- transactions -------------------------------------------------------------------
+
+  app.post('/v1/transactions', { schema: { body: beginTransactionBody } }, async (request, reply) => {
+    const body = (request.body ?? {}) as {
+      protocol?: '2pc';
+      timeoutMs?: number;
+      branches?: BranchInput[];
+      commit?: boolean;
+    };
+    if (body.commit === true && body.branches === undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'commit: true needs branches');
+    }
+    const begun = tx.begin({
+      ...(body.protocol === undefined ? {} : { protocol: body.protocol }),
+      ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
+    });
+    if (body.branches === undefined) return reply.status(201).send(begun);
+    const results = [];
+    for (const branch of body.branches) {
+      try {
+        results.push(await tx.enlist(begun.id, branch));
+      } catch (err) {
+        // The failed branch aborted the transaction; make sure nothing stays open either way.
+        await tx.abort(begun.id, 'a branch of the one-request transaction failed').catch(() => undefined);
+        throw err;
+      }
+    }
+    if (body.commit !== true) return reply.status(201).send({ ...tx.get(begun.id), results });
+    const outcome = await tx.commit(begun.id);
+    return reply.status(outcome.status).send({ ...outcomeBody(outcome), results });
+  });
+
+  app.get('/v1/transactions', { schema: { querystring: listTransactionsQuery } }, async (request) => {
+    const query = request.query as { state?: string; limit?: string };
+    return {
+      transactions: tx.list({ ...(query.state === undefined ? {} : { state: query.state }), limit: Number(query.limit ?? 1000) }),
+    };
+  });
+
+  app.get('/v1/transactions/:id', { schema: { params: transactionIdParams } }, async (request) => {
+    const { id } = request.params as { id: string };
+    return tx.get(id);
+  });
+
+  app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, body: branchBody } }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    const answer = await tx.enlist(id, request.body as BranchInput);
+    return reply.status(201).send(answer);
+  });
+
+  app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams } }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    const outcome = await tx.prepare(id);
+    return reply.status(outcome.status).send(outcomeBody(outcome));
+  });
+
+  app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams } }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    const outcome = await tx.commit(id);
+    return reply.status(outcome.status).send(outcomeBody(outcome));
+  });
+
+  app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, body: abortBody } }, async (request, reply) => {
+    const { id } = request.params as { id: string };
+    const reason = (request.body as { reason?: string } | null | undefined)?.reason;
+    const outcome = await tx.abort(id, reason ?? 'aborted by the client');
+    return reply.status(outcome.status).send(outcome.view);
+  });
+
+  return app;
+}

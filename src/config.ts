@@ -1,0 +1,83 @@
+/**
+ * Configuration from environment variables. Every setting has a default that
+ * works on a laptop: `npm start` needs nothing else. The table in README.md
+ * lists the same settings; keep them equal.
+ */
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly coordinatorId: string | undefined;
+  readonly logLevel: string;
+  readonly defaultTimeoutMs: number;
+  readonly maxTimeoutMs: number;
+  readonly retentionMs: number;
+  readonly maxRetainedTransactions: number;
+  readonly recoveryIntervalMs: number;
+  readonly maxActiveTransactions: number;
+  readonly commitWaitMs: number;
+  readonly participantTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly statementTimeoutMs: number;
+  readonly pgMaxSessions: number;
+  readonly retryInitialMs: number;
+  readonly retryMaxMs: number;
+  readonly segmentMaxBytes: number;
+  readonly failPoint: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return value;
+}
+
+function str(env: Env, name: string, fallback: string): string {
+  const raw = env[name];
+  return raw === undefined || raw === '' ? fallback : raw;
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  const retentionHours = int(env, 'TCX_RETENTION_HOURS', 24, 0, 24 * 365);
+  const config: Config = {
+    host: str(env, 'TCX_HOST', '127.0.0.1'),
+    port: int(env, 'TCX_PORT', 7070, 0, 65535),
+    dataDir: str(env, 'TCX_DATA_DIR', './data'),
+    coordinatorId: env.TCX_COORDINATOR_ID === '' ? undefined : env.TCX_COORDINATOR_ID,
+    logLevel: str(env, 'TCX_LOG_LEVEL', 'info'),
+    defaultTimeoutMs: int(env, 'TCX_DEFAULT_TIMEOUT_MS', 30_000, 100, 86_400_000),
+    maxTimeoutMs: int(env, 'TCX_MAX_TIMEOUT_MS', 600_000, 100, 86_400_000),
+    retentionMs: retentionHours * 3_600_000,
+    maxRetainedTransactions: int(env, 'TCX_MAX_RETAINED_TRANSACTIONS', 1_000_000, 0, 100_000_000),
+    recoveryIntervalMs: int(env, 'TCX_RECOVERY_INTERVAL_MS', 30_000, 100, 86_400_000),
+    maxActiveTransactions: int(env, 'TCX_MAX_ACTIVE_TRANSACTIONS', 10_000, 1, 10_000_000),
+    commitWaitMs: int(env, 'TCX_COMMIT_WAIT_MS', 5_000, 0, 600_000),
+    participantTimeoutMs: int(env, 'TCX_PARTICIPANT_TIMEOUT_MS', 10_000, 10, 600_000),
+    connectTimeoutMs: int(env, 'TCX_CONNECT_TIMEOUT_MS', 5_000, 10, 600_000),
+    statementTimeoutMs: int(env, 'TCX_STATEMENT_TIMEOUT_MS', 30_000, 10, 3_600_000),
+    pgMaxSessions: int(env, 'TCX_PG_MAX_SESSIONS', 50, 1, 10_000),
+    retryInitialMs: int(env, 'TCX_RETRY_INITIAL_MS', 100, 1, 600_000),
+    retryMaxMs: int(env, 'TCX_RETRY_MAX_MS', 10_000, 1, 3_600_000),
+    segmentMaxBytes: int(env, 'TCX_SEGMENT_MAX_BYTES', 64 * 1024 * 1024, 4096, 2 ** 40),
+    failPoint: env.TCX_FAIL_POINT === '' ? undefined : env.TCX_FAIL_POINT,
+  };
+  if (config.defaultTimeoutMs > config.maxTimeoutMs) {
+    throw new ConfigError('TCX_DEFAULT_TIMEOUT_MS must not exceed TCX_MAX_TIMEOUT_MS');
+  }
+  if (config.retryInitialMs > config.retryMaxMs) throw new ConfigError('TCX_RETRY_INITIAL_MS must not exceed TCX_RETRY_MAX_MS');
+  return Object.freeze(config);
+}

@@ -1,0 +1,91 @@
+/**
+ * The coordinator's view of its write-ahead log: every record is applied to
+ * the DurableState when it is appended (so a compaction snapshot, taken
+ * synchronously between batches, always covers exactly the records written
+ * before it), then handed to the file log. Forced records resolve only once
+ * fsynced; unforced ones are fire-and-forget, and a failure of either puts the
+ * log — and with it the coordinator — into fail-stop.
+ */
+
+import type { Logger } from 'pino';
+import { FileLog } from '../log/file-log.js';
+import { DurableState } from '../log/durable-state.js';
+import { isLogRecord, type LogRecord } from '../log/log-records.js';
+
+export interface CoordinatorLogOptions {
+  readonly dir: string;
+  readonly segmentMaxBytes: number;
+  readonly retentionMs: number;
+  readonly maxRetainedTransactions: number;
+  readonly logger: Logger;
+}
+
+export class CoordinatorLog {
+  readonly state: DurableState;
+  readonly #file: FileLog;
+  readonly #logger: Logger;
+
+  private constructor(file: FileLog, state: DurableState, logger: Logger) {
+    this.#file = file;
+    this.state = state;
+    this.#logger = logger;
+  }
+
+  static async open(options: CoordinatorLogOptions): Promise<{ log: CoordinatorLog; replayed: number }> {
+    const state = new DurableState();
+    const { log: file, records } = await FileLog.open({
+      dir: options.dir,
+      segmentMaxBytes: options.segmentMaxBytes,
+      logger: options.logger,
+      snapshot: () => {
+        state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
+        return state.snapshot();
+      },
+    });
+    let replayed = 0;
+    for (const record of records) {
+      if (!isLogRecord(record)) {
+        options.logger.warn({ record }, 'skipping unknown log record');
+        continue;
+      }
+      state.apply(record);
+      replayed++;
+    }
+    state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
+    return { log: new CoordinatorLog(file, state, options.logger), replayed };
+  }
+
+  /** Appends and waits until the record is durable (fsync done). */
+  async force(record: LogRecord): Promise<void> {
+    this.state.apply(record);
+    await this.#file.append(record, { force: true });
+  }
+
+  /** Appends without waiting; the record becomes durable with the next flush. */
+  record(record: LogRecord): void {
+    this.state.apply(record);
+    this.#file.append(record, { force: false }).catch((err: unknown) => {
+      this.#logger.error({ err, record: record.t }, 'log append failed');
+    });
+  }
+
+  flush(): Promise<void> {
+    return this.#file.flush();
+  }
+
+  compact(): Promise<void> {
+    return this.#file.compact();
+  }
+
+  get failed(): Error | undefined {
+    return this.#file.failed;
+  }
+
+  stats(): ReturnType<FileLog['stats']> {
+    return this.#file.stats();
+  }
+
+  close(): Promise<void> {
+    return this.#file.close();
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * Named fail points for crash tests. When the environment variable
+ * TCX_FAIL_POINT names a point (optionally `name:N` to fire on the N-th hit),
+ * reaching it kills the process with SIGKILL — no cleanup, no flush, exactly
+ * like a power cut for everything not yet fsynced.
+ *
+ * Points: after-prepare, after-decision-logged, between-commits,
+ * before-end-record. Unset in production: hit() is then a map lookup.
+ */
+
+export const FAIL_POINTS = ['after-prepare', 'after-decision-logged', 'between-commits', 'before-end-record'] as const;
+export type FailPoint = (typeof FAIL_POINTS)[number];
+
+interface Armed {
+  remaining: number;
+}
+
+const armed = new Map<string, Armed>();
+
+export function armFailPoints(spec: string | undefined): void {
+  armed.clear();
+  if (spec === undefined || spec.trim() === '') return;
+  for (const part of spec.split(',')) {
+    const [name, count] = part.trim().split(':');
+    if (name === undefined || name === '') continue;
+    armed.set(name, { remaining: count === undefined ? 1 : Math.max(1, Number(count)) });
+  }
+}
+
+export function hitFailPoint(point: FailPoint): void {
+  const a = armed.get(point);
+  if (a === undefined) return;
+  a.remaining -= 1;
+  if (a.remaining <= 0) process.kill(process.pid, 'SIGKILL');
+}

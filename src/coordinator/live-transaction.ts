@@ -1,0 +1,157 @@
+/**
+ * A transaction the coordinator is running (or, after a restart, finishing):
+ * the protocol state, what it knows of each branch, and the means to wait for
+ * a change. Finished transactions leave memory; their record lives on in the
+ * log's DurableState. Both render to the same TransactionView.
+ */
+
+import type { DurableTransaction, ParticipantKind, ProtocolName } from '../log/log-records.js';
+import { initialState, type TwoPhaseState, type Vote } from '../protocol/two-phase-commit.js';
+import { Mutex } from './mutex.js';
+
+export interface LiveBranch {
+  readonly branchId: string;
+  readonly participant: string;
+  readonly kind: ParticipantKind;
+  readonly gid: string;
+  payload?: unknown;
+  /** http: a prepare was sent, so the service may hold state for this branch. */
+  prepareSent: boolean;
+  vote?: Vote;
+  voteReason?: string;
+  lastError?: string;
+  lastAttemptAt?: string;
+  attempts: number;
+}
+
+export interface BranchView {
+  readonly branchId: string;
+  readonly participant: string;
+  readonly kind: ParticipantKind;
+  readonly state: string;
+  readonly vote?: Vote;
+  readonly reason?: string;
+  readonly attempts?: number;
+  readonly lastError?: string;
+  readonly lastAttemptAt?: string;
+}
+
+export interface TransactionView {
+  readonly id: string;
+  readonly protocol: ProtocolName;
+  readonly state: string;
+  readonly decision: 'commit' | 'abort' | null;
+  readonly inDoubt: boolean;
+  readonly reason?: string;
+  readonly timeoutMs: number;
+  readonly createdAt: string;
+  readonly expiresAt?: string;
+  readonly decidedAt?: string;
+  readonly endedAt?: string;
+  readonly branches: readonly BranchView[];
+}
+
+export class LiveTransaction {
+  readonly id: string;
+  readonly protocol: ProtocolName;
+  readonly timeoutMs: number;
+  readonly createdAt: string;
+  readonly lock = new Mutex();
+  /** Aborted on timeout or client abort: cancels work still running inside a branch. */
+  readonly cancelWork = new AbortController();
+  readonly branches = new Map<string, LiveBranch>();
+  state: TwoPhaseState = initialState();
+  nextBranchNo = 1;
+  decidedAt: string | undefined;
+  /** Set when forcing the decision failed: the outcome stays undecided until a restart. */
+  logFailure: Error | undefined;
+  timer: NodeJS.Timeout | undefined;
+  readonly #listeners = new Set<() => void>();
+
+  constructor(init: { id: string; protocol: ProtocolName; timeoutMs: number; createdAt: string }) {
+    this.id = init.id;
+    this.protocol = init.protocol;
+    this.timeoutMs = init.timeoutMs;
+    this.createdAt = init.createdAt;
+  }
+
+  /** Wakes everyone waiting for a change. */
+  changed(): void {
+    for (const listener of [...this.#listeners]) listener();
+  }
+
+  /** Resolves when `done()` holds, or after `timeoutMs` — whichever comes first. */
+  waitUntil(done: () => boolean, timeoutMs: number): Promise<void> {
+    if (done()) return Promise.resolve();
+    return new Promise((resolve) => {
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.#listeners.delete(check);
+        resolve();
+      };
+      const check = (): void => {
+        if (done()) finish();
+      };
+      const timer = setTimeout(finish, timeoutMs);
+      this.#listeners.add(check);
+    });
+  }
+
+  get inDoubt(): boolean {
+    const p = this.state.phase;
+    return p === 'committing' || p === 'aborting' || (p === 'deciding' && this.logFailure !== undefined);
+  }
+
+  view(): TransactionView {
+    const decision = this.state.phase === 'deciding' ? null : (this.state.decision ?? null);
+    return {
+      id: this.id,
+      protocol: this.protocol,
+      state: this.state.phase,
+      decision,
+      inDoubt: this.inDoubt,
+      ...(this.state.abortReason === undefined ? {} : { reason: this.state.abortReason }),
+      timeoutMs: this.timeoutMs,
+      createdAt: this.createdAt,
+      expiresAt: new Date(Date.parse(this.createdAt) + this.timeoutMs).toISOString(),
+      ...(this.decidedAt === undefined ? {} : { decidedAt: this.decidedAt }),
+      branches: [...this.branches.values()].map((b) => ({
+        branchId: b.branchId,
+        participant: b.participant,
+        kind: b.kind,
+        state: this.state.branches[b.branchId]?.phase ?? 'active',
+        ...(b.vote === undefined ? {} : { vote: b.vote }),
+        ...(b.voteReason === undefined ? {} : { reason: b.voteReason }),
+        attempts: b.attempts,
+        ...(b.lastError === undefined ? {} : { lastError: b.lastError }),
+        ...(b.lastAttemptAt === undefined ? {} : { lastAttemptAt: b.lastAttemptAt }),
+      })),
+    };
+  }
+}
+
+/** The view of a transaction known only from the log (finished, or seen before a restart). */
+export function durableView(tx: DurableTransaction): TransactionView {
+  const outcome = tx.outcome;
+  const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : 'unknown';
+  const decision = tx.decision === 'commit' || tx.decision === 'abort' ? tx.decision : null;
+  return {
+    id: tx.id,
+    protocol: tx.protocol,
+    state,
+    decision,
+    inDoubt: false,
+    ...(tx.reason === undefined ? {} : { reason: tx.reason }),
+    timeoutMs: tx.timeoutMs,
+    createdAt: tx.createdAt,
+    ...(tx.decidedAt === undefined ? {} : { decidedAt: tx.decidedAt }),
+    ...(tx.endedAt === undefined ? {} : { endedAt: tx.endedAt }),
+    branches: tx.branches.map((b) => ({
+      branchId: b.branchId,
+      participant: b.participant,
+      kind: b.kind,
+      state: b.vote === 'read-only' ? 'read-only' : outcome === 'commit' ? 'committed' : 'aborted',
+      ...(b.vote === undefined ? {} : { vote: b.vote }),
+    })),
+  };
+}

@@ -1,0 +1,186 @@
+/**
+ * The registry of participants. Registrations are durable in the log (rule 8):
+ * recovery needs each participant's connection details after a restart. The
+ * registry builds one adapter per participant and answers public views with
+ * every secret redacted.
+ */
+
+import type { Logger } from 'pino';
+import { CoordinatorError } from '../errors.js';
+import type { ParticipantConfig, ParticipantKind } from '../log/log-records.js';
+import { HttpParticipant } from '../participants/http-participant.js';
+import type { ParticipantAdapter } from '../participants/participant.js';
+import { PostgresParticipant } from '../participants/postgres-participant.js';
+import type { CoordinatorLog } from './coordinator-log.js';
+
+export interface AdapterSettings {
+  readonly participantTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly statementTimeoutMs: number;
+  readonly idleInTransactionTimeoutMs: number;
+  readonly pgMaxSessions: number;
+}
+
+export interface RegistrationRequest {
+  readonly name: string;
+  readonly kind: ParticipantKind;
+  readonly connectionString?: string;
+  readonly baseUrl?: string;
+  readonly url?: string;
+  readonly options?: Readonly<Record<string, unknown>>;
+}
+
+export interface ParticipantView {
+  readonly name: string;
+  readonly kind: ParticipantKind;
+  readonly connectionString?: string;
+  readonly baseUrl?: string;
+  readonly url?: string;
+  readonly registeredAt: string;
+  readonly warnings?: readonly string[];
+}
+
+/** Replaces the password (and any user:secret@) in a URL-like connection string. */
+export function redactUrl(raw: string): string {
+  try {
+    const url = new URL(raw);
+    if (url.password !== '') url.password = '***';
+    for (const key of [...url.searchParams.keys()]) {
+      if (/pass|secret|token|key/i.test(key)) url.searchParams.set(key, '***');
+    }
+    return url.toString();
+  } catch {
+    // key=value form: password=...
+    return raw.replace(/(password\s*=\s*)('[^']*'|\S+)/gi, '$1***');
+  }
+}
+
+export class ParticipantRegistry {
+  readonly #adapters = new Map<string, ParticipantAdapter>();
+  readonly #log: CoordinatorLog;
+  readonly #settings: AdapterSettings;
+  readonly #logger: Logger;
+
+  constructor(log: CoordinatorLog, settings: AdapterSettings, logger: Logger) {
+    this.#log = log;
+    this.#settings = settings;
+    this.#logger = logger;
+  }
+
+  /** Builds adapters for every participant the log knows (start-up). */
+  loadFromLog(): void {
+    for (const config of this.#log.state.participants.values()) {
+      this.#adapters.set(config.name, this.#createAdapter(config));
+    }
+  }
+
+  #createAdapter(config: ParticipantConfig | RegistrationRequest): ParticipantAdapter {
+    const s = this.#settings;
+    switch (config.kind) {
+      case 'postgres':
+        return new PostgresParticipant({
+          name: config.name,
+          connectionString: config.connectionString ?? '',
+          maxSessions: s.pgMaxSessions,
+          connectTimeoutMs: s.connectTimeoutMs,
+          statementTimeoutMs: s.statementTimeoutMs,
+          idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
+          logger: this.#logger,
+        });
+      case 'http':
+        return new HttpParticipant({
+          name: config.name,
+          baseUrl: config.baseUrl ?? '',
+          requestTimeoutMs: s.participantTimeoutMs,
+          connectTimeoutMs: s.connectTimeoutMs,
+        });
+      default:
+        throw new CoordinatorError('VALIDATION_FAILED', `participant kind ${config.kind} is not supported yet`);
+    }
+  }
+
+  async register(request: RegistrationRequest): Promise<ParticipantView> {
+    if (this.#adapters.has(request.name)) {
+      throw new CoordinatorError('PARTICIPANT_EXISTS', `participant ${request.name} is already registered`);
+    }
+    const adapter = this.#createAdapter(request);
+    try {
+      await adapter.verify();
+    } catch (err) {
+      await adapter.close();
+      throw err;
+    }
+    if (this.#adapters.has(request.name)) {
+      await adapter.close();
+      throw new CoordinatorError('PARTICIPANT_EXISTS', `participant ${request.name} is already registered`);
+    }
+    const config: ParticipantConfig = {
+      name: request.name,
+      kind: request.kind,
+      ...(request.connectionString === undefined ? {} : { connectionString: request.connectionString }),
+      ...(request.baseUrl === undefined ? {} : { baseUrl: request.baseUrl }),
+      ...(request.url === undefined ? {} : { url: request.url }),
+      ...(request.options === undefined ? {} : { options: request.options }),
+      registeredAt: new Date().toISOString(),
+    };
+    this.#adapters.set(request.name, adapter);
+    try {
+      await this.#log.force({ t: 'participant-registered', participant: config });
+    } catch (err) {
+      this.#adapters.delete(request.name);
+      await adapter.close();
+      throw err;
+    }
+    this.#logger.info({ participant: request.name, kind: request.kind }, 'participant registered');
+    return toView(config);
+  }
+
+  async remove(name: string): Promise<void> {
+    const adapter = this.adapter(name);
+    this.#adapters.delete(name);
+    await this.#log.force({ t: 'participant-removed', name, at: new Date().toISOString() });
+    await adapter.close();
+    this.#logger.info({ participant: name }, 'participant removed');
+  }
+
+  adapter(name: string): ParticipantAdapter {
+    const adapter = this.#adapters.get(name);
+    if (adapter === undefined) throw new CoordinatorError('UNKNOWN_PARTICIPANT', `no participant named ${name}`);
+    return adapter;
+  }
+
+  has(name: string): boolean {
+    return this.#adapters.has(name);
+  }
+
+  adapters(): ParticipantAdapter[] {
+    return [...this.#adapters.values()];
+  }
+
+  view(name: string): ParticipantView {
+    const config = this.#log.state.participants.get(name);
+    if (config === undefined || !this.#adapters.has(name)) {
+      throw new CoordinatorError('UNKNOWN_PARTICIPANT', `no participant named ${name}`);
+    }
+    return toView(config);
+  }
+
+  views(): ParticipantView[] {
+    return [...this.#log.state.participants.values()].filter((c) => this.#adapters.has(c.name)).map(toView);
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.#adapters.values()].map((a) => a.close()));
+  }
+}
+
+function toView(config: ParticipantConfig): ParticipantView {
+  return {
+    name: config.name,
+    kind: config.kind,
+    ...(config.connectionString === undefined ? {} : { connectionString: redactUrl(config.connectionString) }),
+    ...(config.baseUrl === undefined ? {} : { baseUrl: config.baseUrl }),
+    ...(config.url === undefined ? {} : { url: redactUrl(config.url) }),
+    registeredAt: config.registeredAt,
+  };
+}

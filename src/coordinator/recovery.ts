@@ -1,0 +1,116 @@
+/**
+ * Recovery (rule 6): nothing prepared is left behind.
+ *
+ * At start-up, after the log is replayed, the transaction manager resumes
+ * every transaction the log saw begin but not end. Then the sweep asks every
+ * participant that can list its prepared branches (postgres) for those
+ * carrying this coordinator's gid prefix and resolves each one the running
+ * coordinator is not itself driving:
+ *
+ *   the log holds a commit decision        -> commit
+ *   anything else (abort, none, never seen) -> roll back (presumed abort)
+ *
+ * The sweep runs again periodically while the coordinator runs, so a branch
+ * orphaned by a lost message or a participant restart is still cleaned up.
+ */
+
+import type { Logger } from 'pino';
+import { errorMessage } from '../errors.js';
+import type { CoordinatorLog } from './coordinator-log.js';
+import { gidPrefix, parseGid } from './gid.js';
+import type { ParticipantRegistry } from './participant-registry.js';
+import type { TransactionManager } from './transaction-manager.js';
+
+export interface SweepReport {
+  readonly committed: number;
+  readonly rolledBack: number;
+  readonly failed: number;
+  readonly unreachable: readonly string[];
+}
+
+export class RecoverySweeper {
+  readonly #log: CoordinatorLog;
+  readonly #registry: ParticipantRegistry;
+  readonly #manager: TransactionManager;
+  readonly #coordinatorId: string;
+  readonly #logger: Logger;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<SweepReport> | undefined;
+  lastReport: (SweepReport & { readonly at: string }) | undefined;
+
+  constructor(deps: {
+    log: CoordinatorLog;
+    registry: ParticipantRegistry;
+    manager: TransactionManager;
+    coordinatorId: string;
+    logger: Logger;
+  }) {
+    this.#log = deps.log;
+    this.#registry = deps.registry;
+    this.#manager = deps.manager;
+    this.#coordinatorId = deps.coordinatorId;
+    this.#logger = deps.logger;
+  }
+
+  /** One pass over every participant; concurrent callers share the pass in progress. */
+  sweep(): Promise<SweepReport> {
+    this.#running ??= this.#sweepOnce().finally(() => {
+      this.#running = undefined;
+    });
+    return this.#running;
+  }
+
+  async #sweepOnce(): Promise<SweepReport> {
+    let committed = 0;
+    let rolledBack = 0;
+    let failed = 0;
+    const unreachable: string[] = [];
+    const prefix = gidPrefix(this.#coordinatorId);
+    for (const adapter of this.#registry.adapters()) {
+      let gids: string[];
+      try {
+        gids = await adapter.findPrepared(prefix);
+      } catch (err) {
+        unreachable.push(adapter.name);
+        this.#logger.warn({ participant: adapter.name, err: errorMessage(err) }, 'recovery: cannot list prepared branches');
+        continue;
+      }
+      for (const gid of gids) {
+        const parsed = parseGid(gid);
+        if (parsed === undefined || parsed.coordinatorId !== this.#coordinatorId) continue;
+        // A transaction this process is running (or resuming) is resolved by its own driver.
+        if (this.#manager.isLive(parsed.transactionId)) continue;
+        const decision = this.#log.state.transaction(parsed.transactionId)?.decision;
+        const commit = decision === 'commit';
+        const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
+        try {
+          await (commit ? adapter.commit(ref) : adapter.abort(ref));
+          if (commit) committed++;
+          else rolledBack++;
+          this.#logger.info(
+            { txId: parsed.transactionId, gid, participant: adapter.name, action: commit ? 'commit' : 'rollback', logged: decision ?? 'none' },
+            'recovery: resolved prepared branch',
+          );
+        } catch (err) {
+          failed++;
+          this.#logger.warn({ txId: parsed.transactionId, gid, participant: adapter.name, err: errorMessage(err) }, 'recovery: could not resolve prepared branch');
+        }
+      }
+    }
+    const report = { committed, rolledBack, failed, unreachable };
+    this.lastReport = { ...report, at: new Date().toISOString() };
+    if (committed + rolledBack + failed > 0) this.#logger.info(report, 'recovery sweep done');
+    return report;
+  }
+
+  start(intervalMs: number): void {
+    this.#timer = setInterval(() => {
+      void this.sweep().catch((err: unknown) => this.#logger.error({ err: errorMessage(err) }, 'recovery sweep failed'));
+    }, intervalMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The error catalogue. Every error the coordinator reports carries a stable
+ * machine-readable `code` and the HTTP status the API answers with. Messages
+ * are for people; codes are for programs. Add new codes here only.
+ */
+
+export const ERROR_CATALOGUE = {
+  VALIDATION_FAILED: { status: 400, message: 'The request is malformed' },
+  UNKNOWN_PARTICIPANT: { status: 404, message: 'No participant is registered under that name' },
+  PARTICIPANT_EXISTS: { status: 409, message: 'A participant with that name is already registered' },
+  PARTICIPANT_IN_USE: { status: 409, message: 'The participant has unfinished branches' },
+  PARTICIPANT_UNREACHABLE: { status: 422, message: 'The participant could not be reached' },
+  PARTICIPANT_MISCONFIGURED: { status: 422, message: 'The participant cannot take part in two-phase commit' },
+  UNKNOWN_TRANSACTION: { status: 404, message: 'No transaction with that id is known' },
+  INVALID_STATE_TRANSITION: { status: 409, message: 'The transaction is not in a state that allows this' },
+  TRANSACTION_ABORTED: { status: 409, message: 'The transaction was aborted' },
+  OPERATION_FAILED: { status: 422, message: 'An operation of the branch failed' },
+  PROTOCOL_NOT_SUPPORTED: { status: 400, message: 'That protocol is not supported' },
+  LOG_UNAVAILABLE: { status: 503, message: 'The write-ahead log failed; the coordinator accepts no new commits' },
+  SHUTTING_DOWN: { status: 503, message: 'The coordinator is shutting down' },
+  TOO_MANY_TRANSACTIONS: { status: 429, message: 'Too many active transactions' },
+  NOT_FOUND: { status: 404, message: 'No such route' },
+  METHOD_NOT_ALLOWED: { status: 405, message: 'That method is not allowed on this route' },
+  PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
+  INTERNAL: { status: 500, message: 'Internal error' },
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+export class CoordinatorError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message ?? ERROR_CATALOGUE[code].message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CoordinatorError';
+    this.code = code;
+    this.status = ERROR_CATALOGUE[code].status;
+    this.details = options?.details;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** Raised by the write-ahead log once a write or fsync has failed: fail-stop. */
+export class LogFailedError extends CoordinatorError {
+  constructor(message: string, cause?: unknown) {
+    super('LOG_UNAVAILABLE', message, { cause });
+    this.name = 'LogFailedError';
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,582 @@
+/**
+ * FileLog: the coordinator's embedded write-ahead log.
+ *
+ * On disk, `dir` holds append-only segment files `segment-<16-digit seq>.log`.
+ * A segment is a run of frames (`u32le length | u32le crc32c | payload`, see
+ * frame-codec.ts) whose payloads are UTF-8 JSON:
+ *
+ *   frame 0        header {"tcxSegment":seq,"snapshot":false}
+ *                  or {"tcxSegment":seq,"snapshot":true,"snapshotRecords":n}
+ *   frames 1..n    (snapshot segment) the snapshot payloads
+ *   frame n+1      (snapshot segment) end marker {"tcxSnapshotEnd":seq,"records":n}
+ *   then           ordinary records in append order
+ *
+ * Framing records are positional, so no caller payload can be mistaken for one.
+ * Replay starts at the newest segment with a complete snapshot (older segments
+ * are deleted), or at segment 1 if there is none; the chain must be contiguous.
+ * A torn or corrupt frame in the last segment is a crash artefact and the file
+ * is truncated there; anywhere else it is corruption (LogCorruptedError). A
+ * newest segment without a durable header or end marker is an interrupted
+ * creation: it held nothing acknowledged, so it is removed.
+ *
+ * Writing: append() puts the encoded frame into the current in-memory batch.
+ * A single flusher loop takes the whole batch, writes it with one write at the
+ * end of the segment, fdatasyncs once if any record in it was forced (or a
+ * flush() waits), then settles every waiter of the batch: group commit. An
+ * unforced-only batch is written after lazyFlushDelayMs, without a sync. Any
+ * failed write, sync or rotation is fail-stop: everything pending and future
+ * is rejected with LogFailedError and nothing is written again.
+ *
+ * Compaction: once the segment passes segmentMaxBytes (and the tail is at least
+ * as large as the segment's own snapshot, so a big state cannot cause a storm),
+ * the flusher, between batches, calls snapshot() synchronously; that call is
+ * the rotation point. The batch appended before it is written and synced to the
+ * old segment; the snapshot goes to a new segment (header, payloads, marker,
+ * fdatasync, directory fsync); only then are older segments deleted. Records
+ * appended after the call follow the marker. Until the marker is durable the old
+ * segments stay authoritative. Contract: snapshot() returns the state resulting
+ * from every payload appended before the call, acknowledged or not.
+ */
+import { mkdir, open, readdir, readFile, unlink } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import type { Logger } from 'pino';
+import { LogFailedError, errorMessage } from '../errors.js';
+import { decodeFrames, encodeFrame } from './frame-codec.js';
+
+/** The subset of a node:fs/promises FileHandle the log uses. */
+export interface LogFile {
+  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
+  datasync(): Promise<void>;
+  sync(): Promise<void>;
+  truncate(length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The file-system functions the log uses. Internal: lets tests inject faults (a failing fdatasync). */
+export interface LogIo {
+  open(path: string, flags: string): Promise<LogFile>;
+  readFile(path: string): Promise<Uint8Array>;
+  readdir(path: string): Promise<string[]>;
+  mkdir(path: string, options: { recursive: true }): Promise<string | undefined>;
+  unlink(path: string): Promise<void>;
+}
+
+export const nodeLogIo: LogIo = {
+  open: (path, flags) => open(path, flags),
+  readFile: (path) => readFile(path),
+  readdir: (path) => readdir(path),
+  mkdir: (path, options) => mkdir(path, options),
+  unlink: (path) => unlink(path),
+};
+
+export interface FileLogOptions {
+  dir: string;
+  segmentMaxBytes?: number;
+  lazyFlushDelayMs?: number;
+  snapshot: () => Iterable<unknown>;
+  logger?: Logger;
+  /** Internal, for tests: replaces node:fs/promises. */
+  io?: LogIo;
+}
+
+export interface LogStats {
+  segments: number;
+  currentSegmentBytes: number;
+  appendedRecords: number;
+  /** fdatasync/fsync calls on segment files (directory fsyncs not counted). */
+  fsyncs: number;
+  compactions: number;
+  lastFsyncMicros: number;
+}
+
+/** A bad frame where a crash cannot explain it (not the tail of the last segment). */
+export class LogCorruptedError extends Error {
+  readonly file: string;
+  readonly offset: number;
+  constructor(file: string, offset: number, detail: string) {
+    super(`write-ahead log corrupted in ${file} at offset ${offset}: ${detail}`);
+    this.name = 'LogCorruptedError';
+    this.file = file;
+    this.offset = offset;
+  }
+}
+
+const SEGMENT_NAME = /^segment-(\d{16})\.log$/;
+export const segmentFileName = (seq: number): string => `segment-${String(seq).padStart(16, '0')}.log`;
+
+interface Header {
+  seq: number;
+  snapshot: boolean;
+  snapshotRecords: number;
+}
+
+interface SegmentScan {
+  seq: number;
+  path: string;
+  size: number;
+  header: Header | undefined;
+  snapshot: unknown[] | undefined; // set when the snapshot is complete
+  records: unknown[];
+  baseBytes: number; // header (+ snapshot + marker) bytes
+  goodEnd: number;
+  bad: { offset: number; reason: string } | undefined;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+interface Batch {
+  frames: Buffer[];
+  bytes: number;
+  records: number;
+  sync: boolean;
+  due: boolean;
+  waiters: Waiter[];
+}
+
+const newBatch = (): Batch => ({ frames: [], bytes: 0, records: 0, sync: false, due: false, waiters: [] });
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function encodeJson(value: unknown): Buffer {
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new TypeError('log payload is not JSON-serialisable');
+  return Buffer.from(text, 'utf8');
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function parseHeader(v: unknown): Header | undefined {
+  if (!isObject(v) || !Number.isSafeInteger(v.tcxSegment) || typeof v.snapshot !== 'boolean') return undefined;
+  const n = v.snapshot ? v.snapshotRecords : 0;
+  if (!Number.isSafeInteger(n) || (n as number) < 0) return undefined;
+  return { seq: v.tcxSegment as number, snapshot: v.snapshot, snapshotRecords: n as number };
+}
+
+async function fsyncDir(io: LogIo, dir: string): Promise<void> {
+  const handle = await io.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function writeFully(file: LogFile, buf: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await file.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten <= 0) throw new Error('write made no progress');
+    done += bytesWritten;
+  }
+}
+
+/** mkdir -p, then fsync the parent of every directory it created. */
+async function ensureDir(io: LogIo, dir: string): Promise<void> {
+  const first = await io.mkdir(dir, { recursive: true });
+  if (first === undefined) return;
+  for (let p = dir; ; p = dirname(p)) {
+    await fsyncDir(io, dirname(p));
+    if (p === resolve(first) || dirname(p) === p) return;
+  }
+}
+
+async function scanSegment(io: LogIo, dir: string, seq: number): Promise<SegmentScan> {
+  const path = join(dir, segmentFileName(seq));
+  const buf = await io.readFile(path);
+  const decoded = decodeFrames(buf);
+  const scan: SegmentScan = {
+    seq, path, size: buf.length, header: undefined, snapshot: undefined, records: [], baseBytes: 0,
+    goodEnd: decoded.goodEnd, bad: decoded.error,
+  };
+  const payloads: unknown[] = [];
+  for (const frame of decoded.frames) {
+    try {
+      payloads.push(JSON.parse(utf8.decode(frame.payload)));
+    } catch {
+      scan.bad = { offset: frame.offset, reason: 'unparsable-json' };
+      scan.goodEnd = frame.offset;
+      break;
+    }
+  }
+  if (payloads.length === 0) {
+    scan.bad ??= { offset: 0, reason: 'missing-header' };
+    return scan;
+  }
+  const header = parseHeader(payloads[0]);
+  if (header === undefined || header.seq !== seq) {
+    throw new LogCorruptedError(path, 0, `bad segment header ${JSON.stringify(payloads[0])}`);
+  }
+  scan.header = header;
+  if (!header.snapshot) {
+    scan.records = payloads.slice(1);
+    scan.baseBytes = decoded.frames[0]!.end;
+    return scan;
+  }
+  const n = header.snapshotRecords;
+  if (payloads.length < n + 2) return scan; // snapshot incomplete
+  const marker = payloads[n + 1];
+  if (!isObject(marker) || marker.tcxSnapshotEnd !== seq || marker.records !== n) {
+    throw new LogCorruptedError(path, decoded.frames[n + 1]!.offset, 'expected the end-of-snapshot marker');
+  }
+  scan.snapshot = payloads.slice(1, n + 1);
+  scan.records = payloads.slice(n + 2);
+  scan.baseBytes = decoded.frames[n + 1]!.end;
+  return scan;
+}
+
+export class FileLog {
+  private readonly segmentMaxBytes: number;
+  private readonly lazyFlushDelayMs: number;
+  private file: LogFile | undefined;
+  private seq = 0;
+  private position = 0;
+  private baseBytes = 0;
+  private segmentSeqs: number[] = [];
+  private batch = newBatch();
+  private inflight: Waiter[] = [];
+  private compactWaiters: Waiter[] = [];
+  private compacting: Waiter[] = [];
+  private flusher: Promise<void> | undefined;
+  private lazyTimer: NodeJS.Timeout | undefined;
+  private dirty = false;
+  private compactionPostponedTo = 0;
+  private failure: LogFailedError | undefined;
+  private closing: Promise<void> | undefined;
+  private readonly counters = { appendedRecords: 0, fsyncs: 0, compactions: 0, lastFsyncMicros: 0 };
+
+  private constructor(
+    private readonly options: FileLogOptions,
+    private readonly io: LogIo,
+    private readonly dir: string,
+    private readonly logger: Logger | undefined,
+  ) {
+    this.segmentMaxBytes = options.segmentMaxBytes ?? 64 * 1024 * 1024;
+    this.lazyFlushDelayMs = options.lazyFlushDelayMs ?? 10;
+    if (!(this.segmentMaxBytes > 0)) throw new RangeError('segmentMaxBytes must be positive');
+    if (!(this.lazyFlushDelayMs >= 0)) throw new RangeError('lazyFlushDelayMs must not be negative');
+  }
+
+  /** Opens (or creates) the log and returns every live payload, oldest first. */
+  static async open(options: FileLogOptions): Promise<{ log: FileLog; records: unknown[] }> {
+    const io = options.io ?? nodeLogIo;
+    const dir = resolve(options.dir);
+    const log = new FileLog(options, io, dir, options.logger?.child({ component: 'wal', dir }));
+    await ensureDir(io, dir);
+    const seqs = (await io.readdir(dir))
+      .map((name) => SEGMENT_NAME.exec(name)?.[1])
+      .filter((s): s is string => s !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+    const scans = new Map<number, SegmentScan>();
+    const scan = async (seq: number): Promise<SegmentScan> => {
+      const known = scans.get(seq) ?? (await scanSegment(io, dir, seq));
+      scans.set(seq, known);
+      return known;
+    };
+
+    // 1. A newest segment without a durable header or end marker is an interrupted creation.
+    for (let last = seqs.at(-1); last !== undefined; last = seqs.at(-1)) {
+      const s = await scan(last);
+      if (s.header !== undefined && (!s.header.snapshot || s.snapshot !== undefined)) break;
+      const fallback = seqs.at(-2) === last - 1 || (last === 1 && s.header === undefined);
+      if (!fallback) throw new LogCorruptedError(s.path, s.goodEnd, 'incomplete segment and no older one to fall back on');
+      log.logger?.warn({ segment: s.path, offset: s.goodEnd }, 'removing a segment whose creation was interrupted');
+      await io.unlink(s.path);
+      await fsyncDir(io, dir);
+      seqs.pop();
+    }
+
+    // 2. Replay starts at the newest complete snapshot, or at segment 1.
+    let base = 0;
+    for (let i = seqs.length - 1; i >= 0; i--) {
+      const s = await scan(seqs[i]!);
+      if (i < seqs.length - 1 && s.bad !== undefined) {
+        throw new LogCorruptedError(s.path, s.bad.offset, `${s.bad.reason} in a segment that is not the last`);
+      }
+      if (s.header?.snapshot === true) {
+        if (s.snapshot === undefined) throw new LogCorruptedError(s.path, s.goodEnd, 'incomplete snapshot in a segment that is not the last');
+        base = i;
+        break;
+      }
+      if (i === 0 && s.seq !== 1) throw new LogCorruptedError(s.path, 0, 'no snapshot and the segments before it are missing');
+    }
+    for (let i = base + 1; i < seqs.length; i++) {
+      if (seqs[i] !== seqs[i - 1]! + 1) throw new LogCorruptedError(join(dir, segmentFileName(seqs[i]!)), 0, `segment ${seqs[i - 1]! + 1} is missing`);
+    }
+
+    // 3. Segments older than the base are superseded by its snapshot.
+    const chain = seqs.slice(base);
+    log.segmentSeqs = [...chain];
+    const superseded = seqs.slice(0, base);
+    for (const seq of superseded) await io.unlink(join(dir, segmentFileName(seq)));
+    if (superseded.length > 0) await fsyncDir(io, dir);
+
+    const records: unknown[] = [];
+    for (const seq of chain) {
+      const s = scans.get(seq)!;
+      for (const p of s.snapshot ?? []) records.push(p);
+      for (const p of s.records) records.push(p);
+    }
+    const lastScan = chain.length > 0 ? scans.get(chain.at(-1)!) : undefined;
+    if (lastScan === undefined) await log.createFirstSegment();
+    else await log.resume(lastScan);
+    return { log, records };
+  }
+
+  /** Queues a record; resolves once written (unforced) or written and fdatasynced (forced). */
+  append(payload: unknown, options: { force: boolean }): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.closing !== undefined) return Promise.reject(new LogFailedError('the write-ahead log is closed'));
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(encodeJson(payload));
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    return new Promise<void>((resolve, reject) => {
+      const b = this.batch;
+      b.frames.push(frame);
+      b.bytes += frame.length;
+      b.records++;
+      b.waiters.push({ resolve, reject });
+      if (options.force) {
+        b.sync = true;
+        this.kick();
+      } else {
+        this.lazyTimer ??= setTimeout(() => {
+          this.lazyTimer = undefined;
+          this.batch.due = true;
+          this.kick();
+        }, this.lazyFlushDelayMs);
+      }
+    });
+  }
+
+  /** Writes and fdatasyncs everything appended so far. */
+  flush(): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.closing !== undefined) return this.closing;
+    return this.barrier();
+  }
+
+  /** Compacts now: snapshot into a new segment, older segments deleted. */
+  compact(): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.closing !== undefined) return Promise.reject(new LogFailedError('the write-ahead log is closed'));
+    return new Promise<void>((resolve, reject) => {
+      this.compactWaiters.push({ resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Flushes and closes; later appends reject. Rejects only if this final flush fails. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
+  stats(): LogStats {
+    return { segments: this.segmentSeqs.length, currentSegmentBytes: this.position, ...this.counters };
+  }
+
+  private async shutdown(): Promise<void> {
+    let error: unknown;
+    if (this.failure === undefined) await this.barrier().catch((err: unknown) => (error = err));
+    await this.flusher;
+    clearTimeout(this.lazyTimer);
+    const file = this.file;
+    this.file = undefined;
+    await file?.close().catch((err: unknown) => (error ??= err));
+    if (error !== undefined) throw error;
+  }
+
+  private barrier(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.batch.waiters.push({ resolve, reject });
+      this.batch.sync = true;
+      this.kick();
+    });
+  }
+
+  private async createFirstSegment(): Promise<void> {
+    const header = encodeFrame(encodeJson({ tcxSegment: 1, snapshot: false }));
+    this.file = await this.createSegment(1, [header]);
+    this.seq = 1;
+    this.position = this.baseBytes = header.length;
+    this.segmentSeqs = [1];
+  }
+
+  private async resume(s: SegmentScan): Promise<void> {
+    const file = await this.io.open(s.path, 'r+');
+    try {
+      if (s.goodEnd < s.size) {
+        this.logger?.warn(
+          { segment: s.path, offset: s.goodEnd, reason: s.bad?.reason, droppedBytes: s.size - s.goodEnd },
+          'truncating a torn tail of the write-ahead log',
+        );
+        await file.truncate(s.goodEnd);
+        await this.timedSync(file, 'sync');
+      }
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      throw err;
+    }
+    this.file = file;
+    this.seq = s.seq;
+    this.position = s.goodEnd;
+    this.baseBytes = s.baseBytes;
+  }
+
+  /** Creates a segment durably: write, fdatasync, fsync the directory. */
+  private async createSegment(seq: number, frames: Buffer[]): Promise<LogFile> {
+    const file = await this.io.open(join(this.dir, segmentFileName(seq)), 'wx');
+    try {
+      await writeFully(file, Buffer.concat(frames), 0);
+      await this.timedSync(file, 'datasync');
+      await fsyncDir(this.io, this.dir);
+      return file;
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async timedSync(file: LogFile, kind: 'datasync' | 'sync'): Promise<void> {
+    const start = process.hrtime.bigint();
+    await (kind === 'datasync' ? file.datasync() : file.sync());
+    this.counters.fsyncs++;
+    this.counters.lastFsyncMicros = Number((process.hrtime.bigint() - start) / 1000n);
+  }
+
+  private kick(): void {
+    if (this.flusher !== undefined || this.failure !== undefined) return;
+    this.flusher = this.runFlusher();
+  }
+
+  /** The only writer. Never rejects: failures go to failStop. */
+  private async runFlusher(): Promise<void> {
+    try {
+      await Promise.resolve(); // appends made in the same tick join the first batch
+      while (this.failure === undefined) {
+        if (this.compactionDue()) {
+          await this.compactNow();
+          continue;
+        }
+        const b = this.batch;
+        if (b.waiters.length === 0 || !(b.sync || b.due)) break;
+        await this.writeBatch(this.takeBatch());
+      }
+    } catch (err) {
+      this.failStop(err);
+    } finally {
+      this.flusher = undefined;
+    }
+  }
+
+  private takeBatch(): Batch {
+    const b = this.batch;
+    this.batch = newBatch();
+    clearTimeout(this.lazyTimer);
+    this.lazyTimer = undefined;
+    return b;
+  }
+
+  private async writeBatch(b: Batch): Promise<void> {
+    const file = this.file;
+    if (file === undefined) throw new Error('no open segment');
+    this.inflight = b.waiters;
+    if (b.bytes > 0) {
+      const buf = b.frames.length === 1 ? b.frames[0]! : Buffer.concat(b.frames, b.bytes);
+      this.dirty = true;
+      await writeFully(file, buf, this.position);
+      this.position += buf.length;
+    }
+    if (b.sync && this.dirty) {
+      await this.timedSync(file, 'datasync');
+      this.dirty = false;
+    }
+    this.counters.appendedRecords += b.records;
+    this.inflight = [];
+    for (const w of b.waiters) w.resolve();
+  }
+
+  private compactionDue(): boolean {
+    if (this.compactWaiters.length > 0) return true;
+    if (this.closing !== undefined) return false;
+    return this.position > Math.max(this.segmentMaxBytes, 2 * this.baseBytes, this.compactionPostponedTo);
+  }
+
+  private async compactNow(): Promise<void> {
+    const waiters = this.compactWaiters.splice(0);
+    const seq = this.seq + 1;
+    // Synchronous from here to takeBatch(): the snapshot call is the rotation point.
+    let frames: Buffer[];
+    try {
+      const payloads = Array.from(this.options.snapshot(), (p) => encodeFrame(encodeJson(p)));
+      frames = [
+        encodeFrame(encodeJson({ tcxSegment: seq, snapshot: true, snapshotRecords: payloads.length })),
+        ...payloads,
+        encodeFrame(encodeJson({ tcxSnapshotEnd: seq, records: payloads.length })),
+      ];
+    } catch (err) {
+      this.compactionPostponedTo = this.position + this.segmentMaxBytes;
+      this.logger?.error({ err }, 'the snapshot callback failed; compaction postponed');
+      for (const w of waiters) w.reject(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    const before = this.takeBatch();
+    before.sync = true;
+    this.compacting = waiters; // rejected by failStop if anything below fails
+    await this.writeBatch(before);
+
+    const file = await this.createSegment(seq, frames);
+    const old = this.file;
+    this.file = file;
+    this.seq = seq;
+    this.position = this.baseBytes = frames.reduce((n, f) => n + f.length, 0);
+    this.dirty = false;
+    this.compactionPostponedTo = 0;
+    this.segmentSeqs.push(seq);
+    this.counters.compactions++;
+    await old?.close().catch((err: unknown) => this.logger?.warn({ err }, 'closing a compacted segment failed'));
+    await this.deleteSegmentsBefore(seq);
+    this.compacting = [];
+    for (const w of waiters) w.resolve();
+  }
+
+  /** Best effort: a leftover old segment is harmless and is removed at the next compaction or open. */
+  private async deleteSegmentsBefore(seq: number): Promise<void> {
+    try {
+      for (const s of this.segmentSeqs.filter((n) => n < seq)) {
+        await this.io.unlink(join(this.dir, segmentFileName(s))).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+        this.segmentSeqs = this.segmentSeqs.filter((n) => n !== s);
+      }
+      await fsyncDir(this.io, this.dir);
+    } catch (err) {
+      this.logger?.warn({ err }, 'could not delete compacted segments; will retry');
+    }
+  }
+
+  private failStop(cause: unknown): void {
+    if (this.failure !== undefined) return;
+    const failure = new LogFailedError(`write-ahead log failed: ${errorMessage(cause)}`, cause);
+    this.failure = failure;
+    this.logger?.error({ err: cause, segment: this.seq }, 'write-ahead log failed; refusing all further writes');
+    clearTimeout(this.lazyTimer);
+    const doomed = [...this.inflight, ...this.takeBatch().waiters, ...this.compacting, ...this.compactWaiters];
+    this.inflight = [];
+    this.compacting = [];
+    this.compactWaiters = [];
+    for (const w of doomed) w.reject(failure);
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * The records of the coordinator's write-ahead log. Each is a JSON payload in
+ * one frame of the file log (see file-log.ts for the framing).
+ *
+ * Which records are forced (fsync before the caller goes on):
+ *   participant-registered / participant-removed  forced (recovery needs them)
+ *   branch-enlisted  forced only for branches that recovery cannot find by
+ *                    itself (http), and only before their prepare is sent
+ *   decision commit  forced, before the first commit message leaves (rule 2)
+ *   decision abort   never forced (presumed abort)
+ *   tx-begun, branch-acked, ended   never forced
+ *   tx-state         snapshot form of one transaction (written at compaction)
+ */
+
+import type { Decision } from '../protocol/two-phase-commit.js';
+
+export type ProtocolName = '2pc' | '3pc';
+export type ParticipantKind = 'postgres' | 'http' | 'redis';
+
+/** Everything needed to reach a participant again after a restart, secrets included. */
+export interface ParticipantConfig {
+  readonly name: string;
+  readonly kind: ParticipantKind;
+  readonly connectionString?: string;
+  readonly baseUrl?: string;
+  readonly url?: string;
+  readonly registeredAt: string;
+  readonly options?: Readonly<Record<string, unknown>>;
+}
+
+export interface BranchRecord {
+  readonly branchId: string;
+  readonly participant: string;
+  readonly kind: ParticipantKind;
+  /** Global transaction id on the participant's side (Postgres gid, Redis staged key suffix). */
+  readonly gid: string;
+  /** HTTP branches: the payload sent with prepare/commit/abort. */
+  readonly payload?: unknown;
+  /** In decision records: the branch's vote (read-only branches get no phase 2). */
+  readonly vote?: 'yes' | 'no' | 'read-only';
+}
+
+export type LogRecord =
+  | { readonly t: 'participant-registered'; readonly participant: ParticipantConfig }
+  | { readonly t: 'participant-removed'; readonly name: string; readonly at: string }
+  | {
+      readonly t: 'tx-begun';
+      readonly id: string;
+      readonly protocol: ProtocolName;
+      readonly timeoutMs: number;
+      readonly at: string;
+    }
+  | { readonly t: 'branch-enlisted'; readonly id: string; readonly branch: BranchRecord; readonly at: string }
+  | {
+      readonly t: 'decision';
+      readonly id: string;
+      readonly decision: Decision | 'precommit';
+      readonly branches: readonly BranchRecord[];
+      readonly reason?: string;
+      readonly at: string;
+    }
+  | { readonly t: 'branch-acked'; readonly id: string; readonly branchId: string; readonly at: string }
+  | { readonly t: 'ended'; readonly id: string; readonly outcome: Decision; readonly at: string }
+  | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
+  | { readonly t: 'coordinator'; readonly coordinatorId: string; readonly at: string };
+
+/** What the log knows of one transaction. */
+export interface DurableTransaction {
+  readonly id: string;
+  readonly protocol: ProtocolName;
+  readonly timeoutMs: number;
+  readonly createdAt: string;
+  readonly branches: readonly (BranchRecord & { readonly ackedAt?: string })[];
+  readonly decision?: Decision | 'precommit';
+  readonly decidedAt?: string;
+  readonly reason?: string;
+  readonly outcome?: Decision;
+  readonly endedAt?: string;
+}
+
+const RECORD_TYPES: ReadonlySet<string> = new Set([
+  'participant-registered',
+  'participant-removed',
+  'tx-begun',
+  'branch-enlisted',
+  'decision',
+  'branch-acked',
+  'ended',
+  'tx-state',
+  'coordinator',
+]);
+
+export function isLogRecord(value: unknown): value is LogRecord {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as { t?: unknown }).t === 'string' &&
+    RECORD_TYPES.has((value as { t: string }).t)
+  );
+}

@@ -1,0 +1,55 @@
+/**
+ * Entry point: `node dist/main.js`. Reads the environment (see config.ts),
+ * recovers from the log, then serves the API. SIGTERM/SIGINT stop gracefully:
+ * no new transactions, in-flight phase 2 finished up to a deadline, log
+ * flushed, exit 0.
+ */
+
+import { buildServer } from './api/server.js';
+import { ConfigError, loadConfig } from './config.js';
+import { Coordinator } from './coordinator/coordinator.js';
+import { createLogger } from './logger.js';
+
+async function main(): Promise<void> {
+  const bootLogger = createLogger();
+  let config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    bootLogger.fatal({ err: err instanceof Error ? err.message : String(err) }, 'invalid configuration');
+    process.exit(2);
+  }
+  const logger = createLogger({ level: config.logLevel });
+  let coordinator: Coordinator;
+  try {
+    coordinator = await Coordinator.start(config, logger);
+  } catch (err) {
+    logger.fatal({ err: err instanceof ConfigError ? err.message : err }, 'coordinator failed to start');
+    process.exit(err instanceof ConfigError ? 2 : 1);
+  }
+  const app = buildServer(coordinator, logger);
+  await app.listen({ host: config.host, port: config.port });
+  logger.info({ host: config.host, port: config.port, dataDir: config.dataDir, coordinatorId: coordinator.coordinatorId }, 'listening');
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => {
+      logger.error('shutdown deadline passed; exiting');
+      process.exit(1);
+    }, 30_000);
+    force.unref();
+    await app.close();
+    await coordinator.stop(10_000);
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('unhandledRejection', (reason) => {
+    logger.error({ err: reason }, 'unhandled promise rejection');
+  });
+}
+
+void main();

@@ -1,0 +1,147 @@
+/**
+ * HTTP participant: a remote service that implements the participant side of
+ * the protocol. Every call is `POST {baseUrl}/<verb>` with the JSON body
+ * `{ transactionId, branchId, gid, payload }`.
+ *
+ *   prepare  2xx with `{"vote":"yes"|"no"|"read-only"}` — anything else
+ *            (non-2xx, unreadable body, timeout) counts as a no
+ *   commit   2xx = acknowledged; anything else is retried by the caller
+ *   abort    2xx = acknowledged; anything else is retried by the caller
+ *
+ * The coordinator logs an HTTP branch (forced) before its prepare is sent, so
+ * recovery always knows whom to tell the outcome. `findPrepared` returns []:
+ * a service cannot be asked what it prepared; the log is the source.
+ */
+
+import { Agent, request } from 'undici';
+import { CoordinatorError, errorMessage } from '../errors.js';
+import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
+
+export interface HttpParticipantOptions {
+  readonly name: string;
+  readonly baseUrl: string;
+  readonly requestTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+}
+
+export const MAX_PAYLOAD_BYTES = 256 * 1024;
+
+type Verb = 'prepare' | 'commit' | 'abort' | 'can-commit' | 'pre-commit';
+
+interface HttpAnswer {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+export class HttpParticipant implements ParticipantAdapter {
+  readonly kind = 'http' as const;
+  readonly name: string;
+  readonly #baseUrl: string;
+  readonly #agent: Agent;
+  readonly #options: HttpParticipantOptions;
+
+  constructor(options: HttpParticipantOptions) {
+    this.name = options.name;
+    this.#options = options;
+    this.#baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.#agent = new Agent({
+      connect: { timeout: options.connectTimeoutMs },
+      headersTimeout: options.requestTimeoutMs,
+      bodyTimeout: options.requestTimeoutMs,
+      keepAliveTimeout: 10_000,
+    });
+  }
+
+  async verify(): Promise<void> {
+    // A service need not answer anything but the protocol verbs; only check that it is a URL we can use.
+    const url = new URL(this.#baseUrl);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new CoordinatorError('VALIDATION_FAILED', `baseUrl must be http or https, got ${url.protocol}`);
+    }
+  }
+
+  validateWork(work: unknown): void {
+    if (work === undefined) throw new CoordinatorError('VALIDATION_FAILED', 'an http branch needs a payload');
+    if (Buffer.byteLength(JSON.stringify(work)) > MAX_PAYLOAD_BYTES) {
+      throw new CoordinatorError('VALIDATION_FAILED', `payload larger than ${MAX_PAYLOAD_BYTES} bytes`);
+    }
+  }
+
+  async enlist(_branch: BranchRef, work: unknown): Promise<EnlistResult> {
+    this.validateWork(work);
+    return {};
+  }
+
+  async prepare(branch: BranchRef): Promise<PrepareResult> {
+    return this.vote('prepare', branch);
+  }
+
+  /** Asks for a vote; every failure is a no. Also used for the 3PC can-commit round. */
+  async vote(verb: 'prepare' | 'can-commit', branch: BranchRef): Promise<PrepareResult> {
+    let answer: HttpAnswer;
+    try {
+      answer = await this.#call(verb, branch);
+    } catch (err) {
+      return { vote: 'no', reason: `${verb} to ${this.name} failed: ${errorMessage(err)}` };
+    }
+    const vote = (answer.body as { vote?: unknown } | null)?.vote;
+    if (answer.status >= 200 && answer.status < 300 && (vote === 'yes' || vote === 'no' || vote === 'read-only')) {
+      const reason = (answer.body as { reason?: unknown }).reason;
+      return vote === 'no' ? { vote, reason: typeof reason === 'string' ? reason : `${this.name} voted no` } : { vote };
+    }
+    return { vote: 'no', reason: `${verb} to ${this.name} answered ${answer.status} without a valid vote` };
+  }
+
+  async commit(branch: BranchRef): Promise<void> {
+    await this.acknowledge('commit', branch);
+  }
+
+  async abort(branch: BranchRef): Promise<void> {
+    await this.acknowledge('abort', branch);
+  }
+
+  /** Delivers a decision; throws unless the service answers 2xx. */
+  async acknowledge(verb: 'commit' | 'abort' | 'pre-commit', branch: BranchRef): Promise<void> {
+    const answer = await this.#call(verb, branch);
+    if (answer.status < 200 || answer.status >= 300) {
+      throw new Error(`${verb} to ${this.name} answered ${answer.status}`);
+    }
+  }
+
+  async findPrepared(): Promise<string[]> {
+    return [];
+  }
+
+  openBranches(): number {
+    return 0;
+  }
+
+  async close(): Promise<void> {
+    await this.#agent.close();
+  }
+
+  async #call(verb: Verb, branch: BranchRef): Promise<HttpAnswer> {
+    const res = await request(`${this.#baseUrl}/${verb}`, {
+      method: 'POST',
+      dispatcher: this.#agent,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        transactionId: branch.transactionId,
+        branchId: branch.branchId,
+        gid: branch.gid,
+        payload: branch.payload ?? null,
+      }),
+      signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
+    });
+    const text = await res.body.text();
+    let body: unknown = null;
+    if (text !== '') {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        body = null;
+      }
+    }
+    return { status: res.statusCode, body };
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * The one port between the coordinator and a data store. The coordinator
+ * never sees a `pg`, `ioredis` or `undici` object: each adapter owns its
+ * connections, sessions and timeouts, and answers in the protocol's words.
+ *
+ * Contract every adapter keeps:
+ *   - `enlist` runs the branch's work without making it durable. Calling it
+ *     again for the same gid adds work to the same branch.
+ *   - `prepare` returns a vote. `yes` only once the branch's yes is durable on
+ *     the participant's side (rule 1). Any failure is a `no`, never a throw.
+ *   - `commit` and `abort` are idempotent: delivering the same decision twice,
+ *     or to a branch that already reached it, succeeds. They throw when the
+ *     participant could not be reached or did not confirm; the caller retries.
+ *   - `abort` also discards an open, unprepared branch.
+ *   - `findPrepared` lists the gids prepared on the participant that start
+ *     with the prefix (recovery). Participants that cannot list return [].
+ *   - Adapters never decide outcomes.
+ */
+
+import type { Vote } from '../protocol/two-phase-commit.js';
+import type { ParticipantKind } from '../log/log-records.js';
+
+export interface BranchRef {
+  readonly transactionId: string;
+  readonly branchId: string;
+  readonly gid: string;
+  /** http: the branch payload sent with every call. */
+  readonly payload?: unknown;
+}
+
+export interface PrepareResult {
+  readonly vote: Vote;
+  /** Why the branch voted no. */
+  readonly reason?: string;
+}
+
+export interface EnlistResult {
+  /** postgres: the rows each operation returned, in order. */
+  readonly results?: readonly unknown[];
+}
+
+export interface ParticipantAdapter {
+  readonly name: string;
+  readonly kind: ParticipantKind;
+  /** Checks reachability and that the store can take part; throws CoordinatorError otherwise. */
+  verify(): Promise<void>;
+  /** Validates the work without side effects; throws CoordinatorError('VALIDATION_FAILED') when malformed. */
+  validateWork(work: unknown): void;
+  /** `signal` aborts when the transaction times out or is aborted: cancel the running work. */
+  enlist(branch: BranchRef, work: unknown, signal?: AbortSignal): Promise<EnlistResult>;
+  prepare(branch: BranchRef): Promise<PrepareResult>;
+  commit(branch: BranchRef): Promise<void>;
+  abort(branch: BranchRef): Promise<void>;
+  findPrepared(gidPrefix: string): Promise<string[]>;
+  /** Branches whose work sits in an open session on this adapter. */
+  openBranches(): number;
+  close(): Promise<void>;
+}

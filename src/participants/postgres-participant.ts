@@ -1,0 +1,250 @@
+/**
+ * PostgreSQL participant. A branch is one database session:
+ *
+ *   enlist   BEGIN on a dedicated session, then the branch's statements
+ *   prepare  PREPARE TRANSACTION 'gid' — the durable yes; the session is then
+ *            free. A branch that wrote nothing votes read-only and ends
+ *            locally. A failed statement or PREPARE is a no.
+ *   commit   COMMIT PREPARED 'gid' on any session (42704, "does not exist",
+ *            means it was already committed: the caller only commits after a
+ *            logged commit decision)
+ *   abort    ROLLBACK of the open session, or ROLLBACK PREPARED 'gid'
+ *   recovery pg_prepared_xacts of this database, filtered by gid prefix
+ *
+ * Two pools: one for branch sessions, one small pool for phase-2 and recovery
+ * commands, so that open branches can never starve commit delivery. Every
+ * session runs with statement_timeout and idle_in_transaction_session_timeout.
+ */
+
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { CoordinatorError, errorMessage } from '../errors.js';
+import { isSafeGid } from '../coordinator/gid.js';
+import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
+import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
+
+export interface PostgresParticipantOptions {
+  readonly name: string;
+  readonly connectionString: string;
+  readonly maxSessions: number;
+  readonly connectTimeoutMs: number;
+  readonly statementTimeoutMs: number;
+  readonly idleInTransactionTimeoutMs: number;
+  readonly logger: Logger;
+}
+
+const UNDEFINED_OBJECT = '42704';
+
+interface BranchSession {
+  readonly client: pg.PoolClient;
+  readonly backendPid: number;
+  /** Set when the session can no longer prepare: a statement failed or the connection broke. */
+  failure: string | undefined;
+}
+
+export class PostgresParticipant implements ParticipantAdapter {
+  readonly kind = 'postgres' as const;
+  readonly name: string;
+  readonly #sessions: pg.Pool;
+  readonly #control: pg.Pool;
+  readonly #open = new Map<string, BranchSession>();
+  readonly #log: Logger;
+
+  constructor(options: PostgresParticipantOptions) {
+    this.name = options.name;
+    this.#log = options.logger.child({ participant: options.name });
+    const base: pg.PoolConfig = {
+      connectionString: options.connectionString,
+      connectionTimeoutMillis: options.connectTimeoutMs,
+      query_timeout: options.statementTimeoutMs + 5_000,
+      options: `-c statement_timeout=${options.statementTimeoutMs} -c idle_in_transaction_session_timeout=${options.idleInTransactionTimeoutMs}`,
+      idleTimeoutMillis: 30_000,
+      application_name: 'tx-coordinator',
+    };
+    this.#sessions = new pg.Pool({ ...base, max: options.maxSessions });
+    this.#control = new pg.Pool({ ...base, max: 4 });
+    // An idle client that loses its connection emits 'error' on the pool; unhandled, it would end the process.
+    for (const pool of [this.#sessions, this.#control]) {
+      pool.on('error', (err) => this.#log.warn({ err: errorMessage(err) }, 'idle postgres connection failed'));
+    }
+  }
+
+  async verify(): Promise<void> {
+    let value: string;
+    try {
+      const res = await this.#control.query<{ max_prepared_transactions: string }>('SHOW max_prepared_transactions');
+      value = res.rows[0]?.max_prepared_transactions ?? '0';
+    } catch (err) {
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot reach postgres participant ${this.name}: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    if (Number(value) <= 0) {
+      throw new CoordinatorError(
+        'PARTICIPANT_MISCONFIGURED',
+        `postgres participant ${this.name} has max_prepared_transactions = ${value}: PREPARE TRANSACTION would fail. ` +
+          'Set max_prepared_transactions (for example to max_connections) in postgresql.conf and restart the server.',
+        { details: { setting: 'max_prepared_transactions', value } },
+      );
+    }
+  }
+
+  validateWork(work: unknown): void {
+    parseSqlOperations(work);
+  }
+
+  async enlist(branch: BranchRef, work: unknown, signal?: AbortSignal): Promise<EnlistResult> {
+    const operations = parseSqlOperations(work);
+    let session = this.#open.get(branch.gid);
+    if (session === undefined) session = await this.#openSession(branch);
+    if (session.failure !== undefined) {
+      throw new CoordinatorError('OPERATION_FAILED', `branch ${branch.branchId} can no longer run work: ${session.failure}`);
+    }
+    const current = session;
+    // A transaction that times out (or is aborted) while a statement waits — on a lock held by
+    // another transaction, say — cancels the statement instead of waiting for statement_timeout.
+    const cancel = (): void => {
+      this.#control.query('SELECT pg_cancel_backend($1)', [current.backendPid]).catch((err: unknown) => {
+        this.#log.warn({ err: errorMessage(err), gid: branch.gid }, 'could not cancel a running statement');
+      });
+    };
+    signal?.addEventListener('abort', cancel, { once: true });
+    const results: { rows: unknown[]; rowCount: number | null }[] = [];
+    try {
+      for (const [index, op] of operations.entries()) {
+        if (signal?.aborted === true) throw new Error(`cancelled: ${errorMessage(signal.reason)}`);
+        try {
+          const res = await runOperation(current.client, op);
+          results.push({ rows: res.rows, rowCount: res.rowCount });
+        } catch (err) {
+          current.failure = errorMessage(err);
+        const sqlState = (err as { code?: unknown }).code;
+          throw new CoordinatorError('OPERATION_FAILED', `operation ${index} failed on ${this.name}: ${errorMessage(err)}`, {
+            cause: err,
+            details: { participant: this.name, operation: index, ...(typeof sqlState === 'string' ? { sqlState } : {}) },
+          });
+        }
+      }
+    } finally {
+      signal?.removeEventListener('abort', cancel);
+    }
+    return { results };
+  }
+
+  async #openSession(branch: BranchRef): Promise<BranchSession> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.#sessions.connect();
+    } catch (err) {
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot open a session on ${this.name}: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    let backendPid: number;
+    try {
+      const res = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      backendPid = res.rows[0]?.pid ?? 0;
+      await client.query('BEGIN');
+    } catch (err) {
+      client.release(err instanceof Error ? err : true);
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot begin on ${this.name}: ${errorMessage(err)}`, { cause: err });
+    }
+    const session: BranchSession = { client, backendPid, failure: undefined };
+    client.on('error', (err) => {
+      session.failure = `connection lost: ${errorMessage(err)}`;
+    });
+    this.#open.set(branch.gid, session);
+    return session;
+  }
+
+  async prepare(branch: BranchRef): Promise<PrepareResult> {
+    assertSafeGid(branch.gid);
+    const session = this.#open.get(branch.gid);
+    if (session === undefined) return { vote: 'no', reason: `no open session for branch ${branch.branchId}` };
+    this.#open.delete(branch.gid);
+    if (session.failure !== undefined) {
+      await this.#endSession(session, 'ROLLBACK');
+      return { vote: 'no', reason: session.failure };
+    }
+    try {
+      const res = await session.client.query<{ read_only: boolean }>(
+        'SELECT pg_current_xact_id_if_assigned() IS NULL AS read_only',
+      );
+      if (res.rows[0]?.read_only === true) {
+        await this.#endSession(session, 'COMMIT');
+        return { vote: 'read-only' };
+      }
+      await session.client.query(`PREPARE TRANSACTION '${branch.gid}'`);
+      session.client.release();
+      return { vote: 'yes' };
+    } catch (err) {
+      // A failed PREPARE rolls the transaction back; a broken connection may or may not have
+      // prepared it — the abort that follows a no vote resolves either case.
+      session.client.release(err instanceof Error ? err : true);
+      return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
+    }
+  }
+
+  async #endSession(session: BranchSession, statement: 'COMMIT' | 'ROLLBACK'): Promise<void> {
+    try {
+      await session.client.query(statement);
+      session.client.release();
+    } catch (err) {
+      session.client.release(err instanceof Error ? err : true);
+    }
+  }
+
+  async commit(branch: BranchRef): Promise<void> {
+    assertSafeGid(branch.gid);
+    await this.#resolvePrepared(`COMMIT PREPARED '${branch.gid}'`);
+  }
+
+  async abort(branch: BranchRef): Promise<void> {
+    assertSafeGid(branch.gid);
+    const session = this.#open.get(branch.gid);
+    if (session !== undefined) {
+      this.#open.delete(branch.gid);
+      await this.#endSession(session, 'ROLLBACK');
+      return;
+    }
+    await this.#resolvePrepared(`ROLLBACK PREPARED '${branch.gid}'`);
+  }
+
+  async #resolvePrepared(statement: string): Promise<void> {
+    try {
+      await this.#control.query(statement);
+    } catch (err) {
+      if ((err as { code?: unknown }).code === UNDEFINED_OBJECT) return; // already resolved
+      throw err;
+    }
+  }
+
+  async findPrepared(gidPrefix: string): Promise<string[]> {
+    const res = await this.#control.query<{ gid: string }>(
+      'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared',
+      [gidPrefix],
+    );
+    return res.rows.map((r) => r.gid);
+  }
+
+  openBranches(): number {
+    return this.#open.size;
+  }
+
+  async close(): Promise<void> {
+    for (const [gid, session] of this.#open) {
+      this.#open.delete(gid);
+      await this.#endSession(session, 'ROLLBACK');
+    }
+    await Promise.allSettled([this.#sessions.end(), this.#control.end()]);
+  }
+}
+
+function runOperation(client: pg.PoolClient, op: SqlOperation): Promise<pg.QueryResult> {
+  // Extended protocol always: one statement per operation, parameters never spliced into text.
+  return client.query({ text: op.sql, values: [...op.params], queryMode: 'extended' } as pg.QueryConfig);
+}
+
+function assertSafeGid(gid: string): void {
+  if (!isSafeGid(gid)) throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
+}

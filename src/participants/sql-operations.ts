@@ -1,0 +1,65 @@
+/**
+ * The work of a postgres branch: `[{ "sql": "...", "params": [...] }]`, run in
+ * order inside the branch's own database transaction. Statements that would
+ * end or nest that transaction are refused before anything runs: a COMMIT
+ * inside a branch would make its work durable outside the protocol.
+ */
+
+import { CoordinatorError } from '../errors.js';
+
+export interface SqlOperation {
+  readonly sql: string;
+  readonly params: readonly unknown[];
+}
+
+export const MAX_SQL_LENGTH = 100_000;
+export const MAX_OPERATIONS = 100;
+export const MAX_PARAMS = 1_000;
+
+/** First keywords that end, nest or escape the branch's transaction, or change the pooled session. */
+const TRANSACTION_CONTROL = /^(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|PREPARE|SAVEPOINT|RELEASE|SET|RESET|DISCARD|VACUUM|CHECKPOINT|LISTEN|UNLISTEN)\b/i;
+
+function invalid(message: string, index?: number): CoordinatorError {
+  return new CoordinatorError('VALIDATION_FAILED', message, index === undefined ? undefined : { details: { operation: index } });
+}
+
+/** Strips leading whitespace and SQL comments so the first keyword can be checked. */
+function leadingStatement(sql: string): string {
+  let s = sql;
+  for (;;) {
+    const trimmed = s.replace(/^\s+/, '');
+    if (trimmed.startsWith('--')) {
+      const nl = trimmed.indexOf('\n');
+      s = nl === -1 ? '' : trimmed.slice(nl + 1);
+    } else if (trimmed.startsWith('/*')) {
+      const end = trimmed.indexOf('*/');
+      s = end === -1 ? '' : trimmed.slice(end + 2);
+    } else {
+      return trimmed;
+    }
+  }
+}
+
+export function parseSqlOperations(work: unknown): SqlOperation[] {
+  if (!Array.isArray(work) || work.length === 0) throw invalid('operations must be a non-empty array of {sql, params}');
+  if (work.length > MAX_OPERATIONS) throw invalid(`at most ${MAX_OPERATIONS} operations per request`);
+  return work.map((op: unknown, index): SqlOperation => {
+    if (typeof op !== 'object' || op === null || Array.isArray(op)) throw invalid(`operation ${index} must be an object`, index);
+    const { sql, params } = op as { sql?: unknown; params?: unknown };
+    if (typeof sql !== 'string' || sql.trim() === '') throw invalid(`operation ${index}: sql must be a non-empty string`, index);
+    if (sql.length > MAX_SQL_LENGTH) throw invalid(`operation ${index}: sql longer than ${MAX_SQL_LENGTH} characters`, index);
+    const statement = leadingStatement(sql);
+    if (statement === '') throw invalid(`operation ${index}: sql holds no statement`, index);
+    if (TRANSACTION_CONTROL.test(statement)) {
+      throw invalid(`operation ${index}: transaction-control and session statements are not allowed in a branch`, index);
+    }
+    if (params !== undefined && !Array.isArray(params)) throw invalid(`operation ${index}: params must be an array`, index);
+    const list = params ?? [];
+    if (list.length > MAX_PARAMS) throw invalid(`operation ${index}: at most ${MAX_PARAMS} params`, index);
+    for (const [i, p] of list.entries()) {
+      const ok = p === null || ['string', 'number', 'boolean'].includes(typeof p) || typeof p === 'object';
+      if (!ok) throw invalid(`operation ${index}: param ${i} has an unsupported type`, index);
+    }
+    return { sql, params: list };
+  });
+}

@@ -1,0 +1,470 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { pino } from 'pino';
+import { LogFailedError } from '../../src/errors.js';
+import { decodeFrames, encodeFrame } from '../../src/log/frame-codec.js';
+import {
+  FileLog,
+  LogCorruptedError,
+  nodeLogIo,
+  segmentFileName,
+  type FileLogOptions,
+  type LogFile,
+  type LogIo,
+} from '../../src/log/file-log.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'tcx-wal-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const open = (options: Partial<FileLogOptions> = {}): ReturnType<typeof FileLog.open> =>
+  FileLog.open({ dir, snapshot: () => [], ...options });
+const seg = (n: number): string => join(dir, segmentFileName(n));
+const segments = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.startsWith('segment-')).sort();
+const frame = (value: unknown): Buffer => encodeFrame(Buffer.from(JSON.stringify(value)));
+const rec = (i: number): { i: number; pad: string } => ({ i, pad: 'x'.repeat((i * 7) % 40) });
+
+async function writeRecords(values: unknown[], options: Partial<FileLogOptions> = {}): Promise<void> {
+  const { log } = await open(options);
+  await Promise.all(values.map((v, i) => log.append(v, { force: i % 2 === 0 })));
+  await log.close();
+}
+
+describe('FileLog: replay', () => {
+  it('round-trips records across reopen and keeps appending', async () => {
+    const first = [{ a: 1 }, 'text', 42, [1, [2]], null, { nested: { ü: 'ünïcødé ✓' } }];
+    await writeRecords(first);
+    let { log, records } = await open();
+    expect(records).toEqual(first);
+    await log.append({ more: true }, { force: true });
+    await log.append({ more: 2 }, { force: false });
+    await log.close();
+    ({ log, records } = await open());
+    expect(records).toEqual([...first, { more: true }, { more: 2 }]);
+    expect(await segments()).toEqual([segmentFileName(1)]);
+    await log.close();
+  });
+
+  it('creates a missing directory tree', async () => {
+    const nested = join(dir, 'a', 'b', 'wal');
+    const { log, records } = await FileLog.open({ dir: nested, snapshot: () => [] });
+    expect(records).toEqual([]);
+    await log.append('x', { force: true });
+    await log.close();
+    expect((await FileLog.open({ dir: nested, snapshot: () => [] })).records).toEqual(['x']);
+  });
+
+  it('returns the intact prefix after every kind of torn tail, truncates, and goes on', async () => {
+    const values = Array.from({ length: 6 }, (_, i) => rec(i + 1));
+    await writeRecords(values);
+    const pristine = await readFile(seg(1));
+    const frames = decodeFrames(pristine).frames; // [header, ...records]
+    const last = frames.at(-1)!;
+    const lastLen = last.end - last.offset;
+    const cuts = [1, 3, 8 + 1, lastLen - 8, lastLen - 4, lastLen - 1, lastLen, lastLen + 1, lastLen + 9, lastLen + 20];
+    for (const n of cuts) {
+      const size = pristine.length - n;
+      await writeFile(seg(1), pristine.subarray(0, size));
+      const good = frames.filter((f) => f.end <= size);
+      const { log, records } = await open();
+      expect(records, `cut ${n}`).toEqual(values.slice(0, good.length - 1));
+      expect((await stat(seg(1))).size).toBe(good.at(-1)!.end);
+      await log.append({ after: n }, { force: true });
+      await log.close();
+      expect((await open()).records).toEqual([...values.slice(0, good.length - 1), { after: n }]);
+    }
+  });
+
+  it('starts afresh when even the first header was torn', async () => {
+    await writeRecords([1, 2]);
+    await writeFile(seg(1), (await readFile(seg(1))).subarray(0, 5));
+    const { log, records } = await open();
+    expect(records).toEqual([]);
+    await log.append('new', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['new']);
+  });
+
+  it('drops a record whose payload was corrupted, and everything after it', async () => {
+    const values = Array.from({ length: 5 }, (_, i) => rec(i));
+    await writeRecords(values);
+    const buf = await readFile(seg(1));
+    const frames = decodeFrames(buf).frames;
+    const lastCopy = Buffer.from(buf);
+    lastCopy[frames[5]!.end - 2]! ^= 0x20;
+    await writeFile(seg(1), lastCopy);
+    expect((await open()).records).toEqual(values.slice(0, 4));
+    expect((await stat(seg(1))).size).toBe(frames[4]!.end);
+
+    const midCopy = Buffer.from(buf);
+    midCopy[frames[2]!.offset + 9]! ^= 0x01;
+    await writeFile(seg(1), midCopy);
+    const { log, records } = await open();
+    expect(records).toEqual(values.slice(0, 1));
+    await log.append('z', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual([values[0], 'z']);
+  });
+
+  it('treats an unparsable payload with a valid checksum as the end of the log', async () => {
+    await writeRecords(['a', 'b']);
+    const good = (await stat(seg(1))).size;
+    await writeFile(seg(1), Buffer.concat([await readFile(seg(1)), encodeFrame(Buffer.from('{not json')), frame('c')]));
+    expect((await open()).records).toEqual(['a', 'b']);
+    expect((await stat(seg(1))).size).toBe(good);
+  });
+
+  it('treats a garbage length field or a zero-filled tail as a torn tail, and says so', async () => {
+    await writeRecords(['a', 'b']);
+    const good = await readFile(seg(1));
+    for (const tail of [Buffer.alloc(12, 0xff), Buffer.alloc(4096), Buffer.from([0xff, 0xff, 0xff, 0xff])]) {
+      await writeFile(seg(1), Buffer.concat([good, tail]));
+      const lines: string[] = [];
+      const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+      const { log, records } = await open({ logger });
+      expect(records).toEqual(['a', 'b']);
+      expect((await stat(seg(1))).size).toBe(good.length);
+      expect(log.stats().currentSegmentBytes).toBe(good.length);
+      expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([
+        expect.objectContaining({ level: 40, segment: seg(1), offset: good.length, droppedBytes: tail.length }),
+      ]);
+      await log.close();
+    }
+  });
+
+  it('replays several segments in order and refuses to guess past corruption in a non-last one', async () => {
+    await writeRecords(['a', 'b', 'c']);
+    await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: false }), frame('d')]));
+    const { log, records } = await open();
+    expect(records).toEqual(['a', 'b', 'c', 'd']);
+    await log.append('e', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['a', 'b', 'c', 'd', 'e']);
+
+    const buf = await readFile(seg(1));
+    const target = decodeFrames(buf).frames[2]!;
+    buf[target.end - 1]! ^= 0x40;
+    await writeFile(seg(1), buf);
+    const err = await open().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(LogCorruptedError);
+    expect((err as LogCorruptedError).file).toBe(seg(1));
+    expect((err as LogCorruptedError).offset).toBe(target.offset);
+    expect((await readFile(seg(1))).equals(buf)).toBe(true); // nothing truncated
+  });
+
+  it('refuses a gap in the segment chain', async () => {
+    await writeRecords(['a']);
+    await writeFile(seg(3), Buffer.concat([frame({ tcxSegment: 3, snapshot: false }), frame('x')]));
+    await expect(open()).rejects.toBeInstanceOf(LogCorruptedError);
+  });
+});
+
+describe('FileLog: group commit', () => {
+  it('shares fdatasyncs among 200 concurrent forced appends', async () => {
+    const { log } = await open();
+    const before = log.stats().fsyncs;
+    await Promise.all(Array.from({ length: 200 }, (_, i) => log.append({ i }, { force: true })));
+    const { fsyncs, appendedRecords } = log.stats();
+    expect(fsyncs - before).toBeLessThan(200);
+    expect(fsyncs - before).toBeLessThanOrEqual(5);
+    expect(appendedRecords).toBe(200);
+    await log.close();
+    expect((await open()).records).toEqual(Array.from({ length: 200 }, (_, i) => ({ i })));
+  });
+
+  it('keeps append order while later appends pile up behind a flush in progress', async () => {
+    const { log } = await open();
+    const all: Promise<void>[] = [];
+    for (let wave = 0; wave < 20; wave++) {
+      for (let j = 0; j < 10; j++) all.push(log.append({ n: wave * 10 + j }, { force: j === 9 }));
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(all);
+    await log.close();
+    expect((await open()).records).toEqual(Array.from({ length: 200 }, (_, n) => ({ n })));
+  });
+
+  it('writes unforced records after the lazy delay without syncing, or with the next forced batch', async () => {
+    const { log } = await open({ lazyFlushDelayMs: 20 });
+    const syncs = log.stats().fsyncs;
+    const t0 = Date.now();
+    await log.append('lazy', { force: false });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(15);
+    expect(log.stats().fsyncs).toBe(syncs);
+    expect(decodeFrames(await readFile(seg(1))).frames).toHaveLength(2);
+
+    const { log: slow } = await FileLog.open({ dir: join(dir, 'slow'), snapshot: () => [], lazyFlushDelayMs: 60_000 });
+    const rider = slow.append('rider', { force: false });
+    await slow.append('forced', { force: true });
+    await rider;
+    const pending = slow.append('pending', { force: false });
+    const s0 = slow.stats().fsyncs;
+    await slow.flush();
+    await pending;
+    expect(slow.stats().fsyncs).toBe(s0 + 1);
+    await slow.flush(); // nothing dirty: no extra fdatasync
+    expect(slow.stats().fsyncs).toBe(s0 + 1);
+    await slow.close();
+    await log.close();
+    expect((await FileLog.open({ dir: join(dir, 'slow'), snapshot: () => [] })).records).toEqual(['rider', 'forced', 'pending']);
+  });
+
+  it('rejects appends after close and payloads that are not JSON, without failing the log', async () => {
+    const { log } = await open();
+    await expect(log.append(undefined, { force: true })).rejects.toBeInstanceOf(TypeError);
+    await expect(log.append({ n: 1n }, { force: true })).rejects.toBeInstanceOf(TypeError);
+    await log.append('ok', { force: true });
+    await log.close();
+    await log.close();
+    await expect(log.append('late', { force: true })).rejects.toBeInstanceOf(LogFailedError);
+    expect(log.failed).toBeUndefined();
+    expect((await open()).records).toEqual(['ok']);
+  });
+});
+
+/** A key-value reducer whose state is updated at append time, as the snapshot contract requires. */
+type Op = { op: 'set'; key: string; value: unknown } | { op: 'del'; key: string };
+class Store {
+  readonly map = new Map<string, unknown>();
+  apply(r: Op): void {
+    if (r.op === 'set') this.map.set(r.key, r.value);
+    else this.map.delete(r.key);
+  }
+  snapshot(): Op[] {
+    return [...this.map].map(([key, value]) => ({ op: 'set', key, value }));
+  }
+  static replay(records: unknown[]): Store {
+    const s = new Store();
+    for (const r of records) s.apply(r as Op);
+    return s;
+  }
+}
+
+async function runTransactions(log: FileLog, store: Store, from: number, count: number): Promise<void> {
+  const put = (r: Op, force: boolean): Promise<void> => {
+    store.apply(r);
+    return log.append(r, { force });
+  };
+  let next = from;
+  const worker = async (): Promise<void> => {
+    while (next < from + count) {
+      const n = next++;
+      const tx = `tx${n}`;
+      void put({ op: 'set', key: tx, value: { state: 'active' } }, false);
+      await put({ op: 'set', key: tx, value: { state: 'committed', at: Date.now() } }, true);
+      if (n % 250 !== 0) void put({ op: 'del', key: tx }, false); // a few stay in doubt
+    }
+  };
+  await Promise.all(Array.from({ length: 32 }, worker));
+  await log.flush();
+}
+
+describe('FileLog: compaction', () => {
+  it('makes every new segment durable (data, then directory) before deleting older ones', async () => {
+    const events: string[] = [];
+    const io: LogIo = {
+      ...nodeLogIo,
+      unlink: async (path) => (events.push(`unlink ${basename(path)}`), nodeLogIo.unlink(path)),
+      open: async (path, flags) => {
+        const h = await nodeLogIo.open(path, flags);
+        const name = path === dir ? 'dir' : basename(path);
+        if (flags === 'wx') events.push(`create ${name}`);
+        return {
+          write: (b, o, l, p) => (events.push(`write ${name}`), h.write(b, o, l, p)),
+          datasync: () => (events.push(`datasync ${name}`), h.datasync()),
+          sync: () => (events.push(`sync ${name}`), h.sync()),
+          truncate: (n) => h.truncate(n),
+          close: () => h.close(),
+        };
+      },
+    };
+    const { log } = await open({ io, snapshot: () => ['s'] });
+    await log.append('a', { force: true });
+    await log.compact();
+    await log.close();
+    const [s1, s2] = [segmentFileName(1), segmentFileName(2)];
+    expect(events).toEqual([
+      `create ${s1}`, `write ${s1}`, `datasync ${s1}`, 'sync dir',
+      `write ${s1}`, `datasync ${s1}`,
+      `create ${s2}`, `write ${s2}`, `datasync ${s2}`, 'sync dir',
+      `unlink ${s1}`, 'sync dir',
+    ]);
+  });
+
+  it('keeps replay bounded however long the history, and replays the live state exactly', async () => {
+    const store = new Store();
+    let live = store; // the state the snapshot callback reflects
+    const options = { segmentMaxBytes: 16 * 1024, lazyFlushDelayMs: 1, snapshot: () => live.snapshot() };
+    let { log } = await open(options);
+    await runTransactions(log, store, 0, 5000);
+    expect(log.stats().compactions).toBeGreaterThan(5);
+    expect(log.stats().segments).toBe(1);
+    await log.close();
+    expect((await segments()).length).toBe(1);
+
+    let records: unknown[];
+    ({ log, records } = await open(options));
+    const firstCount = records.length;
+    expect(firstCount).toBeLessThan(1000); // 15,000 records appended
+    expect(Store.replay(records).map).toEqual(store.map);
+    const replayed = Store.replay(records);
+    live = replayed;
+    await runTransactions(log, replayed, 5000, 5000);
+    await log.close();
+
+    ({ log, records } = await open(options));
+    expect(records.length).toBeLessThan(1000);
+    expect(Store.replay(records).map).toEqual(replayed.map);
+    expect(replayed.map.size).toBe(40);
+    expect((await segments()).length).toBe(1);
+    await log.close();
+  });
+
+  it('compacts on demand; appends made meanwhile follow the snapshot', async () => {
+    const store = new Store();
+    const { log } = await open({ snapshot: () => store.snapshot() });
+    const put = (r: Op): Promise<void> => (store.apply(r), log.append(r, { force: true }));
+    await put({ op: 'set', key: 'a', value: 1 });
+    await put({ op: 'set', key: 'b', value: 2 });
+    await put({ op: 'del', key: 'a' });
+    const compacted = log.compact();
+    const during = put({ op: 'set', key: 'c', value: 3 });
+    await compacted;
+    await during;
+    await put({ op: 'set', key: 'd', value: 4 });
+    expect(log.stats()).toMatchObject({ compactions: 1, segments: 1 });
+    await log.close();
+    expect(await segments()).toEqual([segmentFileName(2)]);
+    const { records } = await open();
+    expect(Store.replay(records).map).toEqual(store.map);
+    expect(records.length).toBeLessThanOrEqual(4);
+  });
+
+  it('survives a snapshot callback that throws', async () => {
+    let broken = true;
+    const { log } = await open({
+      snapshot: () => {
+        if (broken) throw new Error('bug in snapshot');
+        return ['state'];
+      },
+    });
+    await log.append('x', { force: true });
+    await expect(log.compact()).rejects.toThrow('bug in snapshot');
+    expect(log.failed).toBeUndefined();
+    await log.append('y', { force: true });
+    broken = false;
+    await log.compact();
+    await log.append('z', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['state', 'z']);
+  });
+
+  it('ignores a snapshot segment left without its end marker by a crash, wherever the crash hit', async () => {
+    await writeRecords(['a', 'b', 'c']);
+    const header = frame({ tcxSegment: 2, snapshot: true, snapshotRecords: 3 });
+    const marker = frame({ tcxSnapshotEnd: 2, records: 3 });
+    const full = Buffer.concat([header, frame('s1'), frame('s2'), frame('s3'), marker, frame('after')]);
+    const cuts = [0, 5, header.length, header.length + 20, full.length - frame('after').length - 3];
+    for (const cut of cuts) {
+      await writeFile(seg(2), full.subarray(0, cut));
+      const { log, records } = await open();
+      expect(records, `cut ${cut}`).toEqual(['a', 'b', 'c']);
+      expect(await segments()).toEqual([segmentFileName(1)]);
+      await log.close();
+    }
+    // With the marker durable, the snapshot wins and the old segment is deleted.
+    await writeFile(seg(2), full);
+    const { log, records } = await open();
+    expect(records).toEqual(['s1', 's2', 's3', 'after']);
+    expect(await segments()).toEqual([segmentFileName(2)]);
+    await log.append('next', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['s1', 's2', 's3', 'after', 'next']);
+  });
+
+  it('refuses an incomplete snapshot with nothing older to fall back on', async () => {
+    await writeFile(seg(7), Buffer.concat([frame({ tcxSegment: 7, snapshot: true, snapshotRecords: 2 }), frame('s1')]));
+    await expect(open()).rejects.toBeInstanceOf(LogCorruptedError);
+  });
+});
+
+/** Wraps node:fs/promises so a test can make writes, syncs or segment creation fail. */
+function faultyIo(): { io: LogIo; fail: { write: boolean; datasync: boolean; create: boolean } } {
+  const fail = { write: false, datasync: false, create: false };
+  const eio = (): Promise<never> => Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
+  const io: LogIo = {
+    ...nodeLogIo,
+    open: async (path, flags) => {
+      if (fail.create && flags === 'wx') return eio();
+      const h = await nodeLogIo.open(path, flags);
+      const wrapped: LogFile = {
+        write: (b, o, l, p) => (fail.write ? eio() : h.write(b, o, l, p)),
+        datasync: () => (fail.datasync ? eio() : h.datasync()),
+        sync: () => h.sync(),
+        truncate: (n) => h.truncate(n),
+        close: () => h.close(),
+      };
+      return wrapped;
+    },
+  };
+  return { io, fail };
+}
+
+describe('FileLog: fail-stop', () => {
+  it('never resolves a forced append whose fdatasync failed, and refuses everything after', async () => {
+    const { io, fail } = faultyIo();
+    const { log } = await open({ io, lazyFlushDelayMs: 60_000 });
+    await log.append('durable', { force: true });
+    fail.datasync = true;
+    let resolved = 0;
+    const unforced = log.append('rider', { force: false });
+    const forced = Array.from({ length: 10 }, (_, i) => log.append({ i }, { force: true }).then(() => resolved++));
+    for (const p of [unforced, ...forced]) await expect(p).rejects.toBeInstanceOf(LogFailedError);
+    expect(resolved).toBe(0);
+    expect(log.failed).toBeInstanceOf(LogFailedError);
+    fail.datasync = false;
+    const size = (await stat(seg(1))).size;
+    await expect(log.append('later', { force: true })).rejects.toBe(log.failed);
+    await expect(log.append('later', { force: false })).rejects.toBeInstanceOf(LogFailedError);
+    await expect(log.flush()).rejects.toBeInstanceOf(LogFailedError);
+    await expect(log.compact()).rejects.toBeInstanceOf(LogFailedError);
+    expect((await stat(seg(1))).size).toBe(size); // never writes again
+    await log.close();
+    expect((await open()).records[0]).toBe('durable');
+  });
+
+  it('fails stop when a write fails', async () => {
+    const { io, fail } = faultyIo();
+    const { log } = await open({ io });
+    fail.write = true;
+    const a = log.append('a', { force: false });
+    const b = log.append('b', { force: true });
+    await expect(b).rejects.toBeInstanceOf(LogFailedError);
+    await expect(a).rejects.toBeInstanceOf(LogFailedError);
+    expect(log.failed?.cause).toMatchObject({ code: 'EIO' });
+    await log.close();
+  });
+
+  it('fails stop when rotation cannot create the next segment, keeping the old one authoritative', async () => {
+    const { io, fail } = faultyIo();
+    const { log } = await open({ io, snapshot: () => ['snap'] });
+    await log.append('a', { force: true });
+    fail.create = true;
+    const during = log.append('b', { force: true });
+    await expect(log.compact()).rejects.toBeInstanceOf(LogFailedError);
+    await during; // appended before the snapshot: written and synced to the old segment
+    await expect(log.append('c', { force: true })).rejects.toBeInstanceOf(LogFailedError);
+    expect(log.failed).toBeInstanceOf(LogFailedError);
+    await log.close();
+    expect((await open()).records).toEqual(['a', 'b']);
+  });
+});

@@ -1,0 +1,57 @@
+/**
+ * Per-test-file isolation: each file gets fresh databases on the shared test
+ * servers, named from a random suffix, with the tables the transfer tests use.
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+
+export async function freshDatabase(serverUrl: string, prefix = 't'): Promise<string> {
+  const name = `${prefix}_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** accounts(id text primary key, balance bigint check (balance >= 0)) with the given rows. */
+export async function createAccounts(databaseUrl: string, rows: Record<string, number>): Promise<void> {
+  await withClient(databaseUrl, async (c) => {
+    await c.query('CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))');
+    for (const [id, balance] of Object.entries(rows)) {
+      await c.query('INSERT INTO accounts (id, balance) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance', [id, balance]);
+    }
+  });
+}
+
+export async function withClient<T>(databaseUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: databaseUrl });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+export async function totalBalance(databaseUrl: string): Promise<number> {
+  return withClient(databaseUrl, async (c) => Number((await c.query('SELECT coalesce(sum(balance), 0) AS s FROM accounts')).rows[0].s));
+}
+
+export async function balanceOf(databaseUrl: string, id: string): Promise<number> {
+  return withClient(databaseUrl, async (c) => Number((await c.query('SELECT balance FROM accounts WHERE id = $1', [id])).rows[0]?.balance));
+}
+
+/** Prepared transactions in this database whose gid starts with the prefix (default: any coordinator's). */
+export async function preparedGids(databaseUrl: string, prefix = 'tcx:'): Promise<string[]> {
+  return withClient(databaseUrl, async (c) =>
+    (await c.query('SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)', [prefix])).rows.map(
+      (r: { gid: string }) => r.gid,
+    ),
+  );
+}

@@ -1,0 +1,57 @@
+/**
+ * Runs a real Coordinator (file log in a temp dir, real participants) inside
+ * the test process, with its API reachable through `app.inject()`.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { buildServer } from '../../src/api/server.js';
+import { loadConfig } from '../../src/config.js';
+import { Coordinator } from '../../src/coordinator/coordinator.js';
+import { createLogger } from '../../src/logger.js';
+
+export interface InProcessCoordinator {
+  readonly coordinator: Coordinator;
+  readonly app: FastifyInstance;
+  readonly dataDir: string;
+  /** Stops the coordinator (graceful) but keeps the data dir. */
+  stop(): Promise<void>;
+  /** Stops and removes the data dir. */
+  destroy(): Promise<void>;
+}
+
+export function tempDataDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'tcx-coord-'));
+}
+
+export async function startCoordinator(env: Record<string, string> = {}, dataDir = tempDataDir()): Promise<InProcessCoordinator> {
+  const config = loadConfig({
+    TCX_DATA_DIR: dataDir,
+    TCX_RETRY_INITIAL_MS: '20',
+    TCX_RETRY_MAX_MS: '500',
+    TCX_LOG_LEVEL: process.env.TCX_TEST_LOG_LEVEL ?? 'silent',
+    ...env,
+  });
+  const logger = createLogger({ level: config.logLevel });
+  const coordinator = await Coordinator.start(config, logger);
+  const app = buildServer(coordinator, logger);
+  await app.ready();
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await app.close();
+    await coordinator.stop(2_000);
+  };
+  return {
+    coordinator,
+    app,
+    dataDir,
+    stop,
+    destroy: async () => {
+      await stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,211 @@
+/**
+ * A real Redis server started from `redis-server` on this machine, on a free port with its
+ * own dir, AOF on with fsync always by default, for tests that kill and restart it.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { getFreePort } from './free-port.js';
+import { SpawnedProcess, logTail, makeTempDir, registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+
+let binaryCache: string | null | undefined;
+/** Path of redis-server: $TCX_REDIS_SERVER, /usr/bin/redis-server, /usr/local/bin/redis-server, or on PATH. */
+export function findRedisServerBinary(): string | null {
+  if (binaryCache !== undefined) return binaryCache;
+  const candidates = [process.env.TCX_REDIS_SERVER, '/usr/bin/redis-server', '/usr/local/bin/redis-server'];
+  binaryCache = candidates.find((c): c is string => !!c && fs.existsSync(c)) ?? null;
+  if (!binaryCache) {
+    try {
+      const found = execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+      binaryCache = found !== '' ? found : null;
+    } catch {
+      binaryCache = null;
+    }
+  }
+  return binaryCache;
+}
+
+/** One PING over a raw socket: resolves the first reply line (e.g. "+PONG", "-LOADING ..."). */
+function ping(host: string, port: number, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host, port });
+    let buf = '';
+    const done = (err: Error | null, line?: string): void => {
+      sock.destroy();
+      if (err) reject(err);
+      else resolve(line ?? '');
+    };
+    sock.setTimeout(timeoutMs, () => done(new Error(`PING timed out after ${timeoutMs} ms`)));
+    sock.once('error', (err) => done(err));
+    sock.once('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('utf8');
+      const nl = buf.indexOf('\r\n');
+      if (nl >= 0) done(null, buf.slice(0, nl));
+    });
+    sock.once('close', () => done(new Error('connection closed before a reply')));
+  });
+}
+
+export interface RedisServerOptions {
+  /** appendonly yes (with appendfsync always); default true. */
+  appendonly?: boolean;
+  /** Used in the temp dir name and error messages. */
+  name?: string;
+}
+
+export class RedisServer {
+  readonly host = '127.0.0.1';
+  private proc: SpawnedProcess | undefined;
+  private unregister: () => void;
+  private destroyed = false;
+
+  private constructor(
+    readonly name: string,
+    readonly binary: string,
+    /** Temp dir: the server's --dir (AOF lives here) and redis.log. */
+    readonly dir: string,
+    private portValue: number,
+    readonly appendonly: boolean,
+  ) {
+    this.unregister = registerCleanup(() => {
+      this.proc?.killGroupSync();
+      removeDirSync(this.dir);
+    });
+  }
+
+  static available(): boolean {
+    return findRedisServerBinary() !== null;
+  }
+
+  static async start(opts: RedisServerOptions = {}): Promise<RedisServer> {
+    const binary = findRedisServerBinary();
+    if (!binary) throw new Error('RedisServer: redis-server not found; install the `redis-server` package');
+    const name = (opts.name ?? 'redis').replace(/[^A-Za-z0-9_-]/g, '_');
+    const dir = makeTempDir(`${name}-`);
+    const server = new RedisServer(name, binary, dir, await getFreePort(), opts.appendonly ?? true);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await server.launch();
+          return server;
+        } catch (err) {
+          if (attempt < 4 && /Address already in use|Could not create server TCP listening socket/i.test(server.logTail(20))) {
+            server.portValue = await getFreePort();
+            continue;
+          }
+          throw err;
+        }
+      }
+    } catch (err) {
+      await server.destroy().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  get port(): number {
+    return this.portValue;
+  }
+
+  get url(): string {
+    return `redis://${this.host}:${this.port}`;
+  }
+
+  get logFile(): string {
+    return path.join(this.dir, 'redis.log');
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.running ? this.proc.pid : undefined;
+  }
+
+  get running(): boolean {
+    return this.proc?.running ?? false;
+  }
+
+  logTail(lines = 40): string {
+    return logTail(this.logFile, lines);
+  }
+
+  /** Graceful shutdown (SIGTERM: Redis flushes and fsyncs the AOF, then exits). */
+  async stop(): Promise<void> {
+    const proc = this.proc;
+    if (!proc) return;
+    await proc.terminate('SIGTERM', 30_000);
+    this.proc = undefined;
+  }
+
+  /** Simulates a crash: SIGKILL (the server and any fork, e.g. an AOF rewrite child). */
+  async kill(): Promise<void> {
+    const proc = this.proc;
+    if (!proc) return;
+    await proc.killGroup();
+    this.proc = undefined;
+  }
+
+  /** Starts again on the same port and dir, so the AOF is replayed. */
+  async restart(): Promise<void> {
+    if (this.destroyed) throw new Error(`RedisServer ${this.name}: restart() after destroy()`);
+    await this.stop();
+    await this.launch();
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    try {
+      await this.stop();
+    } finally {
+      this.unregister();
+      removeDirSync(this.dir);
+    }
+  }
+
+  private async launch(): Promise<void> {
+    const args = [
+      '--port', String(this.port),
+      '--bind', '127.0.0.1',
+      '--appendonly', this.appendonly ? 'yes' : 'no',
+      '--appendfsync', 'always',
+      '--dir', this.dir,
+      '--save', '',
+      '--daemonize', 'no',
+    ];
+    fs.appendFileSync(this.logFile, `--- tcx: starting redis on port ${this.port} at ${new Date().toISOString()}\n`);
+    const proc = new SpawnedProcess(`redis ${this.name}:${this.port}`, this.binary, args, this.logFile, { cwd: this.dir });
+    this.proc = proc;
+    try {
+      await this.waitReady(proc, 30_000);
+    } catch (err) {
+      await proc.killGroup().catch(() => undefined);
+      this.proc = undefined;
+      throw err;
+    }
+  }
+
+  private async waitReady(proc: SpawnedProcess, ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    let last = '';
+    while (Date.now() < deadline) {
+      if (!proc.running) {
+        throw new Error(
+          `RedisServer ${this.name}: redis-server on port ${this.port} ${proc.describeExit()} before accepting connections; ` +
+            `log ${this.logFile}:\n${this.logTail()}`,
+        );
+      }
+      try {
+        const reply = await ping(this.host, this.port, 1_000);
+        if (reply === '+PONG') return;
+        last = reply; // e.g. -LOADING while the AOF is replayed
+      } catch (err) {
+        last = err instanceof Error ? err.message : String(err);
+      }
+      await sleep(25);
+    }
+    throw new Error(
+      `RedisServer ${this.name}: redis-server on port ${this.port} not ready within ${ms} ms (last: ${last}); ` +
+        `log ${this.logFile}:\n${this.logTail()}`,
+    );
+  }
+}
