@@ -8,6 +8,8 @@
  */
 
 import type { Logger } from 'pino';
+import { mkdir } from 'node:fs/promises';
+import { lockDataDir, type DirLock } from '../log/dir-lock.js';
 import { FileLog } from '../log/file-log.js';
 import { DurableState } from '../log/durable-state.js';
 import { isLogRecord, type LogRecord } from '../log/log-records.js';
@@ -24,24 +26,35 @@ export class CoordinatorLog {
   readonly state: DurableState;
   readonly #file: FileLog;
   readonly #logger: Logger;
+  readonly #lock: DirLock;
 
-  private constructor(file: FileLog, state: DurableState, logger: Logger) {
+  private constructor(file: FileLog, state: DurableState, logger: Logger, lock: DirLock) {
     this.#file = file;
     this.state = state;
     this.#logger = logger;
+    this.#lock = lock;
   }
 
   static async open(options: CoordinatorLogOptions): Promise<{ log: CoordinatorLog; replayed: number }> {
     const state = new DurableState();
-    const { log: file, records } = await FileLog.open({
-      dir: options.dir,
-      segmentMaxBytes: options.segmentMaxBytes,
-      logger: options.logger,
-      snapshot: () => {
-        state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-        return state.snapshot();
-      },
-    });
+    await mkdir(options.dir, { recursive: true });
+    const lock = await lockDataDir(options.dir);
+    let opened: Awaited<ReturnType<typeof FileLog.open>>;
+    try {
+      opened = await FileLog.open({
+        dir: options.dir,
+        segmentMaxBytes: options.segmentMaxBytes,
+        logger: options.logger,
+        snapshot: () => {
+          state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
+          return state.snapshot();
+        },
+      });
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    const { log: file, records } = opened;
     let replayed = 0;
     for (const record of records) {
       if (!isLogRecord(record)) {
@@ -52,7 +65,7 @@ export class CoordinatorLog {
       replayed++;
     }
     state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-    return { log: new CoordinatorLog(file, state, options.logger), replayed };
+    return { log: new CoordinatorLog(file, state, options.logger, lock), replayed };
   }
 
   /** Appends and waits until the record is durable (fsync done). */
@@ -85,7 +98,11 @@ export class CoordinatorLog {
     return this.#file.stats();
   }
 
-  close(): Promise<void> {
-    return this.#file.close();
+  async close(): Promise<void> {
+    try {
+      await this.#file.close();
+    } finally {
+      await this.#lock.release();
+    }
   }
 }
