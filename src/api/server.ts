@@ -115,7 +115,14 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       } catch (err) {
         // The failed branch aborted the transaction; make sure nothing stays open either way.
         await tx.abort(begun.id, 'a branch of the one-request transaction failed').catch(() => undefined);
-        throw err;
+        if (body.commit !== true || !(err instanceof CoordinatorError) || err.code !== 'OPERATION_FAILED') throw err;
+        // Asked to commit, the transaction ended in abort: answer like a commit that aborted.
+        const view = tx.get(begun.id);
+        return reply.status(409).send({
+          ...view,
+          error: { code: 'TRANSACTION_ABORTED', message: view.reason ?? err.message, details: err.toJSON() },
+          results,
+        });
       }
     }
     if (body.commit !== true) return reply.status(201).send({ ...tx.get(begun.id), results });

@@ -66,10 +66,11 @@ describe('transactions across two Postgres databases and an HTTP service', () =>
       ],
       commit: true,
     });
-    expect(res.status).toBe(422);
-    expect(res.body.error.code).toBe('OPERATION_FAILED');
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('TRANSACTION_ABORTED');
     expect(res.body.state).toBe('aborted');
-    expect(res.body.error.details.sqlState).toBe('23514');
+    expect(res.body.reason).toMatch(/check constraint/);
+    expect(res.body.error.details.details.sqlState).toBe('23514');
     expect([await balanceOf(dbA, 'alice'), await balanceOf(dbB, 'bob')]).toEqual(before);
     expect(await preparedGids(dbA)).toEqual([]);
     expect(await preparedGids(dbB)).toEqual([]);
