@@ -3,7 +3,7 @@
  * schemas.ts before anything runs, so bad input changes nothing.
  */
 
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
@@ -42,11 +42,14 @@ function outcomeBody(outcome: Outcome): Record<string, unknown> {
 export function buildServer(coordinator: Coordinator, logger: Logger, options: ServerOptions = {}): FastifyInstance {
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // One log line per event that matters (decisions, recovery, retries), not two per request.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
   installErrorHandling(app);
+  // Bodies are JSON only: anything else is 415, not parsed as text.
+  app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
 
   app.get('/healthz', async (_request, reply) => {
@@ -93,7 +96,16 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   // ---- transactions -------------------------------------------------------------------
 
-  app.post('/v1/transactions', { schema: { body: beginTransactionBody } }, async (request, reply) => {
+  app.post(
+    '/v1/transactions',
+    {
+      schema: { body: beginTransactionBody },
+      // A begin needs no body at all: treat a missing one as {}.
+      preValidation: async (request) => {
+        request.body ??= {};
+      },
+    },
+    async (request, reply) => {
     const body = (request.body ?? {}) as {
       protocol?: '2pc';
       timeoutMs?: number;
@@ -128,7 +140,8 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     if (body.commit !== true) return reply.status(201).send({ ...tx.get(begun.id), results });
     const outcome = await tx.commit(begun.id);
     return reply.status(outcome.status).send({ ...outcomeBody(outcome), results });
-  });
+    },
+  );
 
   app.get('/v1/transactions', { schema: { querystring: listTransactionsQuery } }, async (request) => {
     const query = request.query as { state?: string; limit?: string };

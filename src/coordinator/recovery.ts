@@ -78,8 +78,10 @@ export class RecoverySweeper {
       for (const gid of gids) {
         const parsed = parseGid(gid);
         if (parsed === undefined || parsed.coordinatorId !== this.#coordinatorId) continue;
-        // A transaction this process is running (or resuming) is resolved by its own driver.
-        if (this.#manager.isLive(parsed.transactionId)) continue;
+        // A branch a running (or resumed) transaction knows is resolved by that transaction's driver.
+        // A resumed transaction may have prepared branches its log never named (a crash between
+        // PREPARE and the enlist record): those are resolved here, from the logged decision.
+        if (this.#manager.ownsBranch(parsed.transactionId, gid)) continue;
         const decision = this.#log.state.transaction(parsed.transactionId)?.decision;
         const commit = decision === 'commit';
         const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };

@@ -82,7 +82,7 @@ export class TransactionManager {
   begin(request: { protocol?: ProtocolName; timeoutMs?: number }): TransactionView {
     this.#assertAcceptingWork();
     const protocol = request.protocol ?? '2pc';
-    if (protocol !== '2pc') throw new CoordinatorError('PROTOCOL_NOT_SUPPORTED', `protocol ${protocol} is not supported`);
+    if (protocol !== '2pc') throw new CoordinatorError('VALIDATION_FAILED', `protocol ${protocol} is not supported`);
     const timeoutMs = request.timeoutMs ?? this.#options.defaultTimeoutMs;
     if (timeoutMs > this.#options.maxTimeoutMs) {
       throw new CoordinatorError('VALIDATION_FAILED', `timeoutMs must not exceed ${this.#options.maxTimeoutMs}`);
@@ -103,7 +103,13 @@ export class TransactionManager {
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
       const adapter = this.#registry.adapter(request.participant);
-      const work = adapter.kind === 'http' ? request.payload : request.operations;
+      const [work, misplaced] = adapter.kind === 'http' ? [request.payload, request.operations] : [request.operations, request.payload];
+      if (misplaced !== undefined) {
+        throw new CoordinatorError(
+          'VALIDATION_FAILED',
+          adapter.kind === 'http' ? 'an http branch takes a payload, not operations' : `a ${adapter.kind} branch takes operations, not a payload`,
+        );
+      }
       adapter.validateWork(work);
       const branch = this.#branchFor(tx, request.participant, adapter.kind, work);
       let result: EnlistResult;
@@ -114,13 +120,11 @@ export class TransactionManager {
         const reason = cancelled ?? `branch ${branch.branchId} on ${branch.participant} failed: ${errorMessage(err)}`;
         this.#apply(tx, { type: 'abort', reason });
         await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
-        if (err instanceof CoordinatorError) {
-          throw new CoordinatorError(err.code, err.message, {
-            cause: err,
-            details: { ...err.details, transactionId: tx.id, state: tx.state.phase, reason },
-          });
-        }
-        throw err;
+        const code = err instanceof CoordinatorError ? err.code : 'OPERATION_FAILED';
+        throw new CoordinatorError(code, errorMessage(err), {
+          cause: err,
+          details: { ...(err instanceof CoordinatorError ? err.details : {}), transactionId: tx.id, state: tx.state.phase, reason },
+        });
       }
       return {
         transactionId: tx.id,
@@ -181,11 +185,12 @@ export class TransactionManager {
       } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
         return this.#outcome(tx);
       }
-      await tx.waitUntil(() => tx.state.phase !== 'preparing', this.#options.prepareWaitMs);
-      await tx.waitUntil(
-        () => isTerminal(tx.state.phase) || tx.logFailure !== undefined,
-        this.#options.commitWaitMs + this.#options.prepareWaitMs,
-      );
+      // Votes (bounded by the participants' own deadlines), then the forced decision, then up to
+      // commitWaitMs for acknowledgements; past that the answer is 202 and delivery goes on.
+      const decided = (): boolean =>
+        tx.logFailure !== undefined || (tx.state.phase !== 'preparing' && tx.state.phase !== 'deciding');
+      await tx.waitUntil(decided, this.#options.prepareWaitMs);
+      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.commitWaitMs);
       return this.#outcome(tx);
     });
   }
@@ -242,8 +247,12 @@ export class TransactionManager {
     return false;
   }
 
-  isLive(id: string): boolean {
-    return this.#live.has(id);
+  /** True when a running (or resumed) transaction drives the branch with this gid itself. */
+  ownsBranch(transactionId: string, gid: string): boolean {
+    const tx = this.#live.get(transactionId);
+    if (tx === undefined) return false;
+    for (const b of tx.branches.values()) if (b.gid === gid) return true;
+    return false;
   }
 
   // ---- recovery -------------------------------------------------------------------------
@@ -485,7 +494,8 @@ export class TransactionManager {
     if (view.state === 'aborted' || view.state === 'aborting' || (view.state === 'deciding' && tx.state.decision === 'abort')) {
       return { view, status: 409 };
     }
-    if (view.state === 'committing') return { view, status: 202 };
+    // Decided but not yet delivered everywhere, or still deciding: the outcome is not final yet.
+    if (view.state === 'committing' || view.state === 'preparing' || view.state === 'deciding') return { view, status: 202 };
     return { view, status: 200 };
   }
 

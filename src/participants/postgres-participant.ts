@@ -38,6 +38,7 @@ const UNDEFINED_OBJECT = '42704';
 interface BranchSession {
   readonly client: pg.PoolClient;
   readonly backendPid: number;
+  readonly onError: (err: Error) => void;
   /** Set when the session can no longer prepare: a statement failed or the connection broke. */
   failure: string | undefined;
 }
@@ -149,10 +150,15 @@ export class PostgresParticipant implements ParticipantAdapter {
       client.release(err instanceof Error ? err : true);
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot begin on ${this.name}: ${errorMessage(err)}`, { cause: err });
     }
-    const session: BranchSession = { client, backendPid, failure: undefined };
-    client.on('error', (err) => {
-      session.failure = `connection lost: ${errorMessage(err)}`;
-    });
+    const session: BranchSession = {
+      client,
+      backendPid,
+      failure: undefined,
+      onError: (err) => {
+        session.failure = `connection lost: ${errorMessage(err)}`;
+      },
+    };
+    client.on('error', session.onError);
     this.#open.set(branch.gid, session);
     return session;
   }
@@ -175,12 +181,12 @@ export class PostgresParticipant implements ParticipantAdapter {
         return { vote: 'read-only' };
       }
       await session.client.query(`PREPARE TRANSACTION '${branch.gid}'`);
-      session.client.release();
+      release(session);
       return { vote: 'yes' };
     } catch (err) {
       // A failed PREPARE rolls the transaction back; a broken connection may or may not have
       // prepared it — the abort that follows a no vote resolves either case.
-      session.client.release(err instanceof Error ? err : true);
+      release(session, err);
       return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
     }
   }
@@ -188,9 +194,9 @@ export class PostgresParticipant implements ParticipantAdapter {
   async #endSession(session: BranchSession, statement: 'COMMIT' | 'ROLLBACK'): Promise<void> {
     try {
       await session.client.query(statement);
-      session.client.release();
+      release(session);
     } catch (err) {
-      session.client.release(err instanceof Error ? err : true);
+      release(session, err);
     }
   }
 
@@ -243,6 +249,12 @@ export class PostgresParticipant implements ParticipantAdapter {
 function runOperation(client: pg.PoolClient, op: SqlOperation): Promise<pg.QueryResult> {
   // Extended protocol always: one statement per operation, parameters never spliced into text.
   return client.query({ text: op.sql, values: [...op.params], queryMode: 'extended' } as pg.QueryConfig);
+}
+
+/** Returns the session's connection to the pool (destroying it after an error). */
+function release(session: BranchSession, err?: unknown): void {
+  session.client.off('error', session.onError);
+  session.client.release(err === undefined ? undefined : err instanceof Error ? err : true);
 }
 
 function assertSafeGid(gid: string): void {

@@ -14,7 +14,8 @@
  *
  * Keys are 1..1024 bytes and may not start with the reserved prefix `tcx:`; values and
  * fields are strings (values at most 512 KiB, fields at most 1024 bytes); numbers in
- * incrby are JS safe integers. Guards and bounds see the values as left by the branch's
+ * incrby are JS safe integers. A branch (all its enlists) holds at most 1,000 operations and
+ * 64 MiB of keys, fields and values. Guards and bounds see the values as left by the branch's
  * earlier operations. Unknown properties are refused (a typo must not silently drop a guard).
  *
  * Key layout (every key the adapter owns starts with `tcx:`):
@@ -47,6 +48,8 @@ export type RedisOperation = RedisStagedOperation | RedisReadOperation;
 export const MAX_OPERATIONS = 100;
 /** Across every enlist of one branch. */
 export const MAX_BRANCH_OPERATIONS = 1_000;
+/** Across every enlist of one branch: keys, fields and values together (the staged record's size). */
+export const MAX_BRANCH_BYTES = 64 * 1024 * 1024;
 export const MAX_KEY_BYTES = 1024;
 export const MAX_FIELD_BYTES = 1024;
 export const MAX_VALUE_BYTES = 512 * 1024;
@@ -168,6 +171,17 @@ export function encodeStagedOperations(ops: readonly RedisStagedOperation[]): st
   );
 }
 
+/** Bytes of keys, fields and values the operations would stage. */
+export function stagedBytes(ops: readonly RedisStagedOperation[]): number {
+  let total = 0;
+  for (const o of ops) {
+    total += Buffer.byteLength(o.key);
+    if (o.op === 'set' || o.op === 'expect') total += Buffer.byteLength(o.value ?? '');
+    if (o.op === 'hset') total += Buffer.byteLength(o.field) + Buffer.byteLength(o.value);
+  }
+  return total;
+}
+
 /** Distinct keys of the operations, in first-use order. */
 export function distinctKeys(ops: readonly RedisStagedOperation[]): string[] {
   return [...new Set(ops.map((o) => o.key))];
@@ -202,6 +216,20 @@ export function hashTag(key: string): string | undefined {
 
 export function keySlot(key: string): number {
   return crc16(Buffer.from(hashTag(key) ?? key, 'utf8')) % SLOT_COUNT;
+}
+
+/** Redis Cluster: a branch's writes and guards must share one hash slot (one Lua script). */
+export function assertOneSlot(ops: readonly RedisStagedOperation[]): void {
+  const slots = new Map<number, string>();
+  for (const op of ops) if (!slots.has(keySlot(op.key))) slots.set(keySlot(op.key), op.key);
+  if (slots.size <= 1) return;
+  throw new CoordinatorError(
+    'VALIDATION_FAILED',
+    `the branch's keys span ${slots.size} hash slots of the Redis Cluster (${[...slots.values()].map((k) => JSON.stringify(k)).join(', ')}); ` +
+      'a branch must stay in one slot: give its keys a common hash tag, e.g. {account-42}:balance and {account-42}:history, ' +
+      'or split the work into one branch per slot',
+    { details: { slots: [...slots.keys()] } },
+  );
 }
 
 const slotTags = new Map<number, string>();
