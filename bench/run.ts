@@ -87,6 +87,7 @@ async function main(): Promise<void> {
 
   const poolA = new pg.Pool({ connectionString: dbA, max: 20 });
   const poolB = new pg.Pool({ connectionString: dbB, max: 20 });
+  for (const pool of [poolA, poolB]) pool.on('error', (err) => console.error(`bench pool: ${err.message}`));
   const update = 'UPDATE accounts SET balance = balance + $1 WHERE id = $2';
   for (const clients of [1, 16]) {
     rows.push({
@@ -159,8 +160,6 @@ async function main(): Promise<void> {
   await coordinator.stop(2_000);
   await poolA.end();
   await poolB.end();
-  for (const s of servers) await s.destroy();
-  fs.rmSync(dataDir, { recursive: true, force: true });
 
   const byHand = (clients: number): number => rows.find((r) => r.scenario === 'pg-2pc-by-hand' && r.clients === clients)?.perSecond ?? 0;
   console.log(`\nbench: ${SECONDS}s per cell, ${os.cpus().length} cores, node ${process.version}\n`);
@@ -177,6 +176,8 @@ async function main(): Promise<void> {
   const file = path.join('bench-results', `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   fs.writeFileSync(file, JSON.stringify({ seconds: SECONDS, node: process.version, rows, coordinatorFsyncs: fsyncs }, null, 2));
   console.log(`wrote ${file}`);
+  for (const server of servers) await server.destroy();
+  fs.rmSync(dataDir, { recursive: true, force: true });
 }
 
 main().catch((err: unknown) => {

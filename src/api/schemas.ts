@@ -26,9 +26,17 @@ export const registerParticipantBody = {
   required: ['name', 'kind'],
   properties: {
     name: { type: 'string', pattern: NAME_PATTERN },
-    kind: { type: 'string', enum: ['postgres', 'http'] },
+    kind: { type: 'string', enum: ['postgres', 'http', 'redis'] },
     connectionString: { type: 'string', minLength: 1, maxLength: 2048 },
     baseUrl: { type: 'string', minLength: 1, maxLength: 2048 },
+    url: { type: 'string', minLength: 1, maxLength: 2048 },
+    options: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        allowVolatile: { type: 'boolean' },
+      },
+    },
   },
 } as const;
 
@@ -42,13 +50,23 @@ export const sqlOperation = {
   },
 } as const;
 
+/** One Redis operation; redis-operations.ts checks each op's own fields. */
+export const redisOperation = {
+  type: 'object',
+  required: ['op', 'key'],
+  properties: {
+    op: { type: 'string', enum: ['set', 'del', 'incrby', 'expect', 'hset', 'get'] },
+    key: { type: 'string', minLength: 1, maxLength: 1024 },
+  },
+} as const;
+
 export const branchBody = {
   type: 'object',
   additionalProperties: false,
   required: ['participant'],
   properties: {
     participant: { type: 'string', pattern: NAME_PATTERN },
-    operations: { type: 'array', minItems: 1, maxItems: 100, items: sqlOperation },
+    operations: { type: 'array', minItems: 1, maxItems: 100, items: { anyOf: [sqlOperation, redisOperation] } },
     payload: {},
   },
 } as const;

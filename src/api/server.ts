@@ -39,6 +39,38 @@ function outcomeBody(outcome: Outcome): Record<string, unknown> {
   };
 }
 
+/** Which address field each kind takes, and the URL schemes it accepts. */
+const ADDRESS_FIELD = {
+  postgres: { field: 'connectionString', schemes: ['postgres:', 'postgresql:'] },
+  http: { field: 'baseUrl', schemes: ['http:', 'https:'] },
+  redis: { field: 'url', schemes: ['redis:', 'rediss:'] },
+} as const;
+
+function checkRegistration(body: RegistrationRequest): void {
+  const wanted = ADDRESS_FIELD[body.kind];
+  for (const { field } of Object.values(ADDRESS_FIELD)) {
+    const present = body[field] !== undefined;
+    if (field === wanted.field && !present) {
+      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant needs a ${field}`);
+    }
+    if (field !== wanted.field && present) {
+      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant takes a ${wanted.field}, not a ${field}`);
+    }
+  }
+  const address = body[wanted.field] ?? '';
+  // Postgres also accepts the key=value form; URLs must use the kind's scheme.
+  const isUrl = URL.canParse(address);
+  if (body.kind !== 'postgres' || isUrl) {
+    const scheme = isUrl ? new URL(address).protocol : '';
+    if (!(wanted.schemes as readonly string[]).includes(scheme)) {
+      throw new CoordinatorError('VALIDATION_FAILED', `${wanted.field} must be a ${wanted.schemes.join(' or ')} URL`);
+    }
+  }
+  if (body.options?.allowVolatile !== undefined && body.kind !== 'redis') {
+    throw new CoordinatorError('VALIDATION_FAILED', 'options.allowVolatile applies to redis participants only');
+  }
+}
+
 export function buildServer(coordinator: Coordinator, logger: Logger, options: ServerOptions = {}): FastifyInstance {
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
@@ -61,22 +93,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post('/v1/participants', { schema: { body: registerParticipantBody } }, async (request, reply) => {
     const body = request.body as RegistrationRequest;
-    if (body.kind === 'postgres' && body.connectionString === undefined) {
-      throw new CoordinatorError('VALIDATION_FAILED', 'a postgres participant needs a connectionString');
-    }
-    if (body.kind === 'http' && body.baseUrl === undefined) {
-      throw new CoordinatorError('VALIDATION_FAILED', 'an http participant needs a baseUrl');
-    }
-    if (body.kind === 'postgres' && body.baseUrl !== undefined) {
-      throw new CoordinatorError('VALIDATION_FAILED', 'a postgres participant takes a connectionString, not a baseUrl');
-    }
-    if (body.kind === 'http' && body.connectionString !== undefined) {
-      throw new CoordinatorError('VALIDATION_FAILED', 'an http participant takes a baseUrl, not a connectionString');
-    }
-    const address = body.connectionString ?? body.baseUrl ?? '';
-    if (!URL.canParse(address) && body.kind === 'http') {
-      throw new CoordinatorError('VALIDATION_FAILED', 'baseUrl must be an absolute http(s) URL');
-    }
+    checkRegistration(body);
     const view = await coordinator.registerParticipant(body);
     return reply.status(201).send(view);
   });

@@ -11,6 +11,7 @@ import type { ParticipantConfig, ParticipantKind } from '../log/log-records.js';
 import { HttpParticipant } from '../participants/http-participant.js';
 import type { ParticipantAdapter } from '../participants/participant.js';
 import { PostgresParticipant } from '../participants/postgres-participant.js';
+import { RedisParticipant } from '../participants/redis-participant.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 
 export interface AdapterSettings {
@@ -36,6 +37,7 @@ export interface ParticipantView {
   readonly connectionString?: string;
   readonly baseUrl?: string;
   readonly url?: string;
+  readonly options?: Readonly<Record<string, unknown>>;
   readonly registeredAt: string;
   readonly warnings?: readonly string[];
 }
@@ -94,8 +96,15 @@ export class ParticipantRegistry {
           requestTimeoutMs: s.participantTimeoutMs,
           connectTimeoutMs: s.connectTimeoutMs,
         });
-      default:
-        throw new CoordinatorError('VALIDATION_FAILED', `participant kind ${config.kind} is not supported yet`);
+      case 'redis':
+        return new RedisParticipant({
+          name: config.name,
+          url: config.url ?? '',
+          connectTimeoutMs: s.connectTimeoutMs,
+          commandTimeoutMs: s.participantTimeoutMs,
+          logger: this.#logger,
+          allowVolatile: config.options?.allowVolatile === true,
+        });
     }
   }
 
@@ -122,6 +131,7 @@ export class ParticipantRegistry {
       ...(request.url === undefined ? {} : { url: request.url }),
       ...(request.options === undefined ? {} : { options: request.options }),
       registeredAt: new Date().toISOString(),
+      ...((adapter.warnings?.() ?? []).length === 0 ? {} : { warnings: adapter.warnings?.() ?? [] }),
     };
     this.#adapters.set(request.name, adapter);
     try {
@@ -131,7 +141,7 @@ export class ParticipantRegistry {
       await adapter.close();
       throw err;
     }
-    this.#logger.info({ participant: request.name, kind: request.kind }, 'participant registered');
+    this.#logger.info({ participant: request.name, kind: request.kind, warnings: config.warnings }, 'participant registered');
     return toView(config);
   }
 
@@ -181,6 +191,8 @@ function toView(config: ParticipantConfig): ParticipantView {
     ...(config.connectionString === undefined ? {} : { connectionString: redactUrl(config.connectionString) }),
     ...(config.baseUrl === undefined ? {} : { baseUrl: config.baseUrl }),
     ...(config.url === undefined ? {} : { url: redactUrl(config.url) }),
+    ...(config.options === undefined ? {} : { options: config.options }),
     registeredAt: config.registeredAt,
+    ...(config.warnings === undefined ? {} : { warnings: config.warnings }),
   };
 }

@@ -3,7 +3,8 @@
  *
  * At start-up, after the log is replayed, the transaction manager resumes
  * every transaction the log saw begin but not end. Then the sweep asks every
- * participant that can list its prepared branches (postgres) for those
+ * participant that can list its prepared branches (postgres: pg_prepared_xacts; redis: its
+ * staged records) for those
  * carrying this coordinator's gid prefix and resolves each one the running
  * coordinator is not itself driving:
  *

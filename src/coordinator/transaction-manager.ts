@@ -137,8 +137,9 @@ export class TransactionManager {
   }
 
   #branchFor(tx: LiveTransaction, participant: string, kind: LiveBranch['kind'], work: unknown): LiveBranch {
-    if (kind === 'postgres') {
-      // All work for one database runs in one session: two sessions of one transaction could deadlock.
+    if (kind === 'postgres' || kind === 'redis') {
+      // All work for one store runs in one branch: two branches of one transaction would
+      // deadlock each other (postgres) or collide on each other's key locks (redis).
       for (const b of tx.branches.values()) if (b.participant === participant) return b;
     }
     const branchNo = tx.nextBranchNo++;

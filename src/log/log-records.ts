@@ -26,6 +26,8 @@ export interface ParticipantConfig {
   readonly url?: string;
   readonly registeredAt: string;
   readonly options?: Readonly<Record<string, unknown>>;
+  /** Risks accepted at registration, kept so that operators still see them after a restart. */
+  readonly warnings?: readonly string[];
 }
 
 export interface BranchRecord {

@@ -54,5 +54,7 @@ export interface ParticipantAdapter {
   findPrepared(gidPrefix: string): Promise<string[]>;
   /** Branches whose work sits in an open session on this adapter. */
   openBranches(): number;
+  /** Risks accepted at registration (e.g. a Redis without durable AOF); shown to operators. */
+  warnings?(): string[];
   close(): Promise<void>;
 }
