@@ -25,6 +25,9 @@ export interface Config {
   readonly retryMaxMs: number;
   readonly segmentMaxBytes: number;
   readonly failPoint: string | undefined;
+  /** The URL participants use to reach this coordinator (3PC inquiries). */
+  readonly publicUrl: string;
+  readonly uncertainTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -53,7 +56,7 @@ function str(env: Env, name: string, fallback: string): string {
 
 export function loadConfig(env: Env = process.env): Config {
   const retentionHours = int(env, 'TCX_RETENTION_HOURS', 24, 0, 24 * 365);
-  const config: Config = {
+  let config: Config = {
     host: str(env, 'TCX_HOST', '127.0.0.1'),
     port: int(env, 'TCX_PORT', 7070, 0, 65535),
     dataDir: str(env, 'TCX_DATA_DIR', './data'),
@@ -74,7 +77,13 @@ export function loadConfig(env: Env = process.env): Config {
     retryMaxMs: int(env, 'TCX_RETRY_MAX_MS', 10_000, 1, 3_600_000),
     segmentMaxBytes: int(env, 'TCX_SEGMENT_MAX_BYTES', 64 * 1024 * 1024, 4096, 2 ** 40),
     failPoint: env.TCX_FAIL_POINT === '' ? undefined : env.TCX_FAIL_POINT,
+    publicUrl: '',
+    uncertainTimeoutMs: int(env, 'TCX_UNCERTAIN_TIMEOUT_MS', 30_000, 100, 86_400_000),
   };
+  const publicUrl = env.TCX_PUBLIC_URL ?? '';
+  if (publicUrl !== '' && !/^https?:\/\//.test(publicUrl)) throw new ConfigError('TCX_PUBLIC_URL must be an http(s) URL');
+  const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
+  config = { ...config, publicUrl: publicUrl === '' ? `http://${host.includes(':') ? `[${host}]` : host}:${config.port}` : publicUrl.replace(/\/+$/, '') };
   if (config.defaultTimeoutMs > config.maxTimeoutMs) {
     throw new ConfigError('TCX_DEFAULT_TIMEOUT_MS must not exceed TCX_MAX_TIMEOUT_MS');
   }

@@ -9,7 +9,7 @@
 
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { CoordinatorError, ERROR_CATALOGUE, type ErrorCode } from '../errors.js';
-import { InvalidTransitionError } from '../protocol/two-phase-commit.js';
+import { InvalidTransitionError } from '../protocol/commit-protocol.js';
 
 export interface ErrorBody {
   readonly error: { readonly code: ErrorCode; readonly message: string; readonly details?: Record<string, unknown> };

@@ -75,7 +75,7 @@ export const beginTransactionBody = {
   type: 'object',
   additionalProperties: false,
   properties: {
-    protocol: { type: 'string', enum: ['2pc'] },
+    protocol: { type: 'string', enum: ['2pc', '3pc'] },
     timeoutMs: { type: 'integer', minimum: 100, maximum: 86400000 },
     branches: { type: 'array', minItems: 1, maxItems: 64, items: branchBody },
     commit: { type: 'boolean' },

@@ -124,7 +124,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     },
     async (request, reply) => {
     const body = (request.body ?? {}) as {
-      protocol?: '2pc';
+      protocol?: '2pc' | '3pc';
       timeoutMs?: number;
       branches?: BranchInput[];
       commit?: boolean;

@@ -52,6 +52,8 @@ export class Coordinator {
         statementTimeoutMs: config.statementTimeoutMs,
         idleInTransactionTimeoutMs: config.maxTimeoutMs + 60_000,
         pgMaxSessions: config.pgMaxSessions,
+        coordinatorUrl: config.publicUrl,
+        uncertainTimeoutMs: config.uncertainTimeoutMs,
       },
       logger,
     );

@@ -4,11 +4,22 @@
  * reaching it kills the process with SIGKILL — no cleanup, no flush, exactly
  * like a power cut for everything not yet fsynced.
  *
- * Points: after-prepare, after-decision-logged, between-commits,
- * before-end-record. Unset in production: hit() is then a map lookup.
+ * Points: after-prepare (a branch voted yes), after-decision-logged (the
+ * forced decision — 3PC: the pre-commit — is durable, nothing sent yet),
+ * between-precommits (3PC: one pre-commit acknowledged), before-commit-record
+ * (3PC: every pre-commit acknowledged, commit not yet logged), between-commits
+ * (one commit acknowledged), before-end-record. Unset in production, hit() is
+ * a map lookup.
  */
 
-export const FAIL_POINTS = ['after-prepare', 'after-decision-logged', 'between-commits', 'before-end-record'] as const;
+export const FAIL_POINTS = [
+  'after-prepare',
+  'after-decision-logged',
+  'between-precommits',
+  'before-commit-record',
+  'between-commits',
+  'before-end-record',
+] as const;
 export type FailPoint = (typeof FAIL_POINTS)[number];
 
 interface Armed {

@@ -6,7 +6,7 @@
  */
 
 import type { DurableTransaction, ParticipantKind, ProtocolName } from '../log/log-records.js';
-import { initialState, type TwoPhaseState, type Vote } from '../protocol/two-phase-commit.js';
+import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import { Mutex } from './mutex.js';
 
 export interface LiveBranch {

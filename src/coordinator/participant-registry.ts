@@ -20,6 +20,8 @@ export interface AdapterSettings {
   readonly statementTimeoutMs: number;
   readonly idleInTransactionTimeoutMs: number;
   readonly pgMaxSessions: number;
+  readonly coordinatorUrl: string;
+  readonly uncertainTimeoutMs: number;
 }
 
 export interface RegistrationRequest {
@@ -95,6 +97,8 @@ export class ParticipantRegistry {
           baseUrl: config.baseUrl ?? '',
           requestTimeoutMs: s.participantTimeoutMs,
           connectTimeoutMs: s.connectTimeoutMs,
+          coordinatorUrl: s.coordinatorUrl,
+          uncertainTimeoutMs: s.uncertainTimeoutMs,
         });
       case 'redis':
         return new RedisParticipant({

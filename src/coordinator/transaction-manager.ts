@@ -19,10 +19,13 @@ import {
   InvalidTransitionError,
   isTerminal,
   step,
+  initialState,
   type Decision,
   type TwoPhaseAction,
   type TwoPhaseEvent,
-} from '../protocol/two-phase-commit.js';
+  type TwoPhaseState,
+  type Verdict,
+} from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { hitFailPoint } from './fail-points.js';
@@ -82,7 +85,7 @@ export class TransactionManager {
   begin(request: { protocol?: ProtocolName; timeoutMs?: number }): TransactionView {
     this.#assertAcceptingWork();
     const protocol = request.protocol ?? '2pc';
-    if (protocol !== '2pc') throw new CoordinatorError('VALIDATION_FAILED', `protocol ${protocol} is not supported`);
+    if (protocol !== '2pc' && protocol !== '3pc') throw new CoordinatorError('VALIDATION_FAILED', `protocol ${String(protocol)} is not supported`);
     const timeoutMs = request.timeoutMs ?? this.#options.defaultTimeoutMs;
     if (timeoutMs > this.#options.maxTimeoutMs) {
       throw new CoordinatorError('VALIDATION_FAILED', `timeoutMs must not exceed ${this.#options.maxTimeoutMs}`);
@@ -91,6 +94,7 @@ export class TransactionManager {
       throw new CoordinatorError('TOO_MANY_TRANSACTIONS', `at most ${this.#options.maxActiveTransactions} transactions may be open at once`);
     }
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
+    tx.state = initialState(protocol);
     this.#live.set(tx.id, tx);
     this.#log.record({ t: 'tx-begun', id: tx.id, protocol, timeoutMs, at: tx.createdAt });
     tx.timer = setTimeout(() => void this.#onTimeout(tx), timeoutMs);
@@ -272,12 +276,15 @@ export class TransactionManager {
         timeoutMs: durable.timeoutMs,
         createdAt: durable.createdAt,
       });
-      const decision: Decision = durable.decision === 'commit' ? 'commit' : 'abort';
+      // A durable 3PC pre-commit means commit, exactly like a commit decision.
+      const decision: Decision = durable.decision === 'commit' || durable.decision === 'precommit' ? 'commit' : 'abort';
       const reason = durable.reason ?? 'presumed abort: the log holds no commit decision for this transaction';
       if (durable.decision === undefined) {
         this.#log.record({ t: 'decision', id: tx.id, decision: 'abort', branches: durable.branches, reason, at: new Date().toISOString() });
       }
-      const branches: Record<string, { phase: 'prepared' | 'committed' | 'aborted' | 'read-only' }> = {};
+      const is3pc = durable.protocol === '3pc';
+      const pending = decision === 'commit' && is3pc ? 'precommitted' : 'prepared';
+      const branches: Record<string, { phase: TwoPhaseState['branches'][string]['phase'] }> = {};
       for (const b of durable.branches) {
         const branchNo = Number(b.branchId.replace(/^b/, ''));
         if (Number.isInteger(branchNo) && branchNo >= tx.nextBranchNo) tx.nextBranchNo = branchNo + 1;
@@ -293,11 +300,13 @@ export class TransactionManager {
         });
         const done = b.ackedAt !== undefined;
         branches[b.branchId] = {
-          phase: b.vote === 'read-only' ? 'read-only' : done ? (decision === 'commit' ? 'committed' : 'aborted') : 'prepared',
+          phase: b.vote === 'read-only' ? 'read-only' : done ? (decision === 'commit' ? 'committed' : 'aborted') : pending,
         };
       }
       tx.state = {
-        phase: 'deciding',
+        protocol: durable.protocol,
+        // 3PC resumes as if every pre-commit was acknowledged: commit goes to every branch.
+        phase: decision === 'commit' && is3pc ? 'precommitted' : 'deciding',
         branches,
         commitRequested: decision === 'commit',
         decision,
@@ -374,7 +383,10 @@ export class TransactionManager {
     let vote: 'yes' | 'no' | 'read-only';
     let reason: string | undefined;
     try {
-      const answer = await this.#registry.adapter(branch.participant).prepare(this.#ref(tx, branch));
+      const adapter = this.#registry.adapter(branch.participant);
+      const ref = this.#ref(tx, branch);
+      // 3PC can-commit: stores with one durable "yes" state prepare here (design rule 3).
+      const answer = tx.protocol === '3pc' && adapter.canCommit !== undefined ? await adapter.canCommit(ref) : await adapter.prepare(ref);
       vote = answer.vote;
       reason = answer.reason;
     } catch (err) {
@@ -388,7 +400,7 @@ export class TransactionManager {
     this.#applyInternal(tx, { type: 'vote', branchId, vote, ...(reason === undefined ? {} : { reason }) });
   }
 
-  async #logDecision(tx: LiveTransaction, decision: Decision, force: boolean): Promise<void> {
+  async #logDecision(tx: LiveTransaction, decision: Verdict, force: boolean): Promise<void> {
     const at = new Date().toISOString();
     const branches = [...tx.branches.values()].map(branchRecord);
     const reason = tx.state.abortReason;
@@ -413,26 +425,31 @@ export class TransactionManager {
       }
       hitFailPoint('after-decision-logged');
     } else {
+      if (decision === 'commit') hitFailPoint('before-commit-record'); // 3PC: every pre-commit acknowledged
       this.#log.record(record);
     }
-    tx.decidedAt = at;
+    tx.decidedAt ??= at;
     this.#logger.info({ txId: tx.id, decision, branches: branches.length, ...(reason === undefined ? {} : { reason }) }, 'decision');
     this.#applyInternal(tx, { type: 'decision-durable', decision });
   }
 
-  async #deliver(tx: LiveTransaction, branchId: string, decision: Decision): Promise<void> {
+  async #deliver(tx: LiveTransaction, branchId: string, decision: Verdict): Promise<void> {
     const branch = tx.branches.get(branchId);
     if (branch === undefined) return;
-    // An http service that never received a prepare holds nothing for this branch.
-    const needsCall = !(branch.kind === 'http' && !branch.prepareSent);
+    const adapter = this.#registry.has(branch.participant) ? this.#registry.adapter(branch.participant) : undefined;
+    // An http service that never received a prepare holds nothing for this branch; a store
+    // without a pre-commit step is marked by the coordinator's own log.
+    const needsCall =
+      !(branch.kind === 'http' && !branch.prepareSent) && !(decision === 'precommit' && adapter !== undefined && adapter.preCommit === undefined);
     for (let attempt = 0; needsCall; attempt++) {
       if (this.#stopping.signal.aborted) return; // recovery after restart finishes it
       branch.attempts = attempt + 1;
       branch.lastAttemptAt = new Date().toISOString();
       try {
-        const adapter = this.#registry.adapter(branch.participant);
+        const current = this.#registry.adapter(branch.participant);
         const ref = this.#ref(tx, branch);
-        await (decision === 'commit' ? adapter.commit(ref) : adapter.abort(ref));
+        if (decision === 'precommit') await current.preCommit?.(ref);
+        else await (decision === 'commit' ? current.commit(ref) : current.abort(ref));
         break;
       } catch (err) {
         branch.lastError = errorMessage(err);
@@ -446,9 +463,16 @@ export class TransactionManager {
       }
     }
     delete branch.lastError;
-    this.#log.record({ t: 'branch-acked', id: tx.id, branchId, at: new Date().toISOString() });
+    this.#log.record({
+      t: 'branch-acked',
+      id: tx.id,
+      branchId,
+      ...(decision === 'precommit' ? { verdict: 'precommit' as const } : {}),
+      at: new Date().toISOString(),
+    });
     if (decision === 'commit') hitFailPoint('between-commits');
-    this.#applyInternal(tx, { type: 'ack', branchId });
+    if (decision === 'precommit') hitFailPoint('between-precommits');
+    this.#applyInternal(tx, { type: 'ack', branchId, verdict: decision });
   }
 
   #end(tx: LiveTransaction, outcome: Decision): void {
@@ -479,6 +503,7 @@ export class TransactionManager {
   #ref(tx: LiveTransaction, branch: LiveBranch): BranchRef {
     return {
       transactionId: tx.id,
+      protocol: tx.protocol,
       branchId: branch.branchId,
       gid: branch.gid,
       ...(branch.payload === undefined ? {} : { payload: branch.payload }),

@@ -16,7 +16,7 @@ interface MutableTransaction {
   protocol: DurableTransaction['protocol'];
   timeoutMs: number;
   createdAt: string;
-  branches: Map<string, BranchRecord & { ackedAt?: string }>;
+  branches: Map<string, BranchRecord & { ackedAt?: string; precommittedAt?: string }>;
   decision?: DurableTransaction['decision'];
   decidedAt?: string;
   reason?: string;
@@ -72,7 +72,12 @@ export class DurableState {
       case 'branch-acked': {
         const tx = this.#transactions.get(record.id);
         const branch = tx?.branches.get(record.branchId);
-        if (tx !== undefined && branch !== undefined) tx.branches.set(record.branchId, { ...branch, ackedAt: record.at });
+        if (tx !== undefined && branch !== undefined) {
+          tx.branches.set(
+            record.branchId,
+            record.verdict === 'precommit' ? { ...branch, precommittedAt: record.at } : { ...branch, ackedAt: record.at },
+          );
+        }
         return;
       }
       case 'ended': {

@@ -12,7 +12,7 @@
  *   tx-state         snapshot form of one transaction (written at compaction)
  */
 
-import type { Decision } from '../protocol/two-phase-commit.js';
+import type { Decision } from '../protocol/commit-protocol.js';
 
 export type ProtocolName = '2pc' | '3pc';
 export type ParticipantKind = 'postgres' | 'http' | 'redis';
@@ -61,7 +61,14 @@ export type LogRecord =
       readonly reason?: string;
       readonly at: string;
     }
-  | { readonly t: 'branch-acked'; readonly id: string; readonly branchId: string; readonly at: string }
+  | {
+      readonly t: 'branch-acked';
+      readonly id: string;
+      readonly branchId: string;
+      /** 'precommit': the branch acknowledged a 3PC pre-commit (not yet the outcome). */
+      readonly verdict?: 'precommit';
+      readonly at: string;
+    }
   | { readonly t: 'ended'; readonly id: string; readonly outcome: Decision; readonly at: string }
   | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
   | { readonly t: 'coordinator'; readonly coordinatorId: string; readonly at: string };
@@ -72,7 +79,7 @@ export interface DurableTransaction {
   readonly protocol: ProtocolName;
   readonly timeoutMs: number;
   readonly createdAt: string;
-  readonly branches: readonly (BranchRecord & { readonly ackedAt?: string })[];
+  readonly branches: readonly (BranchRecord & { readonly ackedAt?: string; readonly precommittedAt?: string })[];
   readonly decision?: Decision | 'precommit';
   readonly decidedAt?: string;
   readonly reason?: string;

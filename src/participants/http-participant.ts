@@ -8,6 +8,11 @@
  *   commit   2xx = acknowledged; anything else is retried by the caller
  *   abort    2xx = acknowledged; anything else is retried by the caller
  *
+ * 3PC adds `can-commit` (a vote, like prepare: the durable yes) and
+ * `pre-commit` (2xx = acknowledged); `commit` is the do-commit. The body then
+ * also carries `protocol: "3pc"`, `coordinatorUrl` and `uncertainTimeoutMs` so
+ * the service can run the 3PC timeouts and ask for the outcome.
+ *
  * The coordinator logs an HTTP branch (forced) before its prepare is sent, so
  * recovery always knows whom to tell the outcome. `findPrepared` returns []:
  * a service cannot be asked what it prepared; the log is the source.
@@ -22,6 +27,10 @@ export interface HttpParticipantOptions {
   readonly baseUrl: string;
   readonly requestTimeoutMs: number;
   readonly connectTimeoutMs: number;
+  /** Where a 3PC participant asks for the outcome when it times out (GET {coordinatorUrl}/v1/transactions/{id}). */
+  readonly coordinatorUrl?: string;
+  /** How long a 3PC participant may stay uncertain (voted yes, no pre-commit) before it inquires. */
+  readonly uncertainTimeoutMs?: number;
 }
 
 export const MAX_PAYLOAD_BYTES = 256 * 1024;
@@ -74,6 +83,14 @@ export class HttpParticipant implements ParticipantAdapter {
 
   async prepare(branch: BranchRef): Promise<PrepareResult> {
     return this.vote('prepare', branch);
+  }
+
+  async canCommit(branch: BranchRef): Promise<PrepareResult> {
+    return this.vote('can-commit', branch);
+  }
+
+  async preCommit(branch: BranchRef): Promise<void> {
+    await this.acknowledge('pre-commit', branch);
   }
 
   /** Asks for a vote; every failure is a no. Also used for the 3PC can-commit round. */
@@ -130,6 +147,9 @@ export class HttpParticipant implements ParticipantAdapter {
         branchId: branch.branchId,
         gid: branch.gid,
         payload: branch.payload ?? null,
+        protocol: branch.protocol ?? '2pc',
+        ...(this.#options.coordinatorUrl === undefined ? {} : { coordinatorUrl: this.#options.coordinatorUrl }),
+        ...(this.#options.uncertainTimeoutMs === undefined ? {} : { uncertainTimeoutMs: this.#options.uncertainTimeoutMs }),
       }),
       signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
     });

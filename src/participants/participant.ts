@@ -17,11 +17,13 @@
  *   - Adapters never decide outcomes.
  */
 
-import type { Vote } from '../protocol/two-phase-commit.js';
+import type { Vote } from '../protocol/commit-protocol.js';
 import type { ParticipantKind } from '../log/log-records.js';
 
 export interface BranchRef {
   readonly transactionId: string;
+  /** The transaction's protocol (http participants need it to run their 3PC timeouts). */
+  readonly protocol?: '2pc' | '3pc';
   readonly branchId: string;
   readonly gid: string;
   /** http: the branch payload sent with every call. */
@@ -49,6 +51,16 @@ export interface ParticipantAdapter {
   /** `signal` aborts when the transaction times out or is aborted: cancel the running work. */
   enlist(branch: BranchRef, work: unknown, signal?: AbortSignal): Promise<EnlistResult>;
   prepare(branch: BranchRef): Promise<PrepareResult>;
+  /**
+   * 3PC round 1. Defaults to `prepare`: a store with one durable "yes" state must reach it
+   * here, or a pre-committed sibling could commit while this branch is lost (design rule 3).
+   */
+  canCommit?(branch: BranchRef): Promise<PrepareResult>;
+  /**
+   * 3PC round 2, after the coordinator forced its pre-commit decision. Absent: nothing to
+   * tell the store (the coordinator's log is the mark, as for Postgres).
+   */
+  preCommit?(branch: BranchRef): Promise<void>;
   commit(branch: BranchRef): Promise<void>;
   abort(branch: BranchRef): Promise<void>;
   findPrepared(gidPrefix: string): Promise<string[]>;

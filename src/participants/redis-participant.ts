@@ -79,6 +79,7 @@ interface ScriptCommands {
   tcxPrepare: ScriptRunner;
   tcxCommit: ScriptRunner;
   tcxAbort: ScriptRunner;
+  tcxPrecommit: ScriptRunner;
 }
 type Client = (Redis | Cluster) & ScriptCommands;
 
@@ -86,6 +87,7 @@ const SCRIPT_FILES: Record<keyof ScriptCommands, string> = {
   tcxPrepare: 'prepare.lua',
   tcxCommit: 'commit.lua',
   tcxAbort: 'abort.lua',
+  tcxPrecommit: 'precommit.lua',
 };
 
 const INCLUDE = /^--- @include "([A-Za-z0-9_.-]+)"[ \t]*$/gm;
@@ -323,6 +325,30 @@ export class RedisParticipant implements ParticipantAdapter {
       return;
     }
     await this.#resolve(branch, 'abort', entry?.ops ?? []);
+  }
+
+  /**
+   * 3PC pre-commit: marks the staged record. A branch with nothing staged cannot be
+   * pre-committed (it was lost, or already resolved): that is an error the coordinator
+   * retries and shows as in doubt, never a silent success.
+   */
+  async preCommit(branch: BranchRef): Promise<void> {
+    const { gid } = branch;
+    const coordinator = parseGid(gid)?.coordinatorId;
+    if (!isSafeGid(gid) || coordinator === undefined) {
+      throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
+    }
+    const client = await this.#connection();
+    const stagedKey =
+      this.#branches.get(gid)?.stagedKey ?? (await this.#call('HGET index', () => client.hget(stagedIndexKey(coordinator), gid)));
+    if (stagedKey === null || stagedKey === undefined) {
+      throw new CoordinatorError('OPERATION_FAILED', `pre-commit of branch ${branch.branchId} on ${this.name}: nothing is staged`);
+    }
+    const raw = await this.#call('pre-commit script', () => client.tcxPrecommit.call(client, 1, stagedKey, gid, new Date().toISOString()));
+    const reply: ScriptReply = parseScriptReply(raw);
+    if (reply.code !== SCRIPT_CODE.STAGED) {
+      throw new CoordinatorError('OPERATION_FAILED', `pre-commit of branch ${branch.branchId} on ${this.name} found no staged record (code ${reply.code})`);
+    }
   }
 
   async #resolve(branch: BranchRef, decision: 'commit' | 'abort', ops: readonly RedisStagedOperation[]): Promise<void> {

@@ -3,12 +3,13 @@ import {
   initialState,
   InvalidTransitionError,
   step,
-  type Decision,
+  type Protocol,
   type TwoPhaseAction,
   type TwoPhaseEvent,
   type TwoPhaseState,
+  type Verdict,
   type Vote,
-} from '../../src/protocol/two-phase-commit.js';
+} from '../../src/protocol/commit-protocol.js';
 
 function run(events: TwoPhaseEvent[], from: TwoPhaseState = initialState()): { state: TwoPhaseState; actions: TwoPhaseAction[] } {
   let state = from;
@@ -43,8 +44,8 @@ describe('2PC state machine', () => {
     expect(after.actions).toEqual([{ type: 'deliver', decision: 'commit', branchIds: ['b1', 'b2'] }]);
     const done = run(
       [
-        { type: 'ack', branchId: 'b2' },
-        { type: 'ack', branchId: 'b1' },
+        { type: 'ack', branchId: 'b2', verdict: 'commit' },
+        { type: 'ack', branchId: 'b1', verdict: 'commit' },
       ],
       after.state,
     );
@@ -72,7 +73,7 @@ describe('2PC state machine', () => {
       { type: 'decision-durable', decision: 'commit' },
     ]);
     expect(actions.at(-1)).toEqual({ type: 'deliver', decision: 'commit', branchIds: ['b2'] });
-    expect(run([{ type: 'ack', branchId: 'b2' }], state).state.phase).toBe('committed');
+    expect(run([{ type: 'ack', branchId: 'b2', verdict: 'commit' }], state).state.phase).toBe('committed');
   });
 
   it('waits in prepared for the client, then commits or aborts', () => {
@@ -115,63 +116,83 @@ describe('2PC state machine', () => {
 });
 
 /**
- * Exhaustive exploration: every interleaving of client requests, votes (yes,
- * no, read-only), duplicated votes and acks, a timeout and the durable
- * decision, for up to three branches. The environment answers each action
- * the machine emitted at any later moment, possibly twice. Every reachable
- * state is checked against the rules.
+ * Exhaustive exploration, for both protocols: every interleaving of client
+ * requests, votes (yes, no, read-only), duplicated and late votes and acks
+ * (including acks of an earlier round), a timeout and the durable decisions,
+ * for up to three branches. The environment answers each action the machine
+ * emitted at any later moment, possibly twice. Every reachable state is
+ * checked against the rules.
  */
-describe('2PC state machine, every interleaving', () => {
+describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (protocol: Protocol) => {
   interface World {
     readonly state: TwoPhaseState;
     readonly preparesSent: readonly string[];
-    readonly decisionLogged: Decision | null;
-    readonly decisionDurable: boolean;
-    readonly delivered: Readonly<Record<string, Decision>>;
-    readonly acked: readonly string[];
+    readonly logged: readonly Verdict[];
+    readonly durable: readonly Verdict[];
+    readonly delivered: Readonly<Record<string, readonly Verdict[]>>;
+    readonly acked: Readonly<Record<string, readonly Verdict[]>>;
     readonly votes: Readonly<Record<string, Vote>>;
     readonly clientAsked: boolean;
     readonly timedOut: boolean;
-    readonly ended: Decision | null;
+    readonly ended: Verdict | null;
   }
+  const yesBranches = (w: World): string[] => Object.entries(w.votes).filter(([, v]) => v === 'yes').map(([id]) => id);
 
   function applyActions(world: World, actions: readonly TwoPhaseAction[]): World {
     let w = world;
     for (const a of actions) {
       switch (a.type) {
         case 'prepare-branches':
-          for (const id of a.branchIds) {
-            expect(w.preparesSent, `prepare sent twice to ${id}`).not.toContain(id);
-          }
+          for (const id of a.branchIds) expect(w.preparesSent, `prepare sent twice to ${id}`).not.toContain(id);
           w = { ...w, preparesSent: [...w.preparesSent, ...a.branchIds] };
           break;
-        case 'log-decision':
-          expect(w.decisionLogged, 'two decisions').toBeNull();
-          if (a.decision === 'commit') {
-            expect(a.force, 'commit decision must be forced').toBe(true);
-            for (const id of Object.keys(w.state.branches)) {
-              expect(['yes', 'read-only'], `commit decided without a yes from ${id}`).toContain(w.votes[id]);
+        case 'log-decision': {
+          const first = w.logged.length === 0;
+          if (first) {
+            if (a.decision !== 'abort') {
+              expect(a.decision, 'the forced decision').toBe(protocol === '3pc' ? 'precommit' : 'commit');
+              expect(a.force, 'the commit (3PC: pre-commit) decision must be forced').toBe(true);
+              for (const id of Object.keys(w.state.branches)) {
+                expect(['yes', 'read-only'], `decided without a yes from ${id}`).toContain(w.votes[id]);
+              }
+            } else {
+              expect(a.force, 'presumed abort: an abort is never forced').toBe(false);
             }
+          } else {
+            // Only 3PC logs twice: commit, after the pre-commit is durable and acknowledged by every yes branch.
+            expect(protocol).toBe('3pc');
+            expect(w.logged).toEqual(['precommit']);
+            expect(a.decision).toBe('commit');
+            expect(w.durable).toContain('precommit');
+            for (const id of yesBranches(w)) expect(w.acked[id] ?? [], `commit logged before ${id} acknowledged pre-commit`).toContain('precommit');
           }
-          w = { ...w, decisionLogged: a.decision };
+          w = { ...w, logged: [...w.logged, a.decision] };
           break;
+        }
         case 'deliver':
-          if (a.decision === 'commit') expect(w.decisionDurable, 'commit delivered before the decision was durable').toBe(true);
+          expect(w.durable, `${a.decision} delivered before it was durable`).toContain(a.decision);
+          if (a.decision === 'commit' && protocol === '3pc') expect(w.durable).toContain('precommit');
           for (const id of a.branchIds) {
-            const before = w.delivered[id];
-            expect(before === undefined || before === a.decision, `branch ${id} told both outcomes`).toBe(true);
+            const before = w.delivered[id] ?? [];
             if (a.decision === 'abort') {
-              // Never tell a branch to abort while its prepare is in flight.
+              expect(before.filter((v) => v !== 'abort'), `branch ${id} told abort after ${before.join(',')}`).toEqual([]);
               const inFlight = w.preparesSent.includes(id) && w.votes[id] === undefined;
               expect(inFlight, `abort sent to ${id} during its prepare`).toBe(false);
+            } else {
+              expect(before, `branch ${id} told ${a.decision} after abort`).not.toContain('abort');
+              expect(w.votes[id], `${a.decision} sent to ${id} that did not vote yes`).toBe('yes');
             }
-            if (a.decision === 'commit') expect(w.votes[id], `commit sent to ${id} that did not vote yes`).toBe('yes');
+            expect(before, `${a.decision} delivered twice to ${id}`).not.toContain(a.decision);
           }
-          w = { ...w, delivered: { ...w.delivered, ...Object.fromEntries(a.branchIds.map((id) => [id, a.decision])) } };
+          w = {
+            ...w,
+            delivered: { ...w.delivered, ...Object.fromEntries(a.branchIds.map((id) => [id, [...(w.delivered[id] ?? []), a.decision]])) },
+          };
           break;
         case 'log-end':
           expect(w.ended).toBeNull();
-          expect(a.outcome).toBe(w.decisionLogged);
+          expect(a.outcome).toBe(w.logged.at(-1));
+          if (a.outcome === 'commit') for (const id of yesBranches(w)) expect(w.acked[id] ?? [], `ended before ${id} committed`).toContain('commit');
           w = { ...w, ended: a.outcome };
           break;
       }
@@ -191,8 +212,8 @@ describe('2PC state machine, every interleaving', () => {
         out.push({ type: 'vote', branchId: id, vote: w.votes[id] === 'yes' ? 'no' : 'yes' }); // duplicate/late
       }
     }
-    if (w.decisionLogged !== null && !w.decisionDurable) out.push({ type: 'decision-durable', decision: w.decisionLogged });
-    for (const id of Object.keys(w.delivered)) out.push({ type: 'ack', branchId: id }); // includes duplicates
+    for (const v of w.logged) if (!w.durable.includes(v)) out.push({ type: 'decision-durable', decision: v });
+    for (const [id, verdicts] of Object.entries(w.delivered)) for (const v of verdicts) out.push({ type: 'ack', branchId: id, verdict: v });
     return out;
   }
 
@@ -208,26 +229,26 @@ describe('2PC state machine, every interleaving', () => {
     if (e.type === 'commit' || e.type === 'prepare' || e.type === 'abort') n = { ...n, clientAsked: true };
     if (e.type === 'timeout') n = { ...n, timedOut: true };
     if (e.type === 'vote' && w.votes[e.branchId] === undefined) n = { ...n, votes: { ...n.votes, [e.branchId]: e.vote } };
-    if (e.type === 'decision-durable') n = { ...n, decisionDurable: true };
-    if (e.type === 'ack' && !n.acked.includes(e.branchId)) n = { ...n, acked: [...n.acked, e.branchId] };
-    n = applyActions(n, result.actions);
-    if (n.state.phase === 'committed') {
-      for (const [id, vote] of Object.entries(n.votes)) if (vote === 'yes') expect(n.delivered[id]).toBe('commit');
+    if (e.type === 'decision-durable') n = { ...n, durable: [...n.durable, e.decision] };
+    if (e.type === 'ack' && !(n.acked[e.branchId] ?? []).includes(e.verdict)) {
+      n = { ...n, acked: { ...n.acked, [e.branchId]: [...(n.acked[e.branchId] ?? []), e.verdict] } };
     }
+    n = applyActions(n, result.actions);
+    if (n.state.phase === 'committed') for (const id of yesBranches(n)) expect(n.delivered[id]).toContain('commit');
     return n;
   }
 
   for (const branchCount of [1, 2, 3]) {
     it(`keeps every rule in every reachable state with ${branchCount} branch(es)`, () => {
-      let state = initialState();
+      let state = initialState(protocol);
       for (let i = 1; i <= branchCount; i++) state = step(state, { type: 'enlist', branchId: `b${i}` }).state;
       const start: World = {
         state,
         preparesSent: [],
-        decisionLogged: null,
-        decisionDurable: false,
+        logged: [],
+        durable: [],
         delivered: {},
-        acked: [],
+        acked: {},
         votes: {},
         clientAsked: false,
         timedOut: false,
@@ -235,15 +256,14 @@ describe('2PC state machine, every interleaving', () => {
       };
       const seen = new Set<string>();
       const stack: World[] = [start];
-      let terminal = 0;
+      let quiescent = 0;
       while (stack.length > 0) {
         const w = stack.pop() as World;
         const key = JSON.stringify(w);
         if (seen.has(key)) continue;
         seen.add(key);
-        const evs = events(w);
         let moved = false;
-        for (const e of evs) {
+        for (const e of events(w)) {
           const n = next(w, e);
           if (n !== undefined && JSON.stringify(n) !== key) {
             stack.push(n);
@@ -251,13 +271,65 @@ describe('2PC state machine, every interleaving', () => {
           }
         }
         if (!moved) {
-          terminal++;
-          // Quiescent: once every message was answered, the transaction has ended.
+          quiescent++;
+          // Quiescent: every message was answered, so the transaction has ended (or waits for the client).
           expect(['committed', 'aborted', 'active', 'prepared']).toContain(w.state.phase);
         }
       }
       expect(seen.size).toBeGreaterThan(10);
-      expect(terminal).toBeGreaterThan(0);
+      expect(quiescent).toBeGreaterThan(0);
     });
   }
+});
+
+describe('3PC specifics', () => {
+  it('forces a pre-commit, delivers it, then logs commit unforced and delivers do-commit', () => {
+    let s = initialState('3pc');
+    const actions: TwoPhaseAction[] = [];
+    const events: TwoPhaseEvent[] = [
+      { type: 'enlist', branchId: 'b1' },
+      { type: 'enlist', branchId: 'b2' },
+      { type: 'commit' },
+      { type: 'vote', branchId: 'b1', vote: 'yes' },
+      { type: 'vote', branchId: 'b2', vote: 'yes' },
+      { type: 'decision-durable', decision: 'precommit' },
+      { type: 'ack', branchId: 'b1', verdict: 'precommit' },
+      { type: 'ack', branchId: 'b2', verdict: 'precommit' },
+      { type: 'decision-durable', decision: 'commit' },
+      { type: 'ack', branchId: 'b1', verdict: 'commit' },
+      { type: 'ack', branchId: 'b2', verdict: 'commit' },
+    ];
+    const phases: string[] = [];
+    for (const e of events) {
+      const r = step(s, e);
+      s = r.state;
+      phases.push(s.phase);
+      actions.push(...r.actions);
+    }
+    expect(actions).toEqual([
+      { type: 'prepare-branches', branchIds: ['b1', 'b2'] },
+      { type: 'log-decision', decision: 'precommit', force: true },
+      { type: 'deliver', decision: 'precommit', branchIds: ['b1', 'b2'] },
+      { type: 'log-decision', decision: 'commit', force: false },
+      { type: 'deliver', decision: 'commit', branchIds: ['b1', 'b2'] },
+      { type: 'log-end', outcome: 'commit' },
+    ]);
+    expect(phases).toContain('precommitted');
+    expect(s.phase).toBe('committed');
+  });
+
+  it('refuses an abort once the pre-commit decision was made', () => {
+    let s = initialState('3pc');
+    for (const e of [
+      { type: 'enlist', branchId: 'b1' },
+      { type: 'commit' },
+      { type: 'vote', branchId: 'b1', vote: 'yes' },
+      { type: 'decision-durable', decision: 'precommit' },
+    ] as TwoPhaseEvent[]) {
+      s = step(s, e).state;
+    }
+    expect(s.phase).toBe('precommitted');
+    expect(() => step(s, { type: 'abort', reason: 'x' })).toThrow(InvalidTransitionError);
+    expect(step(s, { type: 'timeout' }).actions).toEqual([]);
+  });
 });

@@ -1,8 +1,16 @@
 /**
- * The two-phase commit state machine, with presumed abort. Pure: events in,
- * a new state and a list of actions out. No I/O, no clocks, no randomness —
- * the runner in src/coordinator interprets the actions and feeds the results
- * back as events.
+ * The commit protocols as one state machine: two-phase commit (2pc) and
+ * three-phase commit (3pc), both with presumed abort. Pure: events in, a new
+ * state and a list of actions out. No I/O, no clocks, no randomness — the
+ * runner in src/coordinator interprets the actions and feeds the results back
+ * as events.
+ *
+ * 3PC differs only after the votes: instead of forcing a commit decision, the
+ * machine forces a PRE-COMMIT decision, delivers pre-commit to every branch
+ * that voted yes (phase `precommitted`), and once all acknowledged, logs the
+ * commit (unforced: a durable pre-commit already means commit to recovery)
+ * and delivers do-commit. The can-commit round is the `prepare-branches`
+ * action: for Postgres and Redis it must already PREPARE (design rule 3).
  *
  * Transaction phases
  *
@@ -16,9 +24,12 @@
  *               is still in flight.
  *   prepared    Every branch voted yes (or read-only) and the client asked
  *               only to prepare. Waits for `commit`, `abort` or `timeout`.
- *   deciding    The decision has been handed to the log. For commit the
- *               record is forced: phase 2 must not start before it is durable
- *               (rule 2). An abort record is not forced (presumed abort).
+ *   deciding    The decision has been handed to the log. For commit (3PC:
+ *               pre-commit) the record is forced: no commit (pre-commit)
+ *               message leaves before it is durable (rule 2). An abort
+ *               record is not forced (presumed abort).
+ *   precommitted  3PC only: the pre-commit decision is durable; pre-commit is
+ *               being delivered to every branch that voted yes.
  *   committing  The commit decision is durable; commit is being delivered to
  *   aborting    every branch that voted yes (read-only branches are skipped)
  *               or abort to every branch that may hold work. Delivery is
@@ -32,13 +43,17 @@
  */
 
 export type Decision = 'commit' | 'abort';
+/** What the log records and the branches are told: a decision, or (3PC) the pre-commit. */
+export type Verdict = Decision | 'precommit';
 export type Vote = 'yes' | 'no' | 'read-only';
+export type Protocol = '2pc' | '3pc';
 
 export type TransactionPhase =
   | 'active'
   | 'preparing'
   | 'prepared'
   | 'deciding'
+  | 'precommitted'
   | 'committing'
   | 'aborting'
   | 'committed'
@@ -48,6 +63,7 @@ export type BranchPhase =
   | 'active'
   | 'preparing'
   | 'prepared'
+  | 'precommitted'
   | 'read-only'
   | 'voted-no'
   | 'committed'
@@ -58,6 +74,7 @@ export interface BranchState {
 }
 
 export interface TwoPhaseState {
+  readonly protocol: Protocol;
   readonly phase: TransactionPhase;
   readonly branches: Readonly<Record<string, BranchState>>;
   /** The client asked to commit (not only to prepare). */
@@ -74,13 +91,13 @@ export type TwoPhaseEvent =
   | { readonly type: 'abort'; readonly reason: string }
   | { readonly type: 'timeout' }
   | { readonly type: 'vote'; readonly branchId: string; readonly vote: Vote; readonly reason?: string }
-  | { readonly type: 'decision-durable'; readonly decision: Decision }
-  | { readonly type: 'ack'; readonly branchId: string };
+  | { readonly type: 'decision-durable'; readonly decision: Verdict }
+  | { readonly type: 'ack'; readonly branchId: string; readonly verdict: Verdict };
 
 export type TwoPhaseAction =
   | { readonly type: 'prepare-branches'; readonly branchIds: readonly string[] }
-  | { readonly type: 'log-decision'; readonly decision: Decision; readonly force: boolean }
-  | { readonly type: 'deliver'; readonly decision: Decision; readonly branchIds: readonly string[] }
+  | { readonly type: 'log-decision'; readonly decision: Verdict; readonly force: boolean }
+  | { readonly type: 'deliver'; readonly decision: Verdict; readonly branchIds: readonly string[] }
   | { readonly type: 'log-end'; readonly outcome: Decision };
 
 export interface Step {
@@ -99,8 +116,8 @@ export class InvalidTransitionError extends Error {
   }
 }
 
-export function initialState(): TwoPhaseState {
-  return { phase: 'active', branches: {}, commitRequested: false, decision: undefined, abortReason: undefined };
+export function initialState(protocol: Protocol = '2pc'): TwoPhaseState {
+  return { protocol, phase: 'active', branches: {}, commitRequested: false, decision: undefined, abortReason: undefined };
 }
 
 const TERMINAL: ReadonlySet<TransactionPhase> = new Set(['committed', 'aborted']);
@@ -134,7 +151,7 @@ function startAbort(state: TwoPhaseState, reason: string): Step {
 function startCommitDecision(state: TwoPhaseState): Step {
   return {
     state: { ...state, phase: 'deciding', decision: 'commit' },
-    actions: [{ type: 'log-decision', decision: 'commit', force: true }],
+    actions: [{ type: 'log-decision', decision: state.protocol === '3pc' ? 'precommit' : 'commit', force: true }],
   };
 }
 
@@ -156,9 +173,16 @@ function settleVotes(state: TwoPhaseState): Step {
   return { state: { ...state, phase: 'prepared' }, actions: [] };
 }
 
-function afterDecisionDurable(state: TwoPhaseState, decision: Decision): Step {
-  if (decision === 'commit') {
+function afterDecisionDurable(state: TwoPhaseState, verdict: Verdict): Step {
+  if (verdict === 'precommit') {
     const ids = branchIdsIn(state, ['prepared']);
+    const next: TwoPhaseState = { ...state, phase: 'precommitted' };
+    if (ids.length === 0) return logCommitAfterPrecommit(next);
+    return { state: next, actions: [{ type: 'deliver', decision: 'precommit', branchIds: ids }] };
+  }
+  if (verdict === 'commit') {
+    // 3PC after recovery may find branches still 'prepared' (their pre-commit ack was lost): commit them too.
+    const ids = branchIdsIn(state, ['prepared', 'precommitted']);
     const next: TwoPhaseState = { ...state, phase: 'committing' };
     if (ids.length === 0) return finish(next, 'commit');
     return { state: next, actions: [{ type: 'deliver', decision: 'commit', branchIds: ids }] };
@@ -169,6 +193,11 @@ function afterDecisionDurable(state: TwoPhaseState, decision: Decision): Step {
   return { state: next, actions: [{ type: 'deliver', decision: 'abort', branchIds: ids }] };
 }
 
+/** 3PC: every branch acknowledged pre-commit; the commit record need not be forced. */
+function logCommitAfterPrecommit(state: TwoPhaseState): Step {
+  return { state, actions: [{ type: 'log-decision', decision: 'commit', force: false }] };
+}
+
 function finish(state: TwoPhaseState, outcome: Decision): Step {
   return {
     state: { ...state, phase: outcome === 'commit' ? 'committed' : 'aborted' },
@@ -176,16 +205,26 @@ function finish(state: TwoPhaseState, outcome: Decision): Step {
   };
 }
 
-function onAck(state: TwoPhaseState, branchId: string): Step {
+function onAck(state: TwoPhaseState, branchId: string, verdict: Verdict): Step {
   const branch = state.branches[branchId];
   if (branch === undefined) throw new InvalidTransitionError(state.phase, 'ack', `unknown branch ${branchId}`);
+  // An acknowledgement of an earlier round (a late or duplicated pre-commit ack) says nothing now.
+  const current: Verdict | undefined =
+    state.phase === 'precommitted' ? 'precommit' : state.phase === 'committing' ? 'commit' : state.phase === 'aborting' ? 'abort' : undefined;
+  if (current !== undefined && verdict !== current) return { state, actions: [] };
+  if (state.phase === 'precommitted') {
+    if (branch.phase !== 'prepared') return { state, actions: [] }; // duplicate ack
+    const next = withBranch(state, branchId, 'precommitted');
+    if (branchIdsIn(next, ['prepared']).length > 0) return { state: next, actions: [] };
+    return logCommitAfterPrecommit(next);
+  }
   if (state.phase !== 'committing' && state.phase !== 'aborting') {
     if (isTerminal(state.phase)) return { state, actions: [] }; // duplicate ack after the end
     throw new InvalidTransitionError(state.phase, 'ack');
   }
   const done: BranchPhase = state.decision === 'commit' ? 'committed' : 'aborted';
   const next = branch.phase === done ? state : withBranch(state, branchId, done);
-  const pending = state.decision === 'commit' ? branchIdsIn(next, ['prepared']) : branchesToAbort(next);
+  const pending = state.decision === 'commit' ? branchIdsIn(next, ['prepared', 'precommitted']) : branchesToAbort(next);
   if (pending.length > 0) return { state: next, actions: [] };
   return finish(next, state.decision ?? 'abort');
 }
@@ -237,12 +276,21 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
     case 'vote':
       return onVote(state, event);
     case 'decision-durable': {
-      if (state.phase !== 'deciding' || state.decision !== event.decision) {
-        throw new InvalidTransitionError(state.phase, 'decision-durable');
+      const expected =
+        state.phase === 'deciding'
+          ? state.decision === 'commit' && state.protocol === '3pc'
+            ? 'precommit'
+            : state.decision
+          : state.phase === 'precommitted'
+            ? 'commit'
+            : undefined;
+      if (expected !== event.decision) throw new InvalidTransitionError(state.phase, 'decision-durable');
+      if (state.phase === 'precommitted' && branchIdsIn(state, ['prepared']).length > 0) {
+        throw new InvalidTransitionError(state.phase, 'decision-durable', 'pre-commit not yet acknowledged by every branch');
       }
       return afterDecisionDurable(state, event.decision);
     }
     case 'ack':
-      return onAck(state, event.branchId);
+      return onAck(state, event.branchId, event.verdict);
   }
 }
