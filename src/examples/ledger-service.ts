@@ -4,7 +4,13 @@
  * payload: `{ "account": "alice", "delta": -25 }`. Prepare reserves (votes no
  * when the balance would go negative), commit applies, abort releases.
  *
- *   PORT=7081 LEDGER_FILE=./ledger.json node dist/examples/ledger-service.js
+ *   PORT=7081 LEDGER_FILE=./ledger COORDINATOR_URL=http://127.0.0.1:7070 \
+ *     node dist/examples/ledger-service.js
+ *
+ * It speaks 2PC and 3PC. COORDINATOR_URL is where an uncertain or
+ * precommitted 3PC branch asks for the outcome when its timeout expires
+ * (UNCERTAIN_TIMEOUT_MS, PRECOMMIT_TIMEOUT_MS; ON_UNREACHABLE_UNCERTAIN=wait|abort,
+ * see src/participant-kit/participant-routes.ts before choosing abort).
  *
  * GET /accounts shows the balances. Balances and branch state are kept in
  * files next to each other and fsynced on every change.
@@ -13,7 +19,7 @@
 import fs from 'node:fs/promises';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { FileBranchStore, MemoryBranchStore, type BranchStore } from '../participant-kit/branch-store.js';
-import { participantRoutes } from '../participant-kit/participant-routes.js';
+import { participantRoutes, type ParticipantKitOptions } from '../participant-kit/participant-routes.js';
 
 export interface LedgerPayload {
   readonly account: string;
@@ -25,6 +31,8 @@ export interface LedgerOptions {
   readonly store?: BranchStore;
   /** When set, balances are persisted here (JSON, fsynced). */
   readonly balancesFile?: string;
+  /** 3PC timeouts, coordinator URL, retry policy, ... of the participant kit. */
+  readonly kit?: ParticipantKitOptions;
 }
 
 export interface Ledger {
@@ -44,10 +52,18 @@ function isLedgerPayload(p: unknown): p is LedgerPayload {
 
 export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
   const balances = new Map(Object.entries(options.balances));
+  // Branches whose commit reached the balances file. The kit marks a branch committed only after
+  // the handler returns, so a crash in between re-runs commit after the restart: this set makes
+  // that repeat a no-op. Keys leave it once the branch store durably says committed.
+  const applied = new Set<string>();
   if (options.balancesFile !== undefined) {
     try {
-      const saved = JSON.parse(await fs.readFile(options.balancesFile, 'utf8')) as Record<string, number>;
-      for (const [k, v] of Object.entries(saved)) balances.set(k, v);
+      const saved = JSON.parse(await fs.readFile(options.balancesFile, 'utf8')) as
+        | Record<string, number>
+        | { balances: Record<string, number>; applied?: string[] };
+      const savedBalances = typeof saved.balances === 'object' ? (saved.balances as Record<string, number>) : (saved as Record<string, number>);
+      for (const [k, v] of Object.entries(savedBalances)) balances.set(k, v);
+      if (Array.isArray(saved.applied)) for (const k of saved.applied) applied.add(k);
     } catch {
       // first start: keep the initial balances
     }
@@ -66,20 +82,35 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
     for (const [k, v] of payloads) if (k.endsWith(`#${account}`)) sum += v;
     return sum;
   };
-  const persist = async (): Promise<void> => {
-    if (options.balancesFile === undefined) return;
-    const tmp = `${options.balancesFile}.tmp`;
-    const fh = await fs.open(tmp, 'w');
-    await fh.writeFile(JSON.stringify(Object.fromEntries(balances)));
-    await fh.datasync();
-    await fh.close();
-    await fs.rename(tmp, options.balancesFile);
+  let persisting: Promise<void> = Promise.resolve();
+  const persist = (): Promise<void> => {
+    const file = options.balancesFile;
+    if (file === undefined) return Promise.resolve();
+    const write = persisting.then(async () => {
+      for (const k of applied) {
+        const [transactionId = '', rest = ''] = k.split('/');
+        const done = await store.get(transactionId, rest.split('#')[0] ?? '');
+        if (done?.status === 'committed') applied.delete(k);
+      }
+      const tmp = `${file}.tmp`;
+      const fh = await fs.open(tmp, 'w');
+      try {
+        await fh.writeFile(JSON.stringify({ balances: Object.fromEntries(balances), applied: [...applied] }));
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      await fs.rename(tmp, file);
+    });
+    persisting = write.catch(() => undefined);
+    return write;
   };
 
   const app = Fastify({ logger: false });
   app.get('/accounts', async () => Object.fromEntries(balances));
   await app.register(
     participantRoutes<unknown>({
+      ...options.kit,
       store,
       handlers: {
         async prepare({ transactionId, branchId, payload }) {
@@ -95,8 +126,12 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
         },
         async commit({ transactionId, branchId, payload }) {
           if (!isLedgerPayload(payload)) return;
-          balances.set(payload.account, (balances.get(payload.account) ?? 0) + payload.delta);
-          reservations.delete(keyOf(transactionId, branchId, payload.account));
+          const k = keyOf(transactionId, branchId, payload.account);
+          if (!applied.has(k)) {
+            balances.set(payload.account, (balances.get(payload.account) ?? 0) + payload.delta);
+            if (options.balancesFile !== undefined) applied.add(k);
+          }
+          reservations.delete(k);
           await persist();
         },
         async abort({ transactionId, branchId, payload }) {
@@ -117,9 +152,27 @@ async function main(): Promise<void> {
   const port = Number(process.env.PORT ?? 7081);
   const file = process.env.LEDGER_FILE ?? './ledger';
   const store = await FileBranchStore.open(`${file}.branches.jsonl`);
-  const ledger = await buildLedger({ balances: { alice: 100, bob: 100 }, store, balancesFile: `${file}.balances.json` });
+  const num = (name: string): number | undefined => (process.env[name] === undefined ? undefined : Number(process.env[name]));
+  const policy = process.env.ON_UNREACHABLE_UNCERTAIN;
+  if (policy !== undefined && policy !== 'wait' && policy !== 'abort') throw new Error('ON_UNREACHABLE_UNCERTAIN must be wait or abort');
+  const kit: ParticipantKitOptions = {
+    ...(process.env.COORDINATOR_URL === undefined ? {} : { coordinatorUrl: process.env.COORDINATOR_URL }),
+    ...(num('UNCERTAIN_TIMEOUT_MS') === undefined ? {} : { uncertainTimeoutMs: num('UNCERTAIN_TIMEOUT_MS') }),
+    ...(num('PRECOMMIT_TIMEOUT_MS') === undefined ? {} : { precommitTimeoutMs: num('PRECOMMIT_TIMEOUT_MS') }),
+    ...(policy === undefined ? {} : { onUnreachableUncertain: policy }),
+  };
+  const ledger = await buildLedger({ balances: { alice: 100, bob: 100 }, store, balancesFile: `${file}.balances.json`, kit });
   await ledger.app.listen({ host: '127.0.0.1', port });
   process.stdout.write(`ledger service listening on http://127.0.0.1:${port}\n`);
+  const stop = (): void => {
+    // Clears the kit's 3PC timers, then lets the last fsync finish.
+    void ledger.app
+      .close()
+      .then(() => store.close())
+      .finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) void main();
