@@ -6,6 +6,7 @@
  *   pg-plain           two UPDATEs in two databases, plain COMMIT each (not atomic)
  *   pg-2pc-by-hand     the same with PREPARE TRANSACTION + COMMIT PREPARED, no coordinator
  *   coordinator-2pc    the same through the coordinator's HTTP API (one request per transfer)
+ *   coordinator-3pc    the same with protocol 3pc (can-commit = PREPARE, pre-commit, do-commit)
  *
  * Servers: Postgres clusters started from the machine's binaries, or
  * TCX_BENCH_PG_URL_A / TCX_BENCH_PG_URL_B. Duration per cell: TCX_BENCH_SECONDS (default 5).
@@ -140,22 +141,31 @@ async function main(): Promise<void> {
   await post('/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA });
   await post('/v1/participants', { name: 'b', kind: 'postgres', connectionString: dbB });
   const fsyncsBefore = coordinator.health().log.fsyncs;
-  for (const clients of [1, 16]) {
-    const r = await measure(clients, async (c) => {
-      const account = `acct${c}`;
-      const res = await post('/v1/transactions', {
-        branches: [
-          { participant: 'a', operations: [{ sql: update, params: [-1, account] }] },
-          { participant: 'b', operations: [{ sql: update, params: [1, account] }] },
-        ],
-        commit: true,
+  const perProtocol: Record<string, { ops: number; fsyncs: number }> = {};
+  for (const protocol of ['2pc', '3pc'] as const) {
+    const before = coordinator.health().log.fsyncs;
+    for (const clients of [1, 16]) {
+      const r = await measure(clients, async (c) => {
+        const account = `acct${c}`;
+        const res = await post('/v1/transactions', {
+          protocol,
+          branches: [
+            { participant: 'a', operations: [{ sql: update, params: [-1, account] }] },
+            { participant: 'b', operations: [{ sql: update, params: [1, account] }] },
+          ],
+          commit: true,
+        });
+        if (res.json.state !== 'committed') throw new Error(`transfer ended ${res.status} ${JSON.stringify(res.json)}`);
       });
-      if (res.json.state !== 'committed') throw new Error(`transfer ended ${res.status} ${JSON.stringify(res.json)}`);
-    });
-    rows.push({ scenario: 'coordinator-2pc', clients, ...r });
+      rows.push({ scenario: `coordinator-${protocol}`, clients, ...r });
+    }
+    perProtocol[protocol] = {
+      ops: rows.filter((r) => r.scenario === `coordinator-${protocol}`).reduce((a, r) => a + r.ops, 0),
+      fsyncs: coordinator.health().log.fsyncs - before,
+    };
   }
   const fsyncs = coordinator.health().log.fsyncs - fsyncsBefore;
-  const coordOps = rows.filter((r) => r.scenario === 'coordinator-2pc').reduce((a, r) => a + r.ops, 0);
+  const coordOps = rows.filter((r) => r.scenario.startsWith('coordinator-')).reduce((a, r) => a + r.ops, 0);
   await app.close();
   await coordinator.stop(2_000);
   await poolA.end();
@@ -166,15 +176,18 @@ async function main(): Promise<void> {
   console.log('scenario          clients      ops    tx/s   p50 ms   p99 ms  note');
   for (const r of rows) {
     const note =
-      r.note ?? (r.scenario === 'coordinator-2pc' ? `${Math.round((100 * r.perSecond) / Math.max(1, byHand(r.clients)))}% of 2PC by hand` : '');
+      r.note ?? (r.scenario.startsWith('coordinator-') ? `${Math.round((100 * r.perSecond) / Math.max(1, byHand(r.clients)))}% of 2PC by hand` : '');
     console.log(
       `${r.scenario.padEnd(17)} ${String(r.clients).padStart(7)} ${String(r.ops).padStart(8)} ${String(r.perSecond).padStart(7)} ${String(r.p50Ms).padStart(8)} ${String(r.p99Ms).padStart(8)}  ${note}`,
     );
   }
   console.log(`\ncoordinator log: ${fsyncs} fdatasyncs for ${coordOps} committed transactions (${(coordOps / Math.max(1, fsyncs)).toFixed(2)} per fsync)`);
+  for (const [protocol, p] of Object.entries(perProtocol)) {
+    console.log(`  ${protocol}: ${p.fsyncs} fdatasyncs for ${p.ops} transactions (${(p.fsyncs / Math.max(1, p.ops)).toFixed(2)} per transaction)`);
+  }
   fs.mkdirSync('bench-results', { recursive: true });
   const file = path.join('bench-results', `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ seconds: SECONDS, node: process.version, rows, coordinatorFsyncs: fsyncs }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ seconds: SECONDS, node: process.version, rows, coordinatorFsyncs: fsyncs, perProtocol }, null, 2));
   console.log(`wrote ${file}`);
   for (const server of servers) await server.destroy();
   fs.rmSync(dataDir, { recursive: true, force: true });

@@ -55,15 +55,17 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
   // Branches whose commit reached the balances file. The kit marks a branch committed only after
   // the handler returns, so a crash in between re-runs commit after the restart: this set makes
   // that repeat a no-op. Keys leave it once the branch store durably says committed.
-  const applied = new Set<string>();
+  const applied = new Map<string, { transactionId: string; branchId: string }>();
   if (options.balancesFile !== undefined) {
     try {
       const saved = JSON.parse(await fs.readFile(options.balancesFile, 'utf8')) as
         | Record<string, number>
-        | { balances: Record<string, number>; applied?: string[] };
+        | { balances: Record<string, number>; applied?: Array<[string, string, string]> };
       const savedBalances = typeof saved.balances === 'object' ? (saved.balances as Record<string, number>) : (saved as Record<string, number>);
       for (const [k, v] of Object.entries(savedBalances)) balances.set(k, v);
-      if (Array.isArray(saved.applied)) for (const k of saved.applied) applied.add(k);
+      if (Array.isArray(saved.applied)) {
+        for (const [k, transactionId, branchId] of saved.applied as Array<[string, string, string]>) applied.set(k, { transactionId, branchId });
+      }
     } catch {
       // first start: keep the initial balances
     }
@@ -87,15 +89,16 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
     const file = options.balancesFile;
     if (file === undefined) return Promise.resolve();
     const write = persisting.then(async () => {
-      for (const k of applied) {
-        const [transactionId = '', rest = ''] = k.split('/');
-        const done = await store.get(transactionId, rest.split('#')[0] ?? '');
-        if (done?.status === 'committed') applied.delete(k);
+      for (const [k, b] of applied) {
+        if ((await store.get(b.transactionId, b.branchId))?.status === 'committed') applied.delete(k);
       }
       const tmp = `${file}.tmp`;
       const fh = await fs.open(tmp, 'w');
       try {
-        await fh.writeFile(JSON.stringify({ balances: Object.fromEntries(balances), applied: [...applied] }));
+        await fh.writeFile(JSON.stringify({
+            balances: Object.fromEntries(balances),
+            applied: [...applied].map(([k, b]) => [k, b.transactionId, b.branchId]),
+          }));
         await fh.datasync();
       } finally {
         await fh.close();
@@ -129,7 +132,7 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
           const k = keyOf(transactionId, branchId, payload.account);
           if (!applied.has(k)) {
             balances.set(payload.account, (balances.get(payload.account) ?? 0) + payload.delta);
-            if (options.balancesFile !== undefined) applied.add(k);
+            if (options.balancesFile !== undefined) applied.set(k, { transactionId, branchId });
           }
           reservations.delete(k);
           await persist();

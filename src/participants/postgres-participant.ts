@@ -35,12 +35,24 @@ export interface PostgresParticipantOptions {
 
 const UNDEFINED_OBJECT = '42704';
 
+/** Backend pid of each pooled connection (to cancel its statements), asked once per connection. */
+const backendPids = new WeakMap<pg.PoolClient, number>();
+
+async function queryBackendPid(client: pg.PoolClient): Promise<number> {
+  const res = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+  const pid = res.rows[0]?.pid ?? 0;
+  backendPids.set(client, pid);
+  return pid;
+}
+
 interface BranchSession {
   readonly client: pg.PoolClient;
   readonly backendPid: number;
   readonly onError: (err: Error) => void;
   /** Set when the session can no longer prepare: a statement failed or the connection broke. */
   failure: string | undefined;
+  /** Some statement may have written (anything but a plain query): skip the read-only check. */
+  mayWrite: boolean;
 }
 
 export class PostgresParticipant implements ParticipantAdapter {
@@ -102,6 +114,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       throw new CoordinatorError('OPERATION_FAILED', `branch ${branch.branchId} can no longer run work: ${session.failure}`);
     }
     const current = session;
+    if (operations.some((op) => !looksReadOnly(op.sql))) current.mayWrite = true;
     // A transaction that times out (or is aborted) while a statement waits — on a lock held by
     // another transaction, say — cancels the statement instead of waiting for statement_timeout.
     const cancel = (): void => {
@@ -143,8 +156,7 @@ export class PostgresParticipant implements ParticipantAdapter {
     }
     let backendPid: number;
     try {
-      const res = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-      backendPid = res.rows[0]?.pid ?? 0;
+      backendPid = backendPids.get(client) ?? (await queryBackendPid(client));
       await client.query('BEGIN');
     } catch (err) {
       client.release(err instanceof Error ? err : true);
@@ -154,6 +166,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       client,
       backendPid,
       failure: undefined,
+      mayWrite: false,
       onError: (err) => {
         session.failure = `connection lost: ${errorMessage(err)}`;
       },
@@ -173,12 +186,14 @@ export class PostgresParticipant implements ParticipantAdapter {
       return { vote: 'no', reason: session.failure };
     }
     try {
-      const res = await session.client.query<{ read_only: boolean }>(
-        'SELECT pg_current_xact_id_if_assigned() IS NULL AS read_only',
-      );
-      if (res.rows[0]?.read_only === true) {
-        await this.#endSession(session, 'COMMIT');
-        return { vote: 'read-only' };
+      // A branch of plain queries may still have written (a function with side effects):
+      // ask the server whether it holds a transaction id. A branch that wrote skips the check.
+      if (!session.mayWrite) {
+        const res = await session.client.query<{ read_only: boolean }>('SELECT pg_current_xact_id_if_assigned() IS NULL AS read_only');
+        if (res.rows[0]?.read_only === true) {
+          await this.#endSession(session, 'COMMIT');
+          return { vote: 'read-only' };
+        }
       }
       await session.client.query(`PREPARE TRANSACTION '${branch.gid}'`);
       release(session);
@@ -249,6 +264,11 @@ export class PostgresParticipant implements ParticipantAdapter {
 function runOperation(client: pg.PoolClient, op: SqlOperation): Promise<pg.QueryResult> {
   // Extended protocol always: one statement per operation, parameters never spliced into text.
   return client.query({ text: op.sql, values: [...op.params], queryMode: 'extended' } as pg.QueryConfig);
+}
+
+/** Statements that only read unless they call a function that writes (the read-only check catches that). */
+function looksReadOnly(sql: string): boolean {
+  return /^\s*(SELECT|VALUES|TABLE|SHOW|EXPLAIN)\b/i.test(sql) && !/\b(INSERT|UPDATE|DELETE|MERGE)\b/i.test(sql);
 }
 
 /** Returns the session's connection to the pool (destroying it after an error). */
