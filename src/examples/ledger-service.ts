@@ -95,10 +95,8 @@ export async function buildLedger(options: LedgerOptions): Promise<Ledger> {
       const tmp = `${file}.tmp`;
       const fh = await fs.open(tmp, 'w');
       try {
-        await fh.writeFile(JSON.stringify({
-            balances: Object.fromEntries(balances),
-            applied: [...applied].map(([k, b]) => [k, b.transactionId, b.branchId]),
-          }));
+        const appliedList = [...applied].map(([k, b]) => [k, b.transactionId, b.branchId]);
+        await fh.writeFile(JSON.stringify({ balances: Object.fromEntries(balances), applied: appliedList }));
         await fh.datasync();
       } finally {
         await fh.close();
