@@ -28,6 +28,12 @@ export interface Config {
   /** The URL participants use to reach this coordinator (3PC inquiries). */
   readonly publicUrl: string;
   readonly uncertainTimeoutMs: number;
+  /** Bearer tokens for the API; admin tokens also unlock participant registration and manual resolution. */
+  readonly apiTokens: readonly string[];
+  readonly adminTokens: readonly string[];
+  /** Hosts participants may live on: names, `*.suffix`, IPv4/IPv6 literals, IPv4 CIDRs, or `*`. */
+  readonly participantHosts: readonly string[];
+  readonly bodyLimitBytes: number;
 }
 
 export class ConfigError extends Error {
@@ -47,6 +53,17 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
     throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got ${JSON.stringify(raw)}`);
   }
   return value;
+}
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? '')
+    .split(',')
+    .map((x) => x.trim())
+    .filter((x) => x !== '');
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 function str(env: Env, name: string, fallback: string): string {
@@ -79,7 +96,19 @@ export function loadConfig(env: Env = process.env): Config {
     failPoint: env.TCX_FAIL_POINT === '' ? undefined : env.TCX_FAIL_POINT,
     publicUrl: '',
     uncertainTimeoutMs: int(env, 'TCX_UNCERTAIN_TIMEOUT_MS', 30_000, 100, 86_400_000),
+    apiTokens: list(env.TCX_API_TOKENS),
+    adminTokens: list(env.TCX_ADMIN_TOKENS),
+    participantHosts: list(env.TCX_PARTICIPANT_HOSTS ?? 'localhost,127.0.0.0/8,::1'),
+    bodyLimitBytes: int(env, 'TCX_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
+  for (const token of [...config.apiTokens, ...config.adminTokens]) {
+    if (token.length < 16) throw new ConfigError('API and admin tokens must be at least 16 characters long');
+  }
+  if (!isLoopback(config.host) && config.apiTokens.length + config.adminTokens.length === 0) {
+    throw new ConfigError(
+      `TCX_HOST=${config.host} is not a loopback address: set TCX_API_TOKENS and TCX_ADMIN_TOKENS (bearer tokens) before listening there`,
+    );
+  }
   const publicUrl = env.TCX_PUBLIC_URL ?? '';
   if (publicUrl !== '' && !/^https?:\/\//.test(publicUrl)) throw new ConfigError('TCX_PUBLIC_URL must be an http(s) URL');
   const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;

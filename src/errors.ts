@@ -6,6 +6,9 @@
 
 export const ERROR_CATALOGUE = {
   VALIDATION_FAILED: { status: 400, message: 'The request is malformed' },
+  UNAUTHORIZED: { status: 401, message: 'A valid bearer token is required' },
+  FORBIDDEN: { status: 403, message: 'This operation needs an admin token' },
+  PARTICIPANT_NOT_ALLOWED: { status: 403, message: 'The participant address is not on the allowlist' },
   UNKNOWN_PARTICIPANT: { status: 404, message: 'No participant is registered under that name' },
   PARTICIPANT_EXISTS: { status: 409, message: 'A participant with that name is already registered' },
   PARTICIPANT_IN_USE: { status: 409, message: 'The participant has unfinished branches' },
@@ -13,6 +16,7 @@ export const ERROR_CATALOGUE = {
   PARTICIPANT_MISCONFIGURED: { status: 422, message: 'The participant cannot take part in two-phase commit' },
   UNKNOWN_TRANSACTION: { status: 404, message: 'No transaction with that id is known' },
   INVALID_STATE_TRANSITION: { status: 409, message: 'The transaction is not in a state that allows this' },
+  RESOLUTION_CONTRADICTS_LOG: { status: 409, message: 'The log holds a decision that contradicts this resolution' },
   TRANSACTION_ABORTED: { status: 409, message: 'The transaction was aborted' },
   OPERATION_FAILED: { status: 422, message: 'An operation of the branch failed' },
   LOG_UNAVAILABLE: { status: 503, message: 'The write-ahead log failed; the coordinator accepts no new commits' },

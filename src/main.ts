@@ -27,7 +27,11 @@ async function main(): Promise<void> {
     logger.fatal({ err: err instanceof ConfigError ? err.message : err }, 'coordinator failed to start');
     process.exit(err instanceof ConfigError ? 2 : 1);
   }
-  const app = buildServer(coordinator, logger);
+  const app = buildServer(coordinator, logger, {
+    bodyLimitBytes: config.bodyLimitBytes,
+    apiTokens: config.apiTokens,
+    adminTokens: config.adminTokens,
+  });
   await app.listen({ host: config.host, port: config.port });
   logger.info({ host: config.host, port: config.port, dataDir: config.dataDir, coordinatorId: coordinator.coordinatorId }, 'listening');
 

@@ -101,3 +101,33 @@ export const listTransactionsQuery = {
     limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' },
   },
 } as const;
+
+export const GID_PATTERN = '^tcx:[A-Za-z0-9-]{1,40}:[A-Za-z0-9-]{1,64}:[0-9]{1,6}$';
+
+export const preparedBranchParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'gid'],
+  properties: {
+    name: { type: 'string', pattern: NAME_PATTERN },
+    gid: { type: 'string', pattern: GID_PATTERN },
+  },
+} as const;
+
+export const preparedBranchesQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    coordinatorId: { type: 'string', pattern: '^[A-Za-z0-9-]{1,40}$' },
+  },
+} as const;
+
+export const manualResolutionBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['outcome', 'reason'],
+  properties: {
+    outcome: { type: 'string', enum: ['commit', 'abort'] },
+    reason: { type: 'string', minLength: 1, maxLength: 1000 },
+  },
+} as const;

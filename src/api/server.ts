@@ -9,19 +9,25 @@ import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { Outcome } from '../coordinator/transaction-manager.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
+import { actorOf, installAuth } from './auth.js';
 import { installErrorHandling } from './error-handler.js';
 import {
   abortBody,
   beginTransactionBody,
   branchBody,
   listTransactionsQuery,
+  manualResolutionBody,
   participantNameParams,
+  preparedBranchesQuery,
+  preparedBranchParams,
   registerParticipantBody,
   transactionIdParams,
 } from './schemas.js';
 
 export interface ServerOptions {
   readonly bodyLimitBytes?: number;
+  readonly apiTokens?: readonly string[];
+  readonly adminTokens?: readonly string[];
 }
 
 interface BranchInput {
@@ -80,6 +86,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
   installErrorHandling(app);
+  installAuth(app, { apiTokens: options.apiTokens ?? [], adminTokens: options.adminTokens ?? [] });
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
@@ -109,6 +116,33 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     const { name } = request.params as { name: string };
     await coordinator.removeParticipant(name);
     return reply.status(204).send();
+  });
+
+  // ---- operator controls --------------------------------------------------------------
+
+  app.get(
+    '/v1/participants/:name/prepared',
+    { schema: { params: participantNameParams, querystring: preparedBranchesQuery } },
+    async (request) => {
+      const { name } = request.params as { name: string };
+      const { coordinatorId } = request.query as { coordinatorId?: string };
+      return { participant: name, branches: await coordinator.preparedBranches(name, coordinatorId) };
+    },
+  );
+
+  app.post(
+    '/v1/participants/:name/prepared/:gid/resolve',
+    { schema: { params: preparedBranchParams, body: manualResolutionBody } },
+    async (request) => {
+      const { name, gid } = request.params as { name: string; gid: string };
+      const body = request.body as { outcome: 'commit' | 'abort'; reason: string };
+      return coordinator.resolveManually(name, gid, { ...body, actor: actorOf(request) });
+    },
+  );
+
+  app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams } }, async (request) => {
+    const { id } = request.params as { id: string };
+    return tx.retryNow(id);
   });
 
   // ---- transactions -------------------------------------------------------------------

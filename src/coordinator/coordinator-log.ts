@@ -10,7 +10,7 @@
 import type { Logger } from 'pino';
 import { mkdir } from 'node:fs/promises';
 import { lockDataDir, type DirLock } from '../log/dir-lock.js';
-import { FileLog } from '../log/file-log.js';
+import { FileLog, type LogIo } from '../log/file-log.js';
 import { DurableState } from '../log/durable-state.js';
 import { isLogRecord, type LogRecord } from '../log/log-records.js';
 
@@ -20,6 +20,8 @@ export interface CoordinatorLogOptions {
   readonly retentionMs: number;
   readonly maxRetainedTransactions: number;
   readonly logger: Logger;
+  /** Internal, for tests: the file system the log uses (to inject a failing fsync). */
+  readonly io?: LogIo;
 }
 
 export class CoordinatorLog {
@@ -45,6 +47,7 @@ export class CoordinatorLog {
         dir: options.dir,
         segmentMaxBytes: options.segmentMaxBytes,
         logger: options.logger,
+        ...(options.io === undefined ? {} : { io: options.io }),
         snapshot: () => {
           state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
           return state.snapshot();

@@ -10,13 +10,37 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { ConfigError } from '../config.js';
-import { CoordinatorError } from '../errors.js';
+import { CoordinatorError, errorMessage } from '../errors.js';
+import type { Decision } from '../protocol/commit-protocol.js';
+import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
 import { armFailPoints } from './fail-points.js';
-import { isValidCoordinatorId } from './gid.js';
+import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
+import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
+
+export interface PreparedBranchView {
+  readonly gid: string;
+  readonly coordinatorId: string | null;
+  readonly transactionId: string | null;
+  readonly branchId: string | null;
+  readonly log: {
+    readonly known: boolean;
+    readonly decision: 'commit' | 'abort' | 'precommit' | null;
+    readonly outcome: 'commit' | 'abort' | null;
+    readonly live: boolean;
+  };
+}
+
+export interface ManualResolutionView {
+  readonly gid: string;
+  readonly participant: string;
+  readonly outcome: Decision;
+  readonly loggedDecision: string | null;
+  readonly resolvedAt: string;
+}
 
 export interface Health {
   readonly status: 'ok' | 'unhealthy';
@@ -75,7 +99,7 @@ export class Coordinator {
   }
 
   /** Opens the log and runs start-up recovery. The coordinator is ready when this resolves. */
-  static async start(config: Config, logger: Logger): Promise<Coordinator> {
+  static async start(config: Config, logger: Logger, internal: { logIo?: LogIo } = {}): Promise<Coordinator> {
     armFailPoints(config.failPoint);
     const started = Date.now();
     const { log, replayed } = await CoordinatorLog.open({
@@ -84,6 +108,7 @@ export class Coordinator {
       retentionMs: config.retentionMs,
       maxRetainedTransactions: config.maxRetainedTransactions,
       logger,
+      ...(internal.logIo === undefined ? {} : { io: internal.logIo }),
     });
     const coordinatorId = await resolveCoordinatorId(config, log);
     const coordinator = new Coordinator(config, log, coordinatorId, logger);
@@ -98,8 +123,9 @@ export class Coordinator {
     return coordinator;
   }
 
-  registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
+  async registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
+    assertAllowedAddress(request.connectionString ?? request.baseUrl ?? request.url ?? '', this.#config.participantHosts);
     return this.#registry.register(request);
   }
 
@@ -117,6 +143,90 @@ export class Coordinator {
 
   participants(): ParticipantView[] {
     return this.#registry.views();
+  }
+
+  /**
+   * Branches prepared on a participant under a coordinator id (this one by default), each
+   * with what the log says of its transaction. For operators; read-only.
+   */
+  async preparedBranches(name: string, coordinatorId = this.coordinatorId): Promise<PreparedBranchView[]> {
+    this.#registry.view(name); // 404 when unknown
+    if (!isValidCoordinatorId(coordinatorId)) throw new CoordinatorError('VALIDATION_FAILED', 'invalid coordinatorId');
+    let gids: string[];
+    try {
+      gids = await this.#registry.adapter(name).findPrepared(gidPrefix(coordinatorId));
+    } catch (err) {
+      if (err instanceof CoordinatorError) throw err;
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot list prepared branches on ${name}: ${errorMessage(err)}`, { cause: err });
+    }
+    return gids.map((gid) => {
+      const parsed = parseGid(gid);
+      const ours = parsed?.coordinatorId === this.coordinatorId;
+      const tx = ours && parsed !== undefined ? this.#log.state.transaction(parsed.transactionId) : undefined;
+      return {
+        gid,
+        coordinatorId: parsed?.coordinatorId ?? null,
+        transactionId: parsed?.transactionId ?? null,
+        branchId: parsed === undefined ? null : `b${parsed.branchNo}`,
+        log: {
+          known: tx !== undefined,
+          decision: tx?.decision ?? null,
+          outcome: tx?.outcome ?? null,
+          live: parsed !== undefined && this.transactions.ownsBranch(parsed.transactionId, gid),
+        },
+      };
+    });
+  }
+
+  /**
+   * Resolves one prepared branch by hand — for a branch whose log record is lost (a wiped
+   * data directory, or a coordinator id that no longer runs). Refused when the log holds a
+   * contradicting decision, or while a running transaction drives the branch. The
+   * resolution is forced to the log before it is carried out (the audit trail) and stands
+   * as the transaction's decision when the log had none.
+   */
+  async resolveManually(
+    name: string,
+    gid: string,
+    request: { outcome: Decision; reason: string; actor: string },
+  ): Promise<ManualResolutionView> {
+    if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
+    this.#registry.view(name);
+    const parsed = parseGid(gid);
+    if (parsed === undefined || !isSafeGid(gid)) throw new CoordinatorError('VALIDATION_FAILED', `not a coordinator gid: ${gid}`);
+    const ours = parsed.coordinatorId === this.coordinatorId;
+    if (ours && this.transactions.ownsBranch(parsed.transactionId, gid)) {
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);
+    }
+    const logged = ours ? this.#log.state.transaction(parsed.transactionId)?.decision : undefined;
+    const loggedOutcome = logged === 'precommit' ? 'commit' : logged;
+    if (loggedOutcome !== undefined && loggedOutcome !== request.outcome) {
+      throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `the log holds a ${logged} decision for transaction ${parsed.transactionId}`, {
+        details: { logged },
+      });
+    }
+    const at = new Date().toISOString();
+    await this.#log.force({
+      t: 'manual-resolution',
+      gid,
+      transactionId: parsed.transactionId,
+      participant: name,
+      outcome: request.outcome,
+      reason: request.reason,
+      actor: request.actor,
+      at,
+    });
+    this.#logger.warn({ txId: parsed.transactionId, gid, participant: name, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: manual resolution');
+    const adapter = this.#registry.adapter(name);
+    const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
+    try {
+      await (request.outcome === 'commit' ? adapter.commit(ref) : adapter.abort(ref));
+    } catch (err) {
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `resolution recorded, but ${name} did not confirm it yet: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    return { gid, participant: name, outcome: request.outcome, loggedDecision: logged ?? null, resolvedAt: at };
   }
 
   sweep(): Promise<SweepReport> {

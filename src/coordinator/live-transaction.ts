@@ -59,6 +59,8 @@ export class LiveTransaction {
   readonly lock = new Mutex();
   /** Aborted on timeout or client abort: cancels work still running inside a branch. */
   readonly cancelWork = new AbortController();
+  /** Aborted by an operator's "retry now": cuts every backoff sleep short once. */
+  wake = new AbortController();
   readonly branches = new Map<string, LiveBranch>();
   state: TwoPhaseState = initialState();
   nextBranchNo = 1;

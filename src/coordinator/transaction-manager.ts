@@ -252,6 +252,21 @@ export class TransactionManager {
     return false;
   }
 
+  /** Operator's "retry now": every pending phase-2 delivery of the transaction retries at once. */
+  retryNow(id: string): TransactionView {
+    const tx = this.#live.get(id);
+    if (tx === undefined) {
+      this.get(id); // 404 when unknown
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
+    }
+    if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
+    const woken = tx.wake;
+    tx.wake = new AbortController();
+    woken.abort();
+    this.#logger.info({ txId: id }, 'operator: retry now');
+    return tx.view();
+  }
+
   /** True when a running (or resumed) transaction drives the branch with this gid itself. */
   ownsBranch(transactionId: string, gid: string): boolean {
     const tx = this.#live.get(transactionId);
@@ -459,7 +474,7 @@ export class TransactionManager {
           'phase-2 delivery failed; retrying',
         );
         tx.changed();
-        await sleep(delay, this.#stopping.signal);
+        await sleep(delay, AbortSignal.any([this.#stopping.signal, tx.wake.signal]));
       }
     }
     delete branch.lastError;

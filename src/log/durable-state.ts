@@ -88,6 +88,17 @@ export class DurableState {
         this.#ended.set(record.id, Date.parse(record.at));
         return;
       }
+      case 'manual-resolution': {
+        // An operator's decision stands for the whole transaction when the log had none
+        // (a lost log); a contradicting one is refused before it is ever written.
+        const tx = this.#ensure(record.transactionId, record.at);
+        if (tx.decision === undefined) {
+          tx.decision = record.outcome;
+          tx.decidedAt = record.at;
+          tx.reason = `resolved by hand (${record.actor}): ${record.reason}`;
+        }
+        return;
+      }
       case 'tx-state': {
         const t = record.tx;
         const tx: MutableTransaction = {

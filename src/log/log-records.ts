@@ -71,6 +71,17 @@ export type LogRecord =
     }
   | { readonly t: 'ended'; readonly id: string; readonly outcome: Decision; readonly at: string }
   | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
+  | {
+      /** An operator resolved a prepared branch by hand (forced; the audit trail). */
+      readonly t: 'manual-resolution';
+      readonly gid: string;
+      readonly transactionId: string;
+      readonly participant: string;
+      readonly outcome: Decision;
+      readonly reason: string;
+      readonly actor: string;
+      readonly at: string;
+    }
   | { readonly t: 'coordinator'; readonly coordinatorId: string; readonly at: string };
 
 /** What the log knows of one transaction. */
@@ -97,6 +108,7 @@ const RECORD_TYPES: ReadonlySet<string> = new Set([
   'ended',
   'tx-state',
   'coordinator',
+  'manual-resolution',
 ]);
 
 export function isLogRecord(value: unknown): value is LogRecord {

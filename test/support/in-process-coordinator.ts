@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../../src/api/server.js';
 import { loadConfig } from '../../src/config.js';
 import { Coordinator } from '../../src/coordinator/coordinator.js';
+import type { LogIo } from '../../src/log/file-log.js';
 import { createLogger } from '../../src/logger.js';
 
 export interface InProcessCoordinator {
@@ -25,7 +26,11 @@ export function tempDataDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'tcx-coord-'));
 }
 
-export async function startCoordinator(env: Record<string, string> = {}, dataDir = tempDataDir()): Promise<InProcessCoordinator> {
+export async function startCoordinator(
+  env: Record<string, string> = {},
+  dataDir = tempDataDir(),
+  internal: { logIo?: LogIo } = {},
+): Promise<InProcessCoordinator> {
   const config = loadConfig({
     TCX_DATA_DIR: dataDir,
     TCX_RETRY_INITIAL_MS: '20',
@@ -34,8 +39,12 @@ export async function startCoordinator(env: Record<string, string> = {}, dataDir
     ...env,
   });
   const logger = createLogger({ level: config.logLevel });
-  const coordinator = await Coordinator.start(config, logger);
-  const app = buildServer(coordinator, logger);
+  const coordinator = await Coordinator.start(config, logger, internal);
+  const app = buildServer(coordinator, logger, {
+    bodyLimitBytes: config.bodyLimitBytes,
+    apiTokens: config.apiTokens,
+    adminTokens: config.adminTokens,
+  });
   await app.ready();
   let stopped = false;
   const stop = async (): Promise<void> => {

@@ -1,0 +1,61 @@
+/**
+ * Bearer-token authentication. When any token is configured, every /v1 route
+ * needs `Authorization: Bearer <token>`; registering or removing participants
+ * and resolving branches by hand need an admin token. Tokens are compared in
+ * constant time (SHA-256 digests through timingSafeEqual, so neither content
+ * nor length leaks through timing). /healthz stays open for probes.
+ */
+
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { CoordinatorError } from '../errors.js';
+
+export interface AuthOptions {
+  readonly apiTokens: readonly string[];
+  readonly adminTokens: readonly string[];
+}
+
+type Role = 'api' | 'admin';
+
+const digest = (token: string): Buffer => createHash('sha256').update(token).digest();
+
+function matchesAny(candidate: Buffer, tokens: readonly Buffer[]): boolean {
+  let found = false;
+  for (const t of tokens) found = timingSafeEqual(candidate, t) || found; // no early exit
+  return found;
+}
+
+/** Routes that change who takes part, or override the log: admin only. */
+export function isAdminRoute(method: string, url: string): boolean {
+  const path = url.split('?')[0] ?? '';
+  if (path === '/v1/participants' && method === 'POST') return true;
+  if (/^\/v1\/participants\/[^/]+$/.test(path) && method === 'DELETE') return true;
+  if (/^\/v1\/participants\/[^/]+\/prepared\/[^/]+\/resolve$/.test(path) && method === 'POST') return true;
+  return false;
+}
+
+export function installAuth(app: FastifyInstance, options: AuthOptions): void {
+  const api = options.apiTokens.map(digest);
+  const admin = options.adminTokens.map(digest);
+  if (api.length + admin.length === 0) return; // loopback development mode: open
+  app.addHook('onRequest', async (request: FastifyRequest) => {
+    if (!request.url.startsWith('/v1/') && request.url !== '/v1') return;
+    const header = request.headers.authorization;
+    const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,512})$/.exec(header) : null;
+    if (match === null) throw new CoordinatorError('UNAUTHORIZED', 'missing or malformed Authorization: Bearer header');
+    const presented = digest(match[1] as string);
+    const role: Role | undefined = matchesAny(presented, admin) ? 'admin' : matchesAny(presented, api) ? 'api' : undefined;
+    if (role === undefined) throw new CoordinatorError('UNAUTHORIZED', 'unknown bearer token');
+    if (role !== 'admin' && isAdminRoute(request.method, request.url)) {
+      throw new CoordinatorError('FORBIDDEN', 'registering, removing and manually resolving participants needs an admin token');
+    }
+  });
+}
+
+/** Who made a request, for audit records: a fingerprint of the token, never the token. */
+export function actorOf(request: FastifyRequest): string {
+  const header = request.headers.authorization;
+  const match = typeof header === 'string' ? /^Bearer (\S+)$/.exec(header) : null;
+  if (match === null) return `local:${request.ip}`;
+  return `token:${digest(match[1] as string).toString('hex').slice(0, 12)}`;
+}

@@ -1,0 +1,57 @@
+/**
+ * Which hosts participants may be registered on. Without it, anyone able to
+ * call the API could make the coordinator connect to arbitrary internal
+ * addresses. Patterns: an exact host name or IP literal, `*.example.com`, an
+ * IPv4 CIDR such as `10.1.0.0/16`, or `*` for any host.
+ *
+ * Only the literal host of the address is checked (names are not resolved):
+ * list names, not the addresses they happen to resolve to.
+ */
+
+import { isIP } from 'node:net';
+import { CoordinatorError } from '../errors.js';
+
+function ipv4ToInt(ip: string): number {
+  return ip.split('.').reduce((acc, part) => (acc << 8) + Number(part), 0) >>> 0;
+}
+
+function matches(host: string, pattern: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  const p = pattern.toLowerCase();
+  if (p === '*') return true;
+  if (p.startsWith('*.')) return h.endsWith(p.slice(1)) && h.length > p.length - 1;
+  const cidr = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(p);
+  if (cidr !== null) {
+    if (isIP(h) !== 4) return false;
+    const bits = Number(cidr[2]);
+    const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+    return (ipv4ToInt(h) & mask) === (ipv4ToInt(cidr[1] as string) & mask);
+  }
+  return h === p;
+}
+
+/** The hosts an address names: a URL's host, or libpq key=value `host=` entries (default localhost). */
+export function hostsOf(address: string): string[] {
+  if (URL.canParse(address)) {
+    const url = new URL(address);
+    const hosts = url.hostname === '' ? ['localhost'] : [url.hostname];
+    const fromQuery = url.searchParams.get('host'); // postgres://?host=/socket or host list
+    if (fromQuery !== null) hosts.push(...fromQuery.split(','));
+    return hosts.map((h) => (h.startsWith('/') ? 'localhost' : h));
+  }
+  const m = /(?:^|\s)host\s*=\s*('([^']*)'|\S+)/.exec(address);
+  const value = m === null ? 'localhost' : (m[2] ?? m[1] ?? 'localhost');
+  return value.split(',').map((h) => (h.startsWith('/') || h === '' ? 'localhost' : h));
+}
+
+export function assertAllowedAddress(address: string, patterns: readonly string[]): void {
+  for (const host of hostsOf(address)) {
+    if (!patterns.some((p) => matches(host, p))) {
+      throw new CoordinatorError(
+        'PARTICIPANT_NOT_ALLOWED',
+        `participant host ${host} is not on the allowlist (TCX_PARTICIPANT_HOSTS=${patterns.join(',')})`,
+        { details: { host } },
+      );
+    }
+  }
+}

@@ -1,0 +1,204 @@
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+import { nodeLogIo, type LogFile, type LogIo } from '../../src/log/file-log.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
+
+const API = 'api-token-0123456789abcdef';
+const ADMIN = 'admin-token-0123456789abcdef';
+let dbA: string;
+let dbB: string;
+
+const transferSql = (account: string, delta: number) => ({
+  sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2',
+  params: [delta, account],
+});
+
+async function call(c: InProcessCoordinator, method: 'GET' | 'POST' | 'DELETE', url: string, payload?: unknown, token?: string) {
+  const res = await c.app.inject({
+    method,
+    url,
+    ...(payload === undefined ? {} : { payload: payload as object }),
+    ...(token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } }),
+  });
+  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
+}
+
+async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
+  await withClient(databaseUrl, async (cl) => {
+    await cl.query('BEGIN');
+    await cl.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account]);
+    await cl.query(`PREPARE TRANSACTION '${gid}'`);
+  });
+}
+
+beforeAll(async () => {
+  [dbA, dbB] = await Promise.all([freshDatabase(inject('pgUrlA')), freshDatabase(inject('pgUrlB'))]);
+  await createAccounts(dbA, { alice: 100, lost: 0 });
+  await createAccounts(dbB, { bob: 100 });
+});
+
+afterAll(async () => {
+  for (const gid of await preparedGids(dbA)) await withClient(dbA, (c) => c.query(`ROLLBACK PREPARED '${gid}'`));
+});
+
+describe('authentication', () => {
+  let c: InProcessCoordinator;
+  beforeAll(async () => {
+    c = await startCoordinator({ TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN });
+  });
+  afterAll(async () => c?.destroy());
+
+  it('requires a bearer token on every /v1 route, and an admin token to register participants', async () => {
+    expect((await call(c, 'GET', '/healthz')).status).toBe(200);
+    const none = await call(c, 'GET', '/v1/participants');
+    expect(none.status).toBe(401);
+    expect(none.body.error.code).toBe('UNAUTHORIZED');
+    expect((await call(c, 'GET', '/v1/participants', undefined, 'wrong-token-0123456789')).status).toBe(401);
+    expect((await call(c, 'GET', '/v1/participants', undefined, API)).status).toBe(200);
+    const register = { name: 'a', kind: 'postgres', connectionString: dbA };
+    const forbidden = await call(c, 'POST', '/v1/participants', register, API);
+    expect(forbidden.status).toBe(403);
+    expect(forbidden.body.error.code).toBe('FORBIDDEN');
+    expect((await call(c, 'GET', '/v1/participants', undefined, API)).body.participants).toEqual([]);
+    expect((await call(c, 'POST', '/v1/participants', register, ADMIN)).status).toBe(201);
+    expect((await call(c, 'POST', '/v1/transactions', {}, API)).status).toBe(201);
+  });
+
+  it('refuses to listen on a non-loopback address without tokens', () => {
+    expect(() => loadConfig({ TCX_HOST: '0.0.0.0' })).toThrow(/TCX_API_TOKENS/);
+    expect(() => loadConfig({ TCX_HOST: '0.0.0.0', TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN })).not.toThrow();
+  });
+});
+
+describe('participant allowlist', () => {
+  let c: InProcessCoordinator;
+  beforeAll(async () => {
+    c = await startCoordinator({ TCX_PARTICIPANT_HOSTS: '127.0.0.1,*.example.internal' });
+  });
+  afterAll(async () => c?.destroy());
+
+  it('refuses addresses off the allowlist before connecting, and accepts listed ones', async () => {
+    for (const body of [
+      { name: 'meta', kind: 'http', baseUrl: 'http://169.254.169.254/latest' },
+      { name: 'pg', kind: 'postgres', connectionString: 'postgres://u@10.0.0.5:5432/db' },
+      { name: 'kv', kind: 'postgres', connectionString: 'host=db.other.internal dbname=x' },
+      { name: 'r', kind: 'redis', url: 'redis://localhost:6379' },
+    ]) {
+      const res = await call(c, 'POST', '/v1/participants', body);
+      expect({ name: body.name, status: res.status, code: res.body.error.code }).toEqual({ name: body.name, status: 403, code: 'PARTICIPANT_NOT_ALLOWED' });
+    }
+    expect((await call(c, 'POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA })).status).toBe(201);
+    expect((await call(c, 'GET', '/v1/participants')).body.participants.map((p: { name: string }) => p.name)).toEqual(['a']);
+  });
+});
+
+describe('operator controls', () => {
+  let c: InProcessCoordinator;
+  beforeAll(async () => {
+    c = await startCoordinator({ TCX_RECOVERY_INTERVAL_MS: '3600000' });
+    await call(c, 'POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA });
+    await call(c, 'POST', '/v1/participants', { name: 'b', kind: 'postgres', connectionString: dbB });
+  });
+  afterAll(async () => c?.destroy());
+
+  it('lists prepared branches with what the log says, and resolves a lost one by hand (audited)', async () => {
+    // A branch of a coordinator whose log is gone (its data directory was wiped).
+    const gid = 'tcx:lostcoord:66666666-6666-4666-8666-666666666666:1';
+    await prepareByHand(dbA, gid, 'lost', 7);
+    const listed = await call(c, 'GET', '/v1/participants/a/prepared?coordinatorId=lostcoord');
+    expect(listed.status).toBe(200);
+    expect(listed.body.branches).toEqual([
+      expect.objectContaining({ gid, coordinatorId: 'lostcoord', log: { known: false, decision: null, outcome: null, live: false } }),
+    ]);
+    const resolved = await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(gid)}/resolve`, {
+      outcome: 'commit',
+      reason: 'ticket OPS-42: sibling branch committed before the disk was replaced',
+    });
+    expect(resolved.status).toBe(200);
+    expect(resolved.body).toMatchObject({ gid, outcome: 'commit', loggedDecision: null });
+    expect(await balanceOf(dbA, 'lost')).toBe(7);
+    expect(await preparedGids(dbA, 'tcx:lostcoord:')).toEqual([]);
+  });
+
+  it('refuses a manual resolution that contradicts the log', async () => {
+    const id = c.coordinator.coordinatorId;
+    // A committed transaction whose branch is (artificially) prepared again under the same gid.
+    const done = await call(c, 'POST', '/v1/transactions', {
+      branches: [{ participant: 'a', operations: [transferSql('alice', -1)] }, { participant: 'b', operations: [transferSql('bob', 1)] }],
+      commit: true,
+    });
+    expect(done.body.state).toBe('committed');
+    const gid = `tcx:${id}:${done.body.id}:1`;
+    await prepareByHand(dbA, gid, 'alice', 0);
+    const refused = await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'abort', reason: 'x' });
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.code).toBe('RESOLUTION_CONTRADICTS_LOG');
+    expect((await preparedGids(dbA, gid)).length).toBe(1);
+    const listed = await call(c, 'GET', '/v1/participants/a/prepared');
+    expect(listed.body.branches).toEqual([expect.objectContaining({ gid, log: expect.objectContaining({ known: true, decision: 'commit' }) })]);
+    expect((await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'matches the log' })).status).toBe(200);
+    expect(await preparedGids(dbA, gid)).toEqual([]);
+  });
+
+  it('answers retry-now only for an in-doubt transaction', async () => {
+    const { body } = await call(c, 'POST', '/v1/transactions', {});
+    const res = await call(c, 'POST', `/v1/transactions/${body.id}/retry`);
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('INVALID_STATE_TRANSITION');
+    expect((await call(c, 'POST', '/v1/transactions/77777777-7777-4777-8777-777777777777/retry')).status).toBe(404);
+  });
+});
+
+describe('fail-stop when the log cannot be made durable', () => {
+  it('sends no commit, answers 503, reports unhealthy, refuses new work; recovery then rolls back', async () => {
+    let failSyncs = false;
+    const io: LogIo = {
+      ...nodeLogIo,
+      async open(path: string, flags: string): Promise<LogFile> {
+        const file = await nodeLogIo.open(path, flags);
+        return {
+          write: (b, o, l, p) => file.write(b, o, l, p),
+          datasync: async () => {
+            if (failSyncs) throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+            return file.datasync();
+          },
+          sync: () => file.sync(),
+          truncate: (n) => file.truncate(n),
+          close: () => file.close(),
+        };
+      },
+    };
+    const c = await startCoordinator({}, undefined, { logIo: io });
+    const dataDir = c.dataDir;
+    try {
+      await call(c, 'POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA });
+      await call(c, 'POST', '/v1/participants', { name: 'b', kind: 'postgres', connectionString: dbB });
+      const { body } = await call(c, 'POST', '/v1/transactions', {});
+      await call(c, 'POST', `/v1/transactions/${body.id}/branches`, { participant: 'a', operations: [transferSql('alice', -10)] });
+      await call(c, 'POST', `/v1/transactions/${body.id}/branches`, { participant: 'b', operations: [transferSql('bob', 10)] });
+      const before = [await balanceOf(dbA, 'alice'), await balanceOf(dbB, 'bob')];
+      failSyncs = true;
+      const commit = await call(c, 'POST', `/v1/transactions/${body.id}/commit`);
+      expect(commit.status).toBe(503);
+      expect(commit.body.error.code).toBe('LOG_UNAVAILABLE');
+      // No commit left: both branches are still prepared, nothing applied.
+      expect([await balanceOf(dbA, 'alice'), await balanceOf(dbB, 'bob')]).toEqual(before);
+      expect((await preparedGids(dbA)).length + (await preparedGids(dbB)).length).toBe(2);
+      const health = await call(c, 'GET', '/healthz');
+      expect(health.status).toBe(503);
+      expect(health.body.reason).toMatch(/write-ahead log failed/);
+      expect((await call(c, 'POST', '/v1/transactions', {})).status).toBe(503);
+    } finally {
+      await c.stop().catch(() => undefined);
+    }
+    // After the disk is fixed: recovery finds no commit decision and rolls both back.
+    const restarted = await startCoordinator({}, dataDir);
+    try {
+      expect(await preparedGids(dbA)).toEqual([]);
+      expect(await preparedGids(dbB)).toEqual([]);
+    } finally {
+      await restarted.destroy();
+    }
+  });
+});
