@@ -25,13 +25,11 @@ function matchesAny(candidate: Buffer, tokens: readonly Buffer[]): boolean {
   return found;
 }
 
-/** Routes that change who takes part, or override the log: admin only. */
-export function isAdminRoute(method: string, url: string): boolean {
-  const path = url.split('?')[0] ?? '';
-  if (path === '/v1/participants' && method === 'POST') return true;
-  if (/^\/v1\/participants\/[^/]+$/.test(path) && method === 'DELETE') return true;
-  if (/^\/v1\/participants\/[^/]+\/prepared\/[^/]+\/resolve$/.test(path) && method === 'POST') return true;
-  return false;
+/** Routes (as registered) that change who takes part, or override the log: admin only. */
+const ADMIN_ROUTES = new Set(['POST /v1/participants', 'DELETE /v1/participants/:name', 'POST /v1/participants/:name/prepared/:gid/resolve']);
+
+export function isAdminRoute(method: string, route: string): boolean {
+  return ADMIN_ROUTES.has(`${method} ${route}`);
 }
 
 export function installAuth(app: FastifyInstance, options: AuthOptions): void {
@@ -39,14 +37,17 @@ export function installAuth(app: FastifyInstance, options: AuthOptions): void {
   const admin = options.adminTokens.map(digest);
   if (api.length + admin.length === 0) return; // loopback development mode: open
   app.addHook('onRequest', async (request: FastifyRequest) => {
-    if (!request.url.startsWith('/v1/') && request.url !== '/v1') return;
+    // Decide on the matched route, never on the raw URL: /%761/participants routes to
+    // /v1/participants. Everything but the health probe needs a token, unmatched paths too.
+    const route = request.routeOptions.url;
+    if (route === '/healthz') return;
     const header = request.headers.authorization;
     const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,512})$/.exec(header) : null;
     if (match === null) throw new CoordinatorError('UNAUTHORIZED', 'missing or malformed Authorization: Bearer header');
     const presented = digest(match[1] as string);
     const role: Role | undefined = matchesAny(presented, admin) ? 'admin' : matchesAny(presented, api) ? 'api' : undefined;
     if (role === undefined) throw new CoordinatorError('UNAUTHORIZED', 'unknown bearer token');
-    if (role !== 'admin' && isAdminRoute(request.method, request.url)) {
+    if (role !== 'admin' && isAdminRoute(request.method, route ?? '')) {
       throw new CoordinatorError('FORBIDDEN', 'registering, removing and manually resolving participants needs an admin token');
     }
   });

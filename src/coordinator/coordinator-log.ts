@@ -29,6 +29,7 @@ export class CoordinatorLog {
   readonly #file: FileLog;
   readonly #logger: Logger;
   readonly #lock: DirLock;
+  readonly #pending = new Map<string, number>();
 
   private constructor(file: FileLog, state: DurableState, logger: Logger, lock: DirLock) {
     this.#file = file;
@@ -71,10 +72,29 @@ export class CoordinatorLog {
     return { log: new CoordinatorLog(file, state, options.logger, lock), replayed };
   }
 
-  /** Appends and waits until the record is durable (fsync done). */
+  /**
+   * Appends and waits until the record is durable (fsync done). Until then the
+   * transaction it names is "pending": the state already shows the record, so whoever
+   * acts on the state for others (the sweep, manual resolution) must skip it.
+   */
   async force(record: LogRecord): Promise<void> {
+    const id = transactionOf(record);
+    if (id !== undefined) this.#pending.set(id, (this.#pending.get(id) ?? 0) + 1);
     this.state.apply(record);
-    await this.#file.append(record, { force: true });
+    try {
+      await this.#file.append(record, { force: true });
+    } finally {
+      if (id !== undefined) {
+        const left = (this.#pending.get(id) ?? 1) - 1;
+        if (left <= 0) this.#pending.delete(id);
+        else this.#pending.set(id, left);
+      }
+    }
+  }
+
+  /** A forced record about this transaction is written but not yet durable. */
+  hasPendingForce(transactionId: string): boolean {
+    return this.#pending.has(transactionId);
   }
 
   /** Appends without waiting; the record becomes durable with the next flush. */
@@ -107,5 +127,20 @@ export class CoordinatorLog {
     } finally {
       await this.#lock.release();
     }
+  }
+}
+
+function transactionOf(record: LogRecord): string | undefined {
+  switch (record.t) {
+    case 'decision':
+    case 'branch-enlisted':
+    case 'tx-begun':
+    case 'branch-acked':
+    case 'ended':
+      return record.id;
+    case 'manual-resolution':
+      return record.transactionId;
+    default:
+      return undefined;
   }
 }

@@ -134,6 +134,21 @@ export class Coordinator {
     if (this.transactions.participantInUse(name)) {
       throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} has branches in unfinished transactions`);
     }
+    // Branches the log never heard of (a crash between PREPARE and the log write) would be
+    // orphaned for good once the participant is forgotten: refuse while any is prepared.
+    let prepared: string[];
+    try {
+      prepared = await this.#registry.adapter(name).findPrepared(gidPrefix(this.coordinatorId));
+    } catch (err) {
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot check ${name} for prepared branches before removing it: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    if (prepared.length > 0) {
+      throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} holds ${prepared.length} prepared branch(es) of this coordinator`, {
+        details: { prepared: prepared.slice(0, 20) },
+      });
+    }
     await this.#registry.remove(name);
   }
 
@@ -198,12 +213,40 @@ export class Coordinator {
     if (ours && this.transactions.ownsBranch(parsed.transactionId, gid)) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);
     }
+    if (ours && this.#log.hasPendingForce(parsed.transactionId)) {
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `a decision for transaction ${parsed.transactionId} is being written; try again`);
+    }
     const logged = ours ? this.#log.state.transaction(parsed.transactionId)?.decision : undefined;
-    const loggedOutcome = logged === 'precommit' ? 'commit' : logged;
+    // For this coordinator's own branches the log is complete: no decision means abort
+    // (presumed abort — recovery may already have rolled siblings back). Only branches of
+    // another coordinator id (a lost log) are the operator's to decide.
+    const loggedOutcome = logged === 'precommit' ? 'commit' : (logged ?? (ours ? 'abort' : undefined));
     if (loggedOutcome !== undefined && loggedOutcome !== request.outcome) {
-      throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `the log holds a ${logged} decision for transaction ${parsed.transactionId}`, {
-        details: { logged },
-      });
+      throw new CoordinatorError(
+        'RESOLUTION_CONTRADICTS_LOG',
+        logged === undefined
+          ? `the log of this coordinator holds no commit decision for transaction ${parsed.transactionId}: it is presumed aborted`
+          : `the log holds a ${logged} decision for transaction ${parsed.transactionId}`,
+        { details: { logged: logged ?? null } },
+      );
+    }
+    const earlier = this.#log.state.manualResolutions.get(`${parsed.coordinatorId}:${parsed.transactionId}`);
+    if (earlier !== undefined && earlier.outcome !== request.outcome) {
+      throw new CoordinatorError(
+        'RESOLUTION_CONTRADICTS_LOG',
+        `another branch of transaction ${parsed.transactionId} was resolved to ${earlier.outcome} by hand (${earlier.at}, ${earlier.actor})`,
+        { details: { logged: `manual ${earlier.outcome}` } },
+      );
+    }
+    const adapter = this.#registry.adapter(name);
+    let prepared: string[];
+    try {
+      prepared = await adapter.findPrepared(gidPrefix(parsed.coordinatorId));
+    } catch (err) {
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot check ${name} for ${gid}: ${errorMessage(err)}`, { cause: err });
+    }
+    if (!prepared.includes(gid)) {
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `${gid} is not prepared on ${name}: nothing to resolve`);
     }
     const at = new Date().toISOString();
     await this.#log.force({
@@ -217,7 +260,6 @@ export class Coordinator {
       at,
     });
     this.#logger.warn({ txId: parsed.transactionId, gid, participant: name, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: manual resolution');
-    const adapter = this.#registry.adapter(name);
     const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
     try {
       await (request.outcome === 'commit' ? adapter.commit(ref) : adapter.abort(ref));

@@ -30,18 +30,23 @@ function matches(host: string, pattern: string): boolean {
   return h === p;
 }
 
-/** The hosts an address names: a URL's host, or libpq key=value `host=` entries (default localhost). */
+/**
+ * Every host an address can make the client connect to: a URL's host plus its `host` and
+ * `hostaddr` query parameters, or every libpq key=value `host=` / `hostaddr=` entry
+ * (comma-separated lists included). A Unix socket path counts as localhost.
+ */
 export function hostsOf(address: string): string[] {
+  const hosts: string[] = [];
   if (URL.canParse(address)) {
     const url = new URL(address);
-    const hosts = url.hostname === '' ? ['localhost'] : [url.hostname];
-    const fromQuery = url.searchParams.get('host'); // postgres://?host=/socket or host list
-    if (fromQuery !== null) hosts.push(...fromQuery.split(','));
-    return hosts.map((h) => (h.startsWith('/') ? 'localhost' : h));
+    hosts.push(url.hostname === '' ? 'localhost' : url.hostname);
+    for (const key of ['host', 'hostaddr']) for (const v of url.searchParams.getAll(key)) hosts.push(...v.split(','));
+  } else {
+    const entry = /(?:^|\s)(host|hostaddr)\s*=\s*('((?:[^'\\]|\\.)*)'|\S+)/g;
+    for (const m of address.matchAll(entry)) hosts.push(...(m[3] ?? m[2] ?? '').split(','));
+    if (hosts.length === 0) hosts.push('localhost');
   }
-  const m = /(?:^|\s)host\s*=\s*('([^']*)'|\S+)/.exec(address);
-  const value = m === null ? 'localhost' : (m[2] ?? m[1] ?? 'localhost');
-  return value.split(',').map((h) => (h.startsWith('/') || h === '' ? 'localhost' : h));
+  return hosts.map((h) => h.trim()).map((h) => (h === '' || h.startsWith('/') ? 'localhost' : h));
 }
 
 export function assertAllowedAddress(address: string, patterns: readonly string[]): void {

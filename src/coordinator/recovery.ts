@@ -83,8 +83,10 @@ export class RecoverySweeper {
         // A resumed transaction may have prepared branches its log never named (a crash between
         // PREPARE and the enlist record): those are resolved here, from the logged decision.
         if (this.#manager.ownsBranch(parsed.transactionId, gid)) continue;
+        // A decision handed to the log but not yet durable is not a decision yet.
+        if (this.#log.hasPendingForce(parsed.transactionId)) continue;
         const decision = this.#log.state.transaction(parsed.transactionId)?.decision;
-        const commit = decision === 'commit';
+        const commit = decision === 'commit' || decision === 'precommit'; // a durable 3PC pre-commit means commit
         const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
         try {
           await (commit ? adapter.commit(ref) : adapter.abort(ref));

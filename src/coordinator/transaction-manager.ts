@@ -271,7 +271,13 @@ export class TransactionManager {
   ownsBranch(transactionId: string, gid: string): boolean {
     const tx = this.#live.get(transactionId);
     if (tx === undefined) return false;
-    for (const b of tx.branches.values()) if (b.gid === gid) return true;
+    for (const b of tx.branches.values()) {
+      if (b.gid !== gid) continue;
+      // Driven only while its phase 2 is pending. A branch that voted no (a PREPARE that
+      // broke, then landed late) or already finished is left to the sweep and the log.
+      const phase = tx.state.branches[b.branchId]?.phase;
+      return phase === 'active' || phase === 'preparing' || phase === 'prepared' || phase === 'precommitted';
+    }
     return false;
   }
 
@@ -417,7 +423,8 @@ export class TransactionManager {
 
   async #logDecision(tx: LiveTransaction, decision: Verdict, force: boolean): Promise<void> {
     const at = new Date().toISOString();
-    const branches = [...tx.branches.values()].map(branchRecord);
+    // Payloads stay in the branch-enlisted records: the decision record is small and forced.
+    const branches = [...tx.branches.values()].map((b) => withoutPayload(branchRecord(b)));
     const reason = tx.state.abortReason;
     const record = {
       t: 'decision' as const,
@@ -474,7 +481,7 @@ export class TransactionManager {
           'phase-2 delivery failed; retrying',
         );
         tx.changed();
-        await sleep(delay, AbortSignal.any([this.#stopping.signal, tx.wake.signal]));
+        await sleep(delay, this.#stopping.signal, tx.wake.signal);
       }
     }
     delete branch.lastError;
@@ -578,6 +585,12 @@ function branchRecord(b: LiveBranch): BranchRecord {
     ...(b.payload === undefined ? {} : { payload: b.payload }),
     ...(b.vote === undefined ? {} : { vote: b.vote }),
   };
+}
+
+function withoutPayload(record: BranchRecord): BranchRecord {
+  if (record.payload === undefined) return record;
+  const { payload: _payload, ...rest } = record;
+  return rest;
 }
 
 function invalidState(tx: LiveTransaction, what: string): CoordinatorError {

@@ -27,6 +27,8 @@ interface MutableTransaction {
 export class DurableState {
   coordinatorId: string | undefined;
   readonly participants = new Map<string, ParticipantConfig>();
+  /** Operators' resolutions of lost branches, by `<coordinatorId>:<transactionId>`. */
+  readonly manualResolutions = new Map<string, Extract<LogRecord, { t: 'manual-resolution' }>>();
   readonly #transactions = new Map<string, MutableTransaction>();
   /** Ended transactions in the order they ended (for pruning). */
   readonly #ended = new Map<string, number>();
@@ -89,14 +91,10 @@ export class DurableState {
         return;
       }
       case 'manual-resolution': {
-        // An operator's decision stands for the whole transaction when the log had none
-        // (a lost log); a contradicting one is refused before it is ever written.
-        const tx = this.#ensure(record.transactionId, record.at);
-        if (tx.decision === undefined) {
-          tx.decision = record.outcome;
-          tx.decidedAt = record.at;
-          tx.reason = `resolved by hand (${record.actor}): ${record.reason}`;
-        }
+        // Remembered per (coordinator id, transaction): every branch of one lost transaction
+        // must be resolved the same way. The transactions of this log are not touched.
+        const parsed = /^tcx:([^:]+):([^:]+):/.exec(record.gid);
+        if (parsed !== null) this.manualResolutions.set(`${parsed[1]}:${parsed[2]}`, record);
         return;
       }
       case 'tx-state': {
@@ -158,6 +156,7 @@ export class DurableState {
       yield { t: 'coordinator', coordinatorId: this.coordinatorId, at: new Date().toISOString() };
     }
     for (const participant of this.participants.values()) yield { t: 'participant-registered', participant };
+    for (const resolution of this.manualResolutions.values()) yield resolution;
     for (const tx of this.#transactions.values()) yield { t: 'tx-state', tx: freeze(tx) };
   }
 }

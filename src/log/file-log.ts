@@ -423,8 +423,12 @@ export class FileLog {
           'truncating a torn tail of the write-ahead log',
         );
         await file.truncate(s.goodEnd);
-        await this.timedSync(file, 'sync');
       }
+      // What replay read may still be only in the page cache (a crash between write and
+      // fdatasync): make it durable before anyone acts on it, or a power cut could take
+      // back a decision that recovery already delivered.
+      await this.timedSync(file, 'sync');
+      await fsyncDir(this.io, this.dir);
     } catch (err) {
       await file.close().catch(() => undefined);
       throw err;

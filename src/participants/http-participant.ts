@@ -153,7 +153,7 @@ export class HttpParticipant implements ParticipantAdapter {
       }),
       signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
     });
-    const text = await res.body.text();
+    const text = await readBounded(res.body, MAX_ANSWER_BYTES);
     let body: unknown = null;
     if (text !== '') {
       try {
@@ -164,4 +164,21 @@ export class HttpParticipant implements ParticipantAdapter {
     }
     return { status: res.statusCode, body };
   }
+}
+
+/** A participant's answer is a small JSON document; anything larger is cut off and ignored. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+async function readBounded(body: AsyncIterable<Buffer | Uint8Array> & { destroy(): unknown }, limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.length;
+    if (size > limit) {
+      body.destroy();
+      return '';
+    }
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }

@@ -53,6 +53,12 @@ interface BranchSession {
   failure: string | undefined;
   /** Some statement may have written (anything but a plain query): skip the read-only check. */
   mayWrite: boolean;
+  /**
+   * The connection may carry state past this branch — a cancel request in flight (it could
+   * hit the next user's statement), session settings or advisory locks — so it is closed
+   * instead of returned to the pool.
+   */
+  mustNotBeReused: boolean;
 }
 
 export class PostgresParticipant implements ParticipantAdapter {
@@ -115,21 +121,29 @@ export class PostgresParticipant implements ParticipantAdapter {
     }
     const current = session;
     if (operations.some((op) => !looksReadOnly(op.sql))) current.mayWrite = true;
+    if (operations.some((op) => LEAKS_SESSION_STATE.test(op.sql))) current.mustNotBeReused = true;
     // A transaction that times out (or is aborted) while a statement waits — on a lock held by
     // another transaction, say — cancels the statement instead of waiting for statement_timeout.
     const cancel = (): void => {
+      current.mustNotBeReused = true;
       this.#control.query('SELECT pg_cancel_backend($1)', [current.backendPid]).catch((err: unknown) => {
         this.#log.warn({ err: errorMessage(err), gid: branch.gid }, 'could not cancel a running statement');
       });
     };
     signal?.addEventListener('abort', cancel, { once: true });
-    const results: { rows: unknown[]; rowCount: number | null }[] = [];
+    const results: { rows: unknown[]; rowCount: number | null; truncated?: boolean }[] = [];
     try {
       for (const [index, op] of operations.entries()) {
         if (signal?.aborted === true) throw new Error(`cancelled: ${errorMessage(signal.reason)}`);
         try {
           const res = await runOperation(current.client, op);
-          results.push({ rows: res.rows, rowCount: res.rowCount });
+          // Answers are bounded: a SELECT of a whole table must not exhaust the coordinator.
+          const truncated = res.rows.length > MAX_ROWS_RETURNED;
+          results.push({
+            rows: truncated ? res.rows.slice(0, MAX_ROWS_RETURNED) : res.rows,
+            rowCount: res.rowCount,
+            ...(truncated ? { truncated: true } : {}),
+          });
         } catch (err) {
           current.failure = errorMessage(err);
         const sqlState = (err as { code?: unknown }).code;
@@ -154,24 +168,34 @@ export class PostgresParticipant implements ParticipantAdapter {
         cause: err,
       });
     }
+    // Listen for a dropped connection from the first moment: unheard, 'error' ends the process.
+    const early = { failure: undefined as string | undefined };
+    const onError = (err: Error): void => {
+      early.failure = `connection lost: ${errorMessage(err)}`;
+    };
+    client.on('error', onError);
     let backendPid: number;
     try {
       backendPid = backendPids.get(client) ?? (await queryBackendPid(client));
       await client.query('BEGIN');
     } catch (err) {
+      client.off('error', onError);
       client.release(err instanceof Error ? err : true);
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot begin on ${this.name}: ${errorMessage(err)}`, { cause: err });
     }
     const session: BranchSession = {
       client,
       backendPid,
-      failure: undefined,
-      mayWrite: false,
-      onError: (err) => {
-        session.failure = `connection lost: ${errorMessage(err)}`;
+      get failure() {
+        return early.failure;
       },
+      set failure(value: string | undefined) {
+        early.failure = value;
+      },
+      mayWrite: false,
+      mustNotBeReused: false,
+      onError,
     };
-    client.on('error', session.onError);
     this.#open.set(branch.gid, session);
     return session;
   }
@@ -271,11 +295,18 @@ function looksReadOnly(sql: string): boolean {
   return /^\s*(SELECT|VALUES|TABLE|SHOW|EXPLAIN)\b/i.test(sql) && !/\b(INSERT|UPDATE|DELETE|MERGE)\b/i.test(sql);
 }
 
-/** Returns the session's connection to the pool (destroying it after an error). */
+/** Returns the session's connection to the pool (closing it after an error, or when it must not be reused). */
 function release(session: BranchSession, err?: unknown): void {
   session.client.off('error', session.onError);
-  session.client.release(err === undefined ? undefined : err instanceof Error ? err : true);
+  const destroy = err !== undefined || session.mustNotBeReused;
+  session.client.release(destroy ? (err instanceof Error ? err : true) : undefined);
 }
+
+/** Calls that leave state on the session beyond its transaction. */
+const LEAKS_SESSION_STATE = /\b(set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared|dblink_connect|lo_open)\b/i;
+
+/** Rows answered per operation; more are dropped from the answer (the statement still ran). */
+const MAX_ROWS_RETURNED = 10_000;
 
 function assertSafeGid(gid: string): void {
   if (!isSafeGid(gid)) throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
