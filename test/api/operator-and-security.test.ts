@@ -65,6 +65,13 @@ describe('authentication', () => {
     expect((await call(c, 'POST', '/v1/transactions', {}, API)).status).toBe(201);
   });
 
+  it('decides on the matched route, so percent-encoded paths do not slip past', async () => {
+    expect((await call(c, 'GET', '/%761/participants')).status).toBe(401);
+    const sneaky = await call(c, 'POST', '/v1/%70articipants', { name: 'x', kind: 'postgres', connectionString: dbA }, API);
+    expect(sneaky.status).toBe(403);
+    expect((await call(c, 'GET', '/v1/participants/x', undefined, API)).status).toBe(404);
+  });
+
   it('refuses to listen on a non-loopback address without tokens', () => {
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0' })).toThrow(/TCX_API_TOKENS/);
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0', TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN })).not.toThrow();
@@ -84,6 +91,8 @@ describe('participant allowlist', () => {
       { name: 'pg', kind: 'postgres', connectionString: 'postgres://u@10.0.0.5:5432/db' },
       { name: 'kv', kind: 'postgres', connectionString: 'host=db.other.internal dbname=x' },
       { name: 'r', kind: 'redis', url: 'redis://localhost:6379' },
+      { name: 'ha', kind: 'postgres', connectionString: 'host=127.0.0.1 hostaddr=10.0.0.5 dbname=x' },
+      { name: 'hl', kind: 'postgres', connectionString: 'postgres://127.0.0.1/db?host=127.0.0.1,10.0.0.6' },
     ]) {
       const res = await call(c, 'POST', '/v1/participants', body);
       expect({ name: body.name, status: res.status, code: res.body.error.code }).toEqual({ name: body.name, status: 403, code: 'PARTICIPANT_NOT_ALLOWED' });
@@ -139,6 +148,29 @@ describe('operator controls', () => {
     expect(listed.body.branches).toEqual([expect.objectContaining({ gid, log: expect.objectContaining({ known: true, decision: 'commit' }) })]);
     expect((await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'matches the log' })).status).toBe(200);
     expect(await preparedGids(dbA, gid)).toEqual([]);
+  });
+
+  it('keeps presumed abort for this coordinator\'s own branches, and one outcome per lost transaction', async () => {
+    const own = `tcx:${c.coordinator.coordinatorId}:88888888-8888-4888-8888-888888888888:1`;
+    await prepareByHand(dbA, own, 'lost', 1);
+    const commit = await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(own)}/resolve`, { outcome: 'commit', reason: 'x' });
+    expect(commit.status).toBe(409);
+    expect(commit.body.error.code).toBe('RESOLUTION_CONTRADICTS_LOG');
+    // Removing the participant is refused while it holds a prepared branch of ours.
+    const remove = await call(c, 'DELETE', '/v1/participants/a');
+    expect(remove.status).toBe(409);
+    expect(remove.body.error.code).toBe('PARTICIPANT_IN_USE');
+    expect((await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(own)}/resolve`, { outcome: 'abort', reason: 'x' })).status).toBe(200);
+    // Two branches of one lost transaction of another coordinator: the second must agree.
+    const tx = '99999999-9999-4999-8999-999999999999';
+    await prepareByHand(dbA, `tcx:gone:${tx}:1`, 'lost', 1);
+    await prepareByHand(dbB, `tcx:gone:${tx}:2`, 'bob', 1);
+    expect((await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(`tcx:gone:${tx}:1`)}/resolve`, { outcome: 'abort', reason: 'none committed' })).status).toBe(200);
+    const contradicting = await call(c, 'POST', `/v1/participants/b/prepared/${encodeURIComponent(`tcx:gone:${tx}:2`)}/resolve`, { outcome: 'commit', reason: 'oops' });
+    expect(contradicting.status).toBe(409);
+    expect(contradicting.body.error.code).toBe('RESOLUTION_CONTRADICTS_LOG');
+    expect((await call(c, 'POST', `/v1/participants/b/prepared/${encodeURIComponent(`tcx:gone:${tx}:2`)}/resolve`, { outcome: 'abort', reason: 'none committed' })).status).toBe(200);
+    expect(await preparedGids(dbB, 'tcx:gone:')).toEqual([]);
   });
 
   it('answers retry-now only for an in-doubt transaction', async () => {
