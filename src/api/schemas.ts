@@ -96,7 +96,7 @@ export const listTransactionsQuery = {
   properties: {
     state: {
       type: 'string',
-      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'committing', 'aborting'],
+      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting'],
     },
     limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' },
   },

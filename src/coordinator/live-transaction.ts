@@ -101,7 +101,7 @@ export class LiveTransaction {
 
   get inDoubt(): boolean {
     const p = this.state.phase;
-    return p === 'committing' || p === 'aborting' || (p === 'deciding' && this.logFailure !== undefined);
+    return p === 'precommitted' || p === 'committing' || p === 'aborting' || (p === 'deciding' && this.logFailure !== undefined);
   }
 
   view(): TransactionView {
@@ -136,7 +136,8 @@ export class LiveTransaction {
 export function durableView(tx: DurableTransaction): TransactionView {
   const outcome = tx.outcome;
   const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : 'unknown';
-  const decision = tx.decision === 'commit' || tx.decision === 'abort' ? tx.decision : null;
+  // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).
+  const decision = tx.decision === 'precommit' ? 'commit' : (tx.decision ?? null);
   return {
     id: tx.id,
     protocol: tx.protocol,

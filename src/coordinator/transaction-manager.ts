@@ -543,7 +543,7 @@ export class TransactionManager {
       return { view, status: 409 };
     }
     // Decided but not yet delivered everywhere, or still deciding: the outcome is not final yet.
-    if (view.state === 'committing' || view.state === 'preparing' || view.state === 'deciding') return { view, status: 202 };
+    if (['precommitted', 'committing', 'preparing', 'deciding'].includes(view.state)) return { view, status: 202 };
     return { view, status: 200 };
   }
 

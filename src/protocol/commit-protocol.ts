@@ -136,9 +136,13 @@ function branchIdsIn(state: TwoPhaseState, phases: readonly BranchPhase[]): stri
     .map(([id]) => id);
 }
 
-/** Branches that may hold work or a prepared state, and so must hear an abort. */
+/**
+ * Branches that may hold work or a prepared state, and so must hear an abort. A 'no' may
+ * stand for a prepare whose answer was lost (a timeout): the participant may have
+ * prepared after all, so it hears the abort too (abort is idempotent).
+ */
 function branchesToAbort(state: TwoPhaseState): string[] {
-  return branchIdsIn(state, ['active', 'preparing', 'prepared']);
+  return branchIdsIn(state, ['active', 'preparing', 'prepared', 'voted-no']);
 }
 
 function startAbort(state: TwoPhaseState, reason: string): Step {

@@ -2,7 +2,15 @@
  * Shared pieces of the crash tests: transfer operations, bounded polling, waiting until a
  * restarted coordinator has nothing left in doubt.
  */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Redis } from 'ioredis';
 import { onTestFailed } from 'vitest';
+import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
+import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
+import type { ParticipantKitOptions } from '../../src/participant-kit/participant-routes.js';
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
 import { preparedGids } from '../support/databases.js';
 
@@ -70,4 +78,85 @@ export function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok:
 export function txIdOfGid(gid: string): string {
   const parts = gid.split(':');
   return parts[2] ?? '';
+}
+
+// ---- 3PC crash tests: a ledger participant with a durable branch store, Redis scans, a seeded rng ----
+
+/** One branch as the ledger's GET /branches lists it. */
+export interface LedgerBranchInfo {
+  readonly transactionId: string;
+  readonly branchId: string;
+  readonly status: 'prepared' | 'precommitted' | 'committed' | 'aborted' | 'read-only';
+  readonly protocol: '2pc' | '3pc';
+  readonly updatedAt: string;
+  readonly reason?: string;
+  readonly resolvedBy?: 'coordinator' | 'timeout';
+  readonly inquiry?: { readonly attempts: number; readonly nextAt?: string; readonly last?: string };
+}
+
+/** The example ledger on a free port, its branch state (and balances) in fsynced files in a temp dir. */
+export interface FileLedger {
+  readonly ledger: Ledger;
+  readonly store: FileBranchStore;
+  readonly url: string;
+  readonly dir: string;
+  /** GET {url}/branches over HTTP. */
+  branches(): Promise<LedgerBranchInfo[]>;
+  /** Closes the server (clears the kit's 3PC timers) and the store, removes the dir. */
+  close(): Promise<void>;
+}
+
+export async function startFileLedger(
+  balances: Record<string, number>,
+  kit: ParticipantKitOptions,
+  beforeListen?: (app: FastifyInstance) => void,
+): Promise<FileLedger> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'tcx-ledger-'));
+  const store = await FileBranchStore.open(path.join(dir, 'branches.jsonl'));
+  const ledger = await buildLedger({ balances, store, balancesFile: path.join(dir, 'balances.json'), kit });
+  beforeListen?.(ledger.app);
+  const url = await ledger.app.listen({ host: '127.0.0.1', port: 0 });
+  let closed = false;
+  return {
+    ledger,
+    store,
+    url,
+    dir,
+    async branches() {
+      const res = await fetch(`${url}/branches`, { signal: AbortSignal.timeout(5_000) });
+      if (res.status !== 200) throw new Error(`GET ${url}/branches answered ${res.status}`);
+      return ((await res.json()) as { branches: LedgerBranchInfo[] }).branches;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await ledger.app.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    },
+  };
+}
+
+/** Every key matching `pattern` (SCAN, not KEYS), sorted. */
+export async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    found.push(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  return found.sort();
+}
+
+/** mulberry32: small and seedable, for picking workload steps reproducibly. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
 }
