@@ -1,0 +1,307 @@
+/**
+ * After the chaos: wait (bounded) until nothing is in doubt, then check the stores directly
+ * (never through the proxies):
+ *
+ *   leftovers     no prepared Postgres transaction, no `tcx:*` key in Redis (staged record,
+ *                 index entry, lock), no ledger branch prepared/precommitted, nothing reserved
+ *   outcomes      every transfer has a final outcome at the coordinator; every leg's own
+ *                 evidence (chaos_marks row, Redis mark key, ledger branch committed) agrees
+ *                 with it, so no transaction has different outcomes on different branches
+ *   promises      every transfer the client saw committed (200, or 202 committing) is
+ *                 committed; every one it saw aborted, or never asked to commit, is aborted
+ *   money         every account equals its start plus the committed transfers' deltas, so
+ *                 each store's total is its start plus its committed net flow, and the total
+ *                 over the four stores is conserved
+ */
+import { Redis } from 'ioredis';
+import type { BranchEntry } from '../../src/participant-kit/branch-store.js';
+import { withClient } from '../../test/support/databases.js';
+import { sleep } from '../../test/support/postgres-server.js';
+import {
+  ACCOUNTS,
+  account,
+  redisAccountKey,
+  redisMarkPrefix,
+  START_BALANCE,
+  STORES,
+  type ChaosEnvironment,
+  type Store,
+} from './environment.js';
+import type { Transfer } from './workload.js';
+
+export type Final = 'committed' | 'aborted';
+
+export interface Leftovers {
+  readonly prepared: Record<'A' | 'B', string[]>;
+  readonly redisKeys: string[];
+  readonly ledgerOpen: BranchEntry[];
+  readonly ledgerReserved: number;
+}
+
+const leftoverCount = (l: Leftovers): number =>
+  l.prepared.A.length + l.prepared.B.length + l.redisKeys.length + l.ledgerOpen.length + (l.ledgerReserved > 0 ? 1 : 0);
+
+async function scanAll(redis: Redis, pattern: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    found.push(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+  return found.sort();
+}
+
+async function withRedis<T>(env: ChaosEnvironment, fn: (r: Redis) => Promise<T>): Promise<T> {
+  const r = new Redis(env.redis.url, { maxRetriesPerRequest: 2, connectTimeout: 2_000, lazyConnect: true });
+  r.on('error', () => undefined);
+  try {
+    await r.connect();
+    return await fn(r);
+  } finally {
+    r.disconnect();
+  }
+}
+
+const preparedIn = (db: string): Promise<string[]> =>
+  withClient(db, async (c) =>
+    (await c.query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, 'tcx:') ORDER BY gid")).rows.map(
+      (r: { gid: string }) => r.gid,
+    ),
+  );
+
+export async function leftovers(env: ChaosEnvironment): Promise<Leftovers> {
+  const [A, B, redisKeys, branches] = await Promise.all([
+    preparedIn(env.dbA),
+    preparedIn(env.dbB),
+    withRedis(env, (r) => scanAll(r, 'tcx:*')),
+    env.ledger.branches(),
+  ]);
+  return {
+    prepared: { A, B },
+    redisKeys,
+    ledgerOpen: branches.filter((b) => b.status === 'prepared' || b.status === 'precommitted'),
+    ledgerReserved: env.ledger.reserved(),
+  };
+}
+
+export interface SettleResult {
+  readonly settled: boolean;
+  readonly ms: number;
+  readonly live: number;
+  readonly inDoubt: { id: string; state: string; branches: { participant: string; state: string; lastError?: string }[] }[];
+  readonly leftovers: Leftovers;
+}
+
+/**
+ * Waits until the coordinator has nothing live and nothing in doubt and the stores hold no
+ * leftovers. Bounded by `maxMs`; once the coordinator is idle, leftovers get `idleGraceMs`
+ * more (recovery sweeps, the ledger's 3PC timeouts) before the wait gives up.
+ */
+export async function settle(env: ChaosEnvironment, maxMs = 90_000, idleGraceMs = 15_000): Promise<SettleResult> {
+  const t0 = Date.now();
+  let idleSince: number | undefined;
+  for (;;) {
+    let live = -1;
+    let inDoubt: SettleResult['inDoubt'] = [];
+    try {
+      const health = await env.coord.request('GET', '/healthz', undefined, 5_000);
+      live = Number(health.body?.liveTransactions ?? -1);
+      const listed = await env.coord.request('GET', '/v1/transactions?state=in-doubt', undefined, 5_000);
+      inDoubt = (listed.body?.transactions ?? []) as SettleResult['inDoubt'];
+    } catch {
+      live = -1;
+    }
+    let left: Leftovers | undefined;
+    try {
+      left = await leftovers(env);
+    } catch {
+      left = undefined;
+    }
+    const idle = live === 0 && inDoubt.length === 0;
+    if (idle && left !== undefined && leftoverCount(left) === 0) return { settled: true, ms: Date.now() - t0, live, inDoubt, leftovers: left };
+    if (idle) idleSince ??= Date.now();
+    else idleSince = undefined;
+    const now = Date.now();
+    if (now - t0 > maxMs || (idleSince !== undefined && now - idleSince > idleGraceMs)) {
+      return {
+        settled: false,
+        ms: now - t0,
+        live,
+        inDoubt,
+        leftovers: left ?? (await leftovers(env)),
+      };
+    }
+    await sleep(250);
+  }
+}
+
+// ---- outcomes and money ----------------------------------------------------------------
+
+export interface Evidence {
+  /** Transaction ids with a committed effect on each store. */
+  readonly committed: Record<Store, Set<string>>;
+  readonly balances: Record<Store, number[]>;
+}
+
+export async function collectEvidence(env: ChaosEnvironment): Promise<Evidence> {
+  const pg = async (db: string): Promise<{ marks: Set<string>; balances: number[] }> =>
+    withClient(db, async (c) => {
+      const marks = new Set((await c.query('SELECT tx FROM chaos_marks')).rows.map((r: { tx: string }) => r.tx));
+      const rows = (await c.query('SELECT id, balance FROM accounts')).rows as { id: string; balance: string }[];
+      const byId = new Map(rows.map((r) => [r.id, Number(r.balance)]));
+      return { marks, balances: Array.from({ length: ACCOUNTS }, (_, i) => byId.get(account(i)) ?? NaN) };
+    });
+  const [a, b, r] = await Promise.all([
+    pg(env.dbA),
+    pg(env.dbB),
+    withRedis(env, async (redis) => {
+      const prefix = redisMarkPrefix(env.runId);
+      const marks = new Set((await scanAll(redis, `${prefix}*`)).map((k) => k.slice(prefix.length)));
+      const values = await redis.mget(...Array.from({ length: ACCOUNTS }, (_, i) => redisAccountKey(env.runId, i)));
+      return { marks, balances: values.map((v) => (v === null ? NaN : Number(v))) };
+    }),
+  ]);
+  const ledgerBalances = env.ledger.balances();
+  const ledgerCommitted = new Set((await env.ledger.branches()).filter((e) => e.status === 'committed').map((e) => e.transactionId));
+  return {
+    committed: { A: a.marks, B: b.marks, R: r.marks, L: ledgerCommitted },
+    balances: {
+      A: a.balances,
+      B: b.balances,
+      R: r.balances,
+      L: Array.from({ length: ACCOUNTS }, (_, i) => ledgerBalances[account(i)] ?? NaN),
+    },
+  };
+}
+
+/** The coordinator's final outcome of every begun transfer (404 = presumed abort). */
+export async function finalOutcomes(env: ChaosEnvironment, transfers: readonly Transfer[]): Promise<Map<string, Final | string>> {
+  const out = new Map<string, Final | string>();
+  const queue = transfers.filter((t) => t.id !== undefined).map((t) => t.id as string);
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        const got = await env.coord.request('GET', `/v1/transactions/${id}`, undefined, 10_000);
+        if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') out.set(id, 'aborted');
+        else if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) out.set(id, got.body.state as Final);
+        else out.set(id, `GET ${got.status} ${String(got.body?.state ?? JSON.stringify(got.body))}`);
+      }
+    }),
+  );
+  return out;
+}
+
+export interface CheckResult {
+  readonly violations: string[];
+  readonly committed: number;
+  readonly aborted: number;
+  readonly unresolved: number;
+  readonly totals: Record<Store, { actual: number; expected: number }>;
+}
+
+const sum = (xs: readonly number[]): number => xs.reduce((s, x) => s + x, 0);
+
+export function checkInvariants(transfers: readonly Transfer[], finals: Map<string, Final | string>, evidence: Evidence): CheckResult {
+  const violations: string[] = [];
+  const expected: Record<Store, number[]> = {
+    A: Array<number>(ACCOUNTS).fill(START_BALANCE),
+    B: Array<number>(ACCOUNTS).fill(START_BALANCE),
+    R: Array<number>(ACCOUNTS).fill(START_BALANCE),
+    L: Array<number>(ACCOUNTS).fill(START_BALANCE),
+  };
+  let committed = 0;
+  let aborted = 0;
+  let unresolved = 0;
+  const known = new Set<string>();
+  for (const t of transfers) {
+    if (t.id === undefined) continue;
+    const id = t.id;
+    known.add(id);
+    const final = finals.get(id) ?? 'missing';
+    const label = `tx ${id} (${t.protocol}, ${t.legs.map((l) => `${l.store}${l.delta > 0 ? '+' : ''}${l.delta}`).join(' ')}; client saw ${t.seen ?? 'nothing'}${t.detail === undefined ? '' : `: ${t.detail}`})`;
+    if (final !== 'committed' && final !== 'aborted') {
+      unresolved++;
+      violations.push(`no final outcome: ${label}: coordinator ${final}`);
+      continue;
+    }
+    if (final === 'committed') committed++;
+    else aborted++;
+    const applied = t.legs.filter((l) => evidence.committed[l.store].has(id)).map((l) => l.store);
+    if (applied.length > 0 && applied.length < t.legs.length) {
+      violations.push(`different outcomes on different branches: ${label}: applied on ${applied.join(',')} only; coordinator ${final}`);
+    } else if (final === 'committed' && applied.length === 0) {
+      violations.push(`committed but applied nowhere: ${label}`);
+    } else if (final === 'aborted' && applied.length > 0) {
+      violations.push(`aborted but applied: ${label}: applied on ${applied.join(',')}`);
+    }
+    if ((t.seen === 'committed' || t.seen === 'committing') && final !== 'committed') {
+      violations.push(`client saw ${t.seen} but the transaction is ${final}: ${label}`);
+    }
+    if ((t.seen === 'aborted' || t.seen === 'refused' || !t.commitSent) && final !== 'aborted') {
+      violations.push(`client saw ${t.seen ?? 'nothing'} (commit ${t.commitSent ? '' : 'never '}sent) but the transaction is ${final}: ${label}`);
+    }
+    if (final === 'committed') {
+      for (const leg of t.legs) expected[leg.store][leg.account] = (expected[leg.store][leg.account] ?? NaN) + leg.delta;
+    }
+  }
+  for (const s of STORES) {
+    for (const id of evidence.committed[s]) if (!known.has(id)) violations.push(`store ${s} holds an effect of a transaction no client began: ${id}`);
+  }
+  const totals = {} as Record<Store, { actual: number; expected: number }>;
+  for (const s of STORES) {
+    totals[s] = { actual: sum(evidence.balances[s]), expected: sum(expected[s]) };
+    if (totals[s].actual !== totals[s].expected) {
+      violations.push(`store ${s} total is ${totals[s].actual}, expected ${totals[s].expected} (start ${ACCOUNTS * START_BALANCE} + committed net flow)`);
+    }
+    for (let i = 0; i < ACCOUNTS; i++) {
+      if (evidence.balances[s][i] !== expected[s][i]) {
+        violations.push(`store ${s} ${account(i)} is ${String(evidence.balances[s][i])}, expected ${String(expected[s][i])} (start + committed deltas)`);
+      }
+    }
+  }
+  const grand = sum(STORES.map((s) => totals[s].actual));
+  if (grand !== STORES.length * ACCOUNTS * START_BALANCE) {
+    violations.push(`money not conserved: total over the four stores is ${grand}, expected ${STORES.length * ACCOUNTS * START_BALANCE}`);
+  }
+  return { violations, committed, aborted, unresolved, totals };
+}
+
+/** Violations for what settle() left behind, with what the coordinator says about each transaction. */
+export async function leftoverViolations(env: ChaosEnvironment, result: SettleResult): Promise<string[]> {
+  const out: string[] = [];
+  if (result.live !== 0) out.push(`coordinator still has ${result.live} live transactions ${result.ms} ms after healing`);
+  for (const tx of result.inDoubt) {
+    const pending = tx.branches.filter((b) => b.state !== 'committed' && b.state !== 'aborted' && b.state !== 'read-only');
+    out.push(
+      `still in doubt: tx ${tx.id} ${tx.state}: ${pending.map((b) => `${b.participant} ${b.state}${b.lastError === undefined ? '' : ` (${b.lastError})`}`).join('; ')}`,
+    );
+  }
+  const outcome = async (txId: string): Promise<string> => {
+    try {
+      const got = await env.coord.request('GET', `/v1/transactions/${txId}`, undefined, 5_000);
+      if (got.status !== 200) return `coordinator: ${got.status}`;
+      const branches = (got.body.branches as { participant: string; state: string; vote?: string }[])
+        .map((b) => `${b.participant} ${b.state}${b.vote === undefined ? '' : ` vote ${b.vote}`}`)
+        .join(', ');
+      return `coordinator: ${String(got.body.state)} [${branches}]`;
+    } catch (err) {
+      return `coordinator: ${String(err)}`;
+    }
+  };
+  const l = result.leftovers;
+  for (const s of ['A', 'B'] as const) {
+    for (const gid of l.prepared[s]) out.push(`left prepared in postgres ${s}: ${gid}; ${await outcome(gid.split(':')[2] ?? '')}`);
+  }
+  for (const key of l.redisKeys) out.push(`left in redis: ${key}`);
+  for (const e of l.ledgerOpen) {
+    const said = await outcome(e.transactionId);
+    // The ledger voted yes, its answer was lost, the coordinator counted a no: it must still send abort.
+    const known = /^coordinator: aborted \[.*ledger aborted vote no/.test(said)
+      ? ' — a lost prepare answer whose branch never heard the abort (compare test/crash/network-faults.test.ts (e))'
+      : '';
+    out.push(`left ${e.status} in the ledger: ${e.transactionId}/${e.branchId} (${e.protocol ?? '2pc'}, since ${e.updatedAt}); ${said}${known}`);
+  }
+  if (l.ledgerReserved > 0) out.push(`ledger still reserves ${l.ledgerReserved}`);
+  return out;
+}
