@@ -444,7 +444,11 @@ export class RedisParticipant implements ParticipantAdapter {
     const common = {
       connectTimeout: o.connectTimeoutMs,
       commandTimeout: o.commandTimeoutMs,
-      maxRetriesPerRequest: 1,
+      // A command that timed out has an unknown outcome and the coordinator already acted on
+      // it (a prepare that timed out is a no vote). Re-sending it after a reconnect could
+      // stage a branch nobody will resolve promptly: never re-send, never retry blindly.
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
       connectionName: 'tx-coordinator',
     } satisfies RedisOptions;
     const standalone = new Redis(o.url, {
