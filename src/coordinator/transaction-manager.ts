@@ -1,7 +1,8 @@
 /**
- * Runs transactions: takes client requests, feeds events to the pure 2PC
- * machine (src/protocol) and performs the actions it returns — prepares in
- * parallel, the decision forced to the log before phase 2 (rule 2), phase-2
+ * Runs transactions: takes client requests, feeds events to the pure 2PC/3PC
+ * machine (src/protocol) and performs the actions it returns — prepares (3PC:
+ * can-commit) in parallel, the decision (3PC: the pre-commit) forced to the log
+ * before any of it leaves (rule 2), phase-2
  * delivery retried with backoff until every branch acknowledges (rule 5),
  * timeouts that abort abandoned transactions (rule 7).
  *
@@ -16,7 +17,6 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import type { BranchRecord, ProtocolName } from '../log/log-records.js';
 import type { BranchRef, EnlistResult } from '../participants/participant.js';
 import {
-  InvalidTransitionError,
   isTerminal,
   step,
   initialState,
@@ -599,4 +599,3 @@ function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
   });
 }
 
-export { InvalidTransitionError };

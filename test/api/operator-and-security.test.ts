@@ -234,3 +234,42 @@ describe('fail-stop when the log cannot be made durable', () => {
     }
   });
 });
+
+describe('limits that protect the coordinator and the databases', () => {
+  let c: InProcessCoordinator;
+  beforeAll(async () => {
+    c = await startCoordinator({ TCX_MAX_ACTIVE_TRANSACTIONS: '3', TCX_STATEMENT_TIMEOUT_MS: '300' });
+    await call(c, 'POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA.replace('postgres://postgres@', 'postgres://postgres:s3cret@') });
+  });
+  afterAll(async () => c?.destroy());
+
+  it('answers 429 past the cap on undecided transactions instead of piling them up', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await call(c, 'POST', '/v1/transactions', {})).body.id);
+    const refused = await call(c, 'POST', '/v1/transactions', {});
+    expect(refused.status).toBe(429);
+    expect(refused.body.error.code).toBe('TOO_MANY_TRANSACTIONS');
+    for (const id of ids) await call(c, 'POST', `/v1/transactions/${id}/abort`);
+    expect((await call(c, 'POST', '/v1/transactions', {})).status).toBe(201);
+  });
+
+  it('runs branch sessions under statement_timeout: a runaway statement aborts its transaction', async () => {
+    const res = await call(c, 'POST', '/v1/transactions', {
+      branches: [{ participant: 'a', operations: [{ sql: 'SELECT pg_sleep(5)' }] }],
+      commit: true,
+    });
+    expect(res.status).toBe(409);
+    expect(res.body.state).toBe('aborted');
+    expect(res.body.reason).toMatch(/statement timeout/);
+  });
+
+  it('limits operations per branch and redacts the password in every answer', async () => {
+    const tooMany = await call(c, 'POST', '/v1/transactions', {
+      branches: [{ participant: 'a', operations: Array.from({ length: 101 }, () => ({ sql: 'SELECT 1' })) }],
+    });
+    expect(tooMany.status).toBe(400);
+    const shown = await call(c, 'GET', '/v1/participants/a');
+    expect(shown.body.connectionString).toContain('***');
+    expect(JSON.stringify(await call(c, 'GET', '/v1/participants'))).not.toContain('s3cret');
+  });
+});

@@ -40,7 +40,8 @@ describe('graceful shutdown on SIGTERM', () => {
     const slowUrl = await slow.listen({ host: '127.0.0.1', port: 0 });
 
     coord = await CoordinatorProcess.start();
-    expect((await coord.request('POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: db })).status).toBe(201);
+    const withPassword = db.replace('postgres://postgres@', 'postgres://postgres:s3cret-pw@');
+    expect((await coord.request('POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: withPassword })).status).toBe(201);
     expect((await coord.request('POST', '/v1/participants', { name: 'slow', kind: 'http', baseUrl: slowUrl })).status).toBe(201);
 
     // One transaction left undecided (active), one committing when the signal comes.
@@ -73,5 +74,7 @@ describe('graceful shutdown on SIGTERM', () => {
       const r = await coord?.request('GET', `/v1/transactions/${open.body.id}`);
       return r?.body.state === 'aborted' ? true : undefined;
     });
+    // Secrets never reach the logs, across both runs.
+    expect(coord.output()).not.toContain('s3cret-pw');
   });
 });
