@@ -64,13 +64,9 @@ function checkRegistration(body: RegistrationRequest): void {
     }
   }
   const address = body[wanted.field] ?? '';
-  // Postgres also accepts the key=value form; URLs must use the kind's scheme.
-  const isUrl = URL.canParse(address);
-  if (body.kind !== 'postgres' || isUrl) {
-    const scheme = isUrl ? new URL(address).protocol : '';
-    if (!(wanted.schemes as readonly string[]).includes(scheme)) {
-      throw new CoordinatorError('VALIDATION_FAILED', `${wanted.field} must be a ${wanted.schemes.join(' or ')} URL`);
-    }
+  const scheme = URL.canParse(address) ? new URL(address).protocol : '';
+  if (!(wanted.schemes as readonly string[]).includes(scheme)) {
+    throw new CoordinatorError('VALIDATION_FAILED', `${wanted.field} must be a ${wanted.schemes.join(' or ')} URL`);
   }
   if (body.options?.allowVolatile !== undefined && body.kind !== 'redis') {
     throw new CoordinatorError('VALIDATION_FAILED', 'options.allowVolatile applies to redis participants only');

@@ -16,6 +16,7 @@ import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
 import { armFailPoints } from './fail-points.js';
 import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
+import { Mutex } from './mutex.js';
 import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
@@ -62,6 +63,7 @@ export class Coordinator {
   readonly #sweeper: RecoverySweeper;
   readonly #logger: Logger;
   readonly #config: Config;
+  readonly #resolutionLocks = new Map<string, Mutex>();
 
   private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger) {
     this.#config = config;
@@ -125,12 +127,22 @@ export class Coordinator {
 
   async registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
-    assertAllowedAddress(request.connectionString ?? request.baseUrl ?? request.url ?? '', this.#config.participantHosts);
+    assertAllowedAddress(request.connectionString ?? request.baseUrl ?? request.url ?? '', this.#config.participantHosts, request.kind);
     return this.#registry.register(request);
   }
 
   async removeParticipant(name: string): Promise<void> {
     this.#registry.view(name); // 404 when unknown
+    // From here on no new branch may enlist it, so the checks below cannot go stale.
+    this.#registry.beginRemoval(name);
+    try {
+      await this.#removeParticipant(name);
+    } finally {
+      this.#registry.endRemoval(name);
+    }
+  }
+
+  async #removeParticipant(name: string): Promise<void> {
     if (this.transactions.participantInUse(name)) {
       throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} has branches in unfinished transactions`);
     }
@@ -200,7 +212,23 @@ export class Coordinator {
    * resolution is forced to the log before it is carried out (the audit trail) and stands
    * as the transaction's decision when the log had none.
    */
-  async resolveManually(
+  resolveManually(name: string, gid: string, request: { outcome: Decision; reason: string; actor: string }): Promise<ManualResolutionView> {
+    // One resolution per transaction at a time: two operators resolving sibling branches at
+    // once must not both pass the consistency checks before either is logged.
+    const key = /^tcx:([^:]+):([^:]+):/.exec(gid)?.slice(1, 3).join(':') ?? gid;
+    let lock = this.#resolutionLocks.get(key);
+    if (lock === undefined) {
+      lock = new Mutex();
+      this.#resolutionLocks.set(key, lock);
+    }
+    const result = lock.run(() => this.#resolveManually(name, gid, request));
+    void result.finally(() => {
+      if (this.#resolutionLocks.get(key) === lock && !lock.busy) this.#resolutionLocks.delete(key);
+    }).catch(() => undefined);
+    return result;
+  }
+
+  async #resolveManually(
     name: string,
     gid: string,
     request: { outcome: Decision; reason: string; actor: string },

@@ -9,6 +9,7 @@
  */
 
 import { isIP } from 'node:net';
+import { parse as parsePgConnectionString } from 'pg-connection-string';
 import { CoordinatorError } from '../errors.js';
 
 function ipv4ToInt(ip: string): number {
@@ -49,8 +50,31 @@ export function hostsOf(address: string): string[] {
   return hosts.map((h) => h.trim()).map((h) => (h === '' || h.startsWith('/') ? 'localhost' : h));
 }
 
-export function assertAllowedAddress(address: string, patterns: readonly string[]): void {
-  for (const host of hostsOf(address)) {
+/** libpq parameters that make the client read files on the coordinator's host. */
+const FILE_PARAMETERS = /^(sslrootcert|sslcert|sslkey|sslpassword|sslcrl|sslcrldir|passfile|service|servicefile)$/i;
+
+/**
+ * Postgres addresses must be postgres:// URLs: the key=value form and malformed URLs are
+ * parsed differently by the driver than by any check here, which is how allowlists are
+ * bypassed. The hosts checked are those of the URL and those the driver itself derives.
+ */
+function postgresHosts(address: string): string[] {
+  if (!URL.canParse(address) || !/^postgres(ql)?:$/.test(new URL(address).protocol)) {
+    throw new CoordinatorError('VALIDATION_FAILED', 'a postgres connectionString must be a postgres:// or postgresql:// URL');
+  }
+  const url = new URL(address);
+  for (const key of url.searchParams.keys()) {
+    if (FILE_PARAMETERS.test(key)) {
+      throw new CoordinatorError('VALIDATION_FAILED', `connection parameter ${key} would read files on the coordinator's host; it is not accepted`);
+    }
+  }
+  const driverHost = parsePgConnectionString(address).host ?? '';
+  return [...hostsOf(address), ...driverHost.split(',')].map((h) => (h.trim() === '' || h.startsWith('/') ? 'localhost' : h.trim()));
+}
+
+export function assertAllowedAddress(address: string, patterns: readonly string[], kind?: 'postgres' | 'http' | 'redis'): void {
+  const hosts = kind === 'postgres' ? postgresHosts(address) : hostsOf(address);
+  for (const host of hosts) {
     if (!patterns.some((p) => matches(host, p))) {
       throw new CoordinatorError(
         'PARTICIPANT_NOT_ALLOWED',

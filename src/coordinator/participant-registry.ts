@@ -61,6 +61,7 @@ export function redactUrl(raw: string): string {
 
 export class ParticipantRegistry {
   readonly #adapters = new Map<string, ParticipantAdapter>();
+  readonly #removing = new Set<string>();
   readonly #log: CoordinatorLog;
   readonly #settings: AdapterSettings;
   readonly #logger: Logger;
@@ -161,6 +162,21 @@ export class ParticipantRegistry {
     const adapter = this.#adapters.get(name);
     if (adapter === undefined) throw new CoordinatorError('UNKNOWN_PARTICIPANT', `no participant named ${name}`);
     return adapter;
+  }
+
+  /** The adapter for new work: refused while the participant is being removed. */
+  adapterForNewBranch(name: string): ParticipantAdapter {
+    if (this.#removing.has(name)) throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} is being removed`);
+    return this.adapter(name);
+  }
+
+  beginRemoval(name: string): void {
+    if (this.#removing.has(name)) throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} is already being removed`);
+    this.#removing.add(name);
+  }
+
+  endRemoval(name: string): void {
+    this.#removing.delete(name);
   }
 
   has(name: string): boolean {

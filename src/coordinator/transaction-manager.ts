@@ -106,7 +106,7 @@ export class TransactionManager {
     const tx = this.#liveOrThrow(id, 'enlist');
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
-      const adapter = this.#registry.adapter(request.participant);
+      const adapter = this.#registry.adapterForNewBranch(request.participant);
       const [work, misplaced] = adapter.kind === 'http' ? [request.payload, request.operations] : [request.operations, request.payload];
       if (misplaced !== undefined) {
         throw new CoordinatorError(
@@ -218,7 +218,11 @@ export class TransactionManager {
     const live = this.#live.get(id);
     if (live !== undefined) return live.view();
     const durable = this.#log.state.transaction(id);
-    if (durable === undefined) throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`);
+    if (durable === undefined) {
+      // The coordinator id tells a 3PC participant whether this "no record" (presumed abort)
+      // comes from the coordinator that prepared it, or from another instance.
+      throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`, { details: { coordinatorId: this.#options.coordinatorId } });
+    }
     return durableView(durable);
   }
 

@@ -63,8 +63,9 @@ export class DurableState {
       case 'decision': {
         const tx = this.#ensure(record.id, record.at);
         for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
-        // A 3PC pre-commit is superseded by commit or abort, never the reverse.
-        if (tx.decision === undefined || tx.decision === 'precommit') {
+        // A decision is final. The one step allowed is 3PC's pre-commit → commit: a durable
+        // pre-commit already means commit, so nothing may turn it into an abort.
+        if (tx.decision === undefined || (tx.decision === 'precommit' && record.decision === 'commit')) {
           tx.decision = record.decision;
           tx.decidedAt = record.at;
           if (record.reason !== undefined) tx.reason = record.reason;

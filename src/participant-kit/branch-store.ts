@@ -34,6 +34,8 @@ export interface BranchEntry {
   readonly protocol?: BranchProtocol;
   /** 3PC: where to ask for the outcome on a timeout (GET {coordinatorUrl}/v1/transactions/{id}). */
   readonly coordinatorUrl?: string;
+  /** The coordinator's gid for the branch (it names the coordinator id the answer must come from). */
+  readonly gid?: string;
   /** 3PC: how long the branch may stay uncertain before it inquires. */
   readonly uncertainTimeoutMs?: number;
   /** Why the branch is in this status (a no vote's reason, a timeout's resolution, ...). */
@@ -80,6 +82,7 @@ export class FileBranchStore implements BranchStore {
   readonly #entries = new Map<string, BranchEntry>();
   readonly #file: fs.FileHandle;
   #queue: Promise<void> = Promise.resolve();
+  #failed: Error | undefined;
 
   private constructor(file: fs.FileHandle) {
     this.#file = file;
@@ -97,13 +100,19 @@ export class FileBranchStore implements BranchStore {
     const entries = new Map<string, BranchEntry>();
     let goodBytes = 0;
     let lines = 0;
-    for (const line of (text ?? '').split('\n')) {
+    const all = (text ?? '').split('\n');
+    for (const [index, line] of all.entries()) {
       if (line === '') continue;
       let entry: BranchEntry;
       try {
         entry = JSON.parse(line) as BranchEntry;
       } catch {
-        break; // torn tail from a crash mid-write
+        // Only the last line can be torn by a crash mid-write; a bad line with good ones after
+        // it is corruption, and dropping the rest would forget acknowledged votes.
+        if (all.slice(index + 1).some((l) => l !== '')) {
+          throw new Error(`${filePath}: line ${index + 1} is corrupt and later lines exist; refusing to guess`);
+        }
+        break;
       }
       entries.set(key(entry.transactionId, entry.branchId), entry);
       goodBytes += Buffer.byteLength(line) + 1;
@@ -138,10 +147,20 @@ export class FileBranchStore implements BranchStore {
   }
 
   put(entry: BranchEntry): Promise<void> {
-    const line = `${JSON.stringify(entry)}\n`;
+    if (this.#failed !== undefined) return Promise.reject(this.#failed);
+    const line = Buffer.from(`${JSON.stringify(entry)}\n`);
     const write = this.#queue.then(async () => {
-      await this.#file.write(line);
-      await this.#file.datasync();
+      if (this.#failed !== undefined) throw this.#failed;
+      try {
+        let offset = 0;
+        while (offset < line.length) offset += (await this.#file.write(line, offset, line.length - offset)).bytesWritten;
+        await this.#file.datasync();
+      } catch (err) {
+        // Fail-stop: after a failed write the file may hold half a line; writing more after
+        // it would bury it mid-file. Every later put is refused.
+        this.#failed = err instanceof Error ? err : new Error(String(err));
+        throw this.#failed;
+      }
       // Visible to get()/list() only once durable: nobody acts on a state a crash could undo.
       this.#entries.set(key(entry.transactionId, entry.branchId), entry);
     });

@@ -79,6 +79,7 @@
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { Agent, request } from 'undici';
 import type { BranchEntry, BranchProtocol, BranchStatus, BranchStore } from './branch-store.js';
+import { readBounded } from '../lib/read-bounded.js';
 
 export interface BranchCall<P> {
   readonly transactionId: string;
@@ -123,7 +124,13 @@ export interface ParticipantKitOptions {
   readonly retry?: RetryPolicy;
   /** Serve GET /branches. Default true. */
   readonly listRoute?: boolean;
+  /** Bearer token for the inquiry, when the coordinator requires one (TCX_API_TOKENS). */
+  readonly coordinatorToken?: string;
 }
+
+/** A coordinator's answer is a small JSON document; a larger one is cut off and ignored. */
+const MAX_INQUIRY_ANSWER_BYTES = 256 * 1024;
+
 
 export interface ParticipantRoutesOptions<P> extends ParticipantKitOptions {
   readonly store: BranchStore;
@@ -154,6 +161,7 @@ const listQuery = {
 interface CallBody {
   transactionId: string;
   branchId: string;
+  gid?: string;
   payload?: unknown;
   protocol?: BranchProtocol;
   coordinatorUrl?: string;
@@ -169,11 +177,20 @@ const COMMIT_STATES = new Set(['precommitted', 'committing', 'committed']);
 /** States in which a decision, even if already named, may not be durable yet. */
 const UNDECIDED_STATES = new Set(['active', 'preparing', 'prepared', 'deciding']);
 
-/** Reads a coordinator answer to GET /v1/transactions/{id}. Exported for tests. */
-export function classifyInquiry(status: number, body: unknown): Inquiry {
+/**
+ * Reads a coordinator answer to GET /v1/transactions/{id}. Exported for tests.
+ * `expectedCoordinatorId` (from the branch's gid) guards presumed abort: a 404 from a
+ * different coordinator — a new instance after a lost log, a wrong URL — says nothing.
+ */
+export function classifyInquiry(status: number, body: unknown, expectedCoordinatorId?: string): Inquiry {
   const b = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : undefined;
   if (status === 404) {
-    const code = (b?.error as { code?: unknown } | undefined)?.code;
+    const error = b?.error as { code?: unknown; details?: { coordinatorId?: unknown } } | undefined;
+    const code = error?.code;
+    const answeredBy = error?.details?.coordinatorId;
+    if (expectedCoordinatorId !== undefined && typeof answeredBy === 'string' && answeredBy !== expectedCoordinatorId) {
+      return { kind: 'unreachable', detail: `a different coordinator (${answeredBy}) answered 404` };
+    }
     // Only the coordinator's own "no such transaction" is a presumed abort; a missing route
     // (wrong coordinatorUrl, a proxy) says nothing about the transaction.
     if (code === 'UNKNOWN_TRANSACTION') return { kind: 'no-record', detail: 'coordinator has no record of the transaction' };
@@ -302,17 +319,21 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
         const res = await request(`${base}/v1/transactions/${encodeURIComponent(e.transactionId)}`, {
           method: 'GET',
           dispatcher: agent,
-          headers: { accept: 'application/json' },
+          headers: {
+            accept: 'application/json',
+            ...(options.coordinatorToken === undefined ? {} : { authorization: `Bearer ${options.coordinatorToken}` }),
+          },
           signal: AbortSignal.any([AbortSignal.timeout(inquiryTimeoutMs), closing.signal]),
         });
-        const text = await res.body.text();
+        const text = await readBounded(res.body, MAX_INQUIRY_ANSWER_BYTES);
         let body: unknown = null;
         try {
           body = text === '' ? null : JSON.parse(text);
         } catch {
           body = null;
         }
-        return classifyInquiry(res.statusCode, body);
+        const expected = e.gid === undefined ? undefined : /^tcx:([^:]+):/.exec(e.gid)?.[1];
+        return classifyInquiry(res.statusCode, body, expected);
       } catch (err) {
         return { kind: 'unreachable', detail: `inquiry failed: ${errorText(err)}` };
       }
@@ -409,6 +430,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
           payload: b.payload ?? null,
           updatedAt: new Date().toISOString(),
           protocol,
+          ...(b.gid === undefined ? {} : { gid: b.gid }),
           ...(protocol === '3pc'
             ? {
                 ...(announcedUrl === undefined ? {} : { coordinatorUrl: announcedUrl }),
@@ -424,7 +446,14 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
         if (result.vote === 'yes') entry = moved(base, 'prepared');
         else if (result.vote === 'read-only') entry = moved(base, 'read-only');
         else entry = moved(base, 'aborted', { reason: result.reason ?? 'voted no' });
-        await store.put(entry);
+        try {
+          await store.put(entry);
+        } catch (err) {
+          // The yes could not be made durable: release what the handler reserved, answer an error
+          // (the coordinator counts a no and aborts).
+          if (result.vote === 'yes') await handlers.abort(callOf(base)).catch(() => undefined);
+          throw err;
+        }
         watch(entry);
         return reply.send(result.vote === 'no' ? { vote: 'no', reason: result.reason ?? 'voted no' } : { vote: result.vote });
       });

@@ -21,6 +21,7 @@
 import { Agent, request } from 'undici';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
+import { readBounded } from '../lib/read-bounded.js';
 
 export interface HttpParticipantOptions {
   readonly name: string;
@@ -169,16 +170,3 @@ export class HttpParticipant implements ParticipantAdapter {
 /** A participant's answer is a small JSON document; anything larger is cut off and ignored. */
 const MAX_ANSWER_BYTES = 64 * 1024;
 
-async function readBounded(body: AsyncIterable<Buffer | Uint8Array> & { destroy(): unknown }, limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.length;
-    if (size > limit) {
-      body.destroy();
-      return '';
-    }
-    chunks.push(Buffer.from(chunk));
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}

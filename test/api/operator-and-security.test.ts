@@ -89,13 +89,18 @@ describe('participant allowlist', () => {
     for (const body of [
       { name: 'meta', kind: 'http', baseUrl: 'http://169.254.169.254/latest' },
       { name: 'pg', kind: 'postgres', connectionString: 'postgres://u@10.0.0.5:5432/db' },
-      { name: 'kv', kind: 'postgres', connectionString: 'host=db.other.internal dbname=x' },
+      { name: 'hq', kind: 'postgres', connectionString: 'postgres://127.0.0.1:5432/db?host=db.other.internal' },
       { name: 'r', kind: 'redis', url: 'redis://localhost:6379' },
-      { name: 'ha', kind: 'postgres', connectionString: 'host=127.0.0.1 hostaddr=10.0.0.5 dbname=x' },
+      { name: 'ha', kind: 'postgres', connectionString: 'postgres://127.0.0.1/x?hostaddr=10.0.0.5' },
       { name: 'hl', kind: 'postgres', connectionString: 'postgres://127.0.0.1/db?host=127.0.0.1,10.0.0.6' },
     ]) {
       const res = await call(c, 'POST', '/v1/participants', body);
       expect({ name: body.name, status: res.status, code: res.body.error.code }).toEqual({ name: body.name, status: 403, code: 'PARTICIPANT_NOT_ALLOWED' });
+    }
+    // Addresses the driver parses differently from a URL check are refused outright.
+    for (const connectionString of ['postgres://u@/db?host=db.other.internal', 'host=db.other.internal dbname=x', 'postgres://127.0.0.1/db?sslrootcert=/etc/shadow']) {
+      const res = await call(c, 'POST', '/v1/participants', { name: 'odd', kind: 'postgres', connectionString });
+      expect({ connectionString, status: res.status }).toEqual({ connectionString, status: 400 });
     }
     expect((await call(c, 'POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: dbA })).status).toBe(201);
     expect((await call(c, 'GET', '/v1/participants')).body.participants.map((p: { name: string }) => p.name)).toEqual(['a']);
