@@ -34,7 +34,7 @@
  * Cluster: `INFO cluster` decides at the first connection; with cluster_enabled:1 the
  * adapter uses ioredis Cluster seeded with the URL's node, and refuses a branch whose keys
  * (writes and guards) span several hash slots. Every call is bounded: connectTimeout,
- * commandTimeout, no offline queue, one retry per request.
+ * commandTimeout, no offline queue, no retry or re-send of a command whose outcome is unknown.
  */
 
 import { readFileSync } from 'node:fs';
@@ -43,6 +43,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid, parseGid } from '../coordinator/gid.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
+import { withTimeout } from '../lib/with-timeout.js';
 import {
   MAX_BRANCH_BYTES,
   MAX_BRANCH_OPERATIONS,
@@ -573,16 +574,4 @@ function whenReady(client: Redis | Cluster, ms: number): Promise<void> {
     client.on('ready', ready);
     client.on('end', ended);
   });
-}
-
-async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
