@@ -16,6 +16,7 @@
 import { Redis } from 'ioredis';
 import type { BranchEntry } from '../../src/participant-kit/branch-store.js';
 import { withClient } from '../../test/support/databases.js';
+import { scanKeys } from '../../test/support/redis-keys.js';
 import { sleep } from '../../test/support/postgres-server.js';
 import {
   ACCOUNTS,
@@ -41,16 +42,6 @@ export interface Leftovers {
 const leftoverCount = (l: Leftovers): number =>
   l.prepared.A.length + l.prepared.B.length + l.redisKeys.length + l.ledgerOpen.length + (l.ledgerReserved > 0 ? 1 : 0);
 
-async function scanAll(redis: Redis, pattern: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return found.sort();
-}
 
 async function withRedis<T>(env: ChaosEnvironment, fn: (r: Redis) => Promise<T>): Promise<T> {
   const r = new Redis(env.redis.url, { maxRetriesPerRequest: 2, connectTimeout: 2_000, lazyConnect: true });
@@ -74,7 +65,7 @@ export async function leftovers(env: ChaosEnvironment): Promise<Leftovers> {
   const [A, B, redisKeys, branches] = await Promise.all([
     preparedIn(env.dbA),
     preparedIn(env.dbB),
-    withRedis(env, (r) => scanAll(r, 'tcx:*')),
+    withRedis(env, (r) => scanKeys(r, 'tcx:*')),
     env.ledger.branches(),
   ]);
   return {
@@ -157,7 +148,7 @@ export async function collectEvidence(env: ChaosEnvironment): Promise<Evidence> 
     pg(env.dbB),
     withRedis(env, async (redis) => {
       const prefix = redisMarkPrefix(env.runId);
-      const marks = new Set((await scanAll(redis, `${prefix}*`)).map((k) => k.slice(prefix.length)));
+      const marks = new Set((await scanKeys(redis, `${prefix}*`)).map((k) => k.slice(prefix.length)));
       const values = await redis.mget(...Array.from({ length: ACCOUNTS }, (_, i) => redisAccountKey(env.runId, i)));
       return { marks, balances: values.map((v) => (v === null ? NaN : Number(v))) };
     }),

@@ -21,7 +21,7 @@ import { FAIL_POINTS } from '../../src/coordinator/fail-points.js';
 import { sleep } from '../../test/support/postgres-server.js';
 import type { ChaosEnvironment, Store } from './environment.js';
 import { STORES } from './environment.js';
-import { between, choose, rng, weighted } from './prng.js';
+import { between, choose, rng, weighted } from '../../test/support/seeded-random.js';
 
 export type ProxyFaultKind = 'delay' | 'drop' | 'cut' | 'blackhole';
 

@@ -11,7 +11,7 @@
  */
 import type { ApiAnswer, CoordinatorProcess } from '../../test/support/coordinator-process.js';
 import { ACCOUNTS, account, PARTICIPANT, redisAccountKey, redisMarkPrefix, STORES, type Store } from './environment.js';
-import { between, choose, pick, rng, type Rng } from './prng.js';
+import { between, choose, pick, rng, type Rng } from '../../test/support/seeded-random.js';
 
 export const TX_TIMEOUT_MS = 8_000;
 /** Longer than the coordinator's bound for one commit request (prepare round + commit wait). */

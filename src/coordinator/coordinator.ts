@@ -215,7 +215,8 @@ export class Coordinator {
   resolveManually(name: string, gid: string, request: { outcome: Decision; reason: string; actor: string }): Promise<ManualResolutionView> {
     // One resolution per transaction at a time: two operators resolving sibling branches at
     // once must not both pass the consistency checks before either is logged.
-    const key = /^tcx:([^:]+):([^:]+):/.exec(gid)?.slice(1, 3).join(':') ?? gid;
+    const parsed = parseGid(gid);
+    const key = parsed === undefined ? gid : `${parsed.coordinatorId}:${parsed.transactionId}`;
     let lock = this.#resolutionLocks.get(key);
     if (lock === undefined) {
       lock = new Mutex();

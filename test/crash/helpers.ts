@@ -6,7 +6,6 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
 import { onTestFailed } from 'vitest';
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
@@ -137,26 +136,7 @@ export async function startFileLedger(
   };
 }
 
-/** Every key matching `pattern` (SCAN, not KEYS), sorted. */
-export async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return found.sort();
-}
+export { scanKeys } from '../support/redis-keys.js';
 
-/** mulberry32: small and seedable, for picking workload steps reproducibly. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+/** Seedable PRNG (mulberry32) for reproducible workloads: the one in test/support. */
+export { rng as seededRandom } from '../support/seeded-random.js';

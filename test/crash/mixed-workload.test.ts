@@ -27,7 +27,8 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess, type ApiAnswer } from '../support/coordinator-process.js';
 import { createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
-import { reportOnFailure, settle, sleep, transferSql, until, waitSettled } from './helpers.js';
+import { pick, rng } from '../support/seeded-random.js';
+import { reportOnFailure, scanKeys, settle, sleep, transferSql, until, waitSettled } from './helpers.js';
 
 const SEED = Number(process.env.TCX_MIX_SEED ?? 20_261_123);
 const ACCOUNTS = 6;
@@ -43,18 +44,6 @@ const REQUEST_TIMEOUT_MS = 12_000;
 type Store = 'A' | 'B' | 'R';
 const STORES: readonly Store[] = ['A', 'B', 'R'];
 
-/** mulberry32: small, seedable, good enough for picking transfers. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-const pick = (r: () => number, n: number): number => Math.floor(r() * n);
 
 interface Leg {
   readonly store: Store;
@@ -148,16 +137,7 @@ async function allBalances(): Promise<Record<Store, number[]>> {
 
 const sum = (xs: number[]): number => xs.reduce((s, x) => s + x, 0);
 
-async function scan(pattern: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return found.sort();
-}
+const scan = (pattern: string): Promise<string[]> => scanKeys(redis, pattern);
 
 /** This coordinator's staged records and index (the shared Redis may hold other files' keys), and our keys' locks. */
 async function redisLeftovers(coordinatorId: string): Promise<{ staged: string[]; locks: string[] }> {

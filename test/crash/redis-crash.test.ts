@@ -22,7 +22,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { RedisServer } from '../support/redis-server.js';
-import { reportOnFailure, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
+import { reportOnFailure, scanKeys, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
 
 const START = 100;
 const AMOUNT = 30;
@@ -96,16 +96,7 @@ async function openAccounts(name: string): Promise<{ account: string; key: strin
 const pgDebit = (account: string, amount = AMOUNT) => ({ participant: 'bank', operations: [transferSql(account, -amount)] });
 const redisCredit = (key: string, amount = AMOUNT) => ({ participant: 'cache', operations: [{ op: 'incrby', key, by: amount, min: 0 }] });
 
-async function scan(pattern: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    found.push(...keys);
-    cursor = next;
-  } while (cursor !== '0');
-  return found.sort();
-}
+const scan = (pattern: string): Promise<string[]> => scanKeys(redis, pattern);
 
 /** Staged records (and non-empty index hashes) plus lock keys left in Redis. */
 async function redisLeftovers(): Promise<{ staged: string[]; locks: string[] }> {
