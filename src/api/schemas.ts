@@ -79,6 +79,7 @@ export const beginTransactionBody = {
     timeoutMs: { type: 'integer', minimum: 100, maximum: 86400000 },
     branches: { type: 'array', minItems: 1, maxItems: 64, items: branchBody },
     commit: { type: 'boolean' },
+    parallel: { type: 'boolean' },
   },
 } as const;
 

@@ -7,10 +7,10 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
-import type { Outcome } from '../coordinator/transaction-manager.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
 import { actorOf, installAuth } from './auth.js';
 import { installErrorHandling } from './error-handler.js';
+import { outcomeBody, statusOf } from './transaction-status.js';
 import {
   abortBody,
   beginTransactionBody,
@@ -34,15 +34,6 @@ interface BranchInput {
   participant: string;
   operations?: unknown[];
   payload?: unknown;
-}
-
-/** A commit or prepare that ended in abort answers 409 with the reason, and still carries `state`. */
-function outcomeBody(outcome: Outcome): Record<string, unknown> {
-  if (outcome.status !== 409) return { ...outcome.view };
-  return {
-    ...outcome.view,
-    error: { code: 'TRANSACTION_ABORTED', message: outcome.view.reason ?? 'the transaction was aborted' },
-  };
 }
 
 /** Which address field each kind takes, and the URL schemes it accepts. */
@@ -158,35 +149,28 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       timeoutMs?: number;
       branches?: BranchInput[];
       commit?: boolean;
+      parallel?: boolean;
     };
-    if (body.commit === true && body.branches === undefined) {
-      throw new CoordinatorError('VALIDATION_FAILED', 'commit: true needs branches');
+    if ((body.commit === true || body.parallel !== undefined) && body.branches === undefined) {
+      throw new CoordinatorError('VALIDATION_FAILED', `${body.commit === true ? 'commit: true' : 'parallel'} needs branches`);
     }
-    const begun = tx.begin({
+    const begin = {
       ...(body.protocol === undefined ? {} : { protocol: body.protocol }),
       ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
-    });
-    if (body.branches === undefined) return reply.status(201).send(begun);
-    const results = [];
-    for (const branch of body.branches) {
-      try {
-        results.push(await tx.enlist(begun.id, branch));
-      } catch (err) {
-        // The failed branch aborted the transaction; make sure nothing stays open either way.
-        await tx.abort(begun.id, 'a branch of the one-request transaction failed').catch(() => undefined);
-        if (body.commit !== true || !(err instanceof CoordinatorError) || err.code !== 'OPERATION_FAILED') throw err;
-        // Asked to commit, the transaction ended in abort: answer like a commit that aborted.
-        const view = tx.get(begun.id);
-        return reply.status(409).send({
-          ...view,
-          error: { code: 'TRANSACTION_ABORTED', message: view.reason ?? err.message, details: err.toJSON() },
-          results,
-        });
-      }
+    };
+    if (body.branches === undefined) return reply.status(201).send(tx.begin(begin));
+    const answer = await tx.run({ ...begin, branches: body.branches, commit: body.commit === true, parallel: body.parallel === true });
+    if (answer.failure !== undefined) {
+      // Asked to commit, the transaction ended in abort: answer like a commit that aborted.
+      const { view, failure, results } = answer;
+      return reply.status(409).send({
+        ...view,
+        error: { code: 'TRANSACTION_ABORTED', message: view.reason ?? failure.message, details: failure.toJSON() },
+        results,
+      });
     }
-    if (body.commit !== true) return reply.status(201).send({ ...tx.get(begun.id), results });
-    const outcome = await tx.commit(begun.id);
-    return reply.status(outcome.status).send({ ...outcomeBody(outcome), results });
+    if (body.commit !== true) return reply.status(201).send({ ...answer.view, results: answer.results });
+    return reply.status(statusOf(answer.view)).send({ ...outcomeBody(answer.view), results: answer.results });
     },
   );
 
@@ -210,21 +194,20 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const outcome = await tx.prepare(id);
-    return reply.status(outcome.status).send(outcomeBody(outcome));
+    const view = await tx.prepare(id);
+    return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
   app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const outcome = await tx.commit(id);
-    return reply.status(outcome.status).send(outcomeBody(outcome));
+    const view = await tx.commit(id);
+    return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
-  app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, body: abortBody } }, async (request, reply) => {
+  app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, body: abortBody } }, async (request) => {
     const { id } = request.params as { id: string };
     const reason = (request.body as { reason?: string } | null | undefined)?.reason;
-    const outcome = await tx.abort(id, reason ?? 'aborted by the client');
-    return reply.status(outcome.status).send(outcome.view);
+    return tx.abort(id, reason ?? 'aborted by the client');
   });
 
   return app;

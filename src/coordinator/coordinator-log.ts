@@ -133,6 +133,7 @@ export class CoordinatorLog {
 function transactionOf(record: LogRecord): string | undefined {
   switch (record.t) {
     case 'decision':
+    case 'prepare-intent':
     case 'branch-enlisted':
     case 'tx-begun':
     case 'branch-acked':

@@ -7,6 +7,7 @@
 
 import type { DurableTransaction, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
+import type { PrepareResult } from '../participants/participant.js';
 import { Mutex } from './mutex.js';
 
 export interface LiveBranch {
@@ -19,6 +20,11 @@ export interface LiveBranch {
   prepareSent: boolean;
   vote?: Vote;
   voteReason?: string;
+  /**
+   * A prepare started before the machine asked for it (the commit follows the work at once),
+   * or the vote the adapter gave together with the work. Never rejects.
+   */
+  earlyPrepare?: Promise<PrepareResult> | undefined;
   lastError?: string;
   lastAttemptAt?: string;
   attempts: number;
@@ -137,7 +143,8 @@ export function durableView(tx: DurableTransaction): TransactionView {
   const outcome = tx.outcome;
   const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : 'unknown';
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).
-  const decision = tx.decision === 'precommit' ? 'commit' : (tx.decision ?? null);
+  // An abort logs no decision (presumed abort): the outcome stands for it.
+  const decision = tx.decision === 'precommit' ? 'commit' : (tx.decision ?? outcome ?? null);
   return {
     id: tx.id,
     protocol: tx.protocol,

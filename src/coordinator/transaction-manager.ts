@@ -1,37 +1,29 @@
 /**
- * Runs transactions: takes client requests, feeds events to the pure 2PC/3PC
- * machine (src/protocol) and performs the actions it returns — prepares (3PC:
- * can-commit) in parallel, the decision (3PC: the pre-commit) forced to the log
- * before any of it leaves (rule 2), phase-2
- * delivery retried with backoff until every branch acknowledges (rule 5),
- * timeouts that abort abandoned transactions (rule 7).
+ * Takes client requests on transactions — begin, enlist work, prepare, commit,
+ * abort, or all of it in one request — checks them, and hands the protocol to
+ * the TransactionDriver. Holds the transactions that are running (or, after a
+ * restart, being finished); finished ones live on in the log's DurableState.
  *
- * Client requests on one transaction run one at a time (its mutex); the
- * machine's own events (votes, acknowledgements, a durable decision) are
- * applied as they arrive — each step is synchronous, so no two interleave.
+ * Client requests on one transaction run one at a time (its mutex). In a
+ * one-request transaction the work of different branches runs at once, and a
+ * branch whose store can prepare together with its work does so in the same
+ * round trip: voting follows the work immediately anyway.
  */
 
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
-import type { BranchRecord, ProtocolName } from '../log/log-records.js';
-import type { BranchRef, EnlistResult } from '../participants/participant.js';
-import {
-  isTerminal,
-  step,
-  initialState,
-  type Decision,
-  type TwoPhaseAction,
-  type TwoPhaseEvent,
-  type TwoPhaseState,
-  type Verdict,
-} from '../protocol/commit-protocol.js';
-import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
+import type { ProtocolName } from '../log/log-records.js';
+import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
+import { initialState, isTerminal } from '../protocol/commit-protocol.js';
+import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
-import { hitFailPoint } from './fail-points.js';
 import { makeGid } from './gid.js';
+import { prepareIntentRecord } from './journal.js';
 import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
+import { resumedTransaction } from './resume.js';
+import { TransactionDriver } from './transaction-driver.js';
 
 export interface TransactionManagerOptions {
   readonly coordinatorId: string;
@@ -58,19 +50,52 @@ export interface EnlistAnswer {
   readonly results?: EnlistResult['results'];
 }
 
-export interface Outcome {
+export interface BeginRequest {
+  readonly protocol?: ProtocolName;
+  readonly timeoutMs?: number;
+}
+
+export interface RunRequest extends BeginRequest {
+  readonly branches: readonly EnlistRequest[];
+  readonly commit: boolean;
+  /** Run the work of different branches at once, not in request order (no cross-store lock order). */
+  readonly parallel?: boolean;
+}
+
+export interface RunAnswer {
   readonly view: TransactionView;
-  /** HTTP status the API answers with. */
-  readonly status: number;
+  /** The answer of each branch that ran, in request order (up to the first that failed). */
+  readonly results: readonly EnlistAnswer[];
+  /** Set when the work of a branch failed and the transaction was aborted because of it. */
+  readonly failure?: CoordinatorError;
+}
+
+/** What running the entries of a request came to: the answers, and the first entry that failed. */
+interface WorkOutcome {
+  readonly results: EnlistAnswer[];
+  readonly failed?: PlannedWork;
+  readonly error?: unknown;
+}
+
+/** One branch entry of a request, checked and tied to its branch, ready to run. */
+interface PlannedWork {
+  readonly branch: LiveBranch;
+  readonly adapter: ParticipantAdapter;
+  readonly work: unknown;
+  /** Its branch may be prepared right after (or with) this work: the commit follows. */
+  prepareAfter: boolean;
 }
 
 export class TransactionManager {
   readonly #live = new Map<string, LiveTransaction>();
+  /** Live transactions without a decision yet: what TCX_MAX_ACTIVE_TRANSACTIONS bounds. */
+  readonly #undecided = new Set<LiveTransaction>();
   readonly #log: CoordinatorLog;
   readonly #registry: ParticipantRegistry;
   readonly #options: TransactionManagerOptions;
   readonly #logger: Logger;
   readonly #stopping = new AbortController();
+  readonly #driver: TransactionDriver;
   #accepting = true;
 
   constructor(log: CoordinatorLog, registry: ParticipantRegistry, options: TransactionManagerOptions, logger: Logger) {
@@ -78,11 +103,29 @@ export class TransactionManager {
     this.#registry = registry;
     this.#options = options;
     this.#logger = logger;
+    this.#driver = new TransactionDriver({
+      log,
+      registry,
+      retry: options.retry,
+      logger,
+      stopping: this.#stopping.signal,
+      hooks: {
+        decided: (tx) => this.#undecided.delete(tx),
+        ended: (tx) => {
+          this.#undecided.delete(tx);
+          this.#live.delete(tx.id);
+        },
+      },
+    });
   }
 
   // ---- client requests ------------------------------------------------------------------
 
-  begin(request: { protocol?: ProtocolName; timeoutMs?: number }): TransactionView {
+  begin(request: BeginRequest): TransactionView {
+    return this.#begin(request).view();
+  }
+
+  #begin(request: BeginRequest): LiveTransaction {
     this.#assertAcceptingWork();
     const protocol = request.protocol ?? '2pc';
     if (protocol !== '2pc' && protocol !== '3pc') throw new CoordinatorError('VALIDATION_FAILED', `protocol ${String(protocol)} is not supported`);
@@ -90,58 +133,153 @@ export class TransactionManager {
     if (timeoutMs > this.#options.maxTimeoutMs) {
       throw new CoordinatorError('VALIDATION_FAILED', `timeoutMs must not exceed ${this.#options.maxTimeoutMs}`);
     }
-    if (this.activeCount() >= this.#options.maxActiveTransactions) {
+    if (this.#undecided.size >= this.#options.maxActiveTransactions) {
       throw new CoordinatorError('TOO_MANY_TRANSACTIONS', `at most ${this.#options.maxActiveTransactions} transactions may be open at once`);
     }
+    // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
     tx.state = initialState(protocol);
     this.#live.set(tx.id, tx);
-    this.#log.record({ t: 'tx-begun', id: tx.id, protocol, timeoutMs, at: tx.createdAt });
-    tx.timer = setTimeout(() => void this.#onTimeout(tx), timeoutMs);
+    this.#undecided.add(tx);
+    tx.timer = setTimeout(() => void this.#driver.onTimeout(tx), timeoutMs);
     tx.timer.unref();
-    return tx.view();
+    return tx;
   }
 
   async enlist(id: string, request: EnlistRequest): Promise<EnlistAnswer> {
     const tx = this.#liveOrThrow(id, 'enlist');
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
-      const adapter = this.#registry.adapterForNewBranch(request.participant);
-      const [work, misplaced] = adapter.kind === 'http' ? [request.payload, request.operations] : [request.operations, request.payload];
-      if (misplaced !== undefined) {
-        throw new CoordinatorError(
-          'VALIDATION_FAILED',
-          adapter.kind === 'http' ? 'an http branch takes a payload, not operations' : `a ${adapter.kind} branch takes operations, not a payload`,
-        );
-      }
-      adapter.validateWork(work);
-      const branch = this.#branchFor(tx, request.participant, adapter.kind, work);
-      let result: EnlistResult;
+      const [planned] = this.#plan(tx, [request], false);
       try {
-        result = await adapter.enlist(this.#ref(tx, branch), work, tx.cancelWork.signal);
+        return await this.#runWork(tx, planned!);
       } catch (err) {
-        const cancelled = tx.cancelWork.signal.aborted ? errorMessage(tx.cancelWork.signal.reason) : undefined;
-        const reason = cancelled ?? `branch ${branch.branchId} on ${branch.participant} failed: ${errorMessage(err)}`;
-        this.#apply(tx, { type: 'abort', reason });
-        await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
-        const code = err instanceof CoordinatorError ? err.code : 'OPERATION_FAILED';
-        throw new CoordinatorError(code, errorMessage(err), {
-          cause: err,
-          details: { ...(err instanceof CoordinatorError ? err.details : {}), transactionId: tx.id, state: tx.state.phase, reason },
-        });
+        throw await this.#abortAfterFailedWork(tx, planned!.branch, err);
       }
-      return {
-        transactionId: tx.id,
-        branchId: branch.branchId,
-        participant: branch.participant,
-        state: tx.state.phase,
-        ...(result.results === undefined ? {} : { results: result.results }),
-      };
     });
   }
 
-  #branchFor(tx: LiveTransaction, participant: string, kind: LiveBranch['kind'], work: unknown): LiveBranch {
-    if (kind === 'postgres' || kind === 'redis') {
+  /**
+   * A whole transaction in one request: begin, every branch's work, and (if asked) the commit.
+   *
+   * By default the work runs in request order, one entry after the other, so that a client
+   * that lists its participants in a consistent order never deadlocks across databases; with
+   * `parallel` the work of different branches runs at once. When the commit follows, a branch
+   * whose store can be prepared without a forced record first is prepared as soon as its work
+   * has run (while later work runs), or in the same round trip as its last entry.
+   */
+  async run(request: RunRequest): Promise<RunAnswer> {
+    const tx = this.#begin(request);
+    return tx.lock.run(async () => {
+      let planned: PlannedWork[];
+      try {
+        planned = this.#plan(tx, request.branches, request.commit);
+      } catch (err) {
+        this.#driver.apply(tx, { type: 'abort', reason: `the request was refused: ${errorMessage(err)}` });
+        await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+        throw err;
+      }
+      const ran = request.parallel === true ? await this.#runAtOnce(tx, planned) : await this.#runInOrder(tx, planned);
+      const { results } = ran;
+      if (ran.failed !== undefined) {
+        // Prepares already on their way finish first: their branches then hear the abort.
+        await Promise.all(planned.map((p) => p.branch.earlyPrepare));
+        const error = await this.#abortAfterFailedWork(tx, ran.failed.branch, ran.error);
+        if (!request.commit || error.code !== 'OPERATION_FAILED') throw error;
+        return { view: tx.view(), results, failure: error };
+      }
+      if (!request.commit) return { view: tx.view(), results };
+      return { view: await this.#commitLocked(tx), results };
+    });
+  }
+
+  /**
+   * One entry after the other, in request order; a branch that may prepare early starts its
+   * prepare once its last entry has run, and the request's last entry prepares with its work.
+   */
+  async #runInOrder(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
+    const results: EnlistAnswer[] = [];
+    for (const [index, entry] of planned.entries()) {
+      const last = index === planned.length - 1;
+      try {
+        results.push(await this.#runWork(tx, { ...entry, prepareAfter: entry.prepareAfter && last }));
+      } catch (error) {
+        return { results, failed: entry, error };
+      }
+      if (entry.prepareAfter && !last) this.#prepareEarly(tx, entry);
+    }
+    return { results };
+  }
+
+  /** Every branch's entries in order, different branches at once; each may prepare with its last entry. */
+  async #runAtOnce(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
+    const byBranch = new Map<string, PlannedWork[]>();
+    for (const p of planned) byBranch.set(p.branch.branchId, [...(byBranch.get(p.branch.branchId) ?? []), p]);
+    const answers = new Map<PlannedWork, EnlistAnswer>();
+    const errors = new Map<PlannedWork, unknown>();
+    await Promise.all(
+      [...byBranch.values()].map(async (entries) => {
+        for (const entry of entries) {
+          try {
+            answers.set(entry, await this.#runWork(tx, entry));
+          } catch (err) {
+            errors.set(entry, err);
+            return;
+          }
+        }
+      }),
+    );
+    const failed = planned.find((p) => errors.has(p));
+    const upTo = failed === undefined ? planned.length : planned.indexOf(failed);
+    const results = planned.slice(0, upTo).flatMap((p) => answers.get(p) ?? []);
+    return failed === undefined ? { results } : { results, failed, error: errors.get(failed) };
+  }
+
+  /** Starts the branch's prepare now; the driver takes its vote when the machine asks for it. */
+  #prepareEarly(tx: LiveTransaction, entry: PlannedWork): void {
+    const { branch, adapter } = entry;
+    branch.prepareSent = true;
+    branch.earlyPrepare = adapter.prepare(this.#driver.ref(tx, branch), { decisionFollows: true }).catch((err: unknown) => ({
+      vote: 'no' as const,
+      reason: `prepare on ${branch.participant} failed: ${errorMessage(err)}`,
+    }));
+  }
+
+  /** Checks every entry before any work runs, then ties each to its branch (created on first use). */
+  #plan(tx: LiveTransaction, requests: readonly EnlistRequest[], commitFollows: boolean): PlannedWork[] {
+    const checked = requests.map((request) => {
+      const adapter = this.#registry.adapterForNewBranch(request.participant);
+      const takesPayload = adapter.work === 'payload';
+      const [work, misplaced] = takesPayload ? [request.payload, request.operations] : [request.operations, request.payload];
+      if (misplaced !== undefined) {
+        throw new CoordinatorError(
+          'VALIDATION_FAILED',
+          `${adapter.kind} branches take ${takesPayload ? 'a payload, not operations' : 'operations, not a payload'} (participant ${request.participant})`,
+        );
+      }
+      adapter.validateWork(work);
+      return { request, adapter, work };
+    });
+    const planned = checked.map(({ request, adapter, work }) => ({
+      branch: this.#branchFor(tx, request.participant, adapter, work),
+      adapter,
+      work,
+      prepareAfter: false,
+    }));
+    if (commitFollows) {
+      // The last entry of each branch may prepare early — only where no forced record must
+      // precede the prepare, and where 3PC's can-commit is the prepare itself (rule 3).
+      const last = new Map<string, PlannedWork>();
+      for (const p of planned) last.set(p.branch.branchId, p);
+      for (const p of last.values()) {
+        p.prepareAfter = p.adapter.listsPreparedBranches && (tx.protocol === '2pc' || p.adapter.canCommit === undefined);
+      }
+    }
+    return planned;
+  }
+
+  #branchFor(tx: LiveTransaction, participant: string, adapter: ParticipantAdapter, work: unknown): LiveBranch {
+    if (adapter.listsPreparedBranches) {
       // All work for one store runs in one branch: two branches of one transaction would
       // deadlock each other (postgres) or collide on each other's key locks (redis).
       for (const b of tx.branches.values()) if (b.participant === participant) return b;
@@ -150,67 +288,93 @@ export class TransactionManager {
     const branch: LiveBranch = {
       branchId: `b${branchNo}`,
       participant,
-      kind,
+      kind: adapter.kind,
       gid: makeGid(this.#options.coordinatorId, tx.id, branchNo),
       prepareSent: false,
       attempts: 0,
-      ...(kind === 'http' ? { payload: work } : {}),
+      ...(adapter.work === 'payload' ? { payload: work } : {}),
     };
     tx.branches.set(branch.branchId, branch);
-    this.#apply(tx, { type: 'enlist', branchId: branch.branchId });
-    this.#log.record({ t: 'branch-enlisted', id: tx.id, branch: branchRecord(branch), at: new Date().toISOString() });
+    this.#driver.apply(tx, { type: 'enlist', branchId: branch.branchId });
     return branch;
   }
 
-  async prepare(id: string): Promise<Outcome> {
+  async #runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
+    const { branch, adapter, work } = planned;
+    const result = await adapter.enlist(this.#driver.ref(tx, branch), work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter });
+    if (result.vote !== undefined) {
+      branch.prepareSent = true;
+      branch.earlyPrepare = Promise.resolve(result.vote);
+    }
+    return {
+      transactionId: tx.id,
+      branchId: branch.branchId,
+      participant: branch.participant,
+      state: tx.state.phase,
+      ...(result.results === undefined ? {} : { results: result.results }),
+    };
+  }
+
+  /** The work of a branch failed: the transaction aborts, and the error says why. */
+  async #abortAfterFailedWork(tx: LiveTransaction, branch: LiveBranch, err: unknown): Promise<CoordinatorError> {
+    const cancelled = tx.cancelWork.signal.aborted ? errorMessage(tx.cancelWork.signal.reason) : undefined;
+    const reason = cancelled ?? `branch ${branch.branchId} on ${branch.participant} failed: ${errorMessage(err)}`;
+    this.#driver.apply(tx, { type: 'abort', reason });
+    await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+    const code = err instanceof CoordinatorError ? err.code : 'OPERATION_FAILED';
+    return new CoordinatorError(code, errorMessage(err), {
+      cause: err,
+      details: { ...(err instanceof CoordinatorError ? err.details : {}), transactionId: tx.id, state: tx.state.phase, reason },
+    });
+  }
+
+  async prepare(id: string): Promise<TransactionView> {
     const tx = this.#liveOrThrow(id, 'prepare');
     return tx.lock.run(async () => {
       if (tx.state.phase === 'active') {
         this.#assertAcceptingWork();
         await this.#makeEnlistmentsDurable(tx);
-        this.#apply(tx, { type: 'prepare' });
+        this.#driver.apply(tx, { type: 'prepare' });
       } else if (tx.state.phase !== 'preparing' && tx.state.phase !== 'prepared') {
         throw invalidState(tx, 'prepare');
       }
       await tx.waitUntil(() => tx.state.phase !== 'preparing', this.#options.prepareWaitMs);
-      return this.#outcome(tx);
+      return this.#viewOrLogFailure(tx);
     });
   }
 
-  async commit(id: string): Promise<Outcome> {
-    const live = this.#live.get(id);
-    if (live === undefined) return this.#finishedOutcome(id, 'commit');
-    const tx = live;
-    return tx.lock.run(async () => {
-      const phase = tx.state.phase;
-      if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
-        this.#assertAcceptingWork();
-        if (phase === 'active') await this.#makeEnlistmentsDurable(tx);
-        this.#apply(tx, { type: 'commit' });
-      } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
-        return this.#outcome(tx);
-      }
-      // Votes (bounded by the participants' own deadlines), then the forced decision, then up to
-      // commitWaitMs for acknowledgements; past that the answer is 202 and delivery goes on.
-      const decided = (): boolean =>
-        tx.logFailure !== undefined || (tx.state.phase !== 'preparing' && tx.state.phase !== 'deciding');
-      await tx.waitUntil(decided, this.#options.prepareWaitMs);
-      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.commitWaitMs);
-      return this.#outcome(tx);
-    });
+  async commit(id: string): Promise<TransactionView> {
+    const tx = this.#live.get(id);
+    if (tx === undefined) return this.#finished(id, 'commit');
+    return tx.lock.run(() => this.#commitLocked(tx));
   }
 
-  async abort(id: string, reason = 'aborted by the client'): Promise<Outcome> {
-    const live = this.#live.get(id);
-    if (live === undefined) return this.#finishedOutcome(id, 'abort');
-    const tx = live;
+  async #commitLocked(tx: LiveTransaction): Promise<TransactionView> {
+    const phase = tx.state.phase;
+    if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
+      this.#assertAcceptingWork();
+      if (phase === 'active') await this.#makeEnlistmentsDurable(tx);
+      this.#driver.apply(tx, { type: 'commit' });
+    } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
+      return this.#viewOrLogFailure(tx);
+    }
+    // Votes (bounded by the participants' own deadlines), then the forced decision, then up to
+    // commitWaitMs for acknowledgements; past that the answer is 202 and delivery goes on.
+    const decided = (): boolean => tx.logFailure !== undefined || (tx.state.phase !== 'preparing' && tx.state.phase !== 'deciding');
+    await tx.waitUntil(decided, this.#options.prepareWaitMs);
+    await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.commitWaitMs);
+    return this.#viewOrLogFailure(tx);
+  }
+
+  async abort(id: string, reason = 'aborted by the client'): Promise<TransactionView> {
+    const tx = this.#live.get(id);
+    if (tx === undefined) return this.#finished(id, 'abort');
     if (tx.state.decision === undefined) tx.cancelWork.abort(new Error(reason));
     return tx.lock.run(async () => {
       if (tx.state.decision === 'commit' && tx.state.phase !== 'deciding') throw invalidState(tx, 'abort');
-      this.#apply(tx, { type: 'abort', reason });
+      this.#driver.apply(tx, { type: 'abort', reason });
       await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.prepareWaitMs);
-      const view = tx.view();
-      return { view, status: 200 };
+      return tx.view();
     });
   }
 
@@ -230,17 +394,14 @@ export class TransactionManager {
     const out: TransactionView[] = [];
     for (const tx of this.#live.values()) {
       if (out.length >= filter.limit) break;
-      const matches =
-        filter.state === undefined || (filter.state === 'in-doubt' ? tx.inDoubt : tx.state.phase === filter.state);
+      const matches = filter.state === undefined || (filter.state === 'in-doubt' ? tx.inDoubt : tx.state.phase === filter.state);
       if (matches) out.push(tx.view());
     }
     return out;
   }
 
   activeCount(): number {
-    let n = 0;
-    for (const tx of this.#live.values()) if (tx.state.decision === undefined) n++;
-    return n;
+    return this.#undecided.size;
   }
 
   liveCount(): number {
@@ -288,59 +449,17 @@ export class TransactionManager {
   // ---- recovery -------------------------------------------------------------------------
 
   /**
-   * Re-drives every transaction the log saw begin but not end: those with a
-   * commit decision are committed, the rest (presumed abort) rolled back.
+   * Re-drives every transaction the log saw start but not end: those with a commit
+   * decision are committed, the rest (presumed abort) rolled back.
    */
   resumeUnfinished(): number {
     let resumed = 0;
     for (const durable of this.#log.state.unfinished()) {
       if (this.#live.has(durable.id)) continue;
-      const tx = new LiveTransaction({
-        id: durable.id,
-        protocol: durable.protocol,
-        timeoutMs: durable.timeoutMs,
-        createdAt: durable.createdAt,
-      });
-      // A durable 3PC pre-commit means commit, exactly like a commit decision.
-      const decision: Decision = durable.decision === 'commit' || durable.decision === 'precommit' ? 'commit' : 'abort';
-      const reason = durable.reason ?? 'presumed abort: the log holds no commit decision for this transaction';
-      if (durable.decision === undefined) {
-        this.#log.record({ t: 'decision', id: tx.id, decision: 'abort', branches: durable.branches, reason, at: new Date().toISOString() });
-      }
-      const is3pc = durable.protocol === '3pc';
-      const pending = decision === 'commit' && is3pc ? 'precommitted' : 'prepared';
-      const branches: Record<string, { phase: TwoPhaseState['branches'][string]['phase'] }> = {};
-      for (const b of durable.branches) {
-        const branchNo = Number(b.branchId.replace(/^b/, ''));
-        if (Number.isInteger(branchNo) && branchNo >= tx.nextBranchNo) tx.nextBranchNo = branchNo + 1;
-        tx.branches.set(b.branchId, {
-          branchId: b.branchId,
-          participant: b.participant,
-          kind: b.kind,
-          gid: b.gid,
-          prepareSent: true,
-          attempts: 0,
-          ...(b.payload === undefined ? {} : { payload: b.payload }),
-          ...(b.vote === undefined ? {} : { vote: b.vote }),
-        });
-        const done = b.ackedAt !== undefined;
-        branches[b.branchId] = {
-          phase: b.vote === 'read-only' ? 'read-only' : done ? (decision === 'commit' ? 'committed' : 'aborted') : pending,
-        };
-      }
-      tx.state = {
-        protocol: durable.protocol,
-        // 3PC resumes as if every pre-commit was acknowledged: commit goes to every branch.
-        phase: decision === 'commit' && is3pc ? 'precommitted' : 'deciding',
-        branches,
-        commitRequested: decision === 'commit',
-        decision,
-        abortReason: decision === 'abort' ? reason : undefined,
-      };
-      tx.decidedAt = durable.decidedAt ?? new Date().toISOString();
+      const { tx, decision } = resumedTransaction(durable);
       this.#live.set(tx.id, tx);
       this.#logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
-      this.#applyInternal(tx, { type: 'decision-durable', decision });
+      this.#driver.applyInternal(tx, { type: 'decision-durable', decision });
       resumed++;
     }
     return resumed;
@@ -366,200 +485,32 @@ export class TransactionManager {
     for (const tx of this.#live.values()) clearTimeout(tx.timer);
   }
 
-  // ---- the machine and its actions ------------------------------------------------------
-
-  #apply(tx: LiveTransaction, event: TwoPhaseEvent): void {
-    const { state, actions } = step(tx.state, event);
-    tx.state = state;
-    tx.changed();
-    for (const action of actions) this.#perform(tx, action);
-  }
-
-  /** For the machine's own events: a rejected transition here is a bug to report, not a crash. */
-  #applyInternal(tx: LiveTransaction, event: TwoPhaseEvent): void {
-    try {
-      this.#apply(tx, event);
-    } catch (err) {
-      this.#logger.error({ txId: tx.id, event: event.type, phase: tx.state.phase, err: errorMessage(err) }, 'protocol event rejected');
-    }
-  }
-
-  #perform(tx: LiveTransaction, action: TwoPhaseAction): void {
-    switch (action.type) {
-      case 'prepare-branches':
-        for (const id of action.branchIds) void this.#prepareBranch(tx, id);
-        return;
-      case 'log-decision':
-        void this.#logDecision(tx, action.decision, action.force);
-        return;
-      case 'deliver':
-        for (const id of action.branchIds) void this.#deliver(tx, id, action.decision);
-        return;
-      case 'log-end':
-        this.#end(tx, action.outcome);
-        return;
-    }
-  }
-
-  async #prepareBranch(tx: LiveTransaction, branchId: string): Promise<void> {
-    const branch = tx.branches.get(branchId);
-    if (branch === undefined) return;
-    branch.prepareSent = true;
-    let vote: 'yes' | 'no' | 'read-only';
-    let reason: string | undefined;
-    try {
-      const adapter = this.#registry.adapter(branch.participant);
-      const ref = this.#ref(tx, branch);
-      // 3PC can-commit: stores with one durable "yes" state prepare here (design rule 3).
-      const answer = tx.protocol === '3pc' && adapter.canCommit !== undefined ? await adapter.canCommit(ref) : await adapter.prepare(ref);
-      vote = answer.vote;
-      reason = answer.reason;
-    } catch (err) {
-      vote = 'no';
-      reason = `prepare on ${branch.participant} failed: ${errorMessage(err)}`;
-    }
-    branch.vote = vote;
-    if (reason !== undefined) branch.voteReason = reason;
-    if (vote === 'yes') hitFailPoint('after-prepare');
-    else if (vote === 'no') this.#logger.info({ txId: tx.id, branchId, participant: branch.participant, reason }, 'branch voted no');
-    this.#applyInternal(tx, { type: 'vote', branchId, vote, ...(reason === undefined ? {} : { reason }) });
-  }
-
-  async #logDecision(tx: LiveTransaction, decision: Verdict, force: boolean): Promise<void> {
-    const at = new Date().toISOString();
-    // Payloads stay in the branch-enlisted records: the decision record is small and forced.
-    const branches = [...tx.branches.values()].map((b) => withoutPayload(branchRecord(b)));
-    const reason = tx.state.abortReason;
-    const record = {
-      t: 'decision' as const,
-      id: tx.id,
-      decision,
-      branches,
-      ...(decision === 'abort' && reason !== undefined ? { reason } : {}),
-      at,
-    };
-    if (force) {
-      try {
-        await this.#log.force(record);
-      } catch (err) {
-        // Fail-stop: without a durable decision no commit may leave. The branches stay
-        // prepared; recovery after a restart rolls them back (presumed abort).
-        tx.logFailure = err instanceof Error ? err : new Error(String(err));
-        this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'forcing the commit decision failed; transaction left undecided');
-        tx.changed();
-        return;
-      }
-      hitFailPoint('after-decision-logged');
-    } else {
-      if (decision === 'commit') hitFailPoint('before-commit-record'); // 3PC: every pre-commit acknowledged
-      this.#log.record(record);
-    }
-    tx.decidedAt ??= at;
-    this.#logger.info({ txId: tx.id, decision, branches: branches.length, ...(reason === undefined ? {} : { reason }) }, 'decision');
-    this.#applyInternal(tx, { type: 'decision-durable', decision });
-  }
-
-  async #deliver(tx: LiveTransaction, branchId: string, decision: Verdict): Promise<void> {
-    const branch = tx.branches.get(branchId);
-    if (branch === undefined) return;
-    const adapter = this.#registry.has(branch.participant) ? this.#registry.adapter(branch.participant) : undefined;
-    // An http service that never received a prepare holds nothing for this branch; a store
-    // without a pre-commit step is marked by the coordinator's own log.
-    const needsCall =
-      !(branch.kind === 'http' && !branch.prepareSent) && !(decision === 'precommit' && adapter !== undefined && adapter.preCommit === undefined);
-    for (let attempt = 0; needsCall; attempt++) {
-      if (this.#stopping.signal.aborted) return; // recovery after restart finishes it
-      branch.attempts = attempt + 1;
-      branch.lastAttemptAt = new Date().toISOString();
-      try {
-        const current = this.#registry.adapter(branch.participant);
-        const ref = this.#ref(tx, branch);
-        if (decision === 'precommit') await current.preCommit?.(ref);
-        else await (decision === 'commit' ? current.commit(ref) : current.abort(ref));
-        break;
-      } catch (err) {
-        branch.lastError = errorMessage(err);
-        const delay = backoffDelay(this.#options.retry, attempt);
-        this.#logger.warn(
-          { txId: tx.id, branchId, participant: branch.participant, decision, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },
-          'phase-2 delivery failed; retrying',
-        );
-        tx.changed();
-        await sleep(delay, this.#stopping.signal, tx.wake.signal);
-      }
-    }
-    delete branch.lastError;
-    this.#log.record({
-      t: 'branch-acked',
-      id: tx.id,
-      branchId,
-      ...(decision === 'precommit' ? { verdict: 'precommit' as const } : {}),
-      at: new Date().toISOString(),
-    });
-    if (decision === 'commit') hitFailPoint('between-commits');
-    if (decision === 'precommit') hitFailPoint('between-precommits');
-    this.#applyInternal(tx, { type: 'ack', branchId, verdict: decision });
-  }
-
-  #end(tx: LiveTransaction, outcome: Decision): void {
-    hitFailPoint('before-end-record');
-    this.#log.record({ t: 'ended', id: tx.id, outcome, at: new Date().toISOString() });
-    clearTimeout(tx.timer);
-    this.#live.delete(tx.id);
-    this.#logger.info({ txId: tx.id, outcome }, 'transaction ended');
-    tx.changed();
-  }
-
-  async #onTimeout(tx: LiveTransaction): Promise<void> {
-    if (tx.state.decision === undefined && tx.state.phase === 'active') tx.cancelWork.abort(new Error('transaction timed out'));
-    await tx.lock.run(async () => {
-      if (tx.state.decision !== undefined || isTerminal(tx.state.phase)) return;
-      this.#logger.warn({ txId: tx.id, phase: tx.state.phase, timeoutMs: tx.timeoutMs }, 'transaction timed out; aborting');
-      this.#applyInternal(tx, { type: 'timeout' });
-    });
-  }
-
   // ---- helpers --------------------------------------------------------------------------
 
   /** Before any prepare leaves, the branches recovery cannot find by itself must be durable. */
   async #makeEnlistmentsDurable(tx: LiveTransaction): Promise<void> {
-    if ([...tx.branches.values()].some((b) => b.kind === 'http')) await this.#log.flush();
+    const unlisted = [...tx.branches.values()].some((b) => !this.#registry.adapter(b.participant).listsPreparedBranches);
+    if (unlisted) await this.#log.force(prepareIntentRecord(tx));
   }
 
-  #ref(tx: LiveTransaction, branch: LiveBranch): BranchRef {
-    return {
-      transactionId: tx.id,
-      protocol: tx.protocol,
-      branchId: branch.branchId,
-      gid: branch.gid,
-      ...(branch.payload === undefined ? {} : { payload: branch.payload }),
-    };
-  }
-
-  #outcome(tx: LiveTransaction): Outcome {
+  #viewOrLogFailure(tx: LiveTransaction): TransactionView {
     const view = tx.view();
     if (tx.logFailure !== undefined) {
       throw new CoordinatorError('LOG_UNAVAILABLE', `the commit decision could not be made durable: ${tx.logFailure.message}`, {
         details: { transactionId: tx.id, state: view.state },
       });
     }
-    if (view.state === 'aborted' || view.state === 'aborting' || (view.state === 'deciding' && tx.state.decision === 'abort')) {
-      return { view, status: 409 };
-    }
-    // Decided but not yet delivered everywhere, or still deciding: the outcome is not final yet.
-    if (['precommitted', 'committing', 'preparing', 'deciding'].includes(view.state)) return { view, status: 202 };
-    return { view, status: 200 };
+    return view;
   }
 
-  #finishedOutcome(id: string, wanted: Decision): Outcome {
+  #finished(id: string, wanted: 'commit' | 'abort'): TransactionView {
     const view = this.get(id);
-    if (view.state === 'committed') {
-      if (wanted === 'commit') return { view, status: 200 };
+    if (view.state === 'committed' && wanted === 'abort') {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is committed and cannot be aborted`, {
         details: { transactionId: id, state: view.state },
       });
     }
-    return { view, status: wanted === 'commit' ? 409 : 200 };
+    return view;
   }
 
   #liveOrThrow(id: string, what: string): LiveTransaction {
@@ -580,26 +531,8 @@ export class TransactionManager {
   }
 }
 
-function branchRecord(b: LiveBranch): BranchRecord {
-  return {
-    branchId: b.branchId,
-    participant: b.participant,
-    kind: b.kind,
-    gid: b.gid,
-    ...(b.payload === undefined ? {} : { payload: b.payload }),
-    ...(b.vote === undefined ? {} : { vote: b.vote }),
-  };
-}
-
-function withoutPayload(record: BranchRecord): BranchRecord {
-  if (record.payload === undefined) return record;
-  const { payload: _payload, ...rest } = record;
-  return rest;
-}
-
 function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
   return new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${tx.id}: it is ${tx.state.phase}`, {
     details: { transactionId: tx.id, state: tx.state.phase },
   });
 }
-

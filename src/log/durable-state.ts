@@ -9,7 +9,7 @@
  * never pruned.
  */
 
-import type { BranchRecord, DurableTransaction, LogRecord, ParticipantConfig } from './log-records.js';
+import type { BranchRecord, DurableTransaction, LogRecord, ParticipantConfig, TransactionSummary } from './log-records.js';
 
 interface MutableTransaction {
   id: string;
@@ -60,8 +60,13 @@ export class DurableState {
         tx.branches.set(record.branch.branchId, { ...tx.branches.get(record.branch.branchId), ...record.branch });
         return;
       }
+      case 'prepare-intent': {
+        const tx = this.#ensure(record.id, record.createdAt, record);
+        for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+        return;
+      }
       case 'decision': {
-        const tx = this.#ensure(record.id, record.at);
+        const tx = this.#ensure(record.id, record.at, record);
         for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
         // A decision is final. The one step allowed is 3PC's pre-commit → commit: a durable
         // pre-commit already means commit, so nothing may turn it into an abort.
@@ -84,7 +89,12 @@ export class DurableState {
         return;
       }
       case 'ended': {
-        const tx = this.#ensure(record.id, record.at);
+        const summary = record.summary;
+        const tx = this.#ensure(record.id, summary?.createdAt ?? record.at, summary);
+        if (summary !== undefined) {
+          for (const b of summary.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+          if (summary.reason !== undefined) tx.reason ??= summary.reason;
+        }
         tx.outcome = record.outcome;
         tx.endedAt = record.at;
         this.#ended.delete(record.id);
@@ -114,10 +124,17 @@ export class DurableState {
     }
   }
 
-  #ensure(id: string, at: string): MutableTransaction {
+  /** The transaction's entry, created by the first record that names it (with its summary when the record has one). */
+  #ensure(id: string, at: string, summary?: Partial<TransactionSummary>): MutableTransaction {
     let tx = this.#transactions.get(id);
     if (tx === undefined) {
-      tx = { id, protocol: '2pc', timeoutMs: 0, createdAt: at, branches: new Map() };
+      tx = {
+        id,
+        protocol: summary?.protocol ?? '2pc',
+        timeoutMs: summary?.timeoutMs ?? 0,
+        createdAt: summary?.createdAt ?? at,
+        branches: new Map(),
+      };
       this.#transactions.set(id, tx);
     }
     return tx;

@@ -37,7 +37,8 @@
  * segments stay authoritative. Contract: snapshot() returns the state resulting
  * from every payload appended before the call, acknowledged or not.
  */
-import { mkdir, open, readdir, readFile, unlink } from 'node:fs/promises';
+import fs from 'node:fs';
+import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LogFailedError, errorMessage } from '../errors.js';
@@ -61,8 +62,38 @@ export interface LogIo {
   unlink(path: string): Promise<void>;
 }
 
+/** A segment file on a raw descriptor: the callback API costs less per call than FileHandle's promises. */
+class SegmentFile implements LogFile {
+  constructor(private readonly fd: number) {}
+
+  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> {
+    return new Promise((resolve, reject) => {
+      fs.write(this.fd, buffer, offset, length, position, (err, bytesWritten) => (err === null ? resolve({ bytesWritten }) : reject(err)));
+    });
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err === null ? resolve() : reject(err))));
+  }
+
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err === null ? resolve() : reject(err))));
+  }
+
+  truncate(length: number): Promise<void> {
+    return new Promise((resolve, reject) => fs.ftruncate(this.fd, length, (err) => (err === null ? resolve() : reject(err))));
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve, reject) => fs.close(this.fd, (err) => (err === null ? resolve() : reject(err))));
+  }
+}
+
 export const nodeLogIo: LogIo = {
-  open: (path, flags) => open(path, flags),
+  open: (path, flags) =>
+    new Promise((resolve, reject) => {
+      fs.open(path, flags, 0o600, (err, fd) => (err === null ? resolve(new SegmentFile(fd)) : reject(err)));
+    }),
   readFile: (path) => readFile(path),
   readdir: (path) => readdir(path),
   mkdir: (path, options) => mkdir(path, options),

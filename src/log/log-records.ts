@@ -2,14 +2,23 @@
  * The records of the coordinator's write-ahead log. Each is a JSON payload in
  * one frame of the file log (see file-log.ts for the framing).
  *
- * Which records are forced (fsync before the caller goes on):
+ * What a transaction writes (src/coordinator/journal.ts builds every record):
+ *   prepare-intent   forced, before the first prepare leaves, only when a branch
+ *                    is one recovery cannot find by itself (http): its branches
+ *   decision         commit (3PC: precommit) with the whole branch list and the
+ *                    transaction's summary, forced before the first commit
+ *                    (pre-commit) message leaves (rule 2). Never for an abort
+ *                    (presumed abort), never a second one after a 3PC pre-commit.
+ *   ended            never forced; for an abort it carries the summary
+ * So a committed transaction over stores that list their own prepared branches
+ * writes one forced record and one unforced one; group commit shares the fsync.
+ *
+ * Other records:
  *   participant-registered / participant-removed  forced (recovery needs them)
- *   branch-enlisted  forced only for branches that recovery cannot find by
- *                    itself (http), and only before their prepare is sent
- *   decision commit  forced, before the first commit message leaves (rule 2)
- *   decision abort   never forced (presumed abort)
- *   tx-begun, branch-acked, ended   never forced
+ *   manual-resolution  forced (the audit trail)
  *   tx-state         snapshot form of one transaction (written at compaction)
+ *   tx-begun, branch-enlisted, branch-acked  written by earlier versions; still
+ *                    replayed, never written
  */
 
 import type { Decision } from '../protocol/commit-protocol.js';
@@ -53,14 +62,15 @@ export type LogRecord =
       readonly at: string;
     }
   | { readonly t: 'branch-enlisted'; readonly id: string; readonly branch: BranchRecord; readonly at: string }
-  | {
+  | ({ readonly t: 'prepare-intent'; readonly id: string; readonly branches: readonly BranchRecord[]; readonly at: string } & TransactionSummary)
+  | ({
       readonly t: 'decision';
       readonly id: string;
       readonly decision: Decision | 'precommit';
       readonly branches: readonly BranchRecord[];
       readonly reason?: string;
       readonly at: string;
-    }
+    } & Partial<TransactionSummary>)
   | {
       readonly t: 'branch-acked';
       readonly id: string;
@@ -69,7 +79,14 @@ export type LogRecord =
       readonly verdict?: 'precommit';
       readonly at: string;
     }
-  | { readonly t: 'ended'; readonly id: string; readonly outcome: Decision; readonly at: string }
+  | {
+      readonly t: 'ended';
+      readonly id: string;
+      readonly outcome: Decision;
+      readonly at: string;
+      /** Aborts (which log no decision): what the view of the finished transaction needs. */
+      readonly summary?: TransactionSummary & { readonly branches: readonly BranchRecord[]; readonly reason?: string };
+    }
   | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
   | {
       /** An operator resolved a prepared branch by hand (forced; the audit trail). */
@@ -83,6 +100,13 @@ export type LogRecord =
       readonly at: string;
     }
   | { readonly t: 'coordinator'; readonly coordinatorId: string; readonly at: string };
+
+/** What a record that may be the first of its transaction carries about it. */
+export interface TransactionSummary {
+  readonly protocol: ProtocolName;
+  readonly timeoutMs: number;
+  readonly createdAt: string;
+}
 
 /** What the log knows of one transaction. */
 export interface DurableTransaction {
@@ -103,6 +127,7 @@ const RECORD_TYPES: ReadonlySet<string> = new Set([
   'participant-removed',
   'tx-begun',
   'branch-enlisted',
+  'prepare-intent',
   'decision',
   'branch-acked',
   'ended',

@@ -45,6 +45,8 @@ interface HttpAnswer {
 
 export class HttpParticipant implements ParticipantAdapter {
   readonly kind = 'http' as const;
+  readonly work = 'payload' as const;
+  readonly listsPreparedBranches = false;
   readonly name: string;
   readonly #baseUrl: string;
   readonly #agent: Agent;

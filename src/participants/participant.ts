@@ -5,7 +5,12 @@
  *
  * Contract every adapter keeps:
  *   - `enlist` runs the branch's work without making it durable. Calling it
- *     again for the same gid adds work to the same branch.
+ *     again for the same gid adds work to the same branch. Asked to
+ *     (`prepareAfter`), an adapter may prepare the branch in the same round
+ *     trip and answer its vote with the results; the coordinator then counts
+ *     that vote and does not call `prepare`. It asks only when it will start
+ *     voting right after the work, and only for branches whose prepare needs
+ *     no forced log record first.
  *   - `prepare` returns a vote. `yes` only once the branch's yes is durable on
  *     the participant's side (rule 1). Any failure is a `no`, never a throw.
  *   - `commit` and `abort` are idempotent: delivering the same decision twice,
@@ -39,23 +44,46 @@ export interface PrepareResult {
 export interface EnlistResult {
   /** postgres: the rows each operation returned, in order. */
   readonly results?: readonly unknown[];
+  /** Set when the adapter also prepared the branch (asked with `prepareAfter`): its vote. */
+  readonly vote?: PrepareResult;
+}
+
+export interface EnlistOptions {
+  /** Voting starts right after this work: the adapter may prepare in the same round trip. */
+  readonly prepareAfter?: boolean;
+}
+
+export interface PrepareOptions {
+  /**
+   * The decision follows the votes at once (the client asked to commit): an adapter may
+   * keep what it needs for phase 2 (a Postgres session) instead of handing it back.
+   */
+  readonly decisionFollows?: boolean;
 }
 
 export interface ParticipantAdapter {
   readonly name: string;
   readonly kind: ParticipantKind;
+  /** What a branch carries: statements or commands (`operations`), or a document sent with every call (`payload`). */
+  readonly work: 'operations' | 'payload';
+  /**
+   * The participant can list the branches prepared on it (`findPrepared`), so recovery finds
+   * them without the log. When false, the coordinator forces a record of the branch before its
+   * prepare is sent.
+   */
+  readonly listsPreparedBranches: boolean;
   /** Checks reachability and that the store can take part; throws CoordinatorError otherwise. */
   verify(): Promise<void>;
   /** Validates the work without side effects; throws CoordinatorError('VALIDATION_FAILED') when malformed. */
   validateWork(work: unknown): void;
   /** `signal` aborts when the transaction times out or is aborted: cancel the running work. */
-  enlist(branch: BranchRef, work: unknown, signal?: AbortSignal): Promise<EnlistResult>;
-  prepare(branch: BranchRef): Promise<PrepareResult>;
+  enlist(branch: BranchRef, work: unknown, signal?: AbortSignal, options?: EnlistOptions): Promise<EnlistResult>;
+  prepare(branch: BranchRef, options?: PrepareOptions): Promise<PrepareResult>;
   /**
    * 3PC round 1. Defaults to `prepare`: a store with one durable "yes" state must reach it
    * here, or a pre-committed sibling could commit while this branch is lost (design rule 3).
    */
-  canCommit?(branch: BranchRef): Promise<PrepareResult>;
+  canCommit?(branch: BranchRef, options?: PrepareOptions): Promise<PrepareResult>;
   /**
    * 3PC round 2, after the coordinator forced its pre-commit decision. Absent: nothing to
    * tell the store (the coordinator's log is the mark, as for Postgres).

@@ -1,26 +1,31 @@
 /**
  * PostgreSQL participant. A branch is one database session:
  *
- *   enlist   BEGIN on a dedicated session, then the branch's statements
- *   prepare  PREPARE TRANSACTION 'gid' — the durable yes; the session is then
- *            free. A branch that wrote nothing votes read-only and ends
- *            locally. A failed statement or PREPARE is a no.
- *   commit   COMMIT PREPARED 'gid' on any session (42704, "does not exist",
- *            means it was already committed: the caller only commits after a
- *            logged commit decision)
+ *   enlist   BEGIN on a dedicated session and the branch's statements, in one
+ *            round trip (pg-pipeline.ts); asked to (`prepareAfter`) and when
+ *            the work may write, PREPARE TRANSACTION 'gid' rides along too,
+ *            and runs only if every statement before it succeeded
+ *   prepare  PREPARE TRANSACTION 'gid' — the durable yes. A branch that wrote
+ *            nothing votes read-only and ends locally. A failed statement or
+ *            PREPARE is a no.
+ *   commit   COMMIT PREPARED 'gid' — on the branch's own session when it was
+ *            kept for phase 2 (the decision follows the votes at once), else on
+ *            any control session (42704, "does not exist", means it was already
+ *            committed: the caller only commits after a logged commit decision)
  *   abort    ROLLBACK of the open session, or ROLLBACK PREPARED 'gid'
  *   recovery pg_prepared_xacts of this database, filtered by gid prefix
  *
- * Two pools: one for branch sessions, one small pool for phase-2 and recovery
- * commands, so that open branches can never starve commit delivery. Every
- * session runs with statement_timeout and idle_in_transaction_session_timeout.
+ * Two pools: one for branch sessions, one small pool for phase-2 retries and
+ * recovery commands, so that open branches can never starve commit delivery.
+ * Every session runs with statement_timeout and idle_in_transaction_session_timeout.
  */
 
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from '../coordinator/gid.js';
-import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
+import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
+import { PipelineError, runPipeline, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
 
 export interface PostgresParticipantOptions {
@@ -34,16 +39,6 @@ export interface PostgresParticipantOptions {
 }
 
 const UNDEFINED_OBJECT = '42704';
-
-/** Backend pid of each pooled connection (to cancel its statements), asked once per connection. */
-const backendPids = new WeakMap<pg.PoolClient, number>();
-
-async function queryBackendPid(client: pg.PoolClient): Promise<number> {
-  const res = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-  const pid = res.rows[0]?.pid ?? 0;
-  backendPids.set(client, pid);
-  return pid;
-}
 
 interface BranchSession {
   readonly client: pg.PoolClient;
@@ -59,14 +54,22 @@ interface BranchSession {
    * instead of returned to the pool.
    */
   mustNotBeReused: boolean;
+  /** Work running on the session right now (an abort waits for it before it looks). */
+  busy: Promise<unknown> | undefined;
 }
 
 export class PostgresParticipant implements ParticipantAdapter {
   readonly kind = 'postgres' as const;
+  readonly work = 'operations' as const;
+  readonly listsPreparedBranches = true;
   readonly name: string;
   readonly #sessions: pg.Pool;
   readonly #control: pg.Pool;
   readonly #open = new Map<string, BranchSession>();
+  /** Prepares in flight, by gid. */
+  readonly #preparing = new Map<string, Promise<PrepareResult>>();
+  /** Prepared branches whose session is kept for their phase 2. */
+  readonly #kept = new Map<string, { session: BranchSession; timer: NodeJS.Timeout }>();
   readonly #log: Logger;
 
   constructor(options: PostgresParticipantOptions) {
@@ -112,54 +115,94 @@ export class PostgresParticipant implements ParticipantAdapter {
     parseSqlOperations(work);
   }
 
-  async enlist(branch: BranchRef, work: unknown, signal?: AbortSignal): Promise<EnlistResult> {
+  async enlist(branch: BranchRef, work: unknown, signal?: AbortSignal, options: EnlistOptions = {}): Promise<EnlistResult> {
+    assertSafeGid(branch.gid);
     const operations = parseSqlOperations(work);
-    let session = this.#open.get(branch.gid);
-    if (session === undefined) session = await this.#openSession(branch);
-    if (session.failure !== undefined) {
-      throw new CoordinatorError('OPERATION_FAILED', `branch ${branch.branchId} can no longer run work: ${session.failure}`);
+    const existing = this.#open.get(branch.gid);
+    if (existing?.failure !== undefined) {
+      throw new CoordinatorError('OPERATION_FAILED', `branch ${branch.branchId} can no longer run work: ${existing.failure}`);
     }
-    const current = session;
-    if (operations.some((op) => !looksReadOnly(op.sql))) current.mayWrite = true;
-    if (operations.some((op) => LEAKS_SESSION_STATE.test(op.sql))) current.mustNotBeReused = true;
+    if (existing?.busy !== undefined) throw new CoordinatorError('INVALID_STATE_TRANSITION', `branch ${branch.branchId} is still running work`);
+    const session = existing ?? (await this.#checkout());
+    const begins = existing === undefined;
+    if (begins) this.#open.set(branch.gid, session);
+    if (operations.some((op) => !looksReadOnly(op.sql))) session.mayWrite = true;
+    if (operations.some((op) => LEAKS_SESSION_STATE.test(op.sql))) session.mustNotBeReused = true;
+    if (signal?.aborted === true) {
+      session.failure = `cancelled: ${errorMessage(signal.reason)}`;
+      throw new CoordinatorError('OPERATION_FAILED', session.failure);
+    }
     // A transaction that times out (or is aborted) while a statement waits — on a lock held by
     // another transaction, say — cancels the statement instead of waiting for statement_timeout.
     const cancel = (): void => {
-      current.mustNotBeReused = true;
-      this.#control.query('SELECT pg_cancel_backend($1)', [current.backendPid]).catch((err: unknown) => {
+      session.mustNotBeReused = true;
+      this.#control.query('SELECT pg_cancel_backend($1)', [session.backendPid]).catch((err: unknown) => {
         this.#log.warn({ err: errorMessage(err), gid: branch.gid }, 'could not cancel a running statement');
       });
     };
     signal?.addEventListener('abort', cancel, { once: true });
-    const results: { rows: unknown[]; rowCount: number | null; truncated?: boolean }[] = [];
+    // A read-only-looking branch keeps its separate prepare: it may end with a plain COMMIT.
+    const running = this.#runWork(branch, session, operations, begins, options.prepareAfter === true && session.mayWrite);
+    session.busy = running;
     try {
-      for (const [index, op] of operations.entries()) {
-        if (signal?.aborted === true) throw new Error(`cancelled: ${errorMessage(signal.reason)}`);
-        try {
-          const res = await runOperation(current.client, op);
-          // Answers are bounded: a SELECT of a whole table must not exhaust the coordinator.
-          const truncated = res.rows.length > MAX_ROWS_RETURNED;
-          results.push({
-            rows: truncated ? res.rows.slice(0, MAX_ROWS_RETURNED) : res.rows,
-            rowCount: res.rowCount,
-            ...(truncated ? { truncated: true } : {}),
-          });
-        } catch (err) {
-          current.failure = errorMessage(err);
-        const sqlState = (err as { code?: unknown }).code;
-          throw new CoordinatorError('OPERATION_FAILED', `operation ${index} failed on ${this.name}: ${errorMessage(err)}`, {
-            cause: err,
-            details: { participant: this.name, operation: index, ...(typeof sqlState === 'string' ? { sqlState } : {}) },
-          });
-        }
-      }
+      return await running;
     } finally {
+      session.busy = undefined;
       signal?.removeEventListener('abort', cancel);
     }
-    return { results };
   }
 
-  async #openSession(branch: BranchRef): Promise<BranchSession> {
+  /** The work (after BEGIN on a new session, and followed by PREPARE when asked) in one round trip. */
+  async #runWork(branch: BranchRef, session: BranchSession, operations: readonly SqlOperation[], begins: boolean, prepares: boolean): Promise<EnlistResult> {
+    const statements: PipelineStatement[] = [
+      ...(begins ? [{ text: 'BEGIN' }] : []),
+      ...operations.map((op) => ({ text: op.sql, values: op.params, rows: true })),
+      ...(prepares ? [{ text: `PREPARE TRANSACTION '${branch.gid}'` }] : []),
+    ];
+    const first = begins ? 1 : 0;
+    let answers: StatementResult[];
+    try {
+      answers = await runPipeline(session.client, statements, MAX_ROWS_RETURNED);
+    } catch (err) {
+      const index = err instanceof PipelineError ? err.statementIndex : -1;
+      session.failure ??= errorMessage(err);
+      if (index < first) {
+        // BEGIN failed, or the connection did: the session holds none of this branch's work
+        // (a disconnected server rolls back what it had). An abort still rolls back a PREPARE
+        // that may have run before the answer was lost.
+        this.#open.delete(branch.gid);
+        release(session, err);
+        throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `lost the session on ${this.name}: ${errorMessage(err)}`, { cause: err });
+      }
+      const operation = index - first;
+      if (operation >= operations.length) {
+        // The work ran and PREPARE failed (a failed PREPARE rolls the transaction back): a no vote.
+        this.#open.delete(branch.gid);
+        release(session, err);
+        const ran = err instanceof PipelineError ? err.results.slice(first) : [];
+        return { results: resultsOf(ran), vote: { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` } };
+      }
+      const sqlState = err instanceof PipelineError ? err.code : undefined;
+      throw new CoordinatorError('OPERATION_FAILED', `operation ${operation} failed on ${this.name}: ${errorMessage(err)}`, {
+        cause: err,
+        details: { participant: this.name, operation, ...(sqlState === undefined ? {} : { sqlState }) },
+      });
+    }
+    const results = resultsOf(answers.slice(first, first + operations.length));
+    if (!prepares) return { results };
+    this.#open.delete(branch.gid);
+    const tag = answers.at(-1)?.command;
+    if (tag !== 'PREPARE') {
+      // Not prepared after all (PREPARE in a transaction the server had already ended answers ROLLBACK).
+      release(session);
+      return { results, vote: { vote: 'no', reason: `prepare on ${this.name} answered ${tag ?? 'nothing'}` } };
+    }
+    this.#keepForPhase2(branch.gid, session);
+    return { results, vote: { vote: 'yes' } };
+  }
+
+  /** A pooled session, listening for a dropped connection from the first moment (unheard, 'error' ends the process). */
+  async #checkout(): Promise<BranchSession> {
     let client: pg.PoolClient;
     try {
       client = await this.#sessions.connect();
@@ -168,43 +211,38 @@ export class PostgresParticipant implements ParticipantAdapter {
         cause: err,
       });
     }
-    // Listen for a dropped connection from the first moment: unheard, 'error' ends the process.
-    const early = { failure: undefined as string | undefined };
-    const onError = (err: Error): void => {
-      early.failure = `connection lost: ${errorMessage(err)}`;
-    };
-    client.on('error', onError);
-    let backendPid: number;
-    try {
-      backendPid = backendPids.get(client) ?? (await queryBackendPid(client));
-      await client.query('BEGIN');
-    } catch (err) {
-      client.off('error', onError);
-      client.release(err instanceof Error ? err : true);
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot begin on ${this.name}: ${errorMessage(err)}`, { cause: err });
-    }
     const session: BranchSession = {
       client,
-      backendPid,
-      get failure() {
-        return early.failure;
-      },
-      set failure(value: string | undefined) {
-        early.failure = value;
-      },
+      backendPid: (client as unknown as { processID?: number }).processID ?? 0,
+      failure: undefined,
       mayWrite: false,
       mustNotBeReused: false,
-      onError,
+      busy: undefined,
+      onError: (err: Error): void => {
+        session.failure = `connection lost: ${errorMessage(err)}`;
+      },
     };
-    this.#open.set(branch.gid, session);
+    client.on('error', session.onError);
     return session;
   }
 
-  async prepare(branch: BranchRef): Promise<PrepareResult> {
+  async prepare(branch: BranchRef, options: PrepareOptions = {}): Promise<PrepareResult> {
     assertSafeGid(branch.gid);
     const session = this.#open.get(branch.gid);
     if (session === undefined) return { vote: 'no', reason: `no open session for branch ${branch.branchId}` };
+    if (session.busy !== undefined) return { vote: 'no', reason: `branch ${branch.branchId} is still running work` };
     this.#open.delete(branch.gid);
+    // Until it has answered, an abort of this branch waits: it could not tell which rollback it needs.
+    const preparing = this.#prepareSession(branch, session, options);
+    this.#preparing.set(branch.gid, preparing);
+    try {
+      return await preparing;
+    } finally {
+      if (this.#preparing.get(branch.gid) === preparing) this.#preparing.delete(branch.gid);
+    }
+  }
+
+  async #prepareSession(branch: BranchRef, session: BranchSession, options: PrepareOptions): Promise<PrepareResult> {
     if (session.failure !== undefined) {
       await this.#endSession(session, 'ROLLBACK');
       return { vote: 'no', reason: session.failure };
@@ -220,14 +258,38 @@ export class PostgresParticipant implements ParticipantAdapter {
         }
       }
       await session.client.query(`PREPARE TRANSACTION '${branch.gid}'`);
-      release(session);
-      return { vote: 'yes' };
     } catch (err) {
       // A failed PREPARE rolls the transaction back; a broken connection may or may not have
       // prepared it — the abort that follows a no vote resolves either case.
       release(session, err);
       return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
     }
+    if (options.decisionFollows === true) this.#keepForPhase2(branch.gid, session);
+    else release(session);
+    return { vote: 'yes' };
+  }
+
+  /**
+   * Keeps a prepared branch's session for its phase 2, which follows at once: no pool
+   * round trip, and commit delivery never waits for a free control session. A kept
+   * session that is not used within the bound goes back to the pool.
+   */
+  #keepForPhase2(gid: string, session: BranchSession): void {
+    const timer = setTimeout(() => {
+      if (this.#kept.get(gid)?.session !== session) return;
+      this.#kept.delete(gid);
+      release(session);
+    }, KEEP_FOR_PHASE2_MS);
+    timer.unref();
+    this.#kept.set(gid, { session, timer });
+  }
+
+  #takeKept(gid: string): BranchSession | undefined {
+    const kept = this.#kept.get(gid);
+    if (kept === undefined) return undefined;
+    this.#kept.delete(gid);
+    clearTimeout(kept.timer);
+    return kept.session;
   }
 
   async #endSession(session: BranchSession, statement: 'COMMIT' | 'ROLLBACK'): Promise<void> {
@@ -241,24 +303,32 @@ export class PostgresParticipant implements ParticipantAdapter {
 
   async commit(branch: BranchRef): Promise<void> {
     assertSafeGid(branch.gid);
-    await this.#resolvePrepared(`COMMIT PREPARED '${branch.gid}'`);
+    await this.#resolvePrepared(branch.gid, `COMMIT PREPARED '${branch.gid}'`);
   }
 
   async abort(branch: BranchRef): Promise<void> {
     assertSafeGid(branch.gid);
+    // Work or a prepare still running on the branch's session (a cancelled statement, say)
+    // finishes first: it may end prepared, and only then is it clear which rollback it needs.
+    await this.#open.get(branch.gid)?.busy?.catch(() => undefined);
+    await this.#preparing.get(branch.gid)?.catch(() => undefined);
     const session = this.#open.get(branch.gid);
     if (session !== undefined) {
       this.#open.delete(branch.gid);
       await this.#endSession(session, 'ROLLBACK');
       return;
     }
-    await this.#resolvePrepared(`ROLLBACK PREPARED '${branch.gid}'`);
+    await this.#resolvePrepared(branch.gid, `ROLLBACK PREPARED '${branch.gid}'`);
   }
 
-  async #resolvePrepared(statement: string): Promise<void> {
+  async #resolvePrepared(gid: string, statement: string): Promise<void> {
+    const kept = this.#takeKept(gid);
     try {
-      await this.#control.query(statement);
+      if (kept === undefined) await this.#control.query(statement);
+      else await kept.client.query(statement);
+      if (kept !== undefined) release(kept);
     } catch (err) {
+      if (kept !== undefined) release(kept, err);
       if ((err as { code?: unknown }).code === UNDEFINED_OBJECT) return; // already resolved
       throw err;
     }
@@ -279,15 +349,15 @@ export class PostgresParticipant implements ParticipantAdapter {
   async close(): Promise<void> {
     for (const [gid, session] of this.#open) {
       this.#open.delete(gid);
+      await session.busy?.catch(() => undefined);
       await this.#endSession(session, 'ROLLBACK');
+    }
+    for (const gid of [...this.#kept.keys()]) {
+      const session = this.#takeKept(gid);
+      if (session !== undefined) release(session);
     }
     await Promise.allSettled([this.#sessions.end(), this.#control.end()]);
   }
-}
-
-function runOperation(client: pg.PoolClient, op: SqlOperation): Promise<pg.QueryResult> {
-  // Extended protocol always: one statement per operation, parameters never spliced into text.
-  return client.query({ text: op.sql, values: [...op.params], queryMode: 'extended' } as pg.QueryConfig);
 }
 
 /** Statements that only read unless they call a function that writes (the read-only check catches that). */
@@ -307,6 +377,13 @@ const LEAKS_SESSION_STATE = /\b(set_config|pg_advisory_lock|pg_advisory_lock_sha
 
 /** Rows answered per operation; more are dropped from the answer (the statement still ran). */
 const MAX_ROWS_RETURNED = 10_000;
+
+/** How long a prepared branch's session waits for its phase 2 before it goes back to the pool. */
+const KEEP_FOR_PHASE2_MS = 5_000;
+
+function resultsOf(answers: readonly StatementResult[]): { rows: unknown[]; rowCount: number | null; truncated?: boolean }[] {
+  return answers.map((a) => ({ rows: a.rows, rowCount: a.rowCount, ...(a.truncated ? { truncated: true } : {}) }));
+}
 
 function assertSafeGid(gid: string): void {
   if (!isSafeGid(gid)) throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);

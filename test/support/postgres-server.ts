@@ -404,6 +404,11 @@ export interface PostgresServerOptions {
   maxPreparedTransactions?: number;
   /** Used in the temp dir name and error messages. */
   name?: string;
+  /**
+   * Durable as a production server is (fsync, synchronous_commit and full_page_writes on):
+   * for benchmarks. Tests run without, which is faster and loses nothing they check.
+   */
+  durable?: boolean;
 }
 
 const quoteIdent = (s: string): string => `"${s.replace(/"/g, '""')}"`;
@@ -421,6 +426,7 @@ export class PostgresServer {
     readonly dir: string,
     private portValue: number,
     readonly maxPreparedTransactions: number,
+    readonly durable: boolean,
   ) {
     this.unregister = registerCleanup(() => {
       this.proc?.killGroupSync();
@@ -451,7 +457,7 @@ export class PostgresServer {
       await execFileP('cp', ['-a', template, path.join(dir, 'data')], { timeout: 60_000, killSignal: 'SIGKILL' });
       fs.mkdirSync(path.join(dir, 'sock'));
       if (owner) fs.chownSync(path.join(dir, 'sock'), owner.uid, owner.gid);
-      server = new PostgresServer(name, binDir, dir, await getFreePort(), max);
+      server = new PostgresServer(name, binDir, dir, await getFreePort(), max, opts.durable === true);
       // The free port may be taken between probing and binding: retry on a new port.
       for (let attempt = 1; ; attempt++) {
         try {
@@ -558,9 +564,9 @@ export class PostgresServer {
       '-c', 'listen_addresses=127.0.0.1',
       '-c', `max_prepared_transactions=${this.maxPreparedTransactions}`,
       '-c', 'max_connections=200',
-      '-c', 'fsync=off',
-      '-c', 'synchronous_commit=off',
-      '-c', 'full_page_writes=off',
+      ...(this.durable
+        ? ['-c', 'fsync=on', '-c', 'synchronous_commit=on', '-c', 'full_page_writes=on']
+        : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
       '-c', 'shared_buffers=32MB',
     ];
     fs.appendFileSync(this.logFile, `--- tcx: starting postgres on port ${this.port} at ${new Date().toISOString()}\n`);

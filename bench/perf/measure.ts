@@ -1,0 +1,81 @@
+/**
+ * Closed-loop load: `clients` concurrent loops, each running `op` back to back for
+ * a fixed time, with every latency recorded. Also the CPU time of another process
+ * (the coordinator) read from /proc, so the bench can report CPU per transaction.
+ */
+import fs from 'node:fs';
+
+export const SECONDS = Number(process.env.TCX_BENCH_SECONDS ?? 5);
+
+export interface Cell {
+  readonly ops: number;
+  readonly errors: number;
+  readonly perSecond: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+}
+
+export async function measure(clients: number, op: (client: number, i: number) => Promise<void>, seconds = SECONDS): Promise<Cell> {
+  // A short warm-up so that connection set-up and JIT do not count.
+  const warmEnd = Date.now() + Math.min(1000, seconds * 200);
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      for (let i = 0; Date.now() < warmEnd; i++) await op(c, -1 - i).catch(() => undefined);
+    }),
+  );
+  const latencies: number[] = [];
+  let errors = 0;
+  let firstError: unknown;
+  const end = Date.now() + seconds * 1000;
+  const started = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      for (let i = 0; Date.now() < end; i++) {
+        const t = process.hrtime.bigint();
+        try {
+          await op(c, i);
+          latencies.push(Number(process.hrtime.bigint() - t) / 1e6);
+        } catch (err) {
+          errors++;
+          firstError ??= err;
+        }
+      }
+    }),
+  );
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  if (errors > 0) console.error(`  ${errors} failed operations, first: ${firstError instanceof Error ? firstError.message : String(firstError)}`);
+  latencies.sort((a, b) => a - b);
+  const pct = (p: number): number => round2(latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] ?? 0);
+  return { ops: latencies.length, errors, perSecond: Math.round(latencies.length / elapsed), p50Ms: pct(0.5), p99Ms: pct(0.99) };
+}
+
+export function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+const TICKS_PER_SECOND = 100; // USER_HZ on Linux
+
+/** User + system CPU seconds a process has used so far, or undefined where /proc is missing. */
+export function processCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const utime = Number(fields[11]);
+    const stime = Number(fields[12]);
+    return (utime + stime) / TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident set size of a process in bytes, from /proc. */
+export function processRssBytes(pid: number): number | undefined {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = /VmRSS:\s+(\d+)\s+kB/.exec(status)?.[1];
+    return kb === undefined ? undefined : Number(kb) * 1024;
+  } catch {
+    return undefined;
+  }
+}

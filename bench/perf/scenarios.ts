@@ -1,0 +1,125 @@
+/**
+ * The bench's scenarios. Each baseline does the same work as the coordinator
+ * without it, from the same (bench) process, against the same servers.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { Pool } from 'undici';
+import type { CoordinatorChild } from './coordinator-child.js';
+
+export const UPDATE = 'UPDATE accounts SET balance = balance + $1 WHERE id = $2';
+
+export interface PgPools {
+  readonly a: pg.Pool;
+  readonly b: pg.Pool;
+}
+
+export function pgPools(urlA: string, urlB: string, max: number): PgPools {
+  const a = new pg.Pool({ connectionString: urlA, max });
+  const b = new pg.Pool({ connectionString: urlB, max });
+  for (const pool of [a, b]) pool.on('error', () => undefined); // servers stopping at the end
+  return { a, b };
+}
+
+/** The hand-written 2PC client: BEGIN, UPDATE, PREPARE TRANSACTION on both databases at once, then COMMIT PREPARED on both. */
+export function transferByHand(pools: PgPools): (client: number) => Promise<void> {
+  let gidNo = 0;
+  return async (c) => {
+    const account = `acct${c}`;
+    const gid = `bench:${process.pid}:${gidNo++}`;
+    await Promise.all(
+      [
+        [pools.a, -1],
+        [pools.b, 1],
+      ].map(async ([pool, delta]) => {
+        const client = await (pool as pg.Pool).connect();
+        try {
+          await client.query('BEGIN');
+          await client.query(UPDATE, [delta, account]);
+          await client.query(`PREPARE TRANSACTION '${gid}'`);
+        } finally {
+          client.release();
+        }
+      }),
+    );
+    await Promise.all([pools.a.query(`COMMIT PREPARED '${gid}'`), pools.b.query(`COMMIT PREPARED '${gid}'`)]);
+  };
+}
+
+/** The same transfer as one request to the coordinator. */
+export function transferThroughCoordinator(coordinator: CoordinatorChild, protocol: '2pc' | '3pc'): (client: number) => Promise<void> {
+  return async (c) => {
+    const account = `acct${c}`;
+    const res = await coordinator.request('POST', '/v1/transactions', {
+      protocol,
+      branches: [
+        { participant: 'a', operations: [{ sql: UPDATE, params: [-1, account] }] },
+        { participant: 'b', operations: [{ sql: UPDATE, params: [1, account] }] },
+      ],
+      commit: true,
+    });
+    const state = (res.json as { state?: string } | null)?.state;
+    if (state !== 'committed') throw new Error(`transfer answered ${res.status} ${JSON.stringify(res.json)}`);
+  };
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** Starts the two instant HTTP participants in their own process. */
+export async function startHttpParticipants(): Promise<{ ports: number[]; stop: () => void }> {
+  const child = spawn(process.execPath, [path.join(here, 'http-participants-process.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const ports = await new Promise<number[]>((resolve, reject) => {
+    let text = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
+      text += chunk;
+      const nl = text.indexOf('\n');
+      if (nl >= 0) resolve((JSON.parse(text.slice(0, nl)) as { ports: number[] }).ports);
+    });
+    child.once('exit', (code) => reject(new Error(`http participants exited with ${code}`)));
+  });
+  return { ports, stop: () => child.kill('SIGTERM') };
+}
+
+/** A client doing the coordinator's four calls itself: prepare on both, then commit on both. */
+export function emptyByHand(ports: number[], connections: number): { op: () => Promise<void>; close: () => Promise<void> } {
+  const pools = ports.map((port) => new Pool(`http://127.0.0.1:${port}`, { connections, pipelining: 1 }));
+  const call = async (pool: Pool, verb: string, transactionId: string, branchNo: number): Promise<void> => {
+    const res = await pool.request({
+      method: 'POST',
+      path: `/${verb}`,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ transactionId, branchId: `b${branchNo}`, gid: `tcx:bench:${transactionId}:${branchNo}`, payload: {}, protocol: '2pc' }),
+    });
+    const text = await res.body.text();
+    if (res.statusCode !== 200) throw new Error(`${verb} answered ${res.statusCode}`);
+    if (verb === 'prepare' && (JSON.parse(text) as { vote?: string }).vote !== 'yes') throw new Error('prepare did not vote yes');
+  };
+  return {
+    op: async () => {
+      const id = randomUUID();
+      await Promise.all(pools.map((p, i) => call(p, 'prepare', id, i + 1)));
+      await Promise.all(pools.map((p, i) => call(p, 'commit', id, i + 1)));
+    },
+    close: async () => {
+      await Promise.all(pools.map((p) => p.close()));
+    },
+  };
+}
+
+export function emptyThroughCoordinator(coordinator: CoordinatorChild): () => Promise<void> {
+  return async () => {
+    const res = await coordinator.request('POST', '/v1/transactions', {
+      branches: [
+        { participant: 'h1', payload: {} },
+        { participant: 'h2', payload: {} },
+      ],
+      commit: true,
+    });
+    const state = (res.json as { state?: string } | null)?.state;
+    if (state !== 'committed') throw new Error(`empty transaction answered ${res.status} ${JSON.stringify(res.json)}`);
+  };
+}

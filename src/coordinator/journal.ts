@@ -1,0 +1,88 @@
+/**
+ * The journal: every log record a transaction writes is built here, and only
+ * here. Under presumed abort (Mohan, Lindsay, Obermarck) a transaction needs
+ * little of the log:
+ *
+ *   prepare-intent  forced before the first prepare leaves, and only when some
+ *                   branch is one recovery cannot find on its participant (an
+ *                   http service cannot be asked what it prepared): every
+ *                   branch, with the payloads. Shares its fsync with every
+ *                   concurrent force (group commit).
+ *   decision        commit — 3PC: pre-commit — forced before the first commit
+ *                   (pre-commit) message leaves: the branch list and the
+ *                   transaction's summary, everything recovery needs. An abort
+ *                   writes no decision: no record means abort. After a durable
+ *                   3PC pre-commit the commit needs no record either.
+ *   ended           never forced: the outcome, and for an abort the summary the
+ *                   view of the finished transaction shows.
+ *
+ * Acknowledgements are not logged: phase 2 is idempotent, so recovery simply
+ * delivers the decision to every branch again.
+ */
+
+import type { BranchRecord, LogRecord } from '../log/log-records.js';
+import type { Decision, Verdict } from '../protocol/commit-protocol.js';
+import type { LiveBranch, LiveTransaction } from './live-transaction.js';
+
+export function branchRecord(b: LiveBranch, options: { payload: boolean }): BranchRecord {
+  return {
+    branchId: b.branchId,
+    participant: b.participant,
+    kind: b.kind,
+    gid: b.gid,
+    ...(options.payload && b.payload !== undefined ? { payload: b.payload } : {}),
+    ...(b.vote === undefined ? {} : { vote: b.vote }),
+  };
+}
+
+/** The forced record that must precede the first prepare when some branch cannot be found by recovery on its participant. */
+export function prepareIntentRecord(tx: LiveTransaction): LogRecord {
+  return {
+    t: 'prepare-intent',
+    id: tx.id,
+    protocol: tx.protocol,
+    timeoutMs: tx.timeoutMs,
+    createdAt: tx.createdAt,
+    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: true })),
+    at: new Date().toISOString(),
+  };
+}
+
+/**
+ * The decision record for a verdict, or undefined when presumed abort needs none: an abort,
+ * or the commit that follows a durable 3PC pre-commit. Payloads stay out (they are in the
+ * prepare-intent record, when recovery needs them): the forced record stays small.
+ */
+export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string): LogRecord | undefined {
+  if (verdict === 'abort') return undefined;
+  if (verdict === 'commit' && tx.protocol === '3pc') return undefined;
+  return {
+    t: 'decision',
+    id: tx.id,
+    decision: verdict,
+    protocol: tx.protocol,
+    timeoutMs: tx.timeoutMs,
+    createdAt: tx.createdAt,
+    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: false })),
+    at,
+  };
+}
+
+export function endedRecord(tx: LiveTransaction, outcome: Decision): LogRecord {
+  const at = new Date().toISOString();
+  if (outcome === 'commit') return { t: 'ended', id: tx.id, outcome, at };
+  const reason = tx.state.abortReason;
+  return {
+    t: 'ended',
+    id: tx.id,
+    outcome,
+    at,
+    summary: {
+      protocol: tx.protocol,
+      timeoutMs: tx.timeoutMs,
+      createdAt: tx.createdAt,
+      branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: false })),
+      ...(reason === undefined ? {} : { reason }),
+    },
+  };
+}

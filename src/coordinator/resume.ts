@@ -1,0 +1,54 @@
+/**
+ * Recovery's first step: a transaction the log saw start but not end becomes a
+ * live transaction again, at the point its durable records put it. A commit
+ * decision (or a durable 3PC pre-commit, which means commit) resumes in phase
+ * 2 with commit; anything else resumes as an abort (presumed abort). Phase 2
+ * goes to every branch again — delivery is idempotent, so a branch that had
+ * already acknowledged before the crash just acknowledges once more.
+ */
+
+import type { DurableTransaction } from '../log/log-records.js';
+import type { Decision, TwoPhaseState } from '../protocol/commit-protocol.js';
+import { LiveTransaction } from './live-transaction.js';
+
+export const PRESUMED_ABORT = 'presumed abort: the log holds no commit decision for this transaction';
+
+/** The live transaction for an unfinished durable one, and the decision its driver must now carry out. */
+export function resumedTransaction(durable: DurableTransaction): { tx: LiveTransaction; decision: Decision } {
+  const tx = new LiveTransaction({ id: durable.id, protocol: durable.protocol, timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
+  const decision: Decision = durable.decision === 'commit' || durable.decision === 'precommit' ? 'commit' : 'abort';
+  const reason = durable.reason ?? PRESUMED_ABORT;
+  const is3pc = durable.protocol === '3pc';
+  const pending = decision === 'commit' && is3pc ? 'precommitted' : 'prepared';
+  const branches: Record<string, { phase: TwoPhaseState['branches'][string]['phase'] }> = {};
+  for (const b of durable.branches) {
+    const branchNo = Number(b.branchId.replace(/^b/, ''));
+    if (Number.isInteger(branchNo) && branchNo >= tx.nextBranchNo) tx.nextBranchNo = branchNo + 1;
+    tx.branches.set(b.branchId, {
+      branchId: b.branchId,
+      participant: b.participant,
+      kind: b.kind,
+      gid: b.gid,
+      prepareSent: true,
+      attempts: 0,
+      ...(b.payload === undefined ? {} : { payload: b.payload }),
+      ...(b.vote === undefined ? {} : { vote: b.vote }),
+    });
+    // Logs of earlier versions record acknowledgements: those branches are done.
+    const done = b.ackedAt !== undefined;
+    branches[b.branchId] = {
+      phase: b.vote === 'read-only' ? 'read-only' : done ? (decision === 'commit' ? 'committed' : 'aborted') : pending,
+    };
+  }
+  tx.state = {
+    protocol: durable.protocol,
+    // 3PC resumes as if every pre-commit was acknowledged: commit goes to every branch.
+    phase: decision === 'commit' && is3pc ? 'precommitted' : 'deciding',
+    branches,
+    commitRequested: decision === 'commit',
+    decision,
+    abortReason: decision === 'abort' ? reason : undefined,
+  };
+  tx.decidedAt = durable.decidedAt ?? new Date().toISOString();
+  return { tx, decision };
+}

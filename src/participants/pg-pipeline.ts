@@ -1,0 +1,193 @@
+/**
+ * Several statements in one round trip on one node-postgres client.
+ *
+ * Each statement goes out as Parse / Bind / (Describe) / Execute, and one Sync
+ * follows the last, all in a single write. The server runs them in order; the
+ * first error makes it skip everything up to the Sync, so a statement runs only
+ * if every statement before it succeeded — a PREPARE TRANSACTION at the end of
+ * the pipeline prepares only work that fully ran.
+ *
+ * Built on node-postgres's extension point for custom queries (a "submittable",
+ * as pg-cursor and pg-query-stream are): the client's queue, its read timeout
+ * and its error handling apply unchanged, and values are encoded by pg's own
+ * `prepareValue`. Rows are collected up to a bound; past it they are counted.
+ */
+
+import pg from 'pg';
+
+export interface PipelineStatement {
+  readonly text: string;
+  readonly values?: readonly unknown[];
+  /** Describe the statement and collect its rows (the branch's own operations). */
+  readonly rows?: boolean;
+}
+
+export interface StatementResult {
+  /** The command tag's verb: UPDATE, PREPARE, ROLLBACK (a PREPARE in a failed block), ... */
+  readonly command: string | null;
+  readonly rowCount: number | null;
+  readonly rows: unknown[];
+  /** More rows came back than were kept. */
+  readonly truncated: boolean;
+}
+
+/** The statement at `statementIndex` failed; the ones before it ran, the ones after it were skipped. */
+export class PipelineError extends Error {
+  readonly statementIndex: number;
+  readonly code: string | undefined;
+  readonly results: readonly StatementResult[];
+  constructor(cause: unknown, statementIndex: number, results: readonly StatementResult[]) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+    this.name = 'PipelineError';
+    this.statementIndex = statementIndex;
+    const code = (cause as { code?: unknown } | null)?.code;
+    this.code = typeof code === 'string' ? code : undefined;
+    this.results = results;
+  }
+}
+
+/** The parts of pg's Connection a submittable writes to (pg/lib/connection.js). */
+interface WireConnection {
+  readonly stream: { cork?: () => void; uncork?: () => void };
+  parse(query: { text: string; name?: string; types?: unknown[] }): void;
+  bind(config: { portal?: string; statement?: string; values?: readonly unknown[]; valueMapper?: unknown }): void;
+  describe(msg: { type: 'P' | 'S'; name?: string }): void;
+  execute(config: { portal?: string; rows?: number }): void;
+  sync(): void;
+}
+
+/** pg's row parser (pg/lib/result.js), exported as pg.Result at run time. */
+interface PgResult {
+  command: string | null;
+  rowCount: number | null;
+  addFields(fields: unknown[]): void;
+  parseRow(fields: unknown[]): unknown;
+  addCommandComplete(msg: unknown): void;
+}
+
+const runtime = pg as unknown as {
+  Result: new (rowMode: string | undefined, types: unknown) => PgResult;
+  utils: { prepareValue: (value: unknown) => unknown };
+  types: unknown;
+};
+
+class Pipeline {
+  readonly #statements: readonly PipelineStatement[];
+  readonly #maxRows: number;
+  readonly #results: StatementResult[] = [];
+  #index = 0;
+  #parser: PgResult | undefined;
+  #rows: unknown[] = [];
+  #extraRows = 0;
+  #settled = false;
+  /** node-postgres calls this (wrapped in its read timeout) exactly like a Query's callback. */
+  callback: ((err: Error | null, results?: StatementResult[]) => void) | undefined;
+
+  constructor(statements: readonly PipelineStatement[], maxRows: number) {
+    this.#statements = statements;
+    this.#maxRows = maxRows;
+  }
+
+  submit(connection: WireConnection): Error | null {
+    connection.stream.cork?.();
+    try {
+      for (const s of this.#statements) {
+        connection.parse({ text: s.text });
+        connection.bind({ values: s.values ?? [], valueMapper: runtime.utils.prepareValue });
+        if (s.rows === true) connection.describe({ type: 'P', name: '' });
+        connection.execute({ portal: '', rows: 0 });
+      }
+      connection.sync();
+    } catch (err) {
+      // A value pg cannot encode: nothing was sent past the cork, so end the exchange cleanly.
+      connection.sync();
+      this.#fail(err);
+    } finally {
+      connection.stream.uncork?.();
+    }
+    return null;
+  }
+
+  handleRowDescription(msg: { fields: unknown[] }): void {
+    this.#parser = new runtime.Result(undefined, runtime.types);
+    this.#parser.addFields(msg.fields);
+  }
+
+  handleDataRow(msg: { fields: unknown[] }): void {
+    if (this.#rows.length >= this.#maxRows) {
+      this.#extraRows++;
+      return;
+    }
+    try {
+      this.#rows.push(this.#parser?.parseRow(msg.fields));
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  handleCommandComplete(msg: unknown): void {
+    const tag = new runtime.Result(undefined, runtime.types);
+    tag.addCommandComplete(msg);
+    this.#results.push({ command: tag.command, rowCount: tag.rowCount, rows: this.#rows, truncated: this.#extraRows > 0 });
+    this.#next();
+  }
+
+  handleEmptyQuery(): void {
+    this.#results.push({ command: null, rowCount: null, rows: [], truncated: false });
+    this.#next();
+  }
+
+  handleError(err: Error): void {
+    this.#fail(err);
+  }
+
+  handleReadyForQuery(): void {
+    if (this.#settled) return;
+    if (this.#results.length !== this.#statements.length) {
+      this.#fail(new Error(`the server answered ${this.#results.length} of ${this.#statements.length} statements`));
+      return;
+    }
+    this.#settled = true;
+    this.callback?.(null, this.#results);
+  }
+
+  handlePortalSuspended(): void {
+    this.#fail(new Error('unexpected portal suspension'));
+  }
+
+  handleCopyInResponse(connection: { sendCopyFail(msg: string): void }): void {
+    connection.sendCopyFail('COPY is not supported in a branch');
+  }
+
+  handleCopyData(): void {
+    // COPY is refused above
+  }
+
+  #next(): void {
+    this.#index++;
+    this.#parser = undefined;
+    this.#rows = [];
+    this.#extraRows = 0;
+  }
+
+  #fail(err: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.callback?.(new PipelineError(err, this.#index, this.#results));
+  }
+}
+
+/** Runs the statements in one round trip; rejects with PipelineError naming the statement that failed. */
+export function runPipeline(client: pg.ClientBase, statements: readonly PipelineStatement[], maxRows = 10_000): Promise<StatementResult[]> {
+  return new Promise((resolve, reject) => {
+    const pipeline = new Pipeline(statements, maxRows);
+    pipeline.callback = (err, results) => {
+      if (err !== null) {
+        reject(err instanceof PipelineError ? err : new PipelineError(err, -1, []));
+      } else {
+        resolve(results ?? []);
+      }
+    };
+    (client as unknown as { query(submittable: Pipeline): void }).query(pipeline);
+  });
+}
