@@ -83,6 +83,17 @@ for (const [id, us] of selfUs) {
     inclusive.set(key, (inclusive.get(key) ?? 0) + us);
   }
 }
+// The event loop's entry points: inclusive time under each child of the root (and its children).
+const entries = new Map<string, number>();
+const root = profile.nodes[0]!;
+const depthOf = new Map<number, number>([[root.id, 0]]);
+for (const n of profile.nodes) for (const c of n.children ?? []) depthOf.set(c, (depthOf.get(n.id) ?? 0) + 1);
+for (const [id, us] of selfUs) {
+  const chain: ProfileNode[] = [];
+  for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) chain.unshift(byId.get(cur)!);
+  const key = chain.slice(1, 3).map((n) => n.callFrame.functionName || '(anonymous)').join(' > ');
+  entries.set(key, (entries.get(key) ?? 0) + us);
+}
 const print = (title: string, map: Map<string, number>, n: number): void => {
   console.log(`\n${title}`);
   for (const [k, us] of [...map].sort((a, b) => b[1] - a[1]).slice(0, n)) {
@@ -93,4 +104,5 @@ console.log(`profile ${file}: ${(total / 1e6).toFixed(2)} s sampled`);
 print('self time by package / file', groups, top);
 print('time by the package or file that caused it (innermost own frame on the stack)', owners, top);
 print('self time by function', self, top);
+print('inclusive time by event-loop entry point (two levels below the root)', entries, top);
 print('inclusive time of the coordinator\'s own functions', inclusive, top);

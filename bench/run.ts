@@ -6,9 +6,13 @@
  * bench-results/.
  *
  *   log-force   forced appends to the file log alone: how many share one fdatasync
- *   transfer    one UPDATE in each of two Postgres databases, atomically:
- *                 baseline  a hand-written 2PC client (PREPARE TRANSACTION + COMMIT PREPARED)
- *                 2pc, 3pc  one request to the coordinator per transfer
+ *   transfer    one UPDATE in each of two durable Postgres servers (fsync on), atomically:
+ *                 by-hand      a hand-written 2PC client (PREPARE TRANSACTION + COMMIT PREPARED,
+ *                              both databases at once)
+ *                 2pc, 3pc     one request to the coordinator per transfer (`parallel: true`:
+ *                              both databases at once, like the hand-written client)
+ *                 2pc-ordered  the same in request order (the default: a consistent lock order)
+ *   transfer-fast-pg  the same on Postgres with fsync off: the coordinator's own cost stands out
  *   empty-http  two HTTP participants in another process that answer at once:
  *                 baseline  a client making the same four calls (prepare ×2, commit ×2)
  *                 2pc       one request to the coordinator per transaction
@@ -37,7 +41,7 @@ import {
   transferThroughCoordinator,
 } from './perf/scenarios.js';
 
-const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,empty-http,restart').split(',').map((s) => s.trim()));
+const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,transfer-fast-pg,empty-http,restart').split(',').map((s) => s.trim()));
 const CPU_PROF = process.env.TCX_BENCH_CPU_PROF;
 /** Client counts per scenario, e.g. TCX_BENCH_CLIENTS=1 for a profile of the single-client path. */
 const CLIENTS = process.env.TCX_BENCH_CLIENTS?.split(',').map(Number);
@@ -83,7 +87,9 @@ async function warmupOps(cell: Cell): Promise<number> {
   return Math.round(cell.perSecond * Math.min(1, SECONDS * 0.2));
 }
 
-async function transfer(rows: Row[], urlA: string, urlB: string): Promise<void> {
+type TransferVariant = '2pc' | '2pc-ordered' | '3pc';
+
+async function transfer(rows: Row[], scenario: string, urlA: string, urlB: string, variants: readonly TransferVariant[]): Promise<void> {
   const dbA = await freshDatabase(urlA, 'bench');
   const dbB = await freshDatabase(urlB, 'bench');
   const accounts = Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`acct${i}`, 1_000_000_000]));
@@ -92,22 +98,39 @@ async function transfer(rows: Row[], urlA: string, urlB: string): Promise<void> 
   const levels = CLIENTS ?? [1, 8, 32];
   const pools = pgPools(dbA, dbB, Math.max(...levels) + 2);
   const byHand = transferByHand(pools);
-  for (const clients of levels) rows.push({ scenario: 'transfer', variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
+  for (const clients of levels) rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
   await Promise.all([pools.a.end(), pools.b.end()]);
 
-  const { child: coordinator } = await startCoordinator('transfer');
+  const { child: coordinator } = await startCoordinator(scenario);
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
       if (res.status !== 201) throw new Error(`registering ${name}: ${res.status} ${JSON.stringify(res.json)}`);
     }
-    for (const protocol of ['2pc', '3pc'] as const) {
-      for (const clients of levels) {
-        rows.push(await coordinatorCell(coordinator, 'transfer', protocol, clients, transferThroughCoordinator(coordinator, protocol)));
-      }
+    for (const variant of variants) {
+      const protocol = variant === '3pc' ? '3pc' : '2pc';
+      // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
+      const op = transferThroughCoordinator(coordinator, protocol, variant !== '2pc-ordered');
+      for (const clients of levels) rows.push(await coordinatorCell(coordinator, scenario, variant, clients, op));
     }
   } finally {
     await coordinator.stop();
+  }
+}
+
+/** Two Postgres servers, durable (as deployed) or with fsync off (the coordinator's own cost stands out). */
+async function withPostgresPair(durable: boolean, fn: (urlA: string, urlB: string) => Promise<void>): Promise<void> {
+  const urlA = process.env.TCX_BENCH_PG_URL_A;
+  const urlB = process.env.TCX_BENCH_PG_URL_B;
+  if (urlA !== undefined && urlB !== undefined) return fn(urlA, urlB);
+  const servers = await Promise.all([
+    PostgresServer.start({ name: 'bench-a', durable }),
+    PostgresServer.start({ name: 'bench-b', durable }),
+  ]);
+  try {
+    await fn(servers[0].url(), servers[1].url());
+  } finally {
+    await Promise.all(servers.map((s) => s.destroy()));
   }
 }
 
@@ -147,9 +170,11 @@ async function startCoordinator(label: string): Promise<{ child: CoordinatorChil
 function printTable(rows: Row[]): void {
   const baseline = (r: Row): Row | undefined =>
     rows.find((b) => b.scenario === r.scenario && b.variant === 'by-hand' && b.clients === r.clients);
-  console.log(`\nbench: ${SECONDS} s per cell, ${os.cpus().length} cores, node ${process.version}, ${new Date().toISOString()}\n`);
-  const header = ['scenario', 'variant', 'clients', 'tx/s', 'ratio', 'p50 ms', '+p50 ms', 'p99 ms', 'fsync/tx', 'cpu ms/tx'];
-  const widths = [11, 8, 8, 8, 7, 8, 8, 8, 9, 10];
+  console.log(`\nbench: ${SECONDS} s per cell, ${os.cpus().length} cores, node ${process.version}, ${new Date().toISOString()}`);
+  console.log('ratio: tx/s against the by-hand baseline at the same clients; +p50: p50 minus the baseline\'s;');
+  console.log('cpu columns: ms of CPU per transaction of the coordinator process, the load generator, and the whole machine\n');
+  const header = ['scenario', 'variant', 'clients', 'tx/s', 'ratio', 'p50 ms', '+p50 ms', 'p99 ms', 'fsync/tx', 'coord cpu', 'load cpu', 'all cpu'];
+  const widths = [16, 11, 8, 8, 7, 8, 8, 8, 9, 10, 9, 8];
   const line = (cells: string[]): string => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' ');
   console.log(line(header));
   for (const r of rows) {
@@ -166,6 +191,8 @@ function printTable(rows: Row[]): void {
         r.p99Ms.toFixed(2),
         r.fsyncsPerTx === undefined ? '' : r.fsyncsPerTx.toFixed(2),
         r.coordinatorCpuMsPerTx === undefined ? '' : r.coordinatorCpuMsPerTx.toFixed(3),
+        r.loadCpuMsPerOp === undefined ? '' : r.loadCpuMsPerOp.toFixed(3),
+        r.machineCpuMsPerOp === undefined ? '' : r.machineCpuMsPerOp.toFixed(3),
       ]),
     );
     if (r.note !== undefined) console.log(`  ${r.note}`);
@@ -175,35 +202,22 @@ function printTable(rows: Row[]): void {
 async function main(): Promise<void> {
   const rows: Row[] = [];
   let restartResult: RestartResult | undefined;
-  const servers: PostgresServer[] = [];
-  try {
-    if (ONLY.has('log-force')) rows.push(...(await logForce()));
-    if (ONLY.has('transfer')) {
-      let urlA = process.env.TCX_BENCH_PG_URL_A;
-      let urlB = process.env.TCX_BENCH_PG_URL_B;
-      if (urlA === undefined || urlB === undefined) {
-        const [a, b] = await Promise.all([PostgresServer.start({ name: 'bench-a' }), PostgresServer.start({ name: 'bench-b' })]);
-        servers.push(a, b);
-        urlA = a.url();
-        urlB = b.url();
-      }
-      await transfer(rows, urlA, urlB);
-    }
-    if (ONLY.has('empty-http')) await emptyHttp(rows);
-    if (ONLY.has('restart')) restartResult = await restart();
-  } finally {
-    for (const server of servers) await server.destroy();
-  }
+  if (ONLY.has('log-force')) rows.push(...(await logForce()));
+  if (ONLY.has('transfer')) await withPostgresPair(true, (a, b) => transfer(rows, 'transfer', a, b, ['2pc', '2pc-ordered', '3pc']));
+  if (ONLY.has('transfer-fast-pg')) await withPostgresPair(false, (a, b) => transfer(rows, 'transfer-fast-pg', a, b, ['2pc', '3pc']));
+  if (ONLY.has('empty-http')) await emptyHttp(rows);
+  if (ONLY.has('restart')) restartResult = await restart();
   printTable(rows);
   if (restartResult !== undefined) {
     const r = restartResult;
     console.log(
-      `\nrestart: ${r.finishedTransactions} finished transactions in the log (${(r.logBytes / 1e6).toFixed(1)} MB): ` +
+      `\nrestart: ${r.finishedTransactions} finished transactions in the log (${(r.logBytes / 1e6).toFixed(1)} MB, ` +
+        `${r.tailTransactions} of them after the last compaction): ` +
         `serving after ${r.readyMs.toFixed(0)} ms (empty log: ${r.emptyReadyMs.toFixed(0)} ms)`,
     );
     console.log(
-      `  memory per retained finished transaction: ${r.bytesPerFinished.toFixed(0)} B heap, ${r.rssBytesPerFinished.toFixed(0)} B RSS; ` +
-        `per active transaction: ${r.bytesPerActive.toFixed(0)} B heap`,
+      `  memory per retained finished transaction: ${r.bytesPerFinished.toFixed(0)} B (heap + buffers), ${r.rssBytesPerFinished.toFixed(0)} B RSS; ` +
+        `per active transaction (one http branch, ${r.activeTransactions} open): ${r.bytesPerActive.toFixed(0)} B`,
     );
   }
   fs.mkdirSync('bench-results', { recursive: true });

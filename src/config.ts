@@ -92,7 +92,7 @@ export function loadConfig(env: Env = process.env): Config {
     pgMaxSessions: int(env, 'TCX_PG_MAX_SESSIONS', 50, 1, 10_000),
     retryInitialMs: int(env, 'TCX_RETRY_INITIAL_MS', 100, 1, 600_000),
     retryMaxMs: int(env, 'TCX_RETRY_MAX_MS', 10_000, 1, 3_600_000),
-    segmentMaxBytes: int(env, 'TCX_SEGMENT_MAX_BYTES', 64 * 1024 * 1024, 4096, 2 ** 40),
+    segmentMaxBytes: int(env, 'TCX_SEGMENT_MAX_BYTES', 8 * 1024 * 1024, 4096, 2 ** 40),
     failPoint: env.TCX_FAIL_POINT === '' ? undefined : env.TCX_FAIL_POINT,
     publicUrl: '',
     uncertainTimeoutMs: int(env, 'TCX_UNCERTAIN_TIMEOUT_MS', 30_000, 100, 86_400_000),

@@ -16,7 +16,8 @@ const MAIN_JS = path.join(REPO_ROOT, 'dist', 'main.js');
 
 export interface Health {
   readonly log: { readonly fsyncs: number; readonly appendedRecords: number };
-  readonly process?: { readonly rssBytes: number; readonly heapUsedBytes: number };
+  readonly retainedTransactions?: number;
+  readonly memory?: { readonly rssBytes: number; readonly heapUsedBytes: number; readonly externalBytes: number };
 }
 
 export class CoordinatorChild {

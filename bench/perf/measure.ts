@@ -13,6 +13,10 @@ export interface Cell {
   readonly perSecond: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
+  /** CPU time of the whole machine (every process, kernel included) per operation, in ms. */
+  readonly machineCpuMsPerOp?: number;
+  /** CPU time of the load generator (this process) per operation, in ms. */
+  readonly loadCpuMsPerOp?: number;
 }
 
 export async function measure(clients: number, op: (client: number, i: number) => Promise<void>, seconds = SECONDS): Promise<Cell> {
@@ -26,6 +30,8 @@ export async function measure(clients: number, op: (client: number, i: number) =
   const latencies: number[] = [];
   let errors = 0;
   let firstError: unknown;
+  const machineBefore = machineBusySeconds();
+  const loadBefore = process.cpuUsage();
   const end = Date.now() + seconds * 1000;
   const started = process.hrtime.bigint();
   await Promise.all(
@@ -43,14 +49,43 @@ export async function measure(clients: number, op: (client: number, i: number) =
     }),
   );
   const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  const machineAfter = machineBusySeconds();
+  const load = process.cpuUsage(loadBefore);
+  const ops = Math.max(1, latencies.length);
   if (errors > 0) console.error(`  ${errors} failed operations, first: ${firstError instanceof Error ? firstError.message : String(firstError)}`);
   latencies.sort((a, b) => a - b);
   const pct = (p: number): number => round2(latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] ?? 0);
-  return { ops: latencies.length, errors, perSecond: Math.round(latencies.length / elapsed), p50Ms: pct(0.5), p99Ms: pct(0.99) };
+  return {
+    ops: latencies.length,
+    errors,
+    perSecond: Math.round(latencies.length / elapsed),
+    p50Ms: pct(0.5),
+    p99Ms: pct(0.99),
+    ...(machineBefore === undefined || machineAfter === undefined ? {} : { machineCpuMsPerOp: round3(((machineAfter - machineBefore) * 1000) / ops) }),
+    loadCpuMsPerOp: round3((load.user + load.system) / 1000 / ops),
+  };
 }
 
 export function round2(x: number): number {
   return Math.round(x * 100) / 100;
+}
+
+export function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+/** CPU seconds the whole machine has spent busy (all cores; not idle, not waiting for I/O), from /proc/stat. */
+export function machineBusySeconds(): number | undefined {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+    const [, ...fields] = line.trim().split(/\s+/);
+    const ticks = fields.map(Number);
+    const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
+    const total = ticks.slice(0, 8).reduce((a, b) => a + b, 0);
+    return (total - idle) / TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
 }
 
 const TICKS_PER_SECOND = 100; // USER_HZ on Linux

@@ -50,11 +50,12 @@ export function transferByHand(pools: PgPools): (client: number) => Promise<void
 }
 
 /** The same transfer as one request to the coordinator. */
-export function transferThroughCoordinator(coordinator: CoordinatorChild, protocol: '2pc' | '3pc'): (client: number) => Promise<void> {
+export function transferThroughCoordinator(coordinator: CoordinatorChild, protocol: '2pc' | '3pc', parallel: boolean): (client: number) => Promise<void> {
   return async (c) => {
     const account = `acct${c}`;
     const res = await coordinator.request('POST', '/v1/transactions', {
       protocol,
+      parallel,
       branches: [
         { participant: 'a', operations: [{ sql: UPDATE, params: [-1, account] }] },
         { participant: 'b', operations: [{ sql: UPDATE, params: [1, account] }] },

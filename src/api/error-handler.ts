@@ -42,7 +42,7 @@ function fromFastifyError(err: FastifyError): { status: number; body: ErrorBody 
 export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof CoordinatorError) {
-      if (err.status >= 500) request.log.warn({ code: err.code, err: err.message }, 'request failed');
+      if (err.status >= 500) request.log.warn({ reqId: request.id, code: err.code, err: err.message }, 'request failed');
       return reply.status(err.status).send(body(err.code, err.message, err.details));
     }
     if (err instanceof InvalidTransitionError) {
@@ -50,7 +50,7 @@ export function installErrorHandling(app: FastifyInstance): void {
     }
     const mapped = fromFastifyError(err as FastifyError);
     if (mapped !== undefined) return reply.status(mapped.status).send(mapped.body);
-    request.log.error({ err }, 'unexpected error');
+    request.log.error({ reqId: request.id, err }, 'unexpected error');
     return reply.status(500).send(body('INTERNAL', ERROR_CATALOGUE.INTERNAL.message));
   });
   app.setNotFoundHandler((request, reply) => {

@@ -72,6 +72,9 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   });
+  // No child logger per request (it costs more than the rest of a request's logging): the
+  // few lines a request writes (errors) carry its id themselves.
+  app.setChildLoggerFactory((parent) => parent);
   installErrorHandling(app);
   installAuth(app, { apiTokens: options.apiTokens ?? [], adminTokens: options.adminTokens ?? [] });
   // Bodies are JSON only: anything else is 415, not parsed as text.

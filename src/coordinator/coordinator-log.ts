@@ -12,6 +12,7 @@ import { mkdir } from 'node:fs/promises';
 import { lockDataDir, type DirLock } from '../log/dir-lock.js';
 import { FileLog, type LogIo } from '../log/file-log.js';
 import { DurableState } from '../log/durable-state.js';
+import { FinishedBucket } from '../log/finished-bucket.js';
 import { isLogRecord, type LogRecord } from '../log/log-records.js';
 
 export interface CoordinatorLogOptions {
@@ -51,14 +52,21 @@ export class CoordinatorLog {
         ...(options.io === undefined ? {} : { io: options.io }),
         snapshot: () => {
           state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-          return state.snapshot();
+          const { records, buckets } = state.snapshot();
+          return { records, files: buckets.map((b) => ({ name: bucketFileName(b.seq), data: b.bucket.buffer })) };
         },
       });
     } catch (err) {
       await lock.release();
       throw err;
     }
-    const { log: file, records } = opened;
+    const { log: file, records, files } = opened;
+    // Finished transactions first: records about a transaction that already ended change nothing.
+    for (const [name, data] of files) {
+      const seq = bucketSeq(name);
+      if (seq === undefined) continue;
+      state.finished.load(seq, new FinishedBucket(Buffer.from(data.buffer, data.byteOffset, data.byteLength)));
+    }
     let replayed = 0;
     for (const record of records) {
       if (!isLogRecord(record)) {
@@ -128,6 +136,14 @@ export class CoordinatorLog {
       await this.#lock.release();
     }
   }
+}
+
+/** Sealed buckets of finished transactions, one file each, named by sequence number. */
+const bucketFileName = (seq: number): string => `finished-${String(seq).padStart(10, '0')}.tcxf`;
+
+function bucketSeq(name: string): number | undefined {
+  const m = /^finished-(\d{10})\.tcxf$/.exec(name);
+  return m === null ? undefined : Number(m[1]);
 }
 
 function transactionOf(record: LogRecord): string | undefined {

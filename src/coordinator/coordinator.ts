@@ -52,6 +52,9 @@ export interface Health {
   readonly inDoubtTransactions: number;
   readonly participants: number;
   readonly log: ReturnType<CoordinatorLog['stats']>;
+  /** Finished transactions kept for queries (the retention window). */
+  readonly retainedTransactions: number;
+  readonly memory: { readonly rssBytes: number; readonly heapUsedBytes: number; readonly externalBytes: number };
   readonly lastRecoverySweep?: RecoverySweeper['lastReport'];
 }
 
@@ -315,6 +318,8 @@ export class Coordinator {
       inDoubtTransactions: this.transactions.list({ state: 'in-doubt', limit: Number.MAX_SAFE_INTEGER }).length,
       participants: this.#registry.views().length,
       log: this.#log.stats(),
+      retainedTransactions: this.#log.state.finished.size,
+      memory: memory(),
       ...(this.#sweeper.lastReport === undefined ? {} : { lastRecoverySweep: this.#sweeper.lastReport }),
     };
   }
@@ -327,6 +332,11 @@ export class Coordinator {
     await this.#registry.close();
     this.#logger.info({ config: { dataDir: this.#config.dataDir } }, 'coordinator stopped');
   }
+}
+
+function memory(): Health['memory'] {
+  const m = process.memoryUsage();
+  return { rssBytes: m.rss, heapUsedBytes: m.heapUsed, externalBytes: m.external };
 }
 
 async function resolveCoordinatorId(config: Config, log: CoordinatorLog): Promise<string> {

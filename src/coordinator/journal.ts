@@ -86,3 +86,27 @@ export function endedRecord(tx: LiveTransaction, outcome: Decision): LogRecord {
     },
   };
 }
+
+/**
+ * What the recovery sweep records after rolling back prepared branches of a transaction the
+ * log never heard of (a crash between PREPARE and the first record): the transaction ended
+ * in abort, by presumption. Unforced, like every end record — should it be lost, the log
+ * again knows nothing, which means the same. Clients asking for the transaction then learn
+ * "aborted" and why, instead of "unknown".
+ */
+export function presumedAbortRecord(transactionId: string, branches: readonly BranchRecord[], at: string): LogRecord {
+  const participants = [...new Set(branches.map((b) => b.participant))].join(', ');
+  return {
+    t: 'ended',
+    id: transactionId,
+    outcome: 'abort',
+    at,
+    summary: {
+      protocol: '2pc',
+      timeoutMs: 0,
+      createdAt: at,
+      branches,
+      reason: `presumed abort: prepared on ${participants} without a decision in the log; rolled back by the recovery sweep`,
+    },
+  };
+}

@@ -65,8 +65,7 @@ export class LiveTransaction {
   readonly lock = new Mutex();
   /** Aborted on timeout or client abort: cancels work still running inside a branch. */
   readonly cancelWork = new AbortController();
-  /** Aborted by an operator's "retry now": cuts every backoff sleep short once. */
-  wake = new AbortController();
+  #wake: AbortController | undefined;
   readonly branches = new Map<string, LiveBranch>();
   state: TwoPhaseState = initialState();
   nextBranchNo = 1;
@@ -81,6 +80,19 @@ export class LiveTransaction {
     this.protocol = init.protocol;
     this.timeoutMs = init.timeoutMs;
     this.createdAt = init.createdAt;
+  }
+
+  /** Aborted by an operator's "retry now": cuts every backoff sleep short once. */
+  get wakeSignal(): AbortSignal {
+    this.#wake ??= new AbortController();
+    return this.#wake.signal;
+  }
+
+  /** Operator's "retry now": every backoff sleep of this transaction ends at once. */
+  wakeUp(): void {
+    const woken = this.#wake;
+    this.#wake = undefined;
+    woken?.abort();
   }
 
   /** Wakes everyone waiting for a change. */

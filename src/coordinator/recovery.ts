@@ -18,7 +18,9 @@
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { CoordinatorLog } from './coordinator-log.js';
+import type { BranchRecord } from '../log/log-records.js';
 import { gidPrefix, parseGid } from './gid.js';
+import { presumedAbortRecord } from './journal.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionManager } from './transaction-manager.js';
 
@@ -66,6 +68,8 @@ export class RecoverySweeper {
     let rolledBack = 0;
     let failed = 0;
     const unreachable: string[] = [];
+    /** Branches rolled back of transactions the log has no record of, to record them as aborted. */
+    const unknown = new Map<string, BranchRecord[]>();
     const prefix = gidPrefix(this.#coordinatorId);
     for (const adapter of this.#registry.adapters()) {
       let gids: string[];
@@ -85,13 +89,19 @@ export class RecoverySweeper {
         if (this.#manager.ownsBranch(parsed.transactionId, gid)) continue;
         // A decision handed to the log but not yet durable is not a decision yet.
         if (this.#log.hasPendingForce(parsed.transactionId)) continue;
-        const decision = this.#log.state.transaction(parsed.transactionId)?.decision;
+        const known = this.#log.state.transaction(parsed.transactionId);
+        const decision = known?.decision;
         const commit = decision === 'commit' || decision === 'precommit'; // a durable 3PC pre-commit means commit
         const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
         try {
           await (commit ? adapter.commit(ref) : adapter.abort(ref));
           if (commit) committed++;
           else rolledBack++;
+          if (known === undefined) {
+            const branches = unknown.get(parsed.transactionId) ?? [];
+            branches.push({ branchId: ref.branchId, participant: adapter.name, kind: adapter.kind, gid });
+            unknown.set(parsed.transactionId, branches);
+          }
           this.#logger.info(
             { txId: parsed.transactionId, gid, participant: adapter.name, action: commit ? 'commit' : 'rollback', logged: decision ?? 'none' },
             'recovery: resolved prepared branch',
@@ -101,6 +111,11 @@ export class RecoverySweeper {
           this.#logger.warn({ txId: parsed.transactionId, gid, participant: adapter.name, err: errorMessage(err) }, 'recovery: could not resolve prepared branch');
         }
       }
+    }
+    const at = new Date().toISOString();
+    for (const [transactionId, branches] of unknown) {
+      // Still unknown (no record arrived meanwhile): it ended in abort, by presumption.
+      if (this.#log.state.transaction(transactionId) === undefined) this.#log.record(presumedAbortRecord(transactionId, branches, at));
     }
     const report = { committed, rolledBack, failed, unreachable };
     this.lastReport = { ...report, at: new Date().toISOString() };

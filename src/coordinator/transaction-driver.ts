@@ -198,7 +198,7 @@ export class TransactionDriver {
           'phase-2 delivery failed; retrying',
         );
         tx.changed();
-        await sleep(delay, this.#stopping, tx.wake.signal);
+        await sleep(delay, this.#stopping, tx.wakeSignal);
       }
     }
     delete branch.lastError;

@@ -425,9 +425,7 @@ export class TransactionManager {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
     }
     if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
-    const woken = tx.wake;
-    tx.wake = new AbortController();
-    woken.abort();
+    tx.wakeUp();
     this.#logger.info({ txId: id }, 'operator: retry now');
     return tx.view();
   }

@@ -5,10 +5,12 @@
  * coordinator runs, and its `snapshot()` is what compaction writes.
  *
  * Finished transactions are kept for `retentionMs` after they ended (so that
- * clients can still ask for the outcome), then pruned. Unfinished ones are
- * never pruned.
+ * clients can still ask for the outcome), then pruned; they live in a compact
+ * store (finished-transactions.ts) whose sealed buckets a snapshot includes as
+ * files. Unfinished ones are ordinary objects and never pruned.
  */
 
+import { FinishedTransactions, type SealedBucket } from './finished-transactions.js';
 import type { BranchRecord, DurableTransaction, LogRecord, ParticipantConfig, TransactionSummary } from './log-records.js';
 
 interface MutableTransaction {
@@ -29,9 +31,9 @@ export class DurableState {
   readonly participants = new Map<string, ParticipantConfig>();
   /** Operators' resolutions of lost branches, by `<coordinatorId>:<transactionId>`. */
   readonly manualResolutions = new Map<string, Extract<LogRecord, { t: 'manual-resolution' }>>();
+  /** Transactions the log has not seen end. */
   readonly #transactions = new Map<string, MutableTransaction>();
-  /** Ended transactions in the order they ended (for pruning). */
-  readonly #ended = new Map<string, number>();
+  readonly finished = new FinishedTransactions();
 
   apply(record: LogRecord): void {
     switch (record.t) {
@@ -57,16 +59,19 @@ export class DurableState {
         return;
       case 'branch-enlisted': {
         const tx = this.#ensure(record.id, record.at);
+        if (tx === undefined) return;
         tx.branches.set(record.branch.branchId, { ...tx.branches.get(record.branch.branchId), ...record.branch });
         return;
       }
       case 'prepare-intent': {
         const tx = this.#ensure(record.id, record.createdAt, record);
+        if (tx === undefined) return;
         for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
         return;
       }
       case 'decision': {
         const tx = this.#ensure(record.id, record.at, record);
+        if (tx === undefined) return;
         for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
         // A decision is final. The one step allowed is 3PC's pre-commit → commit: a durable
         // pre-commit already means commit, so nothing may turn it into an abort.
@@ -91,14 +96,15 @@ export class DurableState {
       case 'ended': {
         const summary = record.summary;
         const tx = this.#ensure(record.id, summary?.createdAt ?? record.at, summary);
+        if (tx === undefined) return; // ended already
         if (summary !== undefined) {
           for (const b of summary.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
           if (summary.reason !== undefined) tx.reason ??= summary.reason;
         }
         tx.outcome = record.outcome;
         tx.endedAt = record.at;
-        this.#ended.delete(record.id);
-        this.#ended.set(record.id, Date.parse(record.at));
+        this.#transactions.delete(record.id);
+        this.finished.add(freeze(tx));
         return;
       }
       case 'manual-resolution': {
@@ -110,24 +116,26 @@ export class DurableState {
       }
       case 'tx-state': {
         const t = record.tx;
-        const tx: MutableTransaction = {
-          ...t,
-          branches: new Map(t.branches.map((b) => [b.branchId, { ...b }])),
-        };
-        this.#transactions.set(t.id, tx);
         if (t.endedAt !== undefined) {
-          this.#ended.delete(t.id);
-          this.#ended.set(t.id, Date.parse(t.endedAt));
+          this.#transactions.delete(t.id);
+          this.finished.add(t);
+          return;
         }
+        this.finished.delete(t.id);
+        this.#transactions.set(t.id, { ...t, branches: new Map(t.branches.map((b) => [b.branchId, { ...b }])) });
         return;
       }
     }
   }
 
-  /** The transaction's entry, created by the first record that names it (with its summary when the record has one). */
-  #ensure(id: string, at: string, summary?: Partial<TransactionSummary>): MutableTransaction {
+  /**
+   * The entry of a transaction that has not ended, created by the first record that names it
+   * (with its summary when the record has one); undefined once it ended (the outcome is final).
+   */
+  #ensure(id: string, at: string, summary?: Partial<TransactionSummary>): MutableTransaction | undefined {
     let tx = this.#transactions.get(id);
     if (tx === undefined) {
+      if (this.finished.hasRecent(id)) return undefined;
       tx = {
         id,
         protocol: summary?.protocol ?? '2pc',
@@ -142,40 +150,41 @@ export class DurableState {
 
   transaction(id: string): DurableTransaction | undefined {
     const tx = this.#transactions.get(id);
-    return tx === undefined ? undefined : freeze(tx);
+    return tx === undefined ? this.finished.get(id) : freeze(tx);
   }
 
   /** Transactions the log has not seen end: the work of recovery. */
   unfinished(): DurableTransaction[] {
-    const out: DurableTransaction[] = [];
-    for (const tx of this.#transactions.values()) if (tx.endedAt === undefined) out.push(freeze(tx));
-    return out;
+    return [...this.#transactions.values()].map(freeze);
   }
 
   get size(): number {
-    return this.#transactions.size;
+    return this.#transactions.size + this.finished.size;
   }
 
-  /** Drops finished transactions that ended before `now - retentionMs`, or beyond `maxFinished`. */
+  /** Drops finished transactions past the retention window, or beyond `maxFinished` (oldest first). */
   prune(now: number, retentionMs: number, maxFinished: number): number {
-    let removed = 0;
-    for (const [id, endedAt] of this.#ended) {
-      if (endedAt >= now - retentionMs && this.#ended.size <= maxFinished) break;
-      this.#ended.delete(id);
-      this.#transactions.delete(id);
-      removed++;
-    }
-    return removed;
+    return this.finished.prune(now, retentionMs, maxFinished);
   }
 
-  /** The whole state as records; replaying them into an empty DurableState rebuilds it. */
-  *snapshot(): Generator<LogRecord> {
+  /**
+   * The whole state as records, and the sealed buckets of finished transactions as files;
+   * replaying them into an empty DurableState (with the buckets loaded) rebuilds it. Seals the
+   * transactions that finished since the last snapshot into a new bucket.
+   */
+  snapshot(): { records: Generator<LogRecord>; buckets: readonly SealedBucket[] } {
+    this.finished.seal();
+    return { records: this.#snapshotRecords(), buckets: this.finished.sealedBuckets() };
+  }
+
+  *#snapshotRecords(): Generator<LogRecord> {
     if (this.coordinatorId !== undefined) {
       yield { t: 'coordinator', coordinatorId: this.coordinatorId, at: new Date().toISOString() };
     }
     for (const participant of this.participants.values()) yield { t: 'participant-registered', participant };
     for (const resolution of this.manualResolutions.values()) yield resolution;
     for (const tx of this.#transactions.values()) yield { t: 'tx-state', tx: freeze(tx) };
+    for (const tx of this.finished.unsealable()) yield { t: 'tx-state', tx };
   }
 }
 

@@ -6,7 +6,9 @@
  * frame-codec.ts) whose payloads are UTF-8 JSON:
  *
  *   frame 0        header {"tcxSegment":seq,"snapshot":false}
- *                  or {"tcxSegment":seq,"snapshot":true,"snapshotRecords":n}
+ *                  or {"tcxSegment":seq,"snapshot":true,"snapshotRecords":n,"files"?:[…]}
+ *                  (files: immutable files the snapshot includes by reference,
+ *                  written before it — see snapshot-files.ts)
  *   frames 1..n    (snapshot segment) the snapshot payloads
  *   frame n+1      (snapshot segment) end marker {"tcxSnapshotEnd":seq,"records":n}
  *   then           ordinary records in append order
@@ -37,77 +39,33 @@
  * segments stay authoritative. Contract: snapshot() returns the state resulting
  * from every payload appended before the call, acknowledged or not.
  */
-import fs from 'node:fs';
-import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LogFailedError, errorMessage } from '../errors.js';
-import { decodeFrames, encodeFrame } from './frame-codec.js';
+import { encodeFrame } from './frame-codec.js';
+import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
+import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
+import { deleteUnreferencedFiles, fileRef, readSnapshotFile, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
 
-/** The subset of a node:fs/promises FileHandle the log uses. */
-export interface LogFile {
-  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
-  datasync(): Promise<void>;
-  sync(): Promise<void>;
-  truncate(length: number): Promise<void>;
-  close(): Promise<void>;
-}
-
-/** The file-system functions the log uses. Internal: lets tests inject faults (a failing fdatasync). */
-export interface LogIo {
-  open(path: string, flags: string): Promise<LogFile>;
-  readFile(path: string): Promise<Uint8Array>;
-  readdir(path: string): Promise<string[]>;
-  mkdir(path: string, options: { recursive: true }): Promise<string | undefined>;
-  unlink(path: string): Promise<void>;
-}
-
-/** A segment file on a raw descriptor: the callback API costs less per call than FileHandle's promises. */
-class SegmentFile implements LogFile {
-  constructor(private readonly fd: number) {}
-
-  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> {
-    return new Promise((resolve, reject) => {
-      fs.write(this.fd, buffer, offset, length, position, (err, bytesWritten) => (err === null ? resolve({ bytesWritten }) : reject(err)));
-    });
-  }
-
-  datasync(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err === null ? resolve() : reject(err))));
-  }
-
-  sync(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err === null ? resolve() : reject(err))));
-  }
-
-  truncate(length: number): Promise<void> {
-    return new Promise((resolve, reject) => fs.ftruncate(this.fd, length, (err) => (err === null ? resolve() : reject(err))));
-  }
-
-  close(): Promise<void> {
-    return new Promise((resolve, reject) => fs.close(this.fd, (err) => (err === null ? resolve() : reject(err))));
-  }
-}
-
-export const nodeLogIo: LogIo = {
-  open: (path, flags) =>
-    new Promise((resolve, reject) => {
-      fs.open(path, flags, 0o600, (err, fd) => (err === null ? resolve(new SegmentFile(fd)) : reject(err)));
-    }),
-  readFile: (path) => readFile(path),
-  readdir: (path) => readdir(path),
-  mkdir: (path, options) => mkdir(path, options),
-  unlink: (path) => unlink(path),
-};
+export { LogCorruptedError, segmentFileName } from './segment-scan.js';
+export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
+export type { SnapshotFile } from './snapshot-files.js';
 
 export interface FileLogOptions {
   dir: string;
   segmentMaxBytes?: number;
   lazyFlushDelayMs?: number;
-  snapshot: () => Iterable<unknown>;
+  /** The state as payloads (and files it includes by reference: see snapshot-files.ts). */
+  snapshot: () => Iterable<unknown> | SnapshotContent;
   logger?: Logger;
   /** Internal, for tests: replaces node:fs/promises. */
   io?: LogIo;
+}
+
+export interface SnapshotContent {
+  readonly records: Iterable<unknown>;
+  /** Immutable files: the same name always holds the same bytes. */
+  readonly files: readonly SnapshotFile[];
 }
 
 export interface LogStats {
@@ -118,39 +76,6 @@ export interface LogStats {
   fsyncs: number;
   compactions: number;
   lastFsyncMicros: number;
-}
-
-/** A bad frame where a crash cannot explain it (not the tail of the last segment). */
-export class LogCorruptedError extends Error {
-  readonly file: string;
-  readonly offset: number;
-  constructor(file: string, offset: number, detail: string) {
-    super(`write-ahead log corrupted in ${file} at offset ${offset}: ${detail}`);
-    this.name = 'LogCorruptedError';
-    this.file = file;
-    this.offset = offset;
-  }
-}
-
-const SEGMENT_NAME = /^segment-(\d{16})\.log$/;
-export const segmentFileName = (seq: number): string => `segment-${String(seq).padStart(16, '0')}.log`;
-
-interface Header {
-  seq: number;
-  snapshot: boolean;
-  snapshotRecords: number;
-}
-
-interface SegmentScan {
-  seq: number;
-  path: string;
-  size: number;
-  header: Header | undefined;
-  snapshot: unknown[] | undefined; // set when the snapshot is complete
-  records: unknown[];
-  baseBytes: number; // header (+ snapshot + marker) bytes
-  goodEnd: number;
-  bad: { offset: number; reason: string } | undefined;
 }
 
 interface Waiter {
@@ -168,97 +93,6 @@ interface Batch {
 }
 
 const newBatch = (): Batch => ({ frames: [], bytes: 0, records: 0, sync: false, due: false, waiters: [] });
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-function encodeJson(value: unknown): Buffer {
-  const text = JSON.stringify(value);
-  if (text === undefined) throw new TypeError('log payload is not JSON-serialisable');
-  return Buffer.from(text, 'utf8');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function parseHeader(v: unknown): Header | undefined {
-  if (!isObject(v) || !Number.isSafeInteger(v.tcxSegment) || typeof v.snapshot !== 'boolean') return undefined;
-  const n = v.snapshot ? v.snapshotRecords : 0;
-  if (!Number.isSafeInteger(n) || (n as number) < 0) return undefined;
-  return { seq: v.tcxSegment as number, snapshot: v.snapshot, snapshotRecords: n as number };
-}
-
-async function fsyncDir(io: LogIo, dir: string): Promise<void> {
-  const handle = await io.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function writeFully(file: LogFile, buf: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await file.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten <= 0) throw new Error('write made no progress');
-    done += bytesWritten;
-  }
-}
-
-/** mkdir -p, then fsync the parent of every directory it created. */
-async function ensureDir(io: LogIo, dir: string): Promise<void> {
-  const first = await io.mkdir(dir, { recursive: true });
-  if (first === undefined) return;
-  for (let p = dir; ; p = dirname(p)) {
-    await fsyncDir(io, dirname(p));
-    if (p === resolve(first) || dirname(p) === p) return;
-  }
-}
-
-async function scanSegment(io: LogIo, dir: string, seq: number): Promise<SegmentScan> {
-  const path = join(dir, segmentFileName(seq));
-  const buf = await io.readFile(path);
-  const decoded = decodeFrames(buf);
-  const scan: SegmentScan = {
-    seq, path, size: buf.length, header: undefined, snapshot: undefined, records: [], baseBytes: 0,
-    goodEnd: decoded.goodEnd, bad: decoded.error,
-  };
-  const payloads: unknown[] = [];
-  for (const frame of decoded.frames) {
-    try {
-      payloads.push(JSON.parse(utf8.decode(frame.payload)));
-    } catch {
-      scan.bad = { offset: frame.offset, reason: 'unparsable-json' };
-      scan.goodEnd = frame.offset;
-      break;
-    }
-  }
-  if (payloads.length === 0) {
-    scan.bad ??= { offset: 0, reason: 'missing-header' };
-    return scan;
-  }
-  const header = parseHeader(payloads[0]);
-  if (header === undefined || header.seq !== seq) {
-    throw new LogCorruptedError(path, 0, `bad segment header ${JSON.stringify(payloads[0])}`);
-  }
-  scan.header = header;
-  if (!header.snapshot) {
-    scan.records = payloads.slice(1);
-    scan.baseBytes = decoded.frames[0]!.end;
-    return scan;
-  }
-  const n = header.snapshotRecords;
-  if (payloads.length < n + 2) return scan; // snapshot incomplete
-  const marker = payloads[n + 1];
-  if (!isObject(marker) || marker.tcxSnapshotEnd !== seq || marker.records !== n) {
-    throw new LogCorruptedError(path, decoded.frames[n + 1]!.offset, 'expected the end-of-snapshot marker');
-  }
-  scan.snapshot = payloads.slice(1, n + 1);
-  scan.records = payloads.slice(n + 2);
-  scan.baseBytes = decoded.frames[n + 1]!.end;
-  return scan;
-}
-
 export class FileLog {
   private readonly segmentMaxBytes: number;
   private readonly lazyFlushDelayMs: number;
@@ -267,6 +101,8 @@ export class FileLog {
   private position = 0;
   private baseBytes = 0;
   private segmentSeqs: number[] = [];
+  /** The files the current snapshot names (all durable). */
+  private files = new Map<string, FileRef>();
   private batch = newBatch();
   private inflight: Waiter[] = [];
   private compactWaiters: Waiter[] = [];
@@ -285,14 +121,14 @@ export class FileLog {
     private readonly dir: string,
     private readonly logger: Logger | undefined,
   ) {
-    this.segmentMaxBytes = options.segmentMaxBytes ?? 64 * 1024 * 1024;
+    this.segmentMaxBytes = options.segmentMaxBytes ?? 8 * 1024 * 1024;
     this.lazyFlushDelayMs = options.lazyFlushDelayMs ?? 10;
     if (!(this.segmentMaxBytes > 0)) throw new RangeError('segmentMaxBytes must be positive');
     if (!(this.lazyFlushDelayMs >= 0)) throw new RangeError('lazyFlushDelayMs must not be negative');
   }
 
-  /** Opens (or creates) the log and returns every live payload, oldest first. */
-  static async open(options: FileLogOptions): Promise<{ log: FileLog; records: unknown[] }> {
+  /** Opens (or creates) the log and returns every live payload, oldest first, and the snapshot's files. */
+  static async open(options: FileLogOptions): Promise<{ log: FileLog; records: unknown[]; files: Map<string, Uint8Array> }> {
     const io = options.io ?? nodeLogIo;
     const dir = resolve(options.dir);
     const log = new FileLog(options, io, dir, options.logger?.child({ component: 'wal', dir }));
@@ -346,6 +182,17 @@ export class FileLog {
     for (const seq of superseded) await io.unlink(join(dir, segmentFileName(seq)));
     if (superseded.length > 0) await fsyncDir(io, dir);
 
+    // 4. The files the base snapshot names; any other is garbage of an older or unfinished one.
+    const baseHeader = chain.length > 0 ? scans.get(chain[0]!)?.header : undefined;
+    const files = new Map<string, Uint8Array>();
+    for (const ref of baseHeader?.snapshot === true ? baseHeader.files : []) {
+      const data = await readSnapshotFile(io, dir, ref);
+      if (typeof data === 'string') throw new LogCorruptedError(join(dir, ref.name), 0, data);
+      files.set(ref.name, data);
+      log.files.set(ref.name, ref);
+    }
+    await deleteUnreferencedFiles(io, dir, new Set(log.files.keys()));
+
     const records: unknown[] = [];
     for (const seq of chain) {
       const s = scans.get(seq)!;
@@ -355,7 +202,7 @@ export class FileLog {
     const lastScan = chain.length > 0 ? scans.get(chain.at(-1)!) : undefined;
     if (lastScan === undefined) await log.createFirstSegment();
     else await log.resume(lastScan);
-    return { log, records };
+    return { log, records, files };
   }
 
   /** Queues a record; resolves once written (unforced) or written and fdatasynced (forced). */
@@ -554,10 +401,17 @@ export class FileLog {
     const seq = this.seq + 1;
     // Synchronous from here to takeBatch(): the snapshot call is the rotation point.
     let frames: Buffer[];
+    let files: readonly SnapshotFile[];
+    let refs: FileRef[];
     try {
-      const payloads = Array.from(this.options.snapshot(), (p) => encodeFrame(encodeJson(p)));
+      const content = this.options.snapshot();
+      const records = Symbol.iterator in content ? content : content.records;
+      files = Symbol.iterator in content ? [] : content.files;
+      // A file the current snapshot names already is durable and unchanged: its reference stands.
+      refs = files.map((f) => this.files.get(f.name) ?? fileRef(f));
+      const payloads = Array.from(records, (p) => encodeFrame(encodeJson(p)));
       frames = [
-        encodeFrame(encodeJson({ tcxSegment: seq, snapshot: true, snapshotRecords: payloads.length })),
+        encodeFrame(encodeJson({ tcxSegment: seq, snapshot: true, snapshotRecords: payloads.length, ...(refs.length === 0 ? {} : { files: refs }) })),
         ...payloads,
         encodeFrame(encodeJson({ tcxSnapshotEnd: seq, records: payloads.length })),
       ];
@@ -572,6 +426,8 @@ export class FileLog {
     this.compacting = waiters; // rejected by failStop if anything below fails
     await this.writeBatch(before);
 
+    // New files are durable before the snapshot that names them.
+    for (const f of files) if (!this.files.has(f.name)) await writeSnapshotFile(this.io, this.dir, f);
     const file = await this.createSegment(seq, frames);
     const old = this.file;
     this.file = file;
@@ -580,9 +436,13 @@ export class FileLog {
     this.dirty = false;
     this.compactionPostponedTo = 0;
     this.segmentSeqs.push(seq);
+    this.files = new Map(refs.map((r) => [r.name, r]));
     this.counters.compactions++;
     await old?.close().catch((err: unknown) => this.logger?.warn({ err }, 'closing a compacted segment failed'));
     await this.deleteSegmentsBefore(seq);
+    await deleteUnreferencedFiles(this.io, this.dir, new Set(this.files.keys())).catch((err: unknown) => {
+      this.logger?.warn({ err }, 'could not delete snapshot files no longer needed; will retry');
+    });
     this.compacting = [];
     for (const w of waiters) w.resolve();
   }

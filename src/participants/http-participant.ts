@@ -141,6 +141,9 @@ export class HttpParticipant implements ParticipantAdapter {
   }
 
   async #call(verb: Verb, branch: BranchRef): Promise<HttpAnswer> {
+    // Bounded without a timer per call: the agent's connect and headers timeouts bound the
+    // request, and the deadline (with the agent's idle timeout between chunks) the answer.
+    const deadline = Date.now() + this.#options.requestTimeoutMs;
     const res = await request(`${this.#baseUrl}/${verb}`, {
       method: 'POST',
       dispatcher: this.#agent,
@@ -154,9 +157,8 @@ export class HttpParticipant implements ParticipantAdapter {
         ...(this.#options.coordinatorUrl === undefined ? {} : { coordinatorUrl: this.#options.coordinatorUrl }),
         ...(this.#options.uncertainTimeoutMs === undefined ? {} : { uncertainTimeoutMs: this.#options.uncertainTimeoutMs }),
       }),
-      signal: AbortSignal.timeout(this.#options.requestTimeoutMs),
     });
-    const text = await readBounded(res.body, MAX_ANSWER_BYTES);
+    const text = await readBounded(res.body, MAX_ANSWER_BYTES, deadline);
     let body: unknown = null;
     if (text !== '') {
       try {

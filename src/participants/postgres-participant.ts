@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from '../coordinator/gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
-import { PipelineError, runPipeline, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
+import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
 
 export interface PostgresParticipantOptions {
@@ -69,7 +69,8 @@ export class PostgresParticipant implements ParticipantAdapter {
   /** Prepares in flight, by gid. */
   readonly #preparing = new Map<string, Promise<PrepareResult>>();
   /** Prepared branches whose session is kept for their phase 2. */
-  readonly #kept = new Map<string, { session: BranchSession; timer: NodeJS.Timeout }>();
+  readonly #kept = new Map<string, { session: BranchSession; since: number }>();
+  #keptSweep: NodeJS.Timeout | undefined;
   readonly #log: Logger;
 
   constructor(options: PostgresParticipantOptions) {
@@ -165,6 +166,16 @@ export class PostgresParticipant implements ParticipantAdapter {
       answers = await runPipeline(session.client, statements, MAX_ROWS_RETURNED);
     } catch (err) {
       const index = err instanceof PipelineError ? err.statementIndex : -1;
+      if (err instanceof PipelineError && !err.sent) {
+        // Nothing reached the server (a parameter that cannot be encoded): a failed operation.
+        if (begins) {
+          this.#open.delete(branch.gid);
+          release(session);
+        } else {
+          session.failure ??= errorMessage(err);
+        }
+        throw new CoordinatorError('OPERATION_FAILED', `cannot send the operations to ${this.name}: ${errorMessage(err)}`, { cause: err });
+      }
       session.failure ??= errorMessage(err);
       if (index < first) {
         // BEGIN failed, or the connection did: the session holds none of this branch's work
@@ -272,23 +283,30 @@ export class PostgresParticipant implements ParticipantAdapter {
   /**
    * Keeps a prepared branch's session for its phase 2, which follows at once: no pool
    * round trip, and commit delivery never waits for a free control session. A kept
-   * session that is not used within the bound goes back to the pool.
+   * session that is not used within the bound goes back to the pool (one sweep for all).
    */
   #keepForPhase2(gid: string, session: BranchSession): void {
-    const timer = setTimeout(() => {
-      if (this.#kept.get(gid)?.session !== session) return;
+    this.#kept.set(gid, { session, since: Date.now() });
+    this.#keptSweep ??= setInterval(() => this.#releaseStaleKept(), KEEP_FOR_PHASE2_MS).unref();
+  }
+
+  #releaseStaleKept(): void {
+    const stale = Date.now() - KEEP_FOR_PHASE2_MS;
+    for (const [gid, kept] of this.#kept) {
+      if (kept.since > stale) continue;
       this.#kept.delete(gid);
-      release(session);
-    }, KEEP_FOR_PHASE2_MS);
-    timer.unref();
-    this.#kept.set(gid, { session, timer });
+      release(kept.session);
+    }
+    if (this.#kept.size === 0) {
+      clearInterval(this.#keptSweep);
+      this.#keptSweep = undefined;
+    }
   }
 
   #takeKept(gid: string): BranchSession | undefined {
     const kept = this.#kept.get(gid);
     if (kept === undefined) return undefined;
     this.#kept.delete(gid);
-    clearTimeout(kept.timer);
     return kept.session;
   }
 
@@ -325,7 +343,7 @@ export class PostgresParticipant implements ParticipantAdapter {
     const kept = this.#takeKept(gid);
     try {
       if (kept === undefined) await this.#control.query(statement);
-      else await kept.client.query(statement);
+      else await runSimple(kept.client, statement);
       if (kept !== undefined) release(kept);
     } catch (err) {
       if (kept !== undefined) release(kept, err);
@@ -356,6 +374,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       const session = this.#takeKept(gid);
       if (session !== undefined) release(session);
     }
+    clearInterval(this.#keptSweep);
     await Promise.allSettled([this.#sessions.end(), this.#control.end()]);
   }
 }

@@ -203,6 +203,8 @@ describe('while running', () => {
     }
     const segments = fs.readdirSync(dir).filter((f) => f.startsWith('segment-'));
     expect(segments.length).toBeLessThanOrEqual(2);
+    // Compaction sealed the finished ones into bucket files, which the snapshot names instead of rewriting them.
+    expect(fs.readdirSync(dir).filter((f) => f.endsWith('.tcxf')).length).toBeGreaterThan(0);
     c = await startCoordinator(env, dir);
     try {
       for (const id of [ids[0], ids[150], ids[299]]) {

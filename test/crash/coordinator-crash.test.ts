@@ -150,7 +150,14 @@ async function expectOutcome(r: Rig, id: string, outcome: 'committed' | 'aborted
   expect(got.body).toMatchObject({ id, state: outcome, inDoubt: false });
   expect(got.body.decision).toBe(outcome === 'committed' ? 'commit' : 'abort');
   const states = (got.body.branches as { state: string }[]).map((b) => b.state);
-  expect(states.length).toBe(3);
+  // A transaction the log never heard of (killed after an early prepare, before any record)
+  // is known only by the branches the recovery sweep found prepared and rolled back.
+  if (outcome === 'aborted' && /rolled back by the recovery sweep/.test(String(got.body.reason))) {
+    expect(states.length).toBeGreaterThanOrEqual(1);
+    expect(states.length).toBeLessThanOrEqual(3);
+  } else {
+    expect(states.length).toBe(3);
+  }
   expect(new Set(states)).toEqual(new Set([outcome]));
   const ledgerEntries = (await r.store.list()).filter((e) => e.transactionId === id);
   for (const e of ledgerEntries) expect(e.status).toBe(outcome);

@@ -1,0 +1,277 @@
+/**
+ * A sealed bucket of finished transactions: an immutable, compact binary block
+ * that can be searched by transaction id without parsing it. Finished
+ * transactions are kept only so that clients (and 3PC participants) can still
+ * ask for their outcome; a million of them must neither fill the memory nor
+ * slow the start-up, so they live here instead of as objects or JSON.
+ *
+ * Layout (all integers little-endian):
+ *
+ *   "TCXF" | u8 version (1) | u32 count | u32 stringsBytes | u32 dataBytes
+ *   keys      count × 16 bytes: the transaction ids (UUIDs) as bytes, sorted
+ *   offsets   (count + 1) × u32: where each entry starts in data
+ *   strings   u16 n, then n × (u16 length, UTF-8): participant names, kinds,
+ *             coordinator ids — every repeated string once
+ *   data      the entries (below)
+ *   u32 crc32 of everything before it
+ *
+ * An entry: u8 flags (bit 0: 3pc; bits 1-2: outcome 0 none / 1 commit / 2 abort;
+ * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit), f64 createdAt,
+ * f64 decidedAt, f64 endedAt (epoch ms, NaN when absent), u32 timeoutMs,
+ * u16 reason length + UTF-8 reason, u8 branch count, and per branch: u8 flags
+ * (bits 0-1: vote 0 none / 1 yes / 2 no / 3 read-only; bit 2: the gid is not
+ * the canonical tcx:<coordinator>:<transaction>:<branch>), u32 branch number,
+ * u16 participant string, u16 kind string, u16 coordinator-id string, and for a
+ * non-canonical gid u16 length + UTF-8 gid.
+ *
+ * Only transactions whose id is a UUID can be sealed (every id this coordinator
+ * creates is one); see `canSeal`.
+ */
+
+import { crc32 } from 'node:zlib';
+import type { BranchRecord, DurableTransaction, ParticipantKind } from './log-records.js';
+
+const MAGIC = 0x46584354; // "TCXF" read as u32le
+const VERSION = 1;
+const HEADER_BYTES = 4 + 1 + 4 + 4 + 4;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const CANONICAL_GID = /^tcx:([A-Za-z0-9-]{1,40}):([A-Za-z0-9-]{1,64}):(\d{1,6})$/;
+
+export class BucketCorruptedError extends Error {
+  constructor(detail: string) {
+    super(`finished-transaction bucket corrupted: ${detail}`);
+    this.name = 'BucketCorruptedError';
+  }
+}
+
+/** The key a bucket finds a transaction by, or undefined for an id no bucket can hold. */
+export function bucketKey(id: string): Buffer | undefined {
+  if (!UUID.test(id)) return undefined;
+  const key = Buffer.alloc(16);
+  uuidBytes(id, key, 0);
+  return key;
+}
+
+/** True when the transaction can go into a sealed bucket (its id is a lowercase UUID). */
+export function canSeal(tx: DurableTransaction): boolean {
+  return UUID.test(tx.id);
+}
+
+function uuidBytes(id: string, into: Buffer, at: number): void {
+  into.write(id.replace(/-/g, ''), at, 16, 'hex');
+}
+
+function uuidString(buf: Buffer, at: number): string {
+  const h = buf.toString('hex', at, at + 16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+const OUTCOMES = [undefined, 'commit', 'abort'] as const;
+const DECISIONS = [undefined, 'commit', 'abort', 'precommit'] as const;
+const VOTES = [undefined, 'yes', 'no', 'read-only'] as const;
+
+const time = (iso: string | undefined): number => (iso === undefined ? Number.NaN : Date.parse(iso));
+const iso = (ms: number): string | undefined => (Number.isNaN(ms) ? undefined : new Date(ms).toISOString());
+
+/** Encodes transactions (each with a UUID id, ids unique) into a sealed bucket. */
+export function encodeBucket(transactions: readonly DurableTransaction[]): Buffer {
+  const sorted = transactions.map((tx) => {
+    const key = Buffer.alloc(16);
+    uuidBytes(tx.id, key, 0);
+    return { tx, key };
+  });
+  sorted.sort((a, b) => Buffer.compare(a.key, b.key));
+  const strings = new Map<string, number>();
+  const intern = (s: string): number => {
+    let i = strings.get(s);
+    if (i === undefined) {
+      i = strings.size;
+      if (i > 0xffff) throw new RangeError('too many distinct strings in one bucket');
+      strings.set(s, i);
+    }
+    return i;
+  };
+  const entries = sorted.map(({ tx }) => encodeEntry(tx, intern));
+  const stringParts = [...strings.keys()].map((s) => Buffer.from(s, 'utf8'));
+  const stringsBytes = 2 + stringParts.reduce((n, b) => n + 2 + b.length, 0);
+  const dataBytes = entries.reduce((n, e) => n + e.length, 0);
+  const count = sorted.length;
+  const total = HEADER_BYTES + 16 * count + 4 * (count + 1) + stringsBytes + dataBytes + 4;
+  const out = Buffer.alloc(total);
+  let at = out.writeUInt32LE(MAGIC, 0);
+  at = out.writeUInt8(VERSION, at);
+  at = out.writeUInt32LE(count, at);
+  at = out.writeUInt32LE(stringsBytes, at);
+  at = out.writeUInt32LE(dataBytes, at);
+  for (const { key } of sorted) at += key.copy(out, at);
+  let offset = 0;
+  for (const e of entries) {
+    at = out.writeUInt32LE(offset, at);
+    offset += e.length;
+  }
+  at = out.writeUInt32LE(offset, at);
+  at = out.writeUInt16LE(stringParts.length, at);
+  for (const b of stringParts) {
+    at = out.writeUInt16LE(b.length, at);
+    at += b.copy(out, at);
+  }
+  for (const e of entries) at += e.copy(out, at);
+  out.writeUInt32LE(crc32(out.subarray(0, at)), at);
+  return out;
+}
+
+function encodeEntry(tx: DurableTransaction, intern: (s: string) => number): Buffer {
+  const reason = Buffer.from(tx.reason ?? '', 'utf8').subarray(0, 0xffff);
+  const branches = tx.branches.slice(0, 255).map((b) => {
+    const m = CANONICAL_GID.exec(b.gid);
+    const branchNo = Number(/^b(\d+)$/.exec(b.branchId)?.[1] ?? Number.NaN);
+    const canonical = m !== null && m[2] === tx.id && Number(m[3]) === branchNo;
+    return { b, branchNo: canonical ? branchNo : 0, coordinator: m?.[1] ?? '', gid: canonical ? undefined : Buffer.from(`${b.branchId}\n${b.gid}`, 'utf8') };
+  });
+  const size =
+    1 + 24 + 4 + 2 + reason.length + 1 + branches.reduce((n, x) => n + 1 + 4 + 6 + (x.gid === undefined ? 0 : 2 + x.gid.length), 0);
+  const buf = Buffer.alloc(size);
+  const flags =
+    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3);
+  let at = buf.writeUInt8(flags, 0);
+  at = buf.writeDoubleLE(time(tx.createdAt), at);
+  at = buf.writeDoubleLE(time(tx.decidedAt), at);
+  at = buf.writeDoubleLE(time(tx.endedAt), at);
+  at = buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, tx.timeoutMs)), at);
+  at = buf.writeUInt16LE(reason.length, at);
+  at += reason.copy(buf, at);
+  at = buf.writeUInt8(branches.length, at);
+  for (const { b, branchNo, coordinator, gid } of branches) {
+    at = buf.writeUInt8(VOTES.indexOf(b.vote) | (gid === undefined ? 0 : 4), at);
+    at = buf.writeUInt32LE(branchNo, at);
+    at = buf.writeUInt16LE(intern(b.participant), at);
+    at = buf.writeUInt16LE(intern(b.kind), at);
+    at = buf.writeUInt16LE(intern(coordinator), at);
+    if (gid !== undefined) {
+      at = buf.writeUInt16LE(gid.length, at);
+      at += gid.copy(buf, at);
+    }
+  }
+  return buf;
+}
+
+/** A sealed bucket, searched in place. */
+export class FinishedBucket {
+  readonly count: number;
+  readonly bytes: number;
+  /** The latest end time in the bucket (epoch ms): it can be pruned once this is past retention. */
+  readonly newestEndedAt: number;
+  readonly #buf: Buffer;
+  readonly #keysAt: number;
+  readonly #offsetsAt: number;
+  readonly #dataAt: number;
+  readonly #strings: string[];
+
+  constructor(buf: Buffer) {
+    if (buf.length < HEADER_BYTES + 4 + 2) throw new BucketCorruptedError('too short');
+    const at = buf.length - 4;
+    if (buf.readUInt32LE(at) !== crc32(buf.subarray(0, at))) throw new BucketCorruptedError('checksum mismatch');
+    if (buf.readUInt32LE(0) !== MAGIC || buf.readUInt8(4) !== VERSION) throw new BucketCorruptedError('unknown format');
+    this.#buf = buf;
+    this.count = buf.readUInt32LE(5);
+    const stringsBytes = buf.readUInt32LE(9);
+    const dataBytes = buf.readUInt32LE(13);
+    this.#keysAt = HEADER_BYTES;
+    this.#offsetsAt = this.#keysAt + 16 * this.count;
+    const stringsAt = this.#offsetsAt + 4 * (this.count + 1);
+    this.#dataAt = stringsAt + stringsBytes;
+    if (this.#dataAt + dataBytes !== at) throw new BucketCorruptedError('sizes do not add up');
+    this.#strings = [];
+    let s = stringsAt + 2;
+    for (let i = buf.readUInt16LE(stringsAt); i > 0; i--) {
+      const len = buf.readUInt16LE(s);
+      this.#strings.push(buf.toString('utf8', s + 2, s + 2 + len));
+      s += 2 + len;
+    }
+    this.bytes = buf.length;
+    let newest = Number.NEGATIVE_INFINITY;
+    for (let i = 0; i < this.count; i++) {
+      const ended = buf.readDoubleLE(this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * i) + 17);
+      if (ended > newest) newest = ended;
+    }
+    this.newestEndedAt = newest;
+  }
+
+  /** The encoded bucket (what is written to its file). */
+  get buffer(): Buffer {
+    return this.#buf;
+  }
+
+  get(id: string): DurableTransaction | undefined {
+    const key = bucketKey(id);
+    return key === undefined ? undefined : this.getByKey(key);
+  }
+
+  /** Looks up by the 16-byte key of `bucketKey` (compute it once to search several buckets). */
+  getByKey(key: Buffer): DurableTransaction | undefined {
+    let lo = 0;
+    let hi = this.count - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const c = this.#buf.compare(key, 0, 16, this.#keysAt + 16 * mid, this.#keysAt + 16 * mid + 16);
+      if (c === 0) return this.#decode(mid);
+      if (c > 0) hi = mid - 1;
+      else lo = mid + 1;
+    }
+    return undefined;
+  }
+
+  /** Every transaction in the bucket (for tests and re-encoding). */
+  *all(): Generator<DurableTransaction> {
+    for (let i = 0; i < this.count; i++) yield this.#decode(i);
+  }
+
+  #decode(index: number): DurableTransaction {
+    const buf = this.#buf;
+    const id = uuidString(buf, this.#keysAt + 16 * index);
+    let at = this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * index);
+    const flags = buf.readUInt8(at);
+    const createdAt = iso(buf.readDoubleLE(at + 1));
+    const decidedAt = iso(buf.readDoubleLE(at + 9));
+    const endedAt = iso(buf.readDoubleLE(at + 17));
+    const timeoutMs = buf.readUInt32LE(at + 25);
+    const reasonLen = buf.readUInt16LE(at + 29);
+    const reason = reasonLen === 0 ? undefined : buf.toString('utf8', at + 31, at + 31 + reasonLen);
+    at += 31 + reasonLen;
+    const branches: BranchRecord[] = [];
+    for (let n = buf.readUInt8(at++); n > 0; n--) {
+      const bflags = buf.readUInt8(at);
+      const branchNo = buf.readUInt32LE(at + 1);
+      const participant = this.#strings[buf.readUInt16LE(at + 5)] ?? '';
+      const kind = (this.#strings[buf.readUInt16LE(at + 7)] ?? 'postgres') as ParticipantKind;
+      const coordinator = this.#strings[buf.readUInt16LE(at + 9)] ?? '';
+      at += 11;
+      let branchId = `b${branchNo}`;
+      let gid = `tcx:${coordinator}:${id}:${branchNo}`;
+      if ((bflags & 4) !== 0) {
+        const len = buf.readUInt16LE(at);
+        const text = buf.toString('utf8', at + 2, at + 2 + len);
+        const nl = text.indexOf('\n');
+        branchId = text.slice(0, nl);
+        gid = text.slice(nl + 1);
+        at += 2 + len;
+      }
+      const vote = VOTES[bflags & 3];
+      branches.push({ branchId, participant, kind, gid, ...(vote === undefined ? {} : { vote }) });
+    }
+    const outcome = OUTCOMES[(flags >> 1) & 3];
+    const decision = DECISIONS[(flags >> 3) & 7];
+    return {
+      id,
+      protocol: (flags & 1) === 1 ? '3pc' : '2pc',
+      timeoutMs,
+      createdAt: createdAt ?? new Date(0).toISOString(),
+      branches,
+      ...(decision === undefined ? {} : { decision }),
+      ...(decidedAt === undefined ? {} : { decidedAt }),
+      ...(reason === undefined ? {} : { reason }),
+      ...(outcome === undefined ? {} : { outcome }),
+      ...(endedAt === undefined ? {} : { endedAt }),
+    };
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Reading segment files back: the frames of one segment, its header, its
+ * snapshot (when complete) and its records, and where a torn or corrupt tail
+ * begins. See file-log.ts for the format.
+ */
+import { join } from 'node:path';
+import { decodeFrames } from './frame-codec.js';
+import type { LogIo } from './log-io.js';
+import { parseFileRefs, type FileRef } from './snapshot-files.js';
+
+/** A bad frame where a crash cannot explain it (not the tail of the last segment). */
+export class LogCorruptedError extends Error {
+  readonly file: string;
+  readonly offset: number;
+  constructor(file: string, offset: number, detail: string) {
+    super(`write-ahead log corrupted in ${file} at offset ${offset}: ${detail}`);
+    this.name = 'LogCorruptedError';
+    this.file = file;
+    this.offset = offset;
+  }
+}
+
+export const SEGMENT_NAME = /^segment-(\d{16})\.log$/;
+export const segmentFileName = (seq: number): string => `segment-${String(seq).padStart(16, '0')}.log`;
+
+export interface Header {
+  seq: number;
+  snapshot: boolean;
+  snapshotRecords: number;
+  /** Snapshot segments: the files the snapshot includes by reference (see snapshot-files.ts). */
+  files: FileRef[];
+}
+
+export interface SegmentScan {
+  seq: number;
+  path: string;
+  size: number;
+  header: Header | undefined;
+  snapshot: unknown[] | undefined; // set when the snapshot is complete
+  records: unknown[];
+  baseBytes: number; // header (+ snapshot + marker) bytes
+  goodEnd: number;
+  bad: { offset: number; reason: string } | undefined;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+export function encodeJson(value: unknown): Buffer {
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new TypeError('log payload is not JSON-serialisable');
+  return Buffer.from(text, 'utf8');
+}
+
+export function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+export function parseHeader(v: unknown): Header | undefined {
+  if (!isObject(v) || !Number.isSafeInteger(v.tcxSegment) || typeof v.snapshot !== 'boolean') return undefined;
+  const n = v.snapshot ? v.snapshotRecords : 0;
+  if (!Number.isSafeInteger(n) || (n as number) < 0) return undefined;
+  const files = v.files === undefined ? [] : parseFileRefs(v.files);
+  if (files === undefined) return undefined;
+  return { seq: v.tcxSegment as number, snapshot: v.snapshot, snapshotRecords: n as number, files };
+}
+
+export async function scanSegment(io: LogIo, dir: string, seq: number): Promise<SegmentScan> {
+  const path = join(dir, segmentFileName(seq));
+  const buf = await io.readFile(path);
+  const decoded = decodeFrames(buf);
+  const scan: SegmentScan = {
+    seq, path, size: buf.length, header: undefined, snapshot: undefined, records: [], baseBytes: 0,
+    goodEnd: decoded.goodEnd, bad: decoded.error,
+  };
+  const payloads: unknown[] = [];
+  for (const frame of decoded.frames) {
+    try {
+      payloads.push(JSON.parse(utf8.decode(frame.payload)));
+    } catch {
+      scan.bad = { offset: frame.offset, reason: 'unparsable-json' };
+      scan.goodEnd = frame.offset;
+      break;
+    }
+  }
+  if (payloads.length === 0) {
+    scan.bad ??= { offset: 0, reason: 'missing-header' };
+    return scan;
+  }
+  const header = parseHeader(payloads[0]);
+  if (header === undefined || header.seq !== seq) {
+    throw new LogCorruptedError(path, 0, `bad segment header ${JSON.stringify(payloads[0])}`);
+  }
+  scan.header = header;
+  if (!header.snapshot) {
+    scan.records = payloads.slice(1);
+    scan.baseBytes = decoded.frames[0]!.end;
+    return scan;
+  }
+  const n = header.snapshotRecords;
+  if (payloads.length < n + 2) return scan; // snapshot incomplete
+  const marker = payloads[n + 1];
+  if (!isObject(marker) || marker.tcxSnapshotEnd !== seq || marker.records !== n) {
+    throw new LogCorruptedError(path, decoded.frames[n + 1]!.offset, 'expected the end-of-snapshot marker');
+  }
+  scan.snapshot = payloads.slice(1, n + 1);
+  scan.records = payloads.slice(n + 2);
+  scan.baseBytes = decoded.frames[n + 1]!.end;
+  return scan;
+}

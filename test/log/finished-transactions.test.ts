@@ -1,0 +1,99 @@
+import { randomUUID } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { BucketCorruptedError, encodeBucket, FinishedBucket } from '../../src/log/finished-bucket.js';
+import { FinishedTransactions } from '../../src/log/finished-transactions.js';
+import type { DurableTransaction } from '../../src/log/log-records.js';
+
+const T0 = Date.parse('2026-12-01T10:00:00.000Z');
+const at = (ms: number): string => new Date(T0 + ms).toISOString();
+
+function finished(i: number, overrides: Partial<DurableTransaction> = {}): DurableTransaction {
+  const id = overrides.id ?? randomUUID();
+  const commit = i % 3 !== 0;
+  return {
+    id,
+    protocol: i % 2 === 0 ? '2pc' : '3pc',
+    timeoutMs: 30_000 + i,
+    createdAt: at(i),
+    branches: [
+      { branchId: 'b1', participant: 'bank-a', kind: 'postgres', gid: `tcx:c0ffee:${id}:1`, vote: 'yes' },
+      { branchId: 'b2', participant: i % 2 === 0 ? 'ledger' : 'cache', kind: i % 2 === 0 ? 'http' : 'redis', gid: `tcx:c0ffee:${id}:2`, ...(commit ? { vote: 'yes' as const } : { vote: 'no' as const }) },
+    ],
+    ...(commit ? { decision: i % 2 === 0 ? ('commit' as const) : ('precommit' as const), decidedAt: at(i + 1) } : {}),
+    ...(commit ? {} : { reason: `branch b2 on cache failed: überzogen ✗ #${i}` }),
+    outcome: commit ? 'commit' : 'abort',
+    endedAt: at(i + 2),
+    ...overrides,
+  };
+}
+
+describe('sealed buckets of finished transactions', () => {
+  it('give back every transaction exactly, by id, and nothing for ids they do not hold', () => {
+    const txs = Array.from({ length: 500 }, (_, i) => finished(i));
+    // A branch whose gid is not the canonical one survives too.
+    txs.push(finished(7, { branches: [{ branchId: 'x9', participant: 'old', kind: 'postgres', gid: 'tcx:other:legacy:3' }] }));
+    const bucket = new FinishedBucket(encodeBucket(txs));
+    expect(bucket.count).toBe(txs.length);
+    for (const tx of txs) expect(bucket.get(tx.id)).toEqual(tx);
+    expect(bucket.get(randomUUID())).toBeUndefined();
+    expect(bucket.get('not-a-uuid')).toBeUndefined();
+    expect(bucket.newestEndedAt).toBe(Math.max(...txs.map((t) => Date.parse(t.endedAt!))));
+    expect([...bucket.all()].length).toBe(txs.length);
+  });
+
+  it('hold a finished transaction in well under 100 bytes', () => {
+    const txs = Array.from({ length: 10_000 }, (_, i) => finished(i, { reason: undefined, ...(i % 3 === 0 ? { outcome: 'abort' } : {}) }));
+    const bytes = encodeBucket(txs).length;
+    expect(bytes / txs.length).toBeLessThan(100);
+  });
+
+  it('refuse a damaged bucket instead of answering from it', () => {
+    const buf = encodeBucket([finished(1), finished(2)]);
+    for (const offset of [0, 20, Math.floor(buf.length / 2), buf.length - 1]) {
+      const bad = Buffer.from(buf);
+      bad[offset] = bad[offset]! ^ 0xff;
+      expect(() => new FinishedBucket(bad)).toThrow(BucketCorruptedError);
+    }
+    expect(() => new FinishedBucket(buf.subarray(0, buf.length - 3))).toThrow(BucketCorruptedError);
+  });
+});
+
+describe('the finished-transaction store', () => {
+  it('answers from recent and sealed transactions alike, and seals only UUID ids', () => {
+    const store = new FinishedTransactions();
+    const sealedLater = Array.from({ length: 50 }, (_, i) => finished(i));
+    for (const tx of sealedLater) store.add(tx);
+    const odd = finished(99, { id: 'legacy-id-1' });
+    store.add(odd);
+    const sealed = store.seal();
+    expect(sealed?.bucket.count).toBe(50);
+    expect([...store.unsealable()]).toEqual([odd]);
+    const recent = finished(100);
+    store.add(recent);
+    expect(store.size).toBe(52);
+    for (const tx of [...sealedLater, odd, recent]) expect(store.get(tx.id)).toEqual(tx);
+  });
+
+  it('prunes whole buckets past retention, oldest first, and keeps at most maxFinished', () => {
+    const store = new FinishedTransactions();
+    const batches = [0, 1, 2].map((b) => Array.from({ length: 10 }, (_, i) => finished(b * 1000 + i)));
+    for (const batch of batches) {
+      for (const tx of batch) store.add(tx);
+      store.seal();
+    }
+    const recent = Array.from({ length: 5 }, (_, i) => finished(5000 + i));
+    for (const tx of recent) store.add(tx);
+    // Retention: the first bucket ended at T0+11 at the latest; a cutoff after it drops only that bucket.
+    expect(store.prune(T0 + 12 + 100, 100, 1_000)).toBe(10);
+    expect(store.get(batches[0]![0]!.id)).toBeUndefined();
+    expect(store.get(batches[1]![0]!.id)).toBeDefined();
+    // Cap: 25 left; at most 12 kept → both remaining buckets go (whole), the recent ones stay.
+    expect(store.prune(T0, 3_600_000, 12)).toBe(20);
+    expect(store.size).toBe(5);
+    for (const tx of recent) expect(store.get(tx.id)).toEqual(tx);
+    // Recent ones go oldest first once no bucket is left.
+    expect(store.prune(T0, 3_600_000, 3)).toBe(2);
+    expect(store.get(recent[0]!.id)).toBeUndefined();
+    expect(store.get(recent[4]!.id)).toBeDefined();
+  });
+});
