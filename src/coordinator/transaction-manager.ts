@@ -189,7 +189,17 @@ export class TransactionManager {
         return { view: tx.view(), results, failure: error };
       }
       if (!request.commit) return { view: tx.view(), results };
-      return { view: await this.#commitLocked(tx), results };
+      try {
+        return { view: await this.#commitLocked(tx), results };
+      } catch (err) {
+        // Refused before a decision (the log failed, the coordinator is stopping): branches may
+        // already be prepared, and nobody will ask again for this request's transaction.
+        if (tx.state.decision === undefined && !isTerminal(tx.state.phase)) {
+          this.#driver.apply(tx, { type: 'abort', reason: `the commit was refused: ${errorMessage(err)}` });
+          await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+        }
+        throw err;
+      }
     });
   }
 

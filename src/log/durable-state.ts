@@ -135,6 +135,8 @@ export class DurableState {
   #ensure(id: string, at: string, summary?: Partial<TransactionSummary>): MutableTransaction | undefined {
     let tx = this.#transactions.get(id);
     if (tx === undefined) {
+      // The outcome of a finished transaction is final: a later record about it changes nothing.
+      // (Recent ones only, cheaply: see FinishedTransactions.hasRecent; unfinished() checks all.)
       if (this.finished.hasRecent(id)) return undefined;
       tx = {
         id,
@@ -155,7 +157,8 @@ export class DurableState {
 
   /** Transactions the log has not seen end: the work of recovery. */
   unfinished(): DurableTransaction[] {
-    return [...this.#transactions.values()].map(freeze);
+    // Never one that ended: a stray record about a sealed transaction must not revive it.
+    return [...this.#transactions.values()].filter((tx) => this.finished.get(tx.id) === undefined).map(freeze);
   }
 
   get size(): number {

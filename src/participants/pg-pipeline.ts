@@ -17,7 +17,7 @@
  */
 
 import pg from 'pg';
-import { serialize } from 'pg-protocol';
+import { DatabaseError, serialize } from 'pg-protocol';
 
 export interface PipelineStatement {
   readonly text: string;
@@ -36,9 +36,10 @@ export interface StatementResult {
 }
 
 /**
- * The statement at `statementIndex` failed; the ones before it ran, the ones after it were
- * skipped. -1: the exchange failed as a whole (the connection, a read timeout), or — `sent`
- * false — nothing was sent at all (a value that cannot be encoded).
+ * The statement at `statementIndex` failed (the server said so); the ones before it ran, the
+ * ones after it were skipped. -1: the exchange failed on the client's side (a read timeout, a
+ * lost connection) — how far the server got is unknown — or, with `sent` false, nothing was
+ * sent at all (a value that cannot be encoded).
  */
 export class PipelineError extends Error {
   readonly statementIndex: number;
@@ -80,6 +81,8 @@ const runtime = pg as unknown as {
 };
 
 class Pipeline {
+  /** node-postgres's read timeout for this exchange (it reads it from the submittable). */
+  readonly query_timeout: number | undefined;
   readonly #statements: readonly PipelineStatement[];
   readonly #maxRows: number;
   readonly #results: StatementResult[] = [];
@@ -91,9 +94,10 @@ class Pipeline {
   /** node-postgres calls this (wrapped in its read timeout) exactly like a Query's callback. */
   callback: ((err: Error | null, results?: StatementResult[]) => void) | undefined;
 
-  constructor(statements: readonly PipelineStatement[], maxRows: number) {
+  constructor(statements: readonly PipelineStatement[], maxRows: number, readTimeoutMs: number | undefined) {
     this.#statements = statements;
     this.#maxRows = maxRows;
+    this.query_timeout = readTimeoutMs;
   }
 
   submit(connection: WireConnection): Error | null {
@@ -180,14 +184,26 @@ class Pipeline {
   #fail(err: unknown): void {
     if (this.#settled) return;
     this.#settled = true;
-    this.callback?.(err instanceof PipelineError ? err : new PipelineError(err, this.#index, this.#results));
+    // Only an error the server reported belongs to a statement. Anything else (the client's read
+    // timeout, a lost connection) says nothing about how far the server got: it may still be
+    // running the statements it has read, PREPARE included.
+    const index = err instanceof DatabaseError ? this.#index : -1;
+    this.callback?.(err instanceof PipelineError ? err : new PipelineError(err, index, this.#results));
   }
 }
 
-/** Runs the statements in one round trip; rejects with PipelineError naming the statement that failed. */
-export function runPipeline(client: pg.ClientBase, statements: readonly PipelineStatement[], maxRows = 10_000): Promise<StatementResult[]> {
+/**
+ * Runs the statements in one round trip; rejects with PipelineError naming the statement that
+ * failed. `readTimeoutMs` bounds the whole exchange (the server bounds each statement by
+ * itself, so give it room for all of them).
+ */
+export function runPipeline(
+  client: pg.ClientBase,
+  statements: readonly PipelineStatement[],
+  options: { maxRows?: number; readTimeoutMs?: number } = {},
+): Promise<StatementResult[]> {
   return new Promise((resolve, reject) => {
-    const pipeline = new Pipeline(statements, maxRows);
+    const pipeline = new Pipeline(statements, options.maxRows ?? 10_000, options.readTimeoutMs);
     pipeline.callback = (err, results) => {
       if (err !== null) {
         reject(err instanceof PipelineError ? err : new PipelineError(err, -1, []));

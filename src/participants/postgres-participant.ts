@@ -21,12 +21,22 @@
  */
 
 import pg from 'pg';
+import { DatabaseError } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from '../coordinator/gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
+import {
+  KeptSessions,
+  LEAKS_SESSION_STATE,
+  looksReadOnly,
+  MAX_ROWS_RETURNED,
+  release,
+  resultsOf,
+  type BranchSession,
+} from './postgres-session.js';
 
 export interface PostgresParticipantOptions {
   readonly name: string;
@@ -40,23 +50,11 @@ export interface PostgresParticipantOptions {
 
 const UNDEFINED_OBJECT = '42704';
 
-interface BranchSession {
-  readonly client: pg.PoolClient;
-  readonly backendPid: number;
-  readonly onError: (err: Error) => void;
-  /** Set when the session can no longer prepare: a statement failed or the connection broke. */
-  failure: string | undefined;
-  /** Some statement may have written (anything but a plain query): skip the read-only check. */
-  mayWrite: boolean;
-  /**
-   * The connection may carry state past this branch — a cancel request in flight (it could
-   * hit the next user's statement), session settings or advisory locks — so it is closed
-   * instead of returned to the pool.
-   */
-  mustNotBeReused: boolean;
-  /** Work running on the session right now (an abort waits for it before it looks). */
-  busy: Promise<unknown> | undefined;
-}
+/** How long an abort waits for a lost session's backend to end before it fails (and is retried). */
+const STOP_BACKEND_WAIT_MS = 10_000;
+
+/** How long a prepared branch's session waits for its phase 2 before it goes back to the pool. */
+const KEEP_FOR_PHASE2_MS = 5_000;
 
 export class PostgresParticipant implements ParticipantAdapter {
   readonly kind = 'postgres' as const;
@@ -66,16 +64,19 @@ export class PostgresParticipant implements ParticipantAdapter {
   readonly #sessions: pg.Pool;
   readonly #control: pg.Pool;
   readonly #open = new Map<string, BranchSession>();
+  /** Branches whose session was lost on our side while the server may still run their work: the backend, and when. */
+  readonly #unsettled = new Map<string, { pid: number; since: Date }>();
+  readonly #statementTimeoutMs: number;
   /** Prepares in flight, by gid. */
   readonly #preparing = new Map<string, Promise<PrepareResult>>();
   /** Prepared branches whose session is kept for their phase 2. */
-  readonly #kept = new Map<string, { session: BranchSession; since: number }>();
-  #keptSweep: NodeJS.Timeout | undefined;
+  readonly #kept = new KeptSessions(KEEP_FOR_PHASE2_MS);
   readonly #log: Logger;
 
   constructor(options: PostgresParticipantOptions) {
     this.name = options.name;
     this.#log = options.logger.child({ participant: options.name });
+    this.#statementTimeoutMs = options.statementTimeoutMs;
     const base: pg.PoolConfig = {
       connectionString: options.connectionString,
       connectionTimeoutMillis: options.connectTimeoutMs,
@@ -163,7 +164,9 @@ export class PostgresParticipant implements ParticipantAdapter {
     const first = begins ? 1 : 0;
     let answers: StatementResult[];
     try {
-      answers = await runPipeline(session.client, statements, MAX_ROWS_RETURNED);
+      // The server bounds each statement by statement_timeout; the exchange as a whole gets room for all of them.
+      const readTimeoutMs = statements.length * this.#statementTimeoutMs + 5_000;
+      answers = await runPipeline(session.client, statements, { maxRows: MAX_ROWS_RETURNED, readTimeoutMs });
     } catch (err) {
       const index = err instanceof PipelineError ? err.statementIndex : -1;
       if (err instanceof PipelineError && !err.sent) {
@@ -178,9 +181,10 @@ export class PostgresParticipant implements ParticipantAdapter {
       }
       session.failure ??= errorMessage(err);
       if (index < first) {
-        // BEGIN failed, or the connection did: the session holds none of this branch's work
-        // (a disconnected server rolls back what it had). An abort still rolls back a PREPARE
-        // that may have run before the answer was lost.
+        // BEGIN failed, or the exchange did on our side (a read timeout, a lost connection). In
+        // the second case the server may still be running what it read, PREPARE included: the
+        // branch's abort first stops that backend, then rolls back whatever it prepared.
+        if (index < 0) this.#unsettled.set(branch.gid, { pid: session.backendPid, since: new Date() });
         this.#open.delete(branch.gid);
         release(session, err);
         throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `lost the session on ${this.name}: ${errorMessage(err)}`, { cause: err });
@@ -208,7 +212,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       release(session);
       return { results, vote: { vote: 'no', reason: `prepare on ${this.name} answered ${tag ?? 'nothing'}` } };
     }
-    this.#keepForPhase2(branch.gid, session);
+    this.#kept.keep(branch.gid, session);
     return { results, vote: { vote: 'yes' } };
   }
 
@@ -270,44 +274,15 @@ export class PostgresParticipant implements ParticipantAdapter {
       }
       await session.client.query(`PREPARE TRANSACTION '${branch.gid}'`);
     } catch (err) {
-      // A failed PREPARE rolls the transaction back; a broken connection may or may not have
-      // prepared it — the abort that follows a no vote resolves either case.
+      // A PREPARE the server refused rolled the transaction back. One whose answer was lost on
+      // our side may still run on the server: the abort that follows the no vote stops it first.
+      if (!(err instanceof DatabaseError)) this.#unsettled.set(branch.gid, { pid: session.backendPid, since: new Date() });
       release(session, err);
       return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
     }
-    if (options.decisionFollows === true) this.#keepForPhase2(branch.gid, session);
+    if (options.decisionFollows === true) this.#kept.keep(branch.gid, session);
     else release(session);
     return { vote: 'yes' };
-  }
-
-  /**
-   * Keeps a prepared branch's session for its phase 2, which follows at once: no pool
-   * round trip, and commit delivery never waits for a free control session. A kept
-   * session that is not used within the bound goes back to the pool (one sweep for all).
-   */
-  #keepForPhase2(gid: string, session: BranchSession): void {
-    this.#kept.set(gid, { session, since: Date.now() });
-    this.#keptSweep ??= setInterval(() => this.#releaseStaleKept(), KEEP_FOR_PHASE2_MS).unref();
-  }
-
-  #releaseStaleKept(): void {
-    const stale = Date.now() - KEEP_FOR_PHASE2_MS;
-    for (const [gid, kept] of this.#kept) {
-      if (kept.since > stale) continue;
-      this.#kept.delete(gid);
-      release(kept.session);
-    }
-    if (this.#kept.size === 0) {
-      clearInterval(this.#keptSweep);
-      this.#keptSweep = undefined;
-    }
-  }
-
-  #takeKept(gid: string): BranchSession | undefined {
-    const kept = this.#kept.get(gid);
-    if (kept === undefined) return undefined;
-    this.#kept.delete(gid);
-    return kept.session;
   }
 
   async #endSession(session: BranchSession, statement: 'COMMIT' | 'ROLLBACK'): Promise<void> {
@@ -330,6 +305,11 @@ export class PostgresParticipant implements ParticipantAdapter {
     // finishes first: it may end prepared, and only then is it clear which rollback it needs.
     await this.#open.get(branch.gid)?.busy?.catch(() => undefined);
     await this.#preparing.get(branch.gid)?.catch(() => undefined);
+    const unsettled = this.#unsettled.get(branch.gid);
+    if (unsettled !== undefined) {
+      await this.#stopBackend(unsettled.pid, unsettled.since);
+      this.#unsettled.delete(branch.gid);
+    }
     const session = this.#open.get(branch.gid);
     if (session !== undefined) {
       this.#open.delete(branch.gid);
@@ -339,8 +319,26 @@ export class PostgresParticipant implements ParticipantAdapter {
     await this.#resolvePrepared(branch.gid, `ROLLBACK PREPARED '${branch.gid}'`);
   }
 
+  /**
+   * Ends a backend whose session we gave up on while it may still be running a branch's work,
+   * and waits (bounded) until it is gone: only then does ROLLBACK PREPARED of a gid that does
+   * not exist mean "never prepared". Only the backend that was there when we lost it is hit
+   * (a pid reused since has a later backend_start).
+   */
+  async #stopBackend(pid: number, since: Date): Promise<void> {
+    if (pid === 0) return;
+    await this.#control.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
+    const deadline = Date.now() + STOP_BACKEND_WAIT_MS;
+    for (;;) {
+      const res = await this.#control.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
+      if (res.rowCount === 0) return;
+      if (Date.now() > deadline) throw new Error(`backend ${pid} on ${this.name} still runs a lost session; the abort is retried`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   async #resolvePrepared(gid: string, statement: string): Promise<void> {
-    const kept = this.#takeKept(gid);
+    const kept = this.#kept.take(gid);
     try {
       if (kept === undefined) await this.#control.query(statement);
       else await runSimple(kept.client, statement);
@@ -370,38 +368,9 @@ export class PostgresParticipant implements ParticipantAdapter {
       await session.busy?.catch(() => undefined);
       await this.#endSession(session, 'ROLLBACK');
     }
-    for (const gid of [...this.#kept.keys()]) {
-      const session = this.#takeKept(gid);
-      if (session !== undefined) release(session);
-    }
-    clearInterval(this.#keptSweep);
+    this.#kept.releaseAll();
     await Promise.allSettled([this.#sessions.end(), this.#control.end()]);
   }
-}
-
-/** Statements that only read unless they call a function that writes (the read-only check catches that). */
-function looksReadOnly(sql: string): boolean {
-  return /^\s*(SELECT|VALUES|TABLE|SHOW|EXPLAIN)\b/i.test(sql) && !/\b(INSERT|UPDATE|DELETE|MERGE)\b/i.test(sql);
-}
-
-/** Returns the session's connection to the pool (closing it after an error, or when it must not be reused). */
-function release(session: BranchSession, err?: unknown): void {
-  session.client.off('error', session.onError);
-  const destroy = err !== undefined || session.mustNotBeReused;
-  session.client.release(destroy ? (err instanceof Error ? err : true) : undefined);
-}
-
-/** Calls that leave state on the session beyond its transaction. */
-const LEAKS_SESSION_STATE = /\b(set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared|dblink_connect|lo_open)\b/i;
-
-/** Rows answered per operation; more are dropped from the answer (the statement still ran). */
-const MAX_ROWS_RETURNED = 10_000;
-
-/** How long a prepared branch's session waits for its phase 2 before it goes back to the pool. */
-const KEEP_FOR_PHASE2_MS = 5_000;
-
-function resultsOf(answers: readonly StatementResult[]): { rows: unknown[]; rowCount: number | null; truncated?: boolean }[] {
-  return answers.map((a) => ({ rows: a.rows, rowCount: a.rowCount, ...(a.truncated ? { truncated: true } : {}) }));
 }
 
 function assertSafeGid(gid: string): void {

@@ -8,6 +8,7 @@ import { silentLogger } from '../../src/logger.js';
 import { PostgresParticipant } from '../../src/participants/postgres-participant.js';
 import type { BranchRef } from '../../src/participants/participant.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 
 let db: string;
 let pgp: PostgresParticipant;
@@ -128,6 +129,50 @@ describe('postgres participant: phase 2 on the branch session', () => {
       expect(await balanceOf(db, 'bob')).toBe(0);
     } finally {
       await withClient(db, (client) => client.query('DROP TRIGGER slow_prepare ON accounts'));
+    }
+  });
+});
+
+describe('postgres participant: a session lost on our side while the server still runs it', () => {
+  it('the abort stops the backend first: a PREPARE that was still to run never lands', async () => {
+    const url = new URL(db);
+    const proxy = await FaultProxy.start({ target: { host: url.hostname, port: Number(url.port) }, name: 'pg' });
+    const viaProxy = new PostgresParticipant({
+      name: 'bank-via-proxy',
+      connectionString: proxy.rewriteUrl(db),
+      maxSessions: 4,
+      connectTimeoutMs: 5_000,
+      statementTimeoutMs: 10_000,
+      idleInTransactionTimeoutMs: 60_000,
+      logger: silentLogger(),
+    });
+    try {
+      const ref = branch();
+      const before = await balanceOf(db, 'alice');
+      // The server reads the whole pipeline, then sleeps before PREPARE; meanwhile the
+      // connection is cut. Postgres does not notice a closed socket while it sleeps.
+      const work = [...update('alice', -3), { sql: 'SELECT pg_sleep(1)', params: [] }];
+      const enlisted = viaProxy.enlist(ref, work, undefined, { prepareAfter: true });
+      await new Promise((r) => setTimeout(r, 250));
+      proxy.cutOpenConnections();
+      await expect(enlisted).rejects.toMatchObject({ code: 'PARTICIPANT_UNREACHABLE' });
+      // The coordinator aborts the branch (retrying until acknowledged).
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await viaProxy.abort(ref);
+          break;
+        } catch (err) {
+          if (attempt >= 5) throw err;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      // Long after the sleep would have ended and PREPARE would have run: nothing prepared, nothing changed.
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(await preparedGids(db, ref.gid)).toEqual([]);
+      expect(await balanceOf(db, 'alice')).toBe(before);
+    } finally {
+      await viaProxy.close();
+      await proxy.close();
     }
   });
 });
