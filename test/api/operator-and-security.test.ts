@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { nodeLogIo, type LogFile, type LogIo } from '../../src/log/file-log.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient, prepareByHand } from '../support/databases.js';
 import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
 const API = 'api-token-0123456789abcdef';
@@ -24,13 +24,6 @@ async function call(c: InProcessCoordinator, method: 'GET' | 'POST' | 'DELETE', 
   return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
 }
 
-async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
-  await withClient(databaseUrl, async (cl) => {
-    await cl.query('BEGIN');
-    await cl.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account]);
-    await cl.query(`PREPARE TRANSACTION '${gid}'`);
-  });
-}
 
 beforeAll(async () => {
   [dbA, dbB] = await Promise.all([freshDatabase(inject('pgUrlA')), freshDatabase(inject('pgUrlB'))]);

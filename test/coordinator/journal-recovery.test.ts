@@ -10,7 +10,7 @@ import { CoordinatorLog } from '../../src/coordinator/coordinator-log.js';
 import { decisionRecord } from '../../src/coordinator/journal.js';
 import { LiveTransaction } from '../../src/coordinator/live-transaction.js';
 import { silentLogger } from '../../src/logger.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient, eventually, prepareByHand } from '../support/databases.js';
 import { startCoordinator, tempDataDir, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
 let dbA: string;
@@ -21,22 +21,7 @@ async function api(c: InProcessCoordinator, url: string) {
   return { status: res.statusCode, body: res.json() };
 }
 
-async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
-  await withClient(databaseUrl, async (cl) => {
-    await cl.query('BEGIN');
-    await cl.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account]);
-    await cl.query(`PREPARE TRANSACTION '${gid}'`);
-  });
-}
 
-async function eventually(check: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('condition not reached in time');
-}
 
 /** A transfer as the journal sees it just before its decision: two prepared Postgres branches. */
 function transfer(coordinatorId: string, id: string, protocol: '2pc' | '3pc'): LiveTransaction {

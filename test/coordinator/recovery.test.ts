@@ -3,7 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorLog } from '../../src/coordinator/coordinator-log.js';
 import { silentLogger } from '../../src/logger.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient, eventually, prepareByHand } from '../support/databases.js';
 import { startCoordinator, tempDataDir, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
 let dbA: string;
@@ -19,22 +19,7 @@ async function api(c: InProcessCoordinator, method: 'GET' | 'POST', url: string,
   return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
 }
 
-async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
-  await withClient(databaseUrl, async (cl) => {
-    await cl.query('BEGIN');
-    await cl.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account]);
-    await cl.query(`PREPARE TRANSACTION '${gid}'`);
-  });
-}
 
-async function eventually(check: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('condition not reached in time');
-}
 
 /** Writes a log as a coordinator would have left it when killed, without running one. */
 async function writeLog(dir: string, write: (log: CoordinatorLog) => Promise<void>): Promise<void> {

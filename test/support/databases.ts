@@ -55,3 +55,22 @@ export async function preparedGids(databaseUrl: string, prefix = 'tcx:'): Promis
     ),
   );
 }
+
+/** A branch prepared by hand, as a coordinator would have left it (gid `tcx:<id>:<tx>:<n>`). */
+export async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
+  await withClient(databaseUrl, async (cl) => {
+    await cl.query('BEGIN');
+    await cl.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account]);
+    await cl.query(`PREPARE TRANSACTION '${gid}'`);
+  });
+}
+
+/** Polls `check` every 50 ms until it holds; fails after `ms`. */
+export async function eventually(check: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('condition not reached in time');
+}
