@@ -9,6 +9,12 @@ const REDACT_PATHS = [
   '*.*.connectionString',
   'password',
   '*.password',
+  '*.*.password',
+  'token',
+  '*.token',
+  '*.*.token',
+  'auth',
+  '*.auth',
   'req.headers.authorization',
 ];
 

@@ -39,6 +39,25 @@ function fromFastifyError(err: FastifyError): { status: number; body: ErrorBody 
   return undefined;
 }
 
+/**
+ * Errors Fastify's router raises before any hook runs (a path it cannot decode, a path
+ * parameter past maxParamLength): answered in the catalogue's shape too, without echoing the
+ * path back.
+ */
+export function frameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  if (err.code === 'FST_ERR_BAD_URL') {
+    void reply.status(400).send(body('VALIDATION_FAILED', 'the URL path is not validly percent-encoded'));
+  } else if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    void reply.status(400).send(body('VALIDATION_FAILED', `a path parameter is longer than ${MAX_PARAM_LENGTH} characters`));
+  } else {
+    request.log.error({ reqId: request.id, err }, 'unexpected framework error');
+    void reply.status(500).send(body('INTERNAL', ERROR_CATALOGUE.INTERNAL.message));
+  }
+}
+
+/** Longest path parameter the router accepts (transaction ids are 64, gids fewer than 130). */
+export const MAX_PARAM_LENGTH = 200;
+
 export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof CoordinatorError) {

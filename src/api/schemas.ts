@@ -37,6 +37,17 @@ export const registerParticipantBody = {
         allowVolatile: { type: 'boolean' },
       },
     },
+    auth: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['type'],
+      properties: {
+        type: { type: 'string', enum: ['bearer', 'basic'] },
+        token: { type: 'string', minLength: 1, maxLength: 4096, pattern: '^[\\x21-\\x7e]+$' },
+        username: { type: 'string', minLength: 1, maxLength: 256, pattern: '^[^:\\r\\n]+$' },
+        password: { type: 'string', maxLength: 1024, pattern: '^[^\\r\\n]*$' },
+      },
+    },
   },
 } as const;
 

@@ -9,7 +9,8 @@ import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
 import { actorOf, installAuth } from './auth.js';
-import { installErrorHandling } from './error-handler.js';
+import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
+import { installJsonBodyParser } from './json-body.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
   abortBody,
@@ -36,11 +37,11 @@ interface BranchInput {
   payload?: unknown;
 }
 
-/** Which address field each kind takes, and the URL schemes it accepts. */
+/** Which address field each kind takes (the address itself is checked by participant-address.ts). */
 const ADDRESS_FIELD = {
-  postgres: { field: 'connectionString', schemes: ['postgres:', 'postgresql:'] },
-  http: { field: 'baseUrl', schemes: ['http:', 'https:'] },
-  redis: { field: 'url', schemes: ['redis:', 'rediss:'] },
+  postgres: { field: 'connectionString' },
+  http: { field: 'baseUrl' },
+  redis: { field: 'url' },
 } as const;
 
 function checkRegistration(body: RegistrationRequest): void {
@@ -54,10 +55,14 @@ function checkRegistration(body: RegistrationRequest): void {
       throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant takes a ${wanted.field}, not a ${field}`);
     }
   }
-  const address = body[wanted.field] ?? '';
-  const scheme = URL.canParse(address) ? new URL(address).protocol : '';
-  if (!(wanted.schemes as readonly string[]).includes(scheme)) {
-    throw new CoordinatorError('VALIDATION_FAILED', `${wanted.field} must be a ${wanted.schemes.join(' or ')} URL`);
+  if (body.auth !== undefined) {
+    if (body.kind !== 'http') throw new CoordinatorError('VALIDATION_FAILED', 'auth applies to http participants only');
+    const auth = body.auth as { type: string; token?: string; username?: string; password?: string };
+    const ok = auth.type === 'bearer' ? auth.token !== undefined && auth.username === undefined && auth.password === undefined : auth.token === undefined && auth.username !== undefined && auth.password !== undefined;
+    if (!ok) throw new CoordinatorError('VALIDATION_FAILED', 'auth is {type: "bearer", token} or {type: "basic", username, password}');
+    if (URL.canParse(body.baseUrl ?? '') && new URL(body.baseUrl ?? '').username !== '') {
+      throw new CoordinatorError('VALIDATION_FAILED', 'give credentials either in auth or in baseUrl, not both');
+    }
   }
   if (body.options?.allowVolatile !== undefined && body.kind !== 'redis') {
     throw new CoordinatorError('VALIDATION_FAILED', 'options.allowVolatile applies to redis participants only');
@@ -71,7 +76,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    frameworkErrors,
   });
+  installJsonBodyParser(app);
   // No child logger per request (it costs more than the rest of a request's logging): the
   // few lines a request writes (errors) carry its id themselves.
   app.setChildLoggerFactory((parent) => parent);

@@ -8,7 +8,8 @@
  */
 
 import type { Logger } from 'pino';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { lockDataDir, type DirLock } from '../log/dir-lock.js';
 import { FileLog, type LogIo } from '../log/file-log.js';
 import { DurableState } from '../log/durable-state.js';
@@ -41,7 +42,8 @@ export class CoordinatorLog {
 
   static async open(options: CoordinatorLogOptions): Promise<{ log: CoordinatorLog; replayed: number }> {
     const state = new DurableState();
-    await mkdir(options.dir, { recursive: true });
+    await mkdir(options.dir, { recursive: true, mode: 0o700 });
+    await restrictPermissions(options.dir, options.logger);
     const lock = await lockDataDir(options.dir);
     let opened: Awaited<ReturnType<typeof FileLog.open>>;
     try {
@@ -135,6 +137,31 @@ export class CoordinatorLog {
     } finally {
       await this.#lock.release();
     }
+  }
+}
+
+/**
+ * The log holds participants' connection details, passwords included (recovery needs them):
+ * its directory must be the coordinator's alone (0700) and its files 0600. Wider permissions
+ * found at start are narrowed, with a warning.
+ */
+async function restrictPermissions(dir: string, logger: Logger): Promise<void> {
+  const narrowed: string[] = [];
+  const dirMode = (await stat(dir)).mode & 0o777;
+  if ((dirMode & 0o077) !== 0) {
+    await chmod(dir, 0o700);
+    narrowed.push(`${dir} (was ${dirMode.toString(8)})`);
+  }
+  for (const name of await readdir(dir)) {
+    const path = join(dir, name);
+    const st = await stat(path);
+    if (st.isFile() && (st.mode & 0o077) !== 0) {
+      await chmod(path, 0o600);
+      narrowed.push(`${name} (was ${(st.mode & 0o777).toString(8)})`);
+    }
+  }
+  if (narrowed.length > 0) {
+    logger.warn({ dir, narrowed }, 'the write-ahead log was readable by others (it holds participant passwords); permissions narrowed to 0700/0600');
   }
 }
 

@@ -17,6 +17,7 @@ import { CoordinatorLog } from './coordinator-log.js';
 import { armFailPoints } from './fail-points.js';
 import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
 import { Mutex } from './mutex.js';
+import { checkParticipantAddress } from './participant-address.js';
 import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
@@ -130,7 +131,10 @@ export class Coordinator {
 
   async registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
-    assertAllowedAddress(request.connectionString ?? request.baseUrl ?? request.url ?? '', this.#config.participantHosts, request.kind);
+    const [field, address] =
+      request.kind === 'postgres' ? ['connectionString', request.connectionString] : request.kind === 'http' ? ['baseUrl', request.baseUrl] : ['url', request.url];
+    checkParticipantAddress(request.kind, field, address ?? '');
+    assertAllowedAddress(address ?? '', this.#config.participantHosts, request.kind);
     return this.#registry.register(request);
   }
 

@@ -102,7 +102,7 @@ export function presumedAbortRecord(transactionId: string, branches: readonly Br
     outcome: 'abort',
     at,
     summary: {
-      protocol: '2pc',
+      protocol: 'unknown',
       timeoutMs: 0,
       createdAt: at,
       branches,

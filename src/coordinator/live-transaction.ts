@@ -5,7 +5,7 @@
  * log's DurableState. Both render to the same TransactionView.
  */
 
-import type { DurableTransaction, ParticipantKind, ProtocolName } from '../log/log-records.js';
+import type { DurableTransaction, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import type { PrepareResult } from '../participants/participant.js';
 import { Mutex } from './mutex.js';
@@ -44,7 +44,7 @@ export interface BranchView {
 
 export interface TransactionView {
   readonly id: string;
-  readonly protocol: ProtocolName;
+  readonly protocol: LoggedProtocol;
   readonly state: string;
   readonly decision: 'commit' | 'abort' | null;
   readonly inDoubt: boolean;
@@ -69,6 +69,8 @@ export class LiveTransaction {
   readonly branches = new Map<string, LiveBranch>();
   state: TwoPhaseState = initialState();
   nextBranchNo = 1;
+  /** How many branches the forced prepare-intent record named (undefined: none forced yet). */
+  intentLoggedFor: number | undefined;
   decidedAt: string | undefined;
   /** Set when forcing the decision failed: the outcome stays undecided until a restart. */
   logFailure: Error | undefined;

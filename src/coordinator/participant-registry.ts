@@ -7,7 +7,7 @@
 
 import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
-import type { ParticipantConfig, ParticipantKind } from '../log/log-records.js';
+import type { ParticipantAuth, ParticipantConfig, ParticipantKind } from '../log/log-records.js';
 import { HttpParticipant } from '../participants/http-participant.js';
 import type { ParticipantAdapter } from '../participants/participant.js';
 import { PostgresParticipant } from '../participants/postgres-participant.js';
@@ -31,6 +31,7 @@ export interface RegistrationRequest {
   readonly baseUrl?: string;
   readonly url?: string;
   readonly options?: Readonly<Record<string, unknown>>;
+  readonly auth?: ParticipantAuth;
 }
 
 export interface ParticipantView {
@@ -40,17 +41,19 @@ export interface ParticipantView {
   readonly baseUrl?: string;
   readonly url?: string;
   readonly options?: Readonly<Record<string, unknown>>;
+  /** The kind of credentials only; the secret is never shown. */
+  readonly auth?: { readonly type: ParticipantAuth['type'] };
   readonly registeredAt: string;
   readonly warnings?: readonly string[];
 }
 
-/** Replaces the password (and any user:secret@) in a URL-like connection string. */
+/** Replaces the password and secret-looking query values of a URL (an address that is not a URL is not shown at all). */
 export function redactUrl(raw: string): string {
   try {
     const url = new URL(raw);
     if (url.password !== '') url.password = '***';
     for (const key of [...url.searchParams.keys()]) {
-      if (/pass|secret|token|key/i.test(key)) url.searchParams.set(key, '***');
+      if (/pass|secret|token|key|auth|sig|credential/i.test(key)) url.searchParams.set(key, '***');
     }
     return url.toString();
   } catch {
@@ -96,6 +99,7 @@ export class ParticipantRegistry {
         return new HttpParticipant({
           name: config.name,
           baseUrl: config.baseUrl ?? '',
+          ...(config.auth === undefined ? {} : { auth: config.auth }),
           requestTimeoutMs: s.participantTimeoutMs,
           connectTimeoutMs: s.connectTimeoutMs,
           coordinatorUrl: s.coordinatorUrl,
@@ -135,6 +139,7 @@ export class ParticipantRegistry {
       ...(request.baseUrl === undefined ? {} : { baseUrl: request.baseUrl }),
       ...(request.url === undefined ? {} : { url: request.url }),
       ...(request.options === undefined ? {} : { options: request.options }),
+      ...(request.auth === undefined ? {} : { auth: request.auth }),
       registeredAt: new Date().toISOString(),
       ...((adapter.warnings?.() ?? []).length === 0 ? {} : { warnings: adapter.warnings?.() ?? [] }),
     };
@@ -209,9 +214,10 @@ function toView(config: ParticipantConfig): ParticipantView {
     name: config.name,
     kind: config.kind,
     ...(config.connectionString === undefined ? {} : { connectionString: redactUrl(config.connectionString) }),
-    ...(config.baseUrl === undefined ? {} : { baseUrl: config.baseUrl }),
+    ...(config.baseUrl === undefined ? {} : { baseUrl: redactUrl(config.baseUrl) }),
     ...(config.url === undefined ? {} : { url: redactUrl(config.url) }),
     ...(config.options === undefined ? {} : { options: config.options }),
+    ...(config.auth === undefined ? {} : { auth: { type: config.auth.type } }),
     registeredAt: config.registeredAt,
     ...(config.warnings === undefined ? {} : { warnings: config.warnings }),
   };

@@ -15,10 +15,12 @@ export const PRESUMED_ABORT = 'presumed abort: the log holds no commit decision 
 
 /** The live transaction for an unfinished durable one, and the decision its driver must now carry out. */
 export function resumedTransaction(durable: DurableTransaction): { tx: LiveTransaction; decision: Decision } {
-  const tx = new LiveTransaction({ id: durable.id, protocol: durable.protocol, timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
+  // ("unknown" only for transactions the sweep ended, which are never unfinished.)
+  const protocol = durable.protocol === '3pc' ? '3pc' : '2pc';
+  const tx = new LiveTransaction({ id: durable.id, protocol, timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
   const decision: Decision = durable.decision === 'commit' || durable.decision === 'precommit' ? 'commit' : 'abort';
   const reason = durable.reason ?? PRESUMED_ABORT;
-  const is3pc = durable.protocol === '3pc';
+  const is3pc = protocol === '3pc';
   const pending = decision === 'commit' && is3pc ? 'precommitted' : 'prepared';
   const branches: Record<string, { phase: TwoPhaseState['branches'][string]['phase'] }> = {};
   for (const b of durable.branches) {
@@ -41,7 +43,7 @@ export function resumedTransaction(durable: DurableTransaction): { tx: LiveTrans
     };
   }
   tx.state = {
-    protocol: durable.protocol,
+    protocol,
     // 3PC resumes as if every pre-commit was acknowledged: commit goes to every branch.
     phase: decision === 'commit' && is3pc ? 'precommitted' : 'deciding',
     branches,

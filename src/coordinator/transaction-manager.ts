@@ -179,6 +179,17 @@ export class TransactionManager {
         await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
         throw err;
       }
+      // With the commit to follow and a branch recovery cannot find on its participant, the
+      // prepare-intent goes first: every branch prepared early is then one the log knows too.
+      if (request.commit) {
+        try {
+          await this.#makeEnlistmentsDurable(tx);
+        } catch (err) {
+          this.#driver.apply(tx, { type: 'abort', reason: `the commit was refused: ${errorMessage(err)}` });
+          await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+          throw err;
+        }
+      }
       const ran = request.parallel === true ? await this.#runAtOnce(tx, planned) : await this.#runInOrder(tx, planned);
       const { results } = ran;
       if (ran.failed !== undefined) {
@@ -497,8 +508,11 @@ export class TransactionManager {
 
   /** Before any prepare leaves, the branches recovery cannot find by itself must be durable. */
   async #makeEnlistmentsDurable(tx: LiveTransaction): Promise<void> {
+    if (tx.intentLoggedFor === tx.branches.size) return; // no branch added since it was forced
     const unlisted = [...tx.branches.values()].some((b) => !this.#registry.adapter(b.participant).listsPreparedBranches);
-    if (unlisted) await this.#log.force(prepareIntentRecord(tx));
+    if (!unlisted) return;
+    await this.#log.force(prepareIntentRecord(tx));
+    tx.intentLoggedFor = tx.branches.size;
   }
 
   #viewOrLogFailure(tx: LiveTransaction): TransactionView {

@@ -64,7 +64,7 @@ async function lockWithAbstractSocket(dir: string): Promise<DirLock> {
     if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') throw new DataDirLockedError(dir, await holderOf(pidFile));
     throw err;
   }
-  await writeFile(pidFile, String(process.pid));
+  await writeFile(pidFile, String(process.pid), { mode: 0o600 });
   return {
     release: async () => {
       await unlink(pidFile).catch(() => undefined);
@@ -77,7 +77,7 @@ async function lockWithPidFile(dir: string): Promise<DirLock> {
   const path = join(dir, 'LOCK');
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fh = await open(path, 'wx');
+      const fh = await open(path, 'wx', 0o600);
       await fh.writeFile(String(process.pid));
       await fh.sync();
       await fh.close();

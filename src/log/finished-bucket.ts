@@ -16,7 +16,7 @@
  *   u32 crc32 of everything before it
  *
  * An entry: u8 flags (bit 0: 3pc; bits 1-2: outcome 0 none / 1 commit / 2 abort;
- * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit), f64 createdAt,
+ * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit; bit 6: protocol unknown), f64 createdAt,
  * f64 decidedAt, f64 endedAt (epoch ms, NaN when absent), u32 timeoutMs,
  * u16 reason length + UTF-8 reason, u8 branch count, and per branch: u8 flags
  * (bits 0-1: vote 0 none / 1 yes / 2 no / 3 read-only; bit 2: the gid is not
@@ -132,7 +132,7 @@ function encodeEntry(tx: DurableTransaction, intern: (s: string) => number): Buf
     1 + 24 + 4 + 2 + reason.length + 1 + branches.reduce((n, x) => n + 1 + 4 + 6 + (x.gid === undefined ? 0 : 2 + x.gid.length), 0);
   const buf = Buffer.alloc(size);
   const flags =
-    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3);
+    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3) | (tx.protocol === 'unknown' ? 64 : 0);
   let at = buf.writeUInt8(flags, 0);
   at = buf.writeDoubleLE(time(tx.createdAt), at);
   at = buf.writeDoubleLE(time(tx.decidedAt), at);
@@ -263,7 +263,7 @@ export class FinishedBucket {
     const decision = DECISIONS[(flags >> 3) & 7];
     return {
       id,
-      protocol: (flags & 1) === 1 ? '3pc' : '2pc',
+      protocol: (flags & 64) !== 0 ? 'unknown' : (flags & 1) === 1 ? '3pc' : '2pc',
       timeoutMs,
       createdAt: createdAt ?? new Date(0).toISOString(),
       branches,

@@ -24,6 +24,8 @@
 import type { Decision } from '../protocol/commit-protocol.js';
 
 export type ProtocolName = '2pc' | '3pc';
+/** As the log knows it: `unknown` for a transaction known only from branches the recovery sweep found. */
+export type LoggedProtocol = ProtocolName | 'unknown';
 export type ParticipantKind = 'postgres' | 'http' | 'redis';
 
 /** Everything needed to reach a participant again after a restart, secrets included. */
@@ -35,9 +37,15 @@ export interface ParticipantConfig {
   readonly url?: string;
   readonly registeredAt: string;
   readonly options?: Readonly<Record<string, unknown>>;
+  /** http: credentials sent with every call; stored (recovery needs them), never shown. */
+  readonly auth?: ParticipantAuth;
   /** Risks accepted at registration, kept so that operators still see them after a restart. */
   readonly warnings?: readonly string[];
 }
+
+export type ParticipantAuth =
+  | { readonly type: 'bearer'; readonly token: string }
+  | { readonly type: 'basic'; readonly username: string; readonly password: string };
 
 export interface BranchRecord {
   readonly branchId: string;
@@ -103,7 +111,7 @@ export type LogRecord =
 
 /** What a record that may be the first of its transaction carries about it. */
 export interface TransactionSummary {
-  readonly protocol: ProtocolName;
+  readonly protocol: LoggedProtocol;
   readonly timeoutMs: number;
   readonly createdAt: string;
 }
@@ -111,7 +119,7 @@ export interface TransactionSummary {
 /** What the log knows of one transaction. */
 export interface DurableTransaction {
   readonly id: string;
-  readonly protocol: ProtocolName;
+  readonly protocol: LoggedProtocol;
   readonly timeoutMs: number;
   readonly createdAt: string;
   readonly branches: readonly (BranchRecord & { readonly ackedAt?: string; readonly precommittedAt?: string })[];

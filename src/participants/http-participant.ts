@@ -20,12 +20,15 @@
 
 import { Agent, request } from 'undici';
 import { CoordinatorError, errorMessage } from '../errors.js';
+import type { ParticipantAuth } from '../log/log-records.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
 import { readBounded } from '../lib/read-bounded.js';
 
 export interface HttpParticipantOptions {
   readonly name: string;
   readonly baseUrl: string;
+  /** Sent as the Authorization header of every call. A user:password in baseUrl counts as basic. */
+  readonly auth?: ParticipantAuth;
   readonly requestTimeoutMs: number;
   readonly connectTimeoutMs: number;
   /** Where a 3PC participant asks for the outcome when it times out (GET {coordinatorUrl}/v1/transactions/{id}). */
@@ -49,13 +52,24 @@ export class HttpParticipant implements ParticipantAdapter {
   readonly listsPreparedBranches = false;
   readonly name: string;
   readonly #baseUrl: string;
+  readonly #headers: Record<string, string>;
   readonly #agent: Agent;
   readonly #options: HttpParticipantOptions;
 
   constructor(options: HttpParticipantOptions) {
     this.name = options.name;
     this.#options = options;
-    this.#baseUrl = options.baseUrl.replace(/\/+$/, '');
+    // Credentials travel in the Authorization header, never in the request line.
+    const url = new URL(options.baseUrl);
+    const auth: ParticipantAuth | undefined =
+      options.auth ?? (url.username === '' ? undefined : { type: 'basic', username: decodeURIComponent(url.username), password: decodeURIComponent(url.password) });
+    url.username = '';
+    url.password = '';
+    this.#baseUrl = url.toString().replace(/\/+$/, '');
+    this.#headers = {
+      'content-type': 'application/json',
+      ...(auth === undefined ? {} : { authorization: authorizationHeader(auth) }),
+    };
     this.#agent = new Agent({
       connect: { timeout: options.connectTimeoutMs },
       headersTimeout: options.requestTimeoutMs,
@@ -147,7 +161,7 @@ export class HttpParticipant implements ParticipantAdapter {
     const res = await request(`${this.#baseUrl}/${verb}`, {
       method: 'POST',
       dispatcher: this.#agent,
-      headers: { 'content-type': 'application/json' },
+      headers: this.#headers,
       body: JSON.stringify({
         transactionId: branch.transactionId,
         branchId: branch.branchId,
@@ -169,6 +183,10 @@ export class HttpParticipant implements ParticipantAdapter {
     }
     return { status: res.statusCode, body };
   }
+}
+
+function authorizationHeader(auth: ParticipantAuth): string {
+  return auth.type === 'bearer' ? `Bearer ${auth.token}` : `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`;
 }
 
 /** A participant's answer is a small JSON document; anything larger is cut off and ignored. */

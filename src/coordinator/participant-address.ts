@@ -1,0 +1,79 @@
+/**
+ * What a participant address may look like, checked strictly before anything else looks at
+ * it (the allowlist, the drivers). Loose forms are how checks get bypassed and secrets leak:
+ * a password with an unencoded `@` or `#` makes every parser find a different "host" — a
+ * piece of the password, which an error message would then echo.
+ *
+ *   - a URL of the kind's schemes, with a host, without a fragment, with at most one `@`
+ *     (user name and password percent-encoded);
+ *   - postgres: only the query parameters below (hosts, port, TLS mode, connect deadline);
+ *     none that read files on the coordinator's host, none that change session settings
+ *     (`options`, `statement_timeout`, …): the coordinator sets those itself;
+ *   - redis: TCP host:port (and a database number) only — no query, so no `?path=` to a
+ *     Unix socket and no client options smuggled in;
+ *   - http: anything else is the service's business; secret-looking query values and the
+ *     password are redacted in every view (better: the `auth` field, never shown).
+ *
+ * Error messages name parameters and schemes, never a piece of the address.
+ */
+
+import { CoordinatorError } from '../errors.js';
+import type { ParticipantKind } from '../log/log-records.js';
+
+const SCHEMES: Readonly<Record<ParticipantKind, readonly string[]>> = {
+  postgres: ['postgres:', 'postgresql:'],
+  http: ['http:', 'https:'],
+  redis: ['redis:', 'rediss:'],
+};
+
+/** libpq parameters that make the client read files on the coordinator's host. */
+const FILE_PARAMETERS = /^(sslrootcert|sslcert|sslkey|sslpassword|sslcrl|sslcrldir|passfile|service|servicefile)$/i;
+/** Postgres URL parameters accepted: where to connect and how; nothing that changes the session. */
+const POSTGRES_PARAMETERS = new Set(['host', 'hostaddr', 'port', 'sslmode', 'ssl', 'connect_timeout', 'target_session_attrs', 'keepalives', 'keepalives_idle']);
+
+function invalid(field: string, message: string): CoordinatorError {
+  return new CoordinatorError('VALIDATION_FAILED', `${field} ${message}`);
+}
+
+/** Checks the address of a participant of `kind`; returns it parsed. Throws 400 without echoing it. */
+export function checkParticipantAddress(kind: ParticipantKind, field: string, address: string): URL {
+  const schemes = SCHEMES[kind];
+  if (!URL.canParse(address)) throw invalid(field, `must be a ${schemes.join(' or ')} URL`);
+  const url = new URL(address);
+  if (!schemes.includes(url.protocol)) throw invalid(field, `must be a ${schemes.join(' or ')} URL`);
+  const rest = address.slice(address.indexOf(':') + 1);
+  if (!rest.startsWith('//')) throw invalid(field, 'must name a host (scheme://host:port/…)');
+  if (address.includes('#')) {
+    throw invalid(field, 'must not contain "#": percent-encode it (%23) in a user name or password');
+  }
+  const authority = rest.slice(2).split(/[/?]/, 1)[0] ?? '';
+  if (authority.split('@').length > 2) {
+    throw invalid(field, 'must not contain more than one "@": percent-encode it (%40) in a user name or password');
+  }
+  if (url.hostname === '') throw invalid(field, 'must name a host (scheme://host:port/…)');
+  const keys = [...new Set(url.searchParams.keys())];
+  switch (kind) {
+    case 'postgres':
+      for (const key of keys) {
+        if (FILE_PARAMETERS.test(key)) {
+          throw invalid(field, `parameter ${key} would read files on the coordinator's host; it is not accepted`);
+        }
+        if (!POSTGRES_PARAMETERS.has(key.toLowerCase())) {
+          throw invalid(field, `parameter ${safeName(key)} is not accepted: the coordinator sets the session's options and timeouts itself`);
+        }
+      }
+      break;
+    case 'redis':
+      if (keys.length > 0) throw invalid(field, 'must be redis://host:port/db without query parameters (no Unix sockets, no client options)');
+      if (!/^(\/\d{0,2})?$/.test(url.pathname)) throw invalid(field, 'may name only a database number as its path (redis://host:port/0)');
+      break;
+    case 'http':
+      break;
+  }
+  return url;
+}
+
+/** A parameter name fit for an error message (names are the caller's, but keep them short and plain). */
+function safeName(key: string): string {
+  return /^[A-Za-z0-9_.-]{1,40}$/.test(key) ? key : '(unnamed)';
+}
