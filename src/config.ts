@@ -101,6 +101,13 @@ export function loadConfig(env: Env = process.env): Config {
     participantHosts: list(env.TCX_PARTICIPANT_HOSTS ?? 'localhost,127.0.0.0/8,::1'),
     bodyLimitBytes: int(env, 'TCX_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
   };
+  for (const pattern of config.participantHosts) {
+    const cidr = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,3})$/.exec(pattern);
+    const badCidr = cidr !== null && (Number(cidr[2]) > 32 || cidr[1]!.split('.').some((o) => Number(o) > 255));
+    if (badCidr || pattern.includes('/') !== (cidr !== null) || /\s/.test(pattern)) {
+      throw new ConfigError(`TCX_PARTICIPANT_HOSTS: ${JSON.stringify(pattern)} is not a host name, *.suffix, IP literal, IPv4 CIDR (a.b.c.d/0-32) or *`);
+    }
+  }
   for (const token of [...config.apiTokens, ...config.adminTokens]) {
     if (token.length < 16) throw new ConfigError('API and admin tokens must be at least 16 characters long');
   }

@@ -22,6 +22,7 @@ export const ERROR_CATALOGUE = {
   LOG_UNAVAILABLE: { status: 503, message: 'The write-ahead log failed; the coordinator accepts no new commits' },
   SHUTTING_DOWN: { status: 503, message: 'The coordinator is shutting down' },
   TOO_MANY_TRANSACTIONS: { status: 429, message: 'Too many active transactions' },
+  PARTICIPANT_BUSY: { status: 503, message: 'Every session to the participant is in use; retry shortly' },
   NOT_FOUND: { status: 404, message: 'No such route' },
   PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
@@ -34,13 +35,16 @@ export class CoordinatorError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
+  /** Answered as the Retry-After header: when trying again makes sense. */
+  readonly retryAfterSeconds: number | undefined;
 
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown; details?: Record<string, unknown>; retryAfterSeconds?: number }) {
     super(message ?? ERROR_CATALOGUE[code].message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'CoordinatorError';
     this.code = code;
     this.status = ERROR_CATALOGUE[code].status;
     this.details = options?.details;
+    this.retryAfterSeconds = options?.retryAfterSeconds;
   }
 
   toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {

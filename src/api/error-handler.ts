@@ -62,6 +62,7 @@ export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof CoordinatorError) {
       if (err.status >= 500) request.log.warn({ reqId: request.id, code: err.code, err: err.message }, 'request failed');
+      if (err.retryAfterSeconds !== undefined) void reply.header('retry-after', String(err.retryAfterSeconds));
       return reply.status(err.status).send(body(err.code, err.message, err.details));
     }
     if (err instanceof InvalidTransitionError) {

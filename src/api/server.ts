@@ -140,7 +140,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams } }, async (request) => {
     const { id } = request.params as { id: string };
-    return tx.retryNow(id);
+    return await tx.retryNow(id);
   });
 
   // ---- transactions -------------------------------------------------------------------

@@ -28,6 +28,8 @@ export interface LiveBranch {
   lastError?: string;
   lastAttemptAt?: string;
   attempts: number;
+  /** Phase-2 attempts that have come back (acknowledged or failed). */
+  finishedAttempts?: number;
 }
 
 export interface BranchView {
@@ -117,6 +119,15 @@ export class LiveTransaction {
       const timer = setTimeout(finish, timeoutMs);
       this.#listeners.add(check);
     });
+  }
+
+  /** The branch still waits for its phase-2 message to be acknowledged. */
+  deliveryPending(branchId: string): boolean {
+    const p = this.state.branches[branchId]?.phase;
+    if (this.state.phase === 'committing') return p === 'prepared' || p === 'precommitted';
+    if (this.state.phase === 'aborting') return p === 'active' || p === 'preparing' || p === 'prepared' || p === 'voted-no';
+    if (this.state.phase === 'precommitted') return p === 'prepared';
+    return false;
   }
 
   get inDoubt(): boolean {

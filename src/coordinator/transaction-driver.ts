@@ -189,8 +189,10 @@ export class TransactionDriver {
         const ref = this.ref(tx, branch);
         if (decision === 'precommit') await current.preCommit?.(ref);
         else await (decision === 'commit' ? current.commit(ref) : current.abort(ref));
+        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         break;
       } catch (err) {
+        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         branch.lastError = errorMessage(err);
         const delay = backoffDelay(this.#retry, attempt);
         this.#logger.warn(

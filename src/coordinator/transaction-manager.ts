@@ -134,7 +134,9 @@ export class TransactionManager {
       throw new CoordinatorError('VALIDATION_FAILED', `timeoutMs must not exceed ${this.#options.maxTimeoutMs}`);
     }
     if (this.#undecided.size >= this.#options.maxActiveTransactions) {
-      throw new CoordinatorError('TOO_MANY_TRANSACTIONS', `at most ${this.#options.maxActiveTransactions} transactions may be open at once`);
+      throw new CoordinatorError('TOO_MANY_TRANSACTIONS', `at most ${this.#options.maxActiveTransactions} transactions may be open at once`, {
+        retryAfterSeconds: 1,
+      });
     }
     // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
@@ -343,9 +345,11 @@ export class TransactionManager {
     this.#driver.apply(tx, { type: 'abort', reason });
     await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
     const code = err instanceof CoordinatorError ? err.code : 'OPERATION_FAILED';
+    const retryAfterSeconds = err instanceof CoordinatorError ? err.retryAfterSeconds : undefined;
     return new CoordinatorError(code, errorMessage(err), {
       cause: err,
       details: { ...(err instanceof CoordinatorError ? err.details : {}), transactionId: tx.id, state: tx.state.phase, reason },
+      ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
     });
   }
 
@@ -438,16 +442,24 @@ export class TransactionManager {
     return false;
   }
 
-  /** Operator's "retry now": every pending phase-2 delivery of the transaction retries at once. */
-  retryNow(id: string): TransactionView {
+  /**
+   * Operator's "retry now": every pending phase-2 delivery of the transaction retries at once,
+   * and the answer is the state after that attempt (bounded by TCX_COMMIT_WAIT_MS).
+   */
+  async retryNow(id: string): Promise<TransactionView> {
     const tx = this.#live.get(id);
     if (tx === undefined) {
       this.get(id); // 404 when unknown
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
     }
     if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
+    const before = new Map([...tx.branches.values()].map((b) => [b.branchId, b.finishedAttempts]));
     tx.wakeUp();
     this.#logger.info({ txId: id }, 'operator: retry now');
+    const attempted = (): boolean =>
+      isTerminal(tx.state.phase) ||
+      [...tx.branches.values()].every((b) => !tx.deliveryPending(b.branchId) || (b.finishedAttempts ?? 0) > (before.get(b.branchId) ?? 0));
+    await tx.waitUntil(attempted, this.#options.commitWaitMs);
     return tx.view();
   }
 

@@ -67,6 +67,7 @@ export class PostgresParticipant implements ParticipantAdapter {
   /** Branches whose session was lost on our side while the server may still run their work: the backend, and when. */
   readonly #unsettled = new Map<string, { pid: number; since: Date }>();
   readonly #statementTimeoutMs: number;
+  readonly #maxSessions: number;
   /** Prepares in flight, by gid. */
   readonly #preparing = new Map<string, Promise<PrepareResult>>();
   /** Prepared branches whose session is kept for their phase 2. */
@@ -77,6 +78,7 @@ export class PostgresParticipant implements ParticipantAdapter {
     this.name = options.name;
     this.#log = options.logger.child({ participant: options.name });
     this.#statementTimeoutMs = options.statementTimeoutMs;
+    this.#maxSessions = options.maxSessions;
     const base: pg.PoolConfig = {
       connectionString: options.connectionString,
       connectionTimeoutMillis: options.connectTimeoutMs,
@@ -218,6 +220,15 @@ export class PostgresParticipant implements ParticipantAdapter {
 
   /** A pooled session, listening for a dropped connection from the first moment (unheard, 'error' ends the process). */
   async #checkout(): Promise<BranchSession> {
+    // Every session busy: say so at once rather than queue the request behind the connect
+    // deadline and then call the participant unreachable.
+    const pool = this.#sessions;
+    if ((pool.totalCount >= this.#maxSessions && pool.idleCount === 0) || pool.waitingCount > 0) {
+      throw new CoordinatorError('PARTICIPANT_BUSY', `all ${this.#maxSessions} sessions to ${this.name} are in use (TCX_PG_MAX_SESSIONS); retry shortly`, {
+        details: { participant: this.name },
+        retryAfterSeconds: 1,
+      });
+    }
     let client: pg.PoolClient;
     try {
       client = await this.#sessions.connect();

@@ -69,6 +69,13 @@ describe('authentication', () => {
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0' })).toThrow(/TCX_API_TOKENS/);
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0', TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN })).not.toThrow();
   });
+
+  it('refuses an allowlist entry it could not honour, such as an impossible CIDR, at start', () => {
+    for (const bad of ['10.0.0.0/33', '300.1.1.1/8', '10.0.0.0/8/1', 'db host']) {
+      expect(() => loadConfig({ TCX_PARTICIPANT_HOSTS: bad }), bad).toThrow(/TCX_PARTICIPANT_HOSTS/);
+    }
+    expect(() => loadConfig({ TCX_PARTICIPANT_HOSTS: '10.0.0.0/8,*.internal,::1,db-a' })).not.toThrow();
+  });
 });
 
 describe('participant allowlist', () => {

@@ -150,3 +150,27 @@ describe('input refused cleanly', () => {
     expect(res.body.results[0].results[0].rows[0].statement_timeout).toBe('12345ms');
   });
 });
+
+describe('fair use', () => {
+  it('answers 503 PARTICIPANT_BUSY with Retry-After at once when every session to a database is in use', async () => {
+    const small = await startCoordinator({ TCX_PG_MAX_SESSIONS: '2' });
+    const call = async (method: 'GET' | 'POST', url: string, payload?: unknown) => {
+      const res = await small.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
+      return { status: res.statusCode, headers: res.headers, body: res.json() };
+    };
+    try {
+      expect((await call('POST', '/v1/participants', { name: 'bank', kind: 'postgres', connectionString: db })).status).toBe(201);
+      const work = { participant: 'bank', operations: [{ sql: 'SELECT 1 AS one' }] };
+      // Two open transactions hold both sessions.
+      for (let i = 0; i < 2; i++) expect((await call('POST', '/v1/transactions', { branches: [work] })).status).toBe(201);
+      const started = Date.now();
+      const third = await call('POST', '/v1/transactions', { branches: [work], commit: true });
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(third.status).toBe(503);
+      expect(third.body.error.code).toBe('PARTICIPANT_BUSY');
+      expect(third.headers['retry-after']).toBe('1');
+    } finally {
+      await small.destroy();
+    }
+  });
+});

@@ -54,6 +54,8 @@ describe('retry now', () => {
     proxy.dropNewConnections(false);
     const retried = await api('POST', `/v1/transactions/${body.id}/retry`);
     expect(retried.status).toBe(200);
+    // The answer is the state after the attempt it triggered, not before.
+    expect(retried.body.state).toBe('committed');
     await until(
       'the commit delivered after retry-now',
       async () => ((await api('GET', `/v1/transactions/${body.id}`)).body.state === 'committed' ? true : undefined),
