@@ -50,7 +50,9 @@ export function parseJsonBody(text: string): unknown {
     value = JSON.parse(text);
   } catch (err) {
     if (err instanceof RangeError) throw invalid(`the body is nested deeper than ${MAX_JSON_DEPTH} levels`);
-    throw invalid(`the body is not valid JSON: ${err instanceof Error ? err.message.slice(0, 200) : 'unparsable'}`);
+    // Where, not what: the parser's message quotes the body, which may hold a secret.
+    const position = /position (\d+)/.exec(err instanceof Error ? err.message : '')?.[1];
+    throw invalid(`the body is not valid JSON${position === undefined ? '' : ` (at position ${position})`}`);
   }
   checkJsonShape(value);
   return value;

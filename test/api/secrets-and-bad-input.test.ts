@@ -122,6 +122,7 @@ describe('input refused cleanly', () => {
       ['/v1/transactions', '{"__proto__": {"admin": true}}', /__proto__/],
       ['/v1/transactions', '{"constructor": {"prototype": {"admin": true}}}', /constructor\.prototype/],
       ['/v1/transactions', '{"branches": [', /not valid JSON/],
+      ['/v1/participants', '{"name":"x","kind":"postgres","connectionString":"postgres://u:Hunter2Secret@h/db" oops}', /not valid JSON \(at position \d+\)/],
     ];
     for (const [url, raw, message] of cases) {
       const res = await api(raw === undefined ? 'GET' : 'POST', url, undefined, raw);
@@ -130,6 +131,7 @@ describe('input refused cleanly', () => {
       expect(res.body.error.code).toBe('VALIDATION_FAILED');
       expect(res.body.error.message).toMatch(message);
       expect(res.text).not.toContain('a'.repeat(300));
+      expect(res.text).not.toContain('Hunter2Secret');
     }
   });
 
