@@ -28,7 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createAccounts, freshDatabase } from '../test/support/databases.js';
 import { PostgresServer } from '../test/support/postgres-server.js';
-import { CoordinatorChild } from './perf/coordinator-child.js';
+import { CoordinatorChild, type Health } from './perf/coordinator-child.js';
 import { logForce } from './perf/log-force.js';
 import { measure, processCpuSeconds, round2, SECONDS, type Cell } from './perf/measure.js';
 import { restart, type RestartResult } from './perf/restart.js';
@@ -64,27 +64,26 @@ async function coordinatorCell(
   clients: number,
   op: (c: number) => Promise<void>,
 ): Promise<Row> {
-  const before = await coordinator.health();
-  const cpuBefore = processCpuSeconds(coordinator.pid);
-  const cell = await measure(clients, op);
+  let before: Health | undefined;
+  let cpuBefore: number | undefined;
+  const cell = await measure(clients, op, {
+    afterWarmup: async () => {
+      before = await coordinator.health();
+      cpuBefore = processCpuSeconds(coordinator.pid);
+    },
+  });
   const cpuAfter = processCpuSeconds(coordinator.pid);
   const after = await coordinator.health();
-  // The warm-up's transactions count in the fsyncs too; measure() reports only the timed ones.
-  const fsyncs = after.log.fsyncs - before.log.fsyncs;
-  const total = cell.ops + (await warmupOps(cell));
+  const fsyncs = after.log.fsyncs - (before?.log.fsyncs ?? 0);
+  const ops = Math.max(1, cell.ops);
   return {
     scenario,
     variant,
     clients,
     ...cell,
-    fsyncsPerTx: round2(fsyncs / Math.max(1, total)),
-    ...(cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / Math.max(1, total)) }),
+    fsyncsPerTx: round2(fsyncs / ops),
+    ...(cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / ops) }),
   };
-}
-
-/** measure() runs a warm-up of min(1 s, 20 % of the cell) before timing: estimate its transactions. */
-async function warmupOps(cell: Cell): Promise<number> {
-  return Math.round(cell.perSecond * Math.min(1, SECONDS * 0.2));
 }
 
 type TransferVariant = '2pc' | '2pc-ordered' | '3pc';

@@ -19,7 +19,13 @@ export interface Cell {
   readonly loadCpuMsPerOp?: number;
 }
 
-export async function measure(clients: number, op: (client: number, i: number) => Promise<void>, seconds = SECONDS): Promise<Cell> {
+/** `afterWarmup` runs between the warm-up and the timed part (to read counters the cell is measured against). */
+export async function measure(
+  clients: number,
+  op: (client: number, i: number) => Promise<void>,
+  options: { seconds?: number; afterWarmup?: () => Promise<void> } = {},
+): Promise<Cell> {
+  const seconds = options.seconds ?? SECONDS;
   // A short warm-up so that connection set-up and JIT do not count.
   const warmEnd = Date.now() + Math.min(1000, seconds * 200);
   await Promise.all(
@@ -27,6 +33,7 @@ export async function measure(clients: number, op: (client: number, i: number) =
       for (let i = 0; Date.now() < warmEnd; i++) await op(c, -1 - i).catch(() => undefined);
     }),
   );
+  await options.afterWarmup?.();
   const latencies: number[] = [];
   let errors = 0;
   let firstError: unknown;

@@ -133,8 +133,8 @@ export class Coordinator {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
     const [field, address] =
       request.kind === 'postgres' ? ['connectionString', request.connectionString] : request.kind === 'http' ? ['baseUrl', request.baseUrl] : ['url', request.url];
-    checkParticipantAddress(request.kind, field, address ?? '');
-    assertAllowedAddress(address ?? '', this.#config.participantHosts, request.kind);
+    const url = checkParticipantAddress(request.kind, field, address ?? '');
+    assertAllowedAddress(address ?? '', url, this.#config.participantHosts, request.kind);
     return this.#registry.register(request);
   }
 

@@ -121,15 +121,6 @@ export class LiveTransaction {
     });
   }
 
-  /** The branch still waits for its phase-2 message to be acknowledged. */
-  deliveryPending(branchId: string): boolean {
-    const p = this.state.branches[branchId]?.phase;
-    if (this.state.phase === 'committing') return p === 'prepared' || p === 'precommitted';
-    if (this.state.phase === 'aborting') return p === 'active' || p === 'preparing' || p === 'prepared' || p === 'voted-no';
-    if (this.state.phase === 'precommitted') return p === 'prepared';
-    return false;
-  }
-
   get inDoubt(): boolean {
     const p = this.state.phase;
     return p === 'precommitted' || p === 'committing' || p === 'aborting' || (p === 'deciding' && this.logFailure !== undefined);

@@ -11,6 +11,7 @@
 import { isIP } from 'node:net';
 import { parse as parsePgConnectionString } from 'pg-connection-string';
 import { CoordinatorError } from '../errors.js';
+import type { ParticipantKind } from '../log/log-records.js';
 
 function ipv4ToInt(ip: string): number {
   return ip.split('.').reduce((acc, part) => (acc << 8) + Number(part), 0) >>> 0;
@@ -32,49 +33,21 @@ function matches(host: string, pattern: string): boolean {
 }
 
 /**
- * Every host an address can make the client connect to: a URL's host plus its `host` and
- * `hostaddr` query parameters, or every libpq key=value `host=` / `hostaddr=` entry
- * (comma-separated lists included). A Unix socket path counts as localhost.
+ * Every host an address can make the client connect to: the URL's host plus its `host` and
+ * `hostaddr` query parameters (comma-separated lists included), and for Postgres the hosts the
+ * driver itself derives. The address has passed participant-address.ts's strict check, which
+ * leaves only URLs; a Unix socket path counts as localhost.
  */
-export function hostsOf(address: string): string[] {
-  const hosts: string[] = [];
-  if (URL.canParse(address)) {
-    const url = new URL(address);
-    hosts.push(url.hostname === '' ? 'localhost' : url.hostname);
-    for (const key of ['host', 'hostaddr']) for (const v of url.searchParams.getAll(key)) hosts.push(...v.split(','));
-  } else {
-    const entry = /(?:^|\s)(host|hostaddr)\s*=\s*('((?:[^'\\]|\\.)*)'|\S+)/g;
-    for (const m of address.matchAll(entry)) hosts.push(...(m[3] ?? m[2] ?? '').split(','));
-    if (hosts.length === 0) hosts.push('localhost');
-  }
+export function hostsOf(address: string, url: URL, kind: ParticipantKind): string[] {
+  const hosts = [url.hostname];
+  for (const key of ['host', 'hostaddr']) for (const v of url.searchParams.getAll(key)) hosts.push(...v.split(','));
+  if (kind === 'postgres') hosts.push(...(parsePgConnectionString(address).host ?? '').split(','));
   return hosts.map((h) => h.trim()).map((h) => (h === '' || h.startsWith('/') ? 'localhost' : h));
 }
 
-/** libpq parameters that make the client read files on the coordinator's host. */
-const FILE_PARAMETERS = /^(sslrootcert|sslcert|sslkey|sslpassword|sslcrl|sslcrldir|passfile|service|servicefile)$/i;
-
-/**
- * Postgres addresses must be postgres:// URLs: the key=value form and malformed URLs are
- * parsed differently by the driver than by any check here, which is how allowlists are
- * bypassed. The hosts checked are those of the URL and those the driver itself derives.
- */
-function postgresHosts(address: string): string[] {
-  if (!URL.canParse(address) || !/^postgres(ql)?:$/.test(new URL(address).protocol)) {
-    throw new CoordinatorError('VALIDATION_FAILED', 'a postgres connectionString must be a postgres:// or postgresql:// URL');
-  }
-  const url = new URL(address);
-  for (const key of url.searchParams.keys()) {
-    if (FILE_PARAMETERS.test(key)) {
-      throw new CoordinatorError('VALIDATION_FAILED', `connection parameter ${key} would read files on the coordinator's host; it is not accepted`);
-    }
-  }
-  const driverHost = parsePgConnectionString(address).host ?? '';
-  return [...hostsOf(address), ...driverHost.split(',')].map((h) => (h.trim() === '' || h.startsWith('/') ? 'localhost' : h.trim()));
-}
-
-export function assertAllowedAddress(address: string, patterns: readonly string[], kind?: 'postgres' | 'http' | 'redis'): void {
-  const hosts = kind === 'postgres' ? postgresHosts(address) : hostsOf(address);
-  for (const host of hosts) {
+/** `url` is `address` as participant-address.ts parsed it. */
+export function assertAllowedAddress(address: string, url: URL, patterns: readonly string[], kind: ParticipantKind): void {
+  for (const host of hostsOf(address, url, kind)) {
     if (!patterns.some((p) => matches(host, p))) {
       throw new CoordinatorError(
         'PARTICIPANT_NOT_ALLOWED',

@@ -5,9 +5,9 @@
  * restart, being finished); finished ones live on in the log's DurableState.
  *
  * Client requests on one transaction run one at a time (its mutex). In a
- * one-request transaction the work of different branches runs at once, and a
- * branch whose store can prepare together with its work does so in the same
- * round trip: voting follows the work immediately anyway.
+ * one-request transaction that commits, a branch whose store can prepare without
+ * a forced record first is prepared as soon as its work has run, or in the same
+ * round trip as its work: voting follows the work immediately anyway.
  */
 
 import { randomUUID } from 'node:crypto';
@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { ProtocolName } from '../log/log-records.js';
 import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
-import { initialState, isTerminal } from '../protocol/commit-protocol.js';
+import { awaitingDelivery, initialState, isTerminal } from '../protocol/commit-protocol.js';
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { makeGid } from './gid.js';
@@ -177,8 +177,7 @@ export class TransactionManager {
       try {
         planned = this.#plan(tx, request.branches, request.commit);
       } catch (err) {
-        this.#driver.apply(tx, { type: 'abort', reason: `the request was refused: ${errorMessage(err)}` });
-        await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+        await this.#abortAndSettle(tx, `the request was refused: ${errorMessage(err)}`);
         throw err;
       }
       // With the commit to follow and a branch recovery cannot find on its participant, the
@@ -187,8 +186,7 @@ export class TransactionManager {
         try {
           await this.#makeEnlistmentsDurable(tx);
         } catch (err) {
-          this.#driver.apply(tx, { type: 'abort', reason: `the commit was refused: ${errorMessage(err)}` });
-          await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+          await this.#abortAndSettle(tx, `the commit was refused: ${errorMessage(err)}`);
           throw err;
         }
       }
@@ -207,10 +205,7 @@ export class TransactionManager {
       } catch (err) {
         // Refused before a decision (the log failed, the coordinator is stopping): branches may
         // already be prepared, and nobody will ask again for this request's transaction.
-        if (tx.state.decision === undefined && !isTerminal(tx.state.phase)) {
-          this.#driver.apply(tx, { type: 'abort', reason: `the commit was refused: ${errorMessage(err)}` });
-          await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
-        }
+        if (tx.state.decision === undefined && !isTerminal(tx.state.phase)) await this.#abortAndSettle(tx, `the commit was refused: ${errorMessage(err)}`);
         throw err;
       }
     });
@@ -338,12 +333,17 @@ export class TransactionManager {
     };
   }
 
+  /** Aborts a transaction nobody will ask about again, and waits (bounded) until its branches heard it. */
+  async #abortAndSettle(tx: LiveTransaction, reason: string): Promise<void> {
+    this.#driver.apply(tx, { type: 'abort', reason });
+    await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+  }
+
   /** The work of a branch failed: the transaction aborts, and the error says why. */
   async #abortAfterFailedWork(tx: LiveTransaction, branch: LiveBranch, err: unknown): Promise<CoordinatorError> {
     const cancelled = tx.cancelWork.signal.aborted ? errorMessage(tx.cancelWork.signal.reason) : undefined;
     const reason = cancelled ?? `branch ${branch.branchId} on ${branch.participant} failed: ${errorMessage(err)}`;
-    this.#driver.apply(tx, { type: 'abort', reason });
-    await tx.waitUntil(() => isTerminal(tx.state.phase), this.#options.commitWaitMs);
+    await this.#abortAndSettle(tx, reason);
     const code = err instanceof CoordinatorError ? err.code : 'OPERATION_FAILED';
     const retryAfterSeconds = err instanceof CoordinatorError ? err.retryAfterSeconds : undefined;
     return new CoordinatorError(code, errorMessage(err), {
@@ -458,7 +458,7 @@ export class TransactionManager {
     this.#logger.info({ txId: id }, 'operator: retry now');
     const attempted = (): boolean =>
       isTerminal(tx.state.phase) ||
-      [...tx.branches.values()].every((b) => !tx.deliveryPending(b.branchId) || (b.finishedAttempts ?? 0) > (before.get(b.branchId) ?? 0));
+      awaitingDelivery(tx.state).every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
     await tx.waitUntil(attempted, this.#options.commitWaitMs);
     return tx.view();
   }

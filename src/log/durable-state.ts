@@ -60,19 +60,19 @@ export class DurableState {
       case 'branch-enlisted': {
         const tx = this.#ensure(record.id, record.at);
         if (tx === undefined) return;
-        tx.branches.set(record.branch.branchId, { ...tx.branches.get(record.branch.branchId), ...record.branch });
+        mergeBranches(tx, [record.branch]);
         return;
       }
       case 'prepare-intent': {
         const tx = this.#ensure(record.id, record.createdAt, record);
         if (tx === undefined) return;
-        for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+        mergeBranches(tx, record.branches);
         return;
       }
       case 'decision': {
         const tx = this.#ensure(record.id, record.at, record);
         if (tx === undefined) return;
-        for (const b of record.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+        mergeBranches(tx, record.branches);
         // A decision is final. The one step allowed is 3PC's pre-commit → commit: a durable
         // pre-commit already means commit, so nothing may turn it into an abort.
         if (tx.decision === undefined || (tx.decision === 'precommit' && record.decision === 'commit')) {
@@ -98,7 +98,7 @@ export class DurableState {
         const tx = this.#ensure(record.id, summary?.createdAt ?? record.at, summary);
         if (tx === undefined) return; // ended already
         if (summary !== undefined) {
-          for (const b of summary.branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+          mergeBranches(tx, summary.branches);
           if (summary.reason !== undefined) tx.reason ??= summary.reason;
         }
         tx.outcome = record.outcome;
@@ -189,6 +189,11 @@ export class DurableState {
     for (const tx of this.#transactions.values()) yield { t: 'tx-state', tx: freeze(tx) };
     for (const tx of this.finished.unsealable()) yield { t: 'tx-state', tx };
   }
+}
+
+/** What a record says of branches adds to what earlier records said of them. */
+function mergeBranches(tx: MutableTransaction, branches: readonly BranchRecord[]): void {
+  for (const b of branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
 }
 
 function freeze(tx: MutableTransaction): DurableTransaction {

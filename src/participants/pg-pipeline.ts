@@ -80,6 +80,13 @@ const runtime = pg as unknown as {
   types: unknown;
 };
 
+/** The verb and row count of a CommandComplete message, read by pg's own parser. */
+function commandTag(msg: unknown): { command: string | null; rowCount: number | null } {
+  const tag = new runtime.Result(undefined, runtime.types);
+  tag.addCommandComplete(msg);
+  return { command: tag.command, rowCount: tag.rowCount };
+}
+
 class Pipeline {
   /** node-postgres's read timeout for this exchange (it reads it from the submittable). */
   readonly query_timeout: number | undefined;
@@ -137,8 +144,7 @@ class Pipeline {
   }
 
   handleCommandComplete(msg: unknown): void {
-    const tag = new runtime.Result(undefined, runtime.types);
-    tag.addCommandComplete(msg);
+    const tag = commandTag(msg);
     this.#results.push({ command: tag.command, rowCount: tag.rowCount, rows: this.#rows, truncated: this.#extraRows > 0 });
     this.#next();
   }
@@ -243,9 +249,7 @@ class SimpleStatement {
   }
 
   handleCommandComplete(msg: unknown): void {
-    const tag = new runtime.Result(undefined, runtime.types);
-    tag.addCommandComplete(msg);
-    this.#command = tag.command;
+    this.#command = commandTag(msg).command;
   }
 
   handleEmptyQuery(): void {

@@ -209,6 +209,23 @@ function finish(state: TwoPhaseState, outcome: Decision): Step {
   };
 }
 
+/**
+ * The branches whose phase-2 message (pre-commit, commit or abort, by the phase) is still to be
+ * acknowledged; empty outside those phases.
+ */
+export function awaitingDelivery(state: TwoPhaseState): string[] {
+  switch (state.phase) {
+    case 'precommitted':
+      return branchIdsIn(state, ['prepared']);
+    case 'committing':
+      return branchIdsIn(state, ['prepared', 'precommitted']);
+    case 'aborting':
+      return branchesToAbort(state);
+    default:
+      return [];
+  }
+}
+
 function onAck(state: TwoPhaseState, branchId: string, verdict: Verdict): Step {
   const branch = state.branches[branchId];
   if (branch === undefined) throw new InvalidTransitionError(state.phase, 'ack', `unknown branch ${branchId}`);
@@ -219,7 +236,7 @@ function onAck(state: TwoPhaseState, branchId: string, verdict: Verdict): Step {
   if (state.phase === 'precommitted') {
     if (branch.phase !== 'prepared') return { state, actions: [] }; // duplicate ack
     const next = withBranch(state, branchId, 'precommitted');
-    if (branchIdsIn(next, ['prepared']).length > 0) return { state: next, actions: [] };
+    if (awaitingDelivery(next).length > 0) return { state: next, actions: [] };
     return logCommitAfterPrecommit(next);
   }
   if (state.phase !== 'committing' && state.phase !== 'aborting') {
@@ -228,8 +245,7 @@ function onAck(state: TwoPhaseState, branchId: string, verdict: Verdict): Step {
   }
   const done: BranchPhase = state.decision === 'commit' ? 'committed' : 'aborted';
   const next = branch.phase === done ? state : withBranch(state, branchId, done);
-  const pending = state.decision === 'commit' ? branchIdsIn(next, ['prepared', 'precommitted']) : branchesToAbort(next);
-  if (pending.length > 0) return { state: next, actions: [] };
+  if (awaitingDelivery(next).length > 0) return { state: next, actions: [] };
   return finish(next, state.decision ?? 'abort');
 }
 
@@ -289,7 +305,7 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
             ? 'commit'
             : undefined;
       if (expected !== event.decision) throw new InvalidTransitionError(state.phase, 'decision-durable');
-      if (state.phase === 'precommitted' && branchIdsIn(state, ['prepared']).length > 0) {
+      if (state.phase === 'precommitted' && awaitingDelivery(state).length > 0) {
         throw new InvalidTransitionError(state.phase, 'decision-durable', 'pre-commit not yet acknowledged by every branch');
       }
       return afterDecisionDurable(state, event.decision);
