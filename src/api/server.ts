@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
+import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
@@ -37,22 +38,15 @@ interface BranchInput {
   payload?: unknown;
 }
 
-/** Which address field each kind takes (the address itself is checked by participant-address.ts). */
-const ADDRESS_FIELD = {
-  postgres: { field: 'connectionString' },
-  http: { field: 'baseUrl' },
-  redis: { field: 'url' },
-} as const;
-
 function checkRegistration(body: RegistrationRequest): void {
   const wanted = ADDRESS_FIELD[body.kind];
-  for (const { field } of Object.values(ADDRESS_FIELD)) {
+  for (const field of Object.values(ADDRESS_FIELD)) {
     const present = body[field] !== undefined;
-    if (field === wanted.field && !present) {
+    if (field === wanted && !present) {
       throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant needs a ${field}`);
     }
-    if (field !== wanted.field && present) {
-      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant takes a ${wanted.field}, not a ${field}`);
+    if (field !== wanted && present) {
+      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant takes a ${wanted}, not a ${field}`);
     }
   }
   if (body.auth !== undefined) {

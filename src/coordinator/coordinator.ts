@@ -17,7 +17,7 @@ import { CoordinatorLog } from './coordinator-log.js';
 import { armFailPoints } from './fail-points.js';
 import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
 import { Mutex } from './mutex.js';
-import { checkParticipantAddress } from './participant-address.js';
+import { ADDRESS_FIELD, checkParticipantAddress } from './participant-address.js';
 import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
@@ -131,8 +131,8 @@ export class Coordinator {
 
   async registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
-    const [field, address] =
-      request.kind === 'postgres' ? ['connectionString', request.connectionString] : request.kind === 'http' ? ['baseUrl', request.baseUrl] : ['url', request.url];
+    const field = ADDRESS_FIELD[request.kind];
+    const address = request[field];
     const url = checkParticipantAddress(request.kind, field, address ?? '');
     assertAllowedAddress(address ?? '', url, this.#config.participantHosts, request.kind);
     return this.#registry.register(request);

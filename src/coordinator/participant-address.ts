@@ -20,6 +20,9 @@
 import { CoordinatorError } from '../errors.js';
 import type { ParticipantKind } from '../log/log-records.js';
 
+/** The registration field that holds each kind's address. */
+export const ADDRESS_FIELD = { postgres: 'connectionString', http: 'baseUrl', redis: 'url' } as const satisfies Record<ParticipantKind, string>;
+
 const SCHEMES: Readonly<Record<ParticipantKind, readonly string[]>> = {
   postgres: ['postgres:', 'postgresql:'],
   http: ['http:', 'https:'],
