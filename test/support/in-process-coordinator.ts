@@ -11,6 +11,7 @@ import { loadConfig } from '../../src/config.js';
 import { Coordinator } from '../../src/coordinator/coordinator.js';
 import type { LogIo } from '../../src/log/file-log.js';
 import { createLogger } from '../../src/logger.js';
+import { installResponseValidation } from './response-contract.js';
 
 export interface InProcessCoordinator {
   readonly coordinator: Coordinator;
@@ -45,6 +46,8 @@ export async function startCoordinator(
     apiTokens: config.apiTokens,
     adminTokens: config.adminTokens,
   });
+  // Every answer is checked against openapi.yaml; a mismatch fails the test (response-contract-setup.ts).
+  installResponseValidation(app);
   await app.ready();
   let stopped = false;
   const stop = async (): Promise<void> => {
