@@ -6,6 +6,9 @@
 export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
 export const TRANSACTION_ID_PATTERN = '^[A-Za-z0-9-]{1,64}$';
 
+/** The query of a route that takes no query parameters: any one is refused (400), none is ignored. */
+export const noQuery = { type: 'object', additionalProperties: false } as const;
+
 export const participantNameParams = {
   type: 'object',
   additionalProperties: false,

@@ -19,6 +19,7 @@ import {
   branchBody,
   listTransactionsQuery,
   manualResolutionBody,
+  noQuery,
   participantNameParams,
   preparedBranchesQuery,
   preparedBranchParams,
@@ -83,28 +84,28 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
 
-  app.get('/healthz', async (_request, reply) => {
+  app.get('/healthz', { schema: { querystring: noQuery } }, async (_request, reply) => {
     const health = coordinator.health();
     return reply.status(health.status === 'ok' ? 200 : 503).send(health);
   });
 
   // ---- participants -------------------------------------------------------------------
 
-  app.post('/v1/participants', { schema: { body: registerParticipantBody } }, async (request, reply) => {
+  app.post('/v1/participants', { schema: { querystring: noQuery, body: registerParticipantBody } }, async (request, reply) => {
     const body = request.body as RegistrationRequest;
     checkRegistration(body);
     const view = await coordinator.registerParticipant(body);
     return reply.status(201).send(view);
   });
 
-  app.get('/v1/participants', async () => ({ participants: coordinator.participants() }));
+  app.get('/v1/participants', { schema: { querystring: noQuery } }, async () => ({ participants: coordinator.participants() }));
 
-  app.get('/v1/participants/:name', { schema: { params: participantNameParams } }, async (request) => {
+  app.get('/v1/participants/:name', { schema: { params: participantNameParams, querystring: noQuery } }, async (request) => {
     const { name } = request.params as { name: string };
     return coordinator.participant(name);
   });
 
-  app.delete('/v1/participants/:name', { schema: { params: participantNameParams } }, async (request, reply) => {
+  app.delete('/v1/participants/:name', { schema: { params: participantNameParams, querystring: noQuery } }, async (request, reply) => {
     const { name } = request.params as { name: string };
     await coordinator.removeParticipant(name);
     return reply.status(204).send();
@@ -124,7 +125,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post(
     '/v1/participants/:name/prepared/:gid/resolve',
-    { schema: { params: preparedBranchParams, body: manualResolutionBody } },
+    { schema: { params: preparedBranchParams, querystring: noQuery, body: manualResolutionBody } },
     async (request) => {
       const { name, gid } = request.params as { name: string; gid: string };
       const body = request.body as { outcome: 'commit' | 'abort'; reason: string };
@@ -132,7 +133,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     },
   );
 
-  app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams } }, async (request) => {
+  app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
     return await tx.retryNow(id);
   });
@@ -142,10 +143,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.post(
     '/v1/transactions',
     {
-      schema: { body: beginTransactionBody },
-      // A begin needs no body at all: treat a missing one as {}.
+      schema: { querystring: noQuery, body: beginTransactionBody },
+      // A begin needs no body at all: a missing one is {}. A JSON null is a body, and not an object: 400.
       preValidation: async (request) => {
-        request.body ??= {};
+        if (request.body === undefined) request.body = {};
       },
     },
     async (request, reply) => {
@@ -186,30 +187,30 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     };
   });
 
-  app.get('/v1/transactions/:id', { schema: { params: transactionIdParams } }, async (request) => {
+  app.get('/v1/transactions/:id', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
     return tx.get(id);
   });
 
-  app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, body: branchBody } }, async (request, reply) => {
+  app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, querystring: noQuery, body: branchBody } }, async (request, reply) => {
     const { id } = request.params as { id: string };
     const answer = await tx.enlist(id, request.body as BranchInput);
     return reply.status(201).send(answer);
   });
 
-  app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams } }, async (request, reply) => {
+  app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
     const view = await tx.prepare(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
-  app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams } }, async (request, reply) => {
+  app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
     const view = await tx.commit(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
-  app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, body: abortBody } }, async (request) => {
+  app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, querystring: noQuery, body: abortBody } }, async (request) => {
     const { id } = request.params as { id: string };
     const reason = (request.body as { reason?: string } | null | undefined)?.reason;
     return tx.abort(id, reason ?? 'aborted by the client');

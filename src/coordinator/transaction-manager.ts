@@ -206,7 +206,7 @@ export class TransactionManager {
         // Refused before a decision (the log failed, the coordinator is stopping): branches may
         // already be prepared, and nobody will ask again for this request's transaction.
         if (tx.state.decision === undefined && !isTerminal(tx.state.phase)) await this.#abortAndSettle(tx, `the commit was refused: ${errorMessage(err)}`);
-        throw err;
+        throw withCurrentState(err, tx);
       }
     });
   }
@@ -357,7 +357,7 @@ export class TransactionManager {
     const tx = this.#liveOrThrow(id, 'prepare');
     return tx.lock.run(async () => {
       if (tx.state.phase === 'active') {
-        this.#assertAcceptingWork();
+        this.#assertAcceptingWork(tx);
         await this.#makeEnlistmentsDurable(tx);
         this.#driver.apply(tx, { type: 'prepare' });
       } else if (tx.state.phase !== 'preparing' && tx.state.phase !== 'prepared') {
@@ -377,7 +377,7 @@ export class TransactionManager {
   async #commitLocked(tx: LiveTransaction): Promise<TransactionView> {
     const phase = tx.state.phase;
     if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
-      this.#assertAcceptingWork();
+      this.#assertAcceptingWork(tx);
       if (phase === 'active') await this.#makeEnlistmentsDurable(tx);
       this.#driver.apply(tx, { type: 'commit' });
     } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
@@ -558,11 +558,23 @@ export class TransactionManager {
     });
   }
 
-  #assertAcceptingWork(): void {
-    if (!this.#accepting) throw new CoordinatorError('SHUTTING_DOWN');
+  /** Refuses new work; about a transaction, the error says where it stands (the answer's `state`). */
+  #assertAcceptingWork(tx?: LiveTransaction): void {
+    const about = tx === undefined ? {} : { details: { transactionId: tx.id, state: tx.view().state } };
+    if (!this.#accepting) throw new CoordinatorError('SHUTTING_DOWN', undefined, about);
     const failed = this.#log.failed;
-    if (failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE', `the write-ahead log failed: ${failed.message}`);
+    if (failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE', `the write-ahead log failed: ${failed.message}`, about);
   }
+}
+
+/** An error that names the transaction's state, restated with the state it has now (after an abort). */
+function withCurrentState(err: unknown, tx: LiveTransaction): unknown {
+  if (!(err instanceof CoordinatorError) || typeof err.details?.state !== 'string') return err;
+  return new CoordinatorError(err.code, err.message, {
+    cause: err.cause,
+    details: { ...err.details, state: tx.view().state },
+    ...(err.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: err.retryAfterSeconds }),
+  });
 }
 
 function invalidState(tx: LiveTransaction, what: string): CoordinatorError {

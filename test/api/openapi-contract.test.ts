@@ -14,7 +14,8 @@
  * dropping annotation keywords (description, examples, …), which do not
  * change what is accepted. Path and query parameters are compared as the
  * object schema they make up; the API refuses unknown ones, so that object
- * has `additionalProperties: false`.
+ * has `additionalProperties: false` — also for an operation without query
+ * parameters, whose route refuses every one.
  */
 
 import fs from 'node:fs';
@@ -161,7 +162,7 @@ function operations(): Operation[] {
 /** Path and query parameters as the object schema fastify validates `params` / `querystring` with. */
 function parameterSchema(parameters: JsonObject[], location: 'path' | 'query'): Json | undefined {
   const mine = parameters.filter((p) => p.in === location);
-  if (mine.length === 0) return undefined;
+  if (mine.length === 0) return location === 'query' ? { type: 'object', additionalProperties: false } : undefined;
   const required = mine.filter((p) => p.required === true).map((p) => p.name as string);
   return {
     type: 'object',
@@ -304,6 +305,18 @@ describe('openapi.yaml matches the routes', () => {
       }
     },
   );
+
+  it.each(ops.map((o) => [o.key, o] as const))('%s: refuses an unknown query parameter with 400, as the spec says', async (_key, o) => {
+    // With the operation's first request example, so that only the query can be refused.
+    const requestBody = o.op.requestBody === undefined ? undefined : deref(o.op.requestBody, `${o.key} requestBody`);
+    const examples = requestBody === undefined ? {} : obj(obj(obj(requestBody.content, 'content')['application/json'], 'application/json').examples, 'examples');
+    const first = Object.values(examples)[0];
+    const res = await probe('validate', o.method, `${exampleUrl(o)}?bogus=1`, first === undefined ? undefined : (deref(first, `${o.key} example`).value as Json));
+    expect(res.statusCode, `${o.key}?bogus=1: ${res.body}`).toBe(400);
+    expect(res.json()).toMatchObject({ error: { code: 'VALIDATION_FAILED', details: { context: 'querystring' } } });
+    const listed = deref(obj(o.op.responses, `${o.key} responses`)['400'], `${o.key} 400`);
+    expect(listed['x-error-codes'], `${o.key} must list 400 VALIDATION_FAILED`).toEqual(['VALIDATION_FAILED']);
+  });
 
   it("lists every error code of ERROR_CATALOGUE, and no other, in the error body's code enum", () => {
     const errorCode = obj(resolvePointer('#/components/schemas/ErrorCode'), 'ErrorCode');

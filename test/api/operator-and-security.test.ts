@@ -133,6 +133,10 @@ describe('operator controls', () => {
     expect(resolved.body).toMatchObject({ gid, outcome: 'commit', loggedDecision: null });
     expect(await balanceOf(dbA, 'lost')).toBe(7);
     expect(await preparedGids(dbA, 'tcx:lostcoord:')).toEqual([]);
+    // Repeated once carried out: nothing is prepared any more, so nothing is left to resolve.
+    const repeated = await call(c, 'POST', `/v1/participants/a/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'again' });
+    expect(repeated.status).toBe(409);
+    expect(repeated.body.error.code).toBe('INVALID_STATE_TRANSITION');
   });
 
   it('refuses a manual resolution that contradicts the log', async () => {
@@ -214,11 +218,24 @@ describe('fail-stop when the log cannot be made durable', () => {
       const { body } = await call(c, 'POST', '/v1/transactions', {});
       await call(c, 'POST', `/v1/transactions/${body.id}/branches`, { participant: 'a', operations: [transferSql('alice', -10)] });
       await call(c, 'POST', `/v1/transactions/${body.id}/branches`, { participant: 'b', operations: [transferSql('bob', 10)] });
+      const idle = (await call(c, 'POST', '/v1/transactions', {})).body.id as string;
       const before = [await balanceOf(dbA, 'alice'), await balanceOf(dbB, 'bob')];
       failSyncs = true;
       const commit = await call(c, 'POST', `/v1/transactions/${body.id}/commit`);
       expect(commit.status).toBe(503);
       expect(commit.body.error.code).toBe('LOG_UNAVAILABLE');
+      expect(commit.body.state).toBe('deciding');
+      // A transaction begun before the failure: its commit and prepare are refused, saying where it stands.
+      for (const step of ['commit', 'prepare']) {
+        const refused = await call(c, 'POST', `/v1/transactions/${idle}/${step}`);
+        expect({ step, status: refused.status, code: refused.body.error.code, state: refused.body.state, id: refused.body.error.details?.transactionId }).toEqual({
+          step,
+          status: 503,
+          code: 'LOG_UNAVAILABLE',
+          state: 'active',
+          id: idle,
+        });
+      }
       // No commit left: both branches are still prepared, nothing applied.
       expect([await balanceOf(dbA, 'alice'), await balanceOf(dbB, 'bob')]).toEqual(before);
       expect((await preparedGids(dbA)).length + (await preparedGids(dbB)).length).toBe(2);
