@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { Agent, request as undiciRequest } from 'undici';
 import { getFreePort } from './free-port.js';
 import { registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+import { recordAnswer } from './response-contract.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MAIN_JS = path.join(REPO_ROOT, 'dist', 'main.js');
@@ -157,7 +158,8 @@ export class CoordinatorProcess {
 
   /**
    * An API call with a deadline. Network failures (the process died mid-request) reject;
-   * any HTTP status resolves.
+   * any HTTP status resolves. Every answer is checked against openapi.yaml: a mismatch fails
+   * the test (response-contract-setup.ts).
    */
   async request(method: 'GET' | 'POST' | 'DELETE', urlPath: string, body?: unknown, timeoutMs = REQUEST_TIMEOUT_MS): Promise<ApiAnswer> {
     const current = this.#current;
@@ -171,6 +173,8 @@ export class CoordinatorProcess {
       ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
     });
     const text = await res.body.text();
+    const contentType = res.headers['content-type'];
+    recordAnswer({ method, url: urlPath, status: res.statusCode, contentType: typeof contentType === 'string' ? contentType : undefined, body: text });
     let parsed: unknown = undefined;
     if (text !== '') {
       try {
