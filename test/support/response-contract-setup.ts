@@ -5,7 +5,9 @@
  */
 
 import { afterAll, afterEach } from 'vitest';
-import { takeViolations } from './response-contract.js';
+import { checkAnswers, takeViolations } from './response-contract.js';
+
+checkAnswers();
 
 function failOnViolations(when: string): void {
   const found = takeViolations();
