@@ -9,7 +9,7 @@ import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
 import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
-import { actorOf, installAuth } from './auth.js';
+import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
@@ -82,6 +82,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
+  const authRequired = (options.apiTokens ?? []).length + (options.adminTokens ?? []).length > 0;
 
   app.get('/healthz', async (_request, reply) => {
     const health = coordinator.health();
@@ -159,7 +160,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     if ((body.commit === true || body.parallel !== undefined) && body.branches === undefined) {
       throw new CoordinatorError('VALIDATION_FAILED', `${body.commit === true ? 'commit: true' : 'parallel'} needs branches`);
     }
+    // Per-token quotas apply once tokens are required (in open mode there is nobody to tell apart).
+    const owner = authRequired ? tokenOf(request) : undefined;
     const begin = {
+      ...(owner === undefined ? {} : { owner }),
       ...(body.protocol === undefined ? {} : { protocol: body.protocol }),
       ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
     };

@@ -95,6 +95,7 @@ export class Coordinator {
         defaultTimeoutMs: config.defaultTimeoutMs,
         maxTimeoutMs: config.maxTimeoutMs,
         maxActiveTransactions: config.maxActiveTransactions,
+        tokenQuotas: { maxActive: config.tokenMaxActiveTransactions, beginsPerSecond: config.tokenBeginsPerSecond },
         commitWaitMs: config.commitWaitMs,
         prepareWaitMs: config.statementTimeoutMs + config.participantTimeoutMs + config.connectTimeoutMs + 5_000,
         retry: { initialMs: config.retryInitialMs, maxMs: config.retryMaxMs },

@@ -64,6 +64,8 @@ export class LiveTransaction {
   readonly protocol: ProtocolName;
   readonly timeoutMs: number;
   readonly createdAt: string;
+  /** Who began it (a fingerprint of the API token), for its per-token quotas. */
+  owner: string | undefined;
   readonly lock = new Mutex();
   /** Aborted on timeout or client abort: cancels work still running inside a branch. */
   readonly cancelWork = new AbortController();

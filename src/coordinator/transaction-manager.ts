@@ -23,6 +23,7 @@ import { prepareIntentRecord } from './journal.js';
 import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
+import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
 import { TransactionDriver } from './transaction-driver.js';
 
 export interface TransactionManagerOptions {
@@ -30,6 +31,8 @@ export interface TransactionManagerOptions {
   readonly defaultTimeoutMs: number;
   readonly maxTimeoutMs: number;
   readonly maxActiveTransactions: number;
+  /** Fair use per API token (requests that name an owner). */
+  readonly tokenQuotas: TokenQuotaOptions;
   readonly commitWaitMs: number;
   /** Upper bound for a prepare round; every adapter call is bounded well below it. */
   readonly prepareWaitMs: number;
@@ -53,6 +56,8 @@ export interface EnlistAnswer {
 export interface BeginRequest {
   readonly protocol?: ProtocolName;
   readonly timeoutMs?: number;
+  /** Who begins it (a fingerprint of the API token): its quotas apply. */
+  readonly owner?: string;
 }
 
 export interface RunRequest extends BeginRequest {
@@ -90,6 +95,7 @@ export class TransactionManager {
   readonly #live = new Map<string, LiveTransaction>();
   /** Live transactions without a decision yet: what TCX_MAX_ACTIVE_TRANSACTIONS bounds. */
   readonly #undecided = new Set<LiveTransaction>();
+  readonly #quotas: TokenQuotas;
   readonly #log: CoordinatorLog;
   readonly #registry: ParticipantRegistry;
   readonly #options: TransactionManagerOptions;
@@ -103,6 +109,7 @@ export class TransactionManager {
     this.#registry = registry;
     this.#options = options;
     this.#logger = logger;
+    this.#quotas = new TokenQuotas(options.tokenQuotas);
     this.#driver = new TransactionDriver({
       log,
       registry,
@@ -110,9 +117,9 @@ export class TransactionManager {
       logger,
       stopping: this.#stopping.signal,
       hooks: {
-        decided: (tx) => this.#undecided.delete(tx),
+        decided: (tx) => this.#settled(tx),
         ended: (tx) => {
-          this.#undecided.delete(tx);
+          this.#settled(tx);
           this.#live.delete(tx.id);
         },
       },
@@ -138,14 +145,21 @@ export class TransactionManager {
         retryAfterSeconds: 1,
       });
     }
+    if (request.owner !== undefined) this.#quotas.admit(request.owner);
     // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
+    if (request.owner !== undefined) tx.owner = request.owner;
     tx.state = initialState(protocol);
     this.#live.set(tx.id, tx);
     this.#undecided.add(tx);
     tx.timer = setTimeout(() => void this.#driver.onTimeout(tx), timeoutMs);
     tx.timer.unref();
     return tx;
+  }
+
+  /** A transaction is decided (or ended): it no longer counts against the open-transaction limits. */
+  #settled(tx: LiveTransaction): void {
+    if (this.#undecided.delete(tx) && tx.owner !== undefined) this.#quotas.release(tx.owner);
   }
 
   async enlist(id: string, request: EnlistRequest): Promise<EnlistAnswer> {
@@ -197,11 +211,11 @@ export class TransactionManager {
         await Promise.all(planned.map((p) => p.branch.earlyPrepare));
         const error = await this.#abortAfterFailedWork(tx, ran.failed.branch, ran.error);
         if (!request.commit || error.code !== 'OPERATION_FAILED') throw error;
-        return { view: tx.view(), results, failure: error };
+        return answered(tx.view(), results, error);
       }
-      if (!request.commit) return { view: tx.view(), results };
+      if (!request.commit) return answered(tx.view(), results);
       try {
-        return { view: await this.#commitLocked(tx), results };
+        return answered(await this.#commitLocked(tx), results);
       } catch (err) {
         // Refused before a decision (the log failed, the coordinator is stopping): branches may
         // already be prepared, and nobody will ask again for this request's transaction.
@@ -563,6 +577,12 @@ export class TransactionManager {
     const failed = this.#log.failed;
     if (failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE', `the write-ahead log failed: ${failed.message}`);
   }
+}
+
+/** A one-request answer: each branch's result carries the state the transaction ended the request in. */
+function answered(view: TransactionView, results: readonly EnlistAnswer[], failure?: CoordinatorError): RunAnswer {
+  const settled = results.map((r) => ({ ...r, state: view.state }));
+  return failure === undefined ? { view, results: settled } : { view, results: settled, failure };
 }
 
 function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
