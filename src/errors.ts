@@ -16,6 +16,7 @@ export const ERROR_CATALOGUE = {
   PARTICIPANT_AUTH_FAILED: { status: 422, message: 'The participant refused the credentials' },
   PARTICIPANT_MISCONFIGURED: { status: 422, message: 'The participant cannot take part in two-phase commit' },
   UNKNOWN_TRANSACTION: { status: 404, message: 'No transaction with that id is known' },
+  UNKNOWN_BRANCH: { status: 404, message: 'The transaction has no branch with that id' },
   INVALID_STATE_TRANSITION: { status: 409, message: 'The transaction is not in a state that allows this' },
   RESOLUTION_CONTRADICTS_LOG: { status: 409, message: 'The log holds a decision that contradicts this resolution' },
   TRANSACTION_ABORTED: { status: 409, message: 'The transaction was aborted' },

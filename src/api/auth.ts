@@ -26,7 +26,12 @@ function matchesAny(candidate: Buffer, tokens: readonly Buffer[]): boolean {
 }
 
 /** Routes (as registered) that change who takes part, or override the log: admin only. */
-const ADMIN_ROUTES = new Set(['POST /v1/participants', 'DELETE /v1/participants/:name', 'POST /v1/participants/:name/prepared/:gid/resolve']);
+const ADMIN_ROUTES = new Set([
+  'POST /v1/participants',
+  'DELETE /v1/participants/:name',
+  'POST /v1/participants/:name/prepared/:gid/resolve',
+  'POST /v1/transactions/:id/branches/:branchId/forget',
+]);
 
 export function isAdminRoute(method: string, route: string): boolean {
   return ADMIN_ROUTES.has(`${method} ${route}`);
@@ -49,7 +54,7 @@ export function installAuth(app: FastifyInstance, options: AuthOptions): void {
     const role: Role | undefined = matchesAny(presented, admin) ? 'admin' : matchesAny(presented, api) ? 'api' : undefined;
     if (role === undefined) throw new CoordinatorError('UNAUTHORIZED', 'unknown bearer token');
     if (role !== 'admin' && isAdminRoute(request.method, route ?? '')) {
-      throw new CoordinatorError('FORBIDDEN', 'registering, removing and manually resolving participants needs an admin token');
+      throw new CoordinatorError('FORBIDDEN', 'registering and removing participants, resolving branches by hand and forgetting branches need an admin token');
     }
   });
 }

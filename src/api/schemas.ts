@@ -20,6 +20,30 @@ export const transactionIdParams = {
   properties: { id: { type: 'string', pattern: TRANSACTION_ID_PATTERN } },
 } as const;
 
+export const branchParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'branchId'],
+  properties: { id: { type: 'string', pattern: TRANSACTION_ID_PATTERN }, branchId: { type: 'string', pattern: '^b[0-9]{1,6}$' } },
+} as const;
+
+/** DELETE of a participant gone for good: `unreachable=true` with the operator's reason. */
+export const removeParticipantQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    unreachable: { type: 'string', enum: ['true'] },
+    reason: { type: 'string', minLength: 1, maxLength: 1000 },
+  },
+} as const;
+
+export const forgetBranchBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['reason'],
+  properties: { reason: { type: 'string', minLength: 1, maxLength: 1000 } },
+} as const;
+
 export const registerParticipantBody = {
   type: 'object',
   additionalProperties: false,

@@ -17,12 +17,15 @@ import {
   abortBody,
   beginTransactionBody,
   branchBody,
+  branchParams,
+  forgetBranchBody,
   listTransactionsQuery,
   manualResolutionBody,
   participantNameParams,
   preparedBranchesQuery,
   preparedBranchParams,
   registerParticipantBody,
+  removeParticipantQuery,
   transactionIdParams,
 } from './schemas.js';
 
@@ -105,9 +108,13 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     return coordinator.participant(name);
   });
 
-  app.delete('/v1/participants/:name', { schema: { params: participantNameParams } }, async (request, reply) => {
+  app.delete('/v1/participants/:name', { schema: { params: participantNameParams, querystring: removeParticipantQuery } }, async (request, reply) => {
     const { name } = request.params as { name: string };
-    await coordinator.removeParticipant(name);
+    const query = request.query as { unreachable?: 'true'; reason?: string };
+    if ((query.unreachable === undefined) !== (query.reason === undefined)) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'unreachable=true and reason go together');
+    }
+    await coordinator.removeParticipant(name, query.reason === undefined ? undefined : { reason: query.reason, actor: actorOf(request) });
     return reply.status(204).send();
   });
 
@@ -132,6 +139,12 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       return coordinator.resolveManually(name, gid, { ...body, actor: actorOf(request) });
     },
   );
+
+  app.post('/v1/transactions/:id/branches/:branchId/forget', { schema: { params: branchParams, body: forgetBranchBody } }, async (request) => {
+    const { id, branchId } = request.params as { id: string; branchId: string };
+    const { reason } = request.body as { reason: string };
+    return tx.forgetBranch(id, branchId, { reason, actor: actorOf(request) });
+  });
 
   app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams } }, async (request) => {
     const { id } = request.params as { id: string };

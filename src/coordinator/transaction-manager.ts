@@ -19,7 +19,7 @@ import { awaitingDelivery, initialState, isTerminal } from '../protocol/commit-p
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { makeGid } from './gid.js';
-import { prepareIntentRecord } from './journal.js';
+import { branchForgottenRecord, prepareIntentRecord } from './journal.js';
 import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
@@ -412,7 +412,10 @@ export class TransactionManager {
     return tx.lock.run(async () => {
       if (tx.state.decision === 'commit' && tx.state.phase !== 'deciding') throw invalidState(tx, 'abort');
       this.#driver.apply(tx, { type: 'abort', reason });
-      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.prepareWaitMs);
+      // Like a commit: outstanding prepares answer first (bounded), then up to commitWaitMs for
+      // the acknowledgements; past that the answer says `aborting` and delivery goes on.
+      await tx.waitUntil(() => tx.state.phase !== 'preparing' && tx.state.phase !== 'deciding', this.#options.prepareWaitMs);
+      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.commitWaitMs);
       return tx.view();
     });
   }
@@ -426,7 +429,7 @@ export class TransactionManager {
       // comes from the coordinator that prepared it, or from another instance.
       throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`, { details: { coordinatorId: this.#options.coordinatorId } });
     }
-    return durableView(durable);
+    return durableView(durable, this.#log.state.forgottenBranches.get(id));
   }
 
   list(filter: { state?: string; limit: number }): TransactionView[] {
@@ -475,6 +478,41 @@ export class TransactionManager {
       awaitingDelivery(tx.state).every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
     await tx.waitUntil(attempted, this.#options.commitWaitMs);
     return tx.view();
+  }
+
+  /**
+   * Operator's way out for a participant gone for good: gives up on one branch of an
+   * aborting transaction. Never under a commit decision (a prepared branch of a committed
+   * transaction must commit: the participant has to come back). Forced to the log with the
+   * reason and who asked before it takes effect; the branch then counts as acknowledged, so
+   * the transaction can end and the participant can be removed.
+   */
+  async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
+    const tx = this.#liveOrThrow(id, 'forget a branch of');
+    return tx.lock.run(async () => {
+      const branch = tx.branches.get(branchId);
+      if (branch === undefined) throw new CoordinatorError('UNKNOWN_BRANCH', `transaction ${id} has no branch ${branchId}`);
+      if (tx.state.decision === 'commit') {
+        throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `transaction ${id} has a commit decision: ${branchId} must commit once ${branch.participant} is back`, {
+          details: { logged: 'commit' },
+        });
+      }
+      if (tx.state.phase !== 'aborting') {
+        throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is ${tx.state.phase}: only a branch of an aborting transaction can be forgotten (abort it first)`, {
+          details: { transactionId: id, state: tx.state.phase },
+        });
+      }
+      if (!awaitingDelivery(tx.state).includes(branchId)) {
+        throw new CoordinatorError('INVALID_STATE_TRANSITION', `branch ${branchId} of transaction ${id} has already acknowledged the abort`, {
+          details: { transactionId: id, state: tx.state.phase },
+        });
+      }
+      const audit = { reason: request.reason, actor: request.actor, at: new Date().toISOString() };
+      await this.#log.force(branchForgottenRecord(tx, branch, audit));
+      this.#driver.forget(tx, branchId, audit);
+      this.#logger.warn({ txId: id, branchId, participant: branch.participant, reason: audit.reason, actor: audit.actor }, 'operator: branch forgotten');
+      return tx.view();
+    });
   }
 
   /** True when a running (or resumed) transaction drives the branch with this gid itself. */
