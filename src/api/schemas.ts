@@ -132,9 +132,12 @@ export const listTransactionsQuery = {
   properties: {
     state: {
       type: 'string',
-      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting'],
+      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted'],
     },
+    participant: { type: 'string', pattern: NAME_PATTERN },
+    since: { type: 'string', maxLength: 40 },
     limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' },
+    cursor: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,200}$' },
   },
 } as const;
 

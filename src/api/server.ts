@@ -12,6 +12,7 @@ import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import { decodeCursor } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
   abortBody,
@@ -28,6 +29,10 @@ import {
   removeParticipantQuery,
   transactionIdParams,
 } from './schemas.js';
+
+/** Transactions per page of GET /v1/transactions: by default, and at most. */
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
 
 export interface ServerOptions {
   readonly bodyLimitBytes?: number;
@@ -197,10 +202,20 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   );
 
   app.get('/v1/transactions', { schema: { querystring: listTransactionsQuery } }, async (request) => {
-    const query = request.query as { state?: string; limit?: string };
-    return {
-      transactions: tx.list({ ...(query.state === undefined ? {} : { state: query.state }), limit: Number(query.limit ?? 1000) }),
-    };
+    const query = request.query as { state?: string; participant?: string; since?: string; limit?: string; cursor?: string };
+    const limit = Number(query.limit ?? DEFAULT_PAGE);
+    if (limit > MAX_PAGE) throw new CoordinatorError('VALIDATION_FAILED', `limit must not exceed ${MAX_PAGE}`);
+    const sinceMs = query.since === undefined ? undefined : Date.parse(query.since);
+    if (sinceMs !== undefined && (Number.isNaN(sinceMs) || !/^\d{4}-\d{2}-\d{2}T/.test(query.since ?? ''))) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'since must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z');
+    }
+    return tx.list({
+      limit,
+      ...(query.state === undefined ? {} : { state: query.state }),
+      ...(query.participant === undefined ? {} : { participant: query.participant }),
+      ...(sinceMs === undefined ? {} : { sinceMs }),
+      ...(query.cursor === undefined ? {} : { after: decodeCursor(query.cursor) }),
+    });
   });
 
   app.get('/v1/transactions/:id', { schema: { params: transactionIdParams } }, async (request) => {

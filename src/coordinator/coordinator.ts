@@ -334,7 +334,7 @@ export class Coordinator {
       ...(failed === undefined ? {} : { reason: `write-ahead log failed: ${failed.message}` }),
       liveTransactions: this.transactions.liveCount(),
       activeTransactions: this.transactions.activeCount(),
-      inDoubtTransactions: this.transactions.list({ state: 'in-doubt', limit: Number.MAX_SAFE_INTEGER }).length,
+      inDoubtTransactions: this.transactions.inDoubtCount(),
       participants: this.#registry.views().length,
       log: this.#log.stats(),
       retainedTransactions: this.#log.state.finished.size,

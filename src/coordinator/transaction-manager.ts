@@ -24,6 +24,7 @@ import { durableView, LiveTransaction, type LiveBranch, type TransactionView } f
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
 import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
+import { listTransactions, type ListFilter, type ListPage } from './transaction-listing.js';
 import { TransactionDriver } from './transaction-driver.js';
 
 export interface TransactionManagerOptions {
@@ -432,14 +433,15 @@ export class TransactionManager {
     return durableView(durable, this.#log.state.forgottenBranches.get(id));
   }
 
-  list(filter: { state?: string; limit: number }): TransactionView[] {
-    const out: TransactionView[] = [];
-    for (const tx of this.#live.values()) {
-      if (out.length >= filter.limit) break;
-      const matches = filter.state === undefined || (filter.state === 'in-doubt' ? tx.inDoubt : tx.state.phase === filter.state);
-      if (matches) out.push(tx.view());
-    }
-    return out;
+  /** A page of transactions, newest first: running ones and finished ones within retention. */
+  list(filter: ListFilter): ListPage {
+    return listTransactions(this.#live.values(), this.#log.state, filter);
+  }
+
+  inDoubtCount(): number {
+    let n = 0;
+    for (const tx of this.#live.values()) if (tx.inDoubt) n++;
+    return n;
   }
 
   activeCount(): number {
