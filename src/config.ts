@@ -16,6 +16,9 @@ export interface Config {
   readonly maxRetainedTransactions: number;
   readonly recoveryIntervalMs: number;
   readonly maxActiveTransactions: number;
+  /** Per API token: open transactions at once, and begins per second (0: no limit). */
+  readonly tokenMaxActiveTransactions: number;
+  readonly tokenBeginsPerSecond: number;
   readonly commitWaitMs: number;
   readonly participantTimeoutMs: number;
   readonly connectTimeoutMs: number;
@@ -85,6 +88,8 @@ export function loadConfig(env: Env = process.env): Config {
     maxRetainedTransactions: int(env, 'TCX_MAX_RETAINED_TRANSACTIONS', 1_000_000, 0, 100_000_000),
     recoveryIntervalMs: int(env, 'TCX_RECOVERY_INTERVAL_MS', 30_000, 100, 86_400_000),
     maxActiveTransactions: int(env, 'TCX_MAX_ACTIVE_TRANSACTIONS', 10_000, 1, 10_000_000),
+    tokenMaxActiveTransactions: int(env, 'TCX_TOKEN_MAX_ACTIVE_TRANSACTIONS', 1_000, 1, 10_000_000),
+    tokenBeginsPerSecond: int(env, 'TCX_TOKEN_BEGINS_PER_SECOND', 0, 0, 10_000_000),
     commitWaitMs: int(env, 'TCX_COMMIT_WAIT_MS', 5_000, 0, 600_000),
     participantTimeoutMs: int(env, 'TCX_PARTICIPANT_TIMEOUT_MS', 10_000, 10, 600_000),
     connectTimeoutMs: int(env, 'TCX_CONNECT_TIMEOUT_MS', 5_000, 10, 600_000),
@@ -113,7 +118,8 @@ export function loadConfig(env: Env = process.env): Config {
   }
   if (!isLoopback(config.host) && config.apiTokens.length + config.adminTokens.length === 0) {
     throw new ConfigError(
-      `TCX_HOST=${config.host} is not a loopback address: set TCX_API_TOKENS and TCX_ADMIN_TOKENS (bearer tokens) before listening there`,
+      `TCX_HOST=${config.host} is not a loopback address: set at least one bearer token before listening there ` +
+        '(TCX_API_TOKENS for clients, TCX_ADMIN_TOKENS for operators; with admin tokens alone, every call needs one)',
     );
   }
   const publicUrl = env.TCX_PUBLIC_URL ?? '';

@@ -26,7 +26,12 @@ function matchesAny(candidate: Buffer, tokens: readonly Buffer[]): boolean {
 }
 
 /** Routes (as registered) that change who takes part, or override the log: admin only. */
-const ADMIN_ROUTES = new Set(['POST /v1/participants', 'DELETE /v1/participants/:name', 'POST /v1/participants/:name/prepared/:gid/resolve']);
+const ADMIN_ROUTES = new Set([
+  'POST /v1/participants',
+  'DELETE /v1/participants/:name',
+  'POST /v1/participants/:name/prepared/:gid/resolve',
+  'POST /v1/transactions/:id/branches/:branchId/forget',
+]);
 
 export function isAdminRoute(method: string, route: string): boolean {
   return ADMIN_ROUTES.has(`${method} ${route}`);
@@ -42,21 +47,26 @@ export function installAuth(app: FastifyInstance, options: AuthOptions): void {
     const route = request.routeOptions.url;
     if (route === '/healthz') return;
     const header = request.headers.authorization;
-    const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,512})$/.exec(header) : null;
+    // The scheme is case-insensitive (RFC 7235): "bearer" works as well as "Bearer".
+    const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,512})$/i.exec(header) : null;
     if (match === null) throw new CoordinatorError('UNAUTHORIZED', 'missing or malformed Authorization: Bearer header');
     const presented = digest(match[1] as string);
     const role: Role | undefined = matchesAny(presented, admin) ? 'admin' : matchesAny(presented, api) ? 'api' : undefined;
     if (role === undefined) throw new CoordinatorError('UNAUTHORIZED', 'unknown bearer token');
     if (role !== 'admin' && isAdminRoute(request.method, route ?? '')) {
-      throw new CoordinatorError('FORBIDDEN', 'registering, removing and manually resolving participants needs an admin token');
+      throw new CoordinatorError('FORBIDDEN', 'registering and removing participants, resolving branches by hand and forgetting branches need an admin token');
     }
   });
 }
 
-/** Who made a request, for audit records: a fingerprint of the token, never the token. */
-export function actorOf(request: FastifyRequest): string {
+/** A fingerprint of the request's bearer token (never the token), or undefined without one. */
+export function tokenOf(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
-  const match = typeof header === 'string' ? /^Bearer (\S+)$/.exec(header) : null;
-  if (match === null) return `local:${request.ip}`;
-  return `token:${digest(match[1] as string).toString('hex').slice(0, 12)}`;
+  const match = typeof header === 'string' ? /^Bearer (\S+)$/i.exec(header) : null;
+  return match === null ? undefined : `token:${digest(match[1] as string).toString('hex').slice(0, 12)}`;
+}
+
+/** Who made a request, for audit records: the token's fingerprint, or the address in open mode. */
+export function actorOf(request: FastifyRequest): string {
+  return tokenOf(request) ?? `local:${request.ip}`;
 }

@@ -23,6 +23,30 @@ export const transactionIdParams = {
   properties: { id: { type: 'string', pattern: TRANSACTION_ID_PATTERN } },
 } as const;
 
+export const branchParams = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'branchId'],
+  properties: { id: { type: 'string', pattern: TRANSACTION_ID_PATTERN }, branchId: { type: 'string', pattern: '^b[0-9]{1,6}$' } },
+} as const;
+
+/** DELETE of a participant gone for good: `unreachable=true` with the operator's reason. */
+export const removeParticipantQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    unreachable: { type: 'string', enum: ['true'] },
+    reason: { type: 'string', minLength: 1, maxLength: 1000 },
+  },
+} as const;
+
+export const forgetBranchBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['reason'],
+  properties: { reason: { type: 'string', minLength: 1, maxLength: 1000 } },
+} as const;
+
 export const registerParticipantBody = {
   type: 'object',
   additionalProperties: false,
@@ -111,9 +135,12 @@ export const listTransactionsQuery = {
   properties: {
     state: {
       type: 'string',
-      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting'],
+      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted'],
     },
+    participant: { type: 'string', pattern: NAME_PATTERN },
+    since: { type: 'string', maxLength: 40 },
     limit: { type: 'string', pattern: '^[1-9][0-9]{0,3}$' },
+    cursor: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,200}$' },
   },
 } as const;
 

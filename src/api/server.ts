@@ -9,14 +9,17 @@ import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
 import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
-import { actorOf, installAuth } from './auth.js';
+import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import { decodeCursor } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
   abortBody,
   beginTransactionBody,
   branchBody,
+  branchParams,
+  forgetBranchBody,
   listTransactionsQuery,
   manualResolutionBody,
   noQuery,
@@ -24,8 +27,13 @@ import {
   preparedBranchesQuery,
   preparedBranchParams,
   registerParticipantBody,
+  removeParticipantQuery,
   transactionIdParams,
 } from './schemas.js';
+
+/** Transactions per page of GET /v1/transactions: by default, and at most. */
+const DEFAULT_PAGE = 100;
+const MAX_PAGE = 1000;
 
 export interface ServerOptions {
   readonly bodyLimitBytes?: number;
@@ -83,6 +91,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
+  const authRequired = (options.apiTokens ?? []).length + (options.adminTokens ?? []).length > 0;
 
   app.get('/healthz', { schema: { querystring: noQuery } }, async (_request, reply) => {
     const health = coordinator.health();
@@ -105,9 +114,13 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     return coordinator.participant(name);
   });
 
-  app.delete('/v1/participants/:name', { schema: { params: participantNameParams, querystring: noQuery } }, async (request, reply) => {
+  app.delete('/v1/participants/:name', { schema: { params: participantNameParams, querystring: removeParticipantQuery } }, async (request, reply) => {
     const { name } = request.params as { name: string };
-    await coordinator.removeParticipant(name);
+    const query = request.query as { unreachable?: 'true'; reason?: string };
+    if ((query.unreachable === undefined) !== (query.reason === undefined)) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'unreachable=true and reason go together');
+    }
+    await coordinator.removeParticipant(name, query.reason === undefined ? undefined : { reason: query.reason, actor: actorOf(request) });
     return reply.status(204).send();
   });
 
@@ -132,6 +145,12 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       return coordinator.resolveManually(name, gid, { ...body, actor: actorOf(request) });
     },
   );
+
+  app.post('/v1/transactions/:id/branches/:branchId/forget', { schema: { params: branchParams, querystring: noQuery, body: forgetBranchBody } }, async (request) => {
+    const { id, branchId } = request.params as { id: string; branchId: string };
+    const { reason } = request.body as { reason: string };
+    return tx.forgetBranch(id, branchId, { reason, actor: actorOf(request) });
+  });
 
   app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
@@ -160,7 +179,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     if ((body.commit === true || body.parallel !== undefined) && body.branches === undefined) {
       throw new CoordinatorError('VALIDATION_FAILED', `${body.commit === true ? 'commit: true' : 'parallel'} needs branches`);
     }
+    // Per-token quotas apply once tokens are required (in open mode there is nobody to tell apart).
+    const owner = authRequired ? tokenOf(request) : undefined;
     const begin = {
+      ...(owner === undefined ? {} : { owner }),
       ...(body.protocol === undefined ? {} : { protocol: body.protocol }),
       ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
     };
@@ -181,10 +203,20 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   );
 
   app.get('/v1/transactions', { schema: { querystring: listTransactionsQuery } }, async (request) => {
-    const query = request.query as { state?: string; limit?: string };
-    return {
-      transactions: tx.list({ ...(query.state === undefined ? {} : { state: query.state }), limit: Number(query.limit ?? 1000) }),
-    };
+    const query = request.query as { state?: string; participant?: string; since?: string; limit?: string; cursor?: string };
+    const limit = Number(query.limit ?? DEFAULT_PAGE);
+    if (limit > MAX_PAGE) throw new CoordinatorError('VALIDATION_FAILED', `limit must not exceed ${MAX_PAGE}`);
+    const sinceMs = query.since === undefined ? undefined : Date.parse(query.since);
+    if (sinceMs !== undefined && (Number.isNaN(sinceMs) || !/^\d{4}-\d{2}-\d{2}T/.test(query.since ?? ''))) {
+      throw new CoordinatorError('VALIDATION_FAILED', 'since must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z');
+    }
+    return tx.list({
+      limit,
+      ...(query.state === undefined ? {} : { state: query.state }),
+      ...(query.participant === undefined ? {} : { participant: query.participant }),
+      ...(sinceMs === undefined ? {} : { sinceMs }),
+      ...(query.cursor === undefined ? {} : { after: decodeCursor(query.cursor) }),
+    });
   });
 
   app.get('/v1/transactions/:id', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {

@@ -95,6 +95,7 @@ export class Coordinator {
         defaultTimeoutMs: config.defaultTimeoutMs,
         maxTimeoutMs: config.maxTimeoutMs,
         maxActiveTransactions: config.maxActiveTransactions,
+        tokenQuotas: { maxActive: config.tokenMaxActiveTransactions, beginsPerSecond: config.tokenBeginsPerSecond },
         commitWaitMs: config.commitWaitMs,
         prepareWaitMs: config.statementTimeoutMs + config.participantTimeoutMs + config.connectTimeoutMs + 5_000,
         retry: { initialMs: config.retryInitialMs, maxMs: config.retryMaxMs },
@@ -138,20 +139,29 @@ export class Coordinator {
     return this.#registry.register(request);
   }
 
-  async removeParticipant(name: string): Promise<void> {
+  /**
+   * Removes a participant that no unfinished transaction uses and that holds no prepared
+   * branch of this coordinator. `unreachable` (an operator's, with a reason): a participant
+   * gone for good cannot be checked for prepared branches; remove it anyway, audited.
+   */
+  async removeParticipant(name: string, unreachable?: { reason: string; actor: string }): Promise<void> {
     this.#registry.view(name); // 404 when unknown
     // From here on no new branch may enlist it, so the checks below cannot go stale.
     this.#registry.beginRemoval(name);
     try {
-      await this.#removeParticipant(name);
+      await this.#removeParticipant(name, unreachable);
     } finally {
       this.#registry.endRemoval(name);
     }
   }
 
-  async #removeParticipant(name: string): Promise<void> {
+  async #removeParticipant(name: string, unreachable: { reason: string; actor: string } | undefined): Promise<void> {
     if (this.transactions.participantInUse(name)) {
-      throw new CoordinatorError('PARTICIPANT_IN_USE', `participant ${name} has branches in unfinished transactions`);
+      throw new CoordinatorError(
+        'PARTICIPANT_IN_USE',
+        `participant ${name} has branches in unfinished transactions` +
+          (unreachable === undefined ? '' : ' (abort them and forget their branches on it first: POST /v1/transactions/{id}/branches/{branchId}/forget)'),
+      );
     }
     // Branches the log never heard of (a crash between PREPARE and the log write) would be
     // orphaned for good once the participant is forgotten: refuse while any is prepared.
@@ -159,8 +169,13 @@ export class Coordinator {
     try {
       prepared = await this.#registry.adapter(name).findPrepared(gidPrefix(this.coordinatorId));
     } catch (err) {
+      if (unreachable !== undefined) {
+        await this.#registry.remove(name, unreachable);
+        return;
+      }
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot check ${name} for prepared branches before removing it: ${errorMessage(err)}`, {
         cause: err,
+        details: { participant: name, hint: 'if it is gone for good: DELETE with ?unreachable=true&reason=…' },
       });
     }
     if (prepared.length > 0) {
@@ -319,7 +334,7 @@ export class Coordinator {
       ...(failed === undefined ? {} : { reason: `write-ahead log failed: ${failed.message}` }),
       liveTransactions: this.transactions.liveCount(),
       activeTransactions: this.transactions.activeCount(),
-      inDoubtTransactions: this.transactions.list({ state: 'in-doubt', limit: Number.MAX_SAFE_INTEGER }).length,
+      inDoubtTransactions: this.transactions.inDoubtCount(),
       participants: this.#registry.views().length,
       log: this.#log.stats(),
       retainedTransactions: this.#log.state.finished.size,

@@ -22,7 +22,7 @@
 
 import type { BranchRecord, LogRecord } from '../log/log-records.js';
 import type { Decision, Verdict } from '../protocol/commit-protocol.js';
-import type { LiveBranch, LiveTransaction } from './live-transaction.js';
+import type { ForgottenView, LiveBranch, LiveTransaction } from './live-transaction.js';
 
 export function branchRecord(b: LiveBranch, options: { payload: boolean }): BranchRecord {
   return {
@@ -109,4 +109,9 @@ export function presumedAbortRecord(transactionId: string, branches: readonly Br
       reason: `presumed abort: prepared on ${participants} without a decision in the log; rolled back by the recovery sweep`,
     },
   };
+}
+
+/** An operator gave up on a branch of an aborting transaction (forced; the audit trail). */
+export function branchForgottenRecord(tx: LiveTransaction, branch: LiveBranch, audit: ForgottenView): LogRecord {
+  return { t: 'branch-forgotten', id: tx.id, branchId: branch.branchId, participant: branch.participant, gid: branch.gid, ...audit };
 }

@@ -5,7 +5,7 @@
  * log's DurableState. Both render to the same TransactionView.
  */
 
-import type { DurableTransaction, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
+import type { DurableTransaction, ForgottenBranch, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import type { PrepareResult } from '../participants/participant.js';
 import { Mutex } from './mutex.js';
@@ -30,6 +30,14 @@ export interface LiveBranch {
   attempts: number;
   /** Phase-2 attempts that have come back (acknowledged or failed). */
   finishedAttempts?: number;
+  /** An operator gave up on this branch of an aborting transaction (its participant is gone for good). */
+  forgotten?: ForgottenView;
+}
+
+export interface ForgottenView {
+  readonly reason: string;
+  readonly actor: string;
+  readonly at: string;
 }
 
 export interface BranchView {
@@ -42,6 +50,7 @@ export interface BranchView {
   readonly attempts?: number;
   readonly lastError?: string;
   readonly lastAttemptAt?: string;
+  readonly forgotten?: ForgottenView;
 }
 
 export interface TransactionView {
@@ -64,6 +73,8 @@ export class LiveTransaction {
   readonly protocol: ProtocolName;
   readonly timeoutMs: number;
   readonly createdAt: string;
+  /** Who began it (a fingerprint of the API token), for its per-token quotas. */
+  owner: string | undefined;
   readonly lock = new Mutex();
   /** Aborted on timeout or client abort: cancels work still running inside a branch. */
   readonly cancelWork = new AbortController();
@@ -149,13 +160,14 @@ export class LiveTransaction {
         attempts: b.attempts,
         ...(b.lastError === undefined ? {} : { lastError: b.lastError }),
         ...(b.lastAttemptAt === undefined ? {} : { lastAttemptAt: b.lastAttemptAt }),
+        ...(b.forgotten === undefined ? {} : { forgotten: b.forgotten }),
       })),
     };
   }
 }
 
 /** The view of a transaction known only from the log (finished, or seen before a restart). */
-export function durableView(tx: DurableTransaction): TransactionView {
+export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
   const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : 'unknown';
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).
@@ -178,6 +190,11 @@ export function durableView(tx: DurableTransaction): TransactionView {
       kind: b.kind,
       state: b.vote === 'read-only' ? 'read-only' : outcome === 'commit' ? 'committed' : 'aborted',
       ...(b.vote === undefined ? {} : { vote: b.vote }),
+      ...forgottenView(forgotten.find((f) => f.branchId === b.branchId)),
     })),
   };
+}
+
+function forgottenView(f: ForgottenBranch | undefined): { forgotten?: ForgottenView } {
+  return f === undefined ? {} : { forgotten: { reason: f.reason, actor: f.actor, at: f.at } };
 }

@@ -155,12 +155,14 @@ export class ParticipantRegistry {
     return toView(config);
   }
 
-  async remove(name: string): Promise<void> {
+  /** `forced`: removed without the check for prepared branches (it could not be reached): who and why. */
+  async remove(name: string, forced?: { reason: string; actor: string }): Promise<void> {
     const adapter = this.adapter(name);
     this.#adapters.delete(name);
-    await this.#log.force({ t: 'participant-removed', name, at: new Date().toISOString() });
+    await this.#log.force({ t: 'participant-removed', name, at: new Date().toISOString(), ...(forced === undefined ? {} : { forced }) });
     await adapter.close();
-    this.#logger.info({ participant: name }, 'participant removed');
+    if (forced === undefined) this.#logger.info({ participant: name }, 'participant removed');
+    else this.#logger.warn({ participant: name, reason: forced.reason, actor: forced.actor }, 'operator: unreachable participant removed');
   }
 
   adapter(name: string): ParticipantAdapter {

@@ -76,6 +76,18 @@ export class TransactionDriver {
     }
   }
 
+  /**
+   * An operator's "forget this branch" (its participant is gone for good), once the record is
+   * durable: the machine takes it for the branch's abort acknowledgement and refuses it under
+   * any other outcome; the branch's delivery stops calling the participant.
+   */
+  forget(tx: LiveTransaction, branchId: string, audit: NonNullable<LiveBranch['forgotten']>): void {
+    this.apply(tx, { type: 'forget', branchId });
+    const branch = tx.branches.get(branchId);
+    if (branch !== undefined) branch.forgotten = audit;
+    tx.wakeUp();
+  }
+
   ref(tx: LiveTransaction, branch: LiveBranch): BranchRef {
     return {
       transactionId: tx.id,
@@ -182,6 +194,7 @@ export class TransactionDriver {
       !(decision === 'precommit' && adapter !== undefined && adapter.preCommit === undefined);
     for (let attempt = 0; needsCall; attempt++) {
       if (this.#stopping.aborted) return; // recovery after restart finishes it
+      if (branch.forgotten !== undefined) return; // an operator gave up on it: acknowledged as such
       branch.attempts = attempt + 1;
       branch.lastAttemptAt = new Date().toISOString();
       try {

@@ -19,10 +19,12 @@ import { awaitingDelivery, initialState, isTerminal } from '../protocol/commit-p
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { makeGid } from './gid.js';
-import { prepareIntentRecord } from './journal.js';
+import { branchForgottenRecord, prepareIntentRecord } from './journal.js';
 import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
+import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
+import { listTransactions, type ListFilter, type ListPage } from './transaction-listing.js';
 import { TransactionDriver } from './transaction-driver.js';
 
 export interface TransactionManagerOptions {
@@ -30,6 +32,8 @@ export interface TransactionManagerOptions {
   readonly defaultTimeoutMs: number;
   readonly maxTimeoutMs: number;
   readonly maxActiveTransactions: number;
+  /** Fair use per API token (requests that name an owner). */
+  readonly tokenQuotas: TokenQuotaOptions;
   readonly commitWaitMs: number;
   /** Upper bound for a prepare round; every adapter call is bounded well below it. */
   readonly prepareWaitMs: number;
@@ -53,6 +57,8 @@ export interface EnlistAnswer {
 export interface BeginRequest {
   readonly protocol?: ProtocolName;
   readonly timeoutMs?: number;
+  /** Who begins it (a fingerprint of the API token): its quotas apply. */
+  readonly owner?: string;
 }
 
 export interface RunRequest extends BeginRequest {
@@ -90,6 +96,7 @@ export class TransactionManager {
   readonly #live = new Map<string, LiveTransaction>();
   /** Live transactions without a decision yet: what TCX_MAX_ACTIVE_TRANSACTIONS bounds. */
   readonly #undecided = new Set<LiveTransaction>();
+  readonly #quotas: TokenQuotas;
   readonly #log: CoordinatorLog;
   readonly #registry: ParticipantRegistry;
   readonly #options: TransactionManagerOptions;
@@ -103,6 +110,7 @@ export class TransactionManager {
     this.#registry = registry;
     this.#options = options;
     this.#logger = logger;
+    this.#quotas = new TokenQuotas(options.tokenQuotas);
     this.#driver = new TransactionDriver({
       log,
       registry,
@@ -110,9 +118,9 @@ export class TransactionManager {
       logger,
       stopping: this.#stopping.signal,
       hooks: {
-        decided: (tx) => this.#undecided.delete(tx),
+        decided: (tx) => this.#settled(tx),
         ended: (tx) => {
-          this.#undecided.delete(tx);
+          this.#settled(tx);
           this.#live.delete(tx.id);
         },
       },
@@ -138,14 +146,21 @@ export class TransactionManager {
         retryAfterSeconds: 1,
       });
     }
+    if (request.owner !== undefined) this.#quotas.admit(request.owner);
     // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
+    if (request.owner !== undefined) tx.owner = request.owner;
     tx.state = initialState(protocol);
     this.#live.set(tx.id, tx);
     this.#undecided.add(tx);
     tx.timer = setTimeout(() => void this.#driver.onTimeout(tx), timeoutMs);
     tx.timer.unref();
     return tx;
+  }
+
+  /** A transaction is decided (or ended): it no longer counts against the open-transaction limits. */
+  #settled(tx: LiveTransaction): void {
+    if (this.#undecided.delete(tx) && tx.owner !== undefined) this.#quotas.release(tx.owner);
   }
 
   async enlist(id: string, request: EnlistRequest): Promise<EnlistAnswer> {
@@ -197,11 +212,11 @@ export class TransactionManager {
         await Promise.all(planned.map((p) => p.branch.earlyPrepare));
         const error = await this.#abortAfterFailedWork(tx, ran.failed.branch, ran.error);
         if (!request.commit || error.code !== 'OPERATION_FAILED') throw error;
-        return { view: tx.view(), results, failure: error };
+        return answered(tx.view(), results, error);
       }
-      if (!request.commit) return { view: tx.view(), results };
+      if (!request.commit) return answered(tx.view(), results);
       try {
-        return { view: await this.#commitLocked(tx), results };
+        return answered(await this.#commitLocked(tx), results);
       } catch (err) {
         // Refused before a decision (the log failed, the coordinator is stopping): branches may
         // already be prepared, and nobody will ask again for this request's transaction.
@@ -398,7 +413,10 @@ export class TransactionManager {
     return tx.lock.run(async () => {
       if (tx.state.decision === 'commit' && tx.state.phase !== 'deciding') throw invalidState(tx, 'abort');
       this.#driver.apply(tx, { type: 'abort', reason });
-      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.prepareWaitMs);
+      // Like a commit: outstanding prepares answer first (bounded), then up to commitWaitMs for
+      // the acknowledgements; past that the answer says `aborting` and delivery goes on.
+      await tx.waitUntil(() => tx.state.phase !== 'preparing' && tx.state.phase !== 'deciding', this.#options.prepareWaitMs);
+      await tx.waitUntil(() => isTerminal(tx.state.phase) || tx.logFailure !== undefined, this.#options.commitWaitMs);
       return tx.view();
     });
   }
@@ -412,17 +430,18 @@ export class TransactionManager {
       // comes from the coordinator that prepared it, or from another instance.
       throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`, { details: { coordinatorId: this.#options.coordinatorId } });
     }
-    return durableView(durable);
+    return durableView(durable, this.#log.state.forgottenBranches.get(id));
   }
 
-  list(filter: { state?: string; limit: number }): TransactionView[] {
-    const out: TransactionView[] = [];
-    for (const tx of this.#live.values()) {
-      if (out.length >= filter.limit) break;
-      const matches = filter.state === undefined || (filter.state === 'in-doubt' ? tx.inDoubt : tx.state.phase === filter.state);
-      if (matches) out.push(tx.view());
-    }
-    return out;
+  /** A page of transactions, newest first: running ones and finished ones within retention. */
+  list(filter: ListFilter): ListPage {
+    return listTransactions(this.#live.values(), this.#log.state, filter);
+  }
+
+  inDoubtCount(): number {
+    let n = 0;
+    for (const tx of this.#live.values()) if (tx.inDoubt) n++;
+    return n;
   }
 
   activeCount(): number {
@@ -461,6 +480,41 @@ export class TransactionManager {
       awaitingDelivery(tx.state).every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
     await tx.waitUntil(attempted, this.#options.commitWaitMs);
     return tx.view();
+  }
+
+  /**
+   * Operator's way out for a participant gone for good: gives up on one branch of an
+   * aborting transaction. Never under a commit decision (a prepared branch of a committed
+   * transaction must commit: the participant has to come back). Forced to the log with the
+   * reason and who asked before it takes effect; the branch then counts as acknowledged, so
+   * the transaction can end and the participant can be removed.
+   */
+  async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
+    const tx = this.#liveOrThrow(id, 'forget a branch of');
+    return tx.lock.run(async () => {
+      const branch = tx.branches.get(branchId);
+      if (branch === undefined) throw new CoordinatorError('UNKNOWN_BRANCH', `transaction ${id} has no branch ${branchId}`);
+      if (tx.state.decision === 'commit') {
+        throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `transaction ${id} has a commit decision: ${branchId} must commit once ${branch.participant} is back`, {
+          details: { logged: 'commit' },
+        });
+      }
+      if (tx.state.phase !== 'aborting') {
+        throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is ${tx.state.phase}: only a branch of an aborting transaction can be forgotten (abort it first)`, {
+          details: { transactionId: id, state: tx.state.phase },
+        });
+      }
+      if (!awaitingDelivery(tx.state).includes(branchId)) {
+        throw new CoordinatorError('INVALID_STATE_TRANSITION', `branch ${branchId} of transaction ${id} has already acknowledged the abort`, {
+          details: { transactionId: id, state: tx.state.phase },
+        });
+      }
+      const audit = { reason: request.reason, actor: request.actor, at: new Date().toISOString() };
+      await this.#log.force(branchForgottenRecord(tx, branch, audit));
+      this.#driver.forget(tx, branchId, audit);
+      this.#logger.warn({ txId: id, branchId, participant: branch.participant, reason: audit.reason, actor: audit.actor }, 'operator: branch forgotten');
+      return tx.view();
+    });
   }
 
   /** True when a running (or resumed) transaction drives the branch with this gid itself. */
@@ -575,6 +629,12 @@ function withCurrentState(err: unknown, tx: LiveTransaction): unknown {
     details: { ...err.details, state: tx.view().state },
     ...(err.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: err.retryAfterSeconds }),
   });
+}
+
+/** A one-request answer: each branch's result carries the state the transaction ended the request in. */
+function answered(view: TransactionView, results: readonly EnlistAnswer[], failure?: CoordinatorError): RunAnswer {
+  const settled = results.map((r) => ({ ...r, state: view.state }));
+  return failure === undefined ? { view, results: settled } : { view, results: settled, failure };
 }
 
 function invalidState(tx: LiveTransaction, what: string): CoordinatorError {

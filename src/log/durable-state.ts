@@ -11,7 +11,7 @@
  */
 
 import { FinishedTransactions, type SealedBucket } from './finished-transactions.js';
-import type { BranchRecord, DurableTransaction, LogRecord, ParticipantConfig, TransactionSummary } from './log-records.js';
+import type { BranchRecord, DurableTransaction, ForgottenBranch, LogRecord, ParticipantConfig, TransactionSummary } from './log-records.js';
 
 interface MutableTransaction {
   id: string;
@@ -31,6 +31,8 @@ export class DurableState {
   readonly participants = new Map<string, ParticipantConfig>();
   /** Operators' resolutions of lost branches, by `<coordinatorId>:<transactionId>`. */
   readonly manualResolutions = new Map<string, Extract<LogRecord, { t: 'manual-resolution' }>>();
+  /** Branches operators gave up on, by transaction id: the audit trail, kept like manual resolutions. */
+  readonly forgottenBranches = new Map<string, ForgottenBranch[]>();
   /** Transactions the log has not seen end. */
   readonly #transactions = new Map<string, MutableTransaction>();
   readonly finished = new FinishedTransactions();
@@ -114,6 +116,18 @@ export class DurableState {
         if (parsed !== null) this.manualResolutions.set(`${parsed[1]}:${parsed[2]}`, record);
         return;
       }
+      case 'branch-forgotten': {
+        const audit = this.forgottenBranches.get(record.id) ?? [];
+        if (!audit.some((f) => f.branchId === record.branchId)) this.forgottenBranches.set(record.id, [...audit, record]);
+        // It stands for the branch's abort acknowledgement — never under a commit decision,
+        // whose prepared branches must commit whatever an operator said.
+        const tx = this.#transactions.get(record.id);
+        const branch = tx?.branches.get(record.branchId);
+        if (tx !== undefined && branch !== undefined && tx.decision !== 'commit' && tx.decision !== 'precommit') {
+          tx.branches.set(record.branchId, { ...branch, ackedAt: branch.ackedAt ?? record.at });
+        }
+        return;
+      }
       case 'tx-state': {
         const t = record.tx;
         if (t.endedAt !== undefined) {
@@ -186,6 +200,7 @@ export class DurableState {
     }
     for (const participant of this.participants.values()) yield { t: 'participant-registered', participant };
     for (const resolution of this.manualResolutions.values()) yield resolution;
+    for (const audit of this.forgottenBranches.values()) yield* audit;
     for (const tx of this.#transactions.values()) yield { t: 'tx-state', tx: freeze(tx) };
     for (const tx of this.finished.unsealable()) yield { t: 'tx-state', tx };
   }

@@ -161,6 +161,8 @@ export class FinishedBucket {
   readonly bytes: number;
   /** The latest end time in the bucket (epoch ms): it can be pruned once this is past retention. */
   readonly newestEndedAt: number;
+  /** The latest creation time in the bucket (epoch ms): listings newest first skip older buckets. */
+  readonly newestCreatedAt: number;
   readonly #buf: Buffer;
   readonly #keysAt: number;
   readonly #offsetsAt: number;
@@ -190,11 +192,36 @@ export class FinishedBucket {
     }
     this.bytes = buf.length;
     let newest = Number.NEGATIVE_INFINITY;
+    let newestCreated = Number.NEGATIVE_INFINITY;
     for (let i = 0; i < this.count; i++) {
-      const ended = buf.readDoubleLE(this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * i) + 17);
+      const entry = this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * i);
+      const ended = buf.readDoubleLE(entry + 17);
       if (ended > newest) newest = ended;
+      const created = buf.readDoubleLE(entry + 1);
+      if (created > newestCreated) newestCreated = created;
     }
     this.newestEndedAt = newest;
+    this.newestCreatedAt = newestCreated;
+  }
+
+  /** The creation time (epoch ms) of the entry at `index`, read in place. */
+  createdAtOf(index: number): number {
+    return this.#buf.readDoubleLE(this.#dataAt + this.#buf.readUInt32LE(this.#offsetsAt + 4 * index) + 1);
+  }
+
+  /** The outcome of the entry at `index`, read in place. */
+  outcomeOf(index: number): 'commit' | 'abort' | undefined {
+    return OUTCOMES[(this.#buf.readUInt8(this.#dataAt + this.#buf.readUInt32LE(this.#offsetsAt + 4 * index)) >> 1) & 3];
+  }
+
+  /** The transaction id of the entry at `index`. */
+  idOf(index: number): string {
+    return uuidString(this.#buf, this.#keysAt + 16 * index);
+  }
+
+  /** The whole entry at `index` (0 ≤ index < count). */
+  at(index: number): DurableTransaction {
+    return this.#decode(index);
   }
 
   /** The encoded bucket (what is written to its file). */

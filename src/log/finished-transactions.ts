@@ -69,6 +69,11 @@ export class FinishedTransactions {
     return this.#sealed.reduce((n, s) => n + s.bucket.bytes, 0);
   }
 
+  /** Finished since the last seal, in the order they finished. */
+  recent(): Iterable<DurableTransaction> {
+    return this.#recent.values();
+  }
+
   /** The recent transactions that cannot be sealed (an id that is not a UUID: none this coordinator makes). */
   *unsealable(): Generator<DurableTransaction> {
     for (const tx of this.#recent.values()) if (!canSeal(tx)) yield tx;

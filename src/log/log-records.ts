@@ -16,6 +16,8 @@
  * Other records:
  *   participant-registered / participant-removed  forced (recovery needs them)
  *   manual-resolution  forced (the audit trail)
+ *   branch-forgotten   forced (the audit trail): a branch of an aborting transaction
+ *                    given up on, its participant gone for good
  *   tx-state         snapshot form of one transaction (written at compaction)
  *   tx-begun, branch-enlisted, branch-acked  written by earlier versions; still
  *                    replayed, never written
@@ -61,7 +63,13 @@ export interface BranchRecord {
 
 export type LogRecord =
   | { readonly t: 'participant-registered'; readonly participant: ParticipantConfig }
-  | { readonly t: 'participant-removed'; readonly name: string; readonly at: string }
+  | {
+      readonly t: 'participant-removed';
+      readonly name: string;
+      readonly at: string;
+      /** Removed although it could not be checked for prepared branches (gone for good): who and why. */
+      readonly forced?: { readonly reason: string; readonly actor: string };
+    }
   | {
       readonly t: 'tx-begun';
       readonly id: string;
@@ -107,7 +115,23 @@ export type LogRecord =
       readonly actor: string;
       readonly at: string;
     }
+  | {
+      /**
+       * An operator gave up on a branch of an aborting transaction whose participant is gone
+       * for good (forced; the audit trail). It stands for the branch's abort acknowledgement.
+       */
+      readonly t: 'branch-forgotten';
+      readonly id: string;
+      readonly branchId: string;
+      readonly participant: string;
+      readonly gid: string;
+      readonly reason: string;
+      readonly actor: string;
+      readonly at: string;
+    }
   | { readonly t: 'coordinator'; readonly coordinatorId: string; readonly at: string };
+
+export type ForgottenBranch = Extract<LogRecord, { t: 'branch-forgotten' }>;
 
 /** What a record that may be the first of its transaction carries about it. */
 export interface TransactionSummary {
@@ -142,6 +166,7 @@ const RECORD_TYPES: ReadonlySet<string> = new Set([
   'tx-state',
   'coordinator',
   'manual-resolution',
+  'branch-forgotten',
 ]);
 
 export function isLogRecord(value: unknown): value is LogRecord {

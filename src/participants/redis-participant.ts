@@ -461,11 +461,24 @@ export class RedisParticipant implements ParticipantAdapter {
       retryStrategy: (times) => Math.min(times * 100, 2_000),
     });
     this.#watch(standalone);
+    // A refused AUTH shows only as an 'error' event; connect() itself rejects "Connection is closed.".
+    let refusal: unknown;
+    const remember = (err: unknown): void => {
+      if (isReplyError(err) && /^(WRONGPASS|NOAUTH|NOPERM)\b/.test(errorMessage(err))) refusal = err;
+    };
+    standalone.on('error', remember);
     try {
       await withTimeout(standalone.connect(), o.connectTimeoutMs, 'connect');
     } catch (err) {
       standalone.disconnect();
+      if (refusal !== undefined) {
+        throw new CoordinatorError('PARTICIPANT_AUTH_FAILED', `redis participant ${this.name} refused the credentials: ${errorMessage(refusal)}`, {
+          cause: refusal,
+        });
+      }
       throw unreachable(this.name, err);
+    } finally {
+      standalone.off('error', remember);
     }
     let cluster = false;
     try {

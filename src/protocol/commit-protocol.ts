@@ -37,6 +37,9 @@
  *   committed   Every branch acknowledged; the end record (never forced) has
  *   aborted     been requested. Terminal.
  *
+ * An operator may `forget` a branch of an aborting transaction (its participant is gone for
+ * good): it counts as that branch's abort acknowledgement. Never under a commit decision.
+ *
  * Guards: an event that does not fit the phase is rejected with
  * InvalidTransitionError, except duplicates of votes and acknowledgements,
  * which are idempotent (messages can be duplicated by retries).
@@ -92,7 +95,9 @@ export type TwoPhaseEvent =
   | { readonly type: 'timeout' }
   | { readonly type: 'vote'; readonly branchId: string; readonly vote: Vote; readonly reason?: string }
   | { readonly type: 'decision-durable'; readonly decision: Verdict }
-  | { readonly type: 'ack'; readonly branchId: string; readonly verdict: Verdict };
+  | { readonly type: 'ack'; readonly branchId: string; readonly verdict: Verdict }
+  /** An operator gave up on a branch of an aborting transaction whose participant is gone for good. */
+  | { readonly type: 'forget'; readonly branchId: string };
 
 export type TwoPhaseAction =
   | { readonly type: 'prepare-branches'; readonly branchIds: readonly string[] }
@@ -249,6 +254,21 @@ function onAck(state: TwoPhaseState, branchId: string, verdict: Verdict): Step {
   return finish(next, state.decision ?? 'abort');
 }
 
+/**
+ * Forgetting a branch stands for its abort acknowledgement, and only that: the participant is
+ * gone for good and nothing there can be rolled back any more. Never while the outcome is
+ * open or commit — a prepared branch of a committed transaction must commit, so giving up
+ * on it would contradict the decision.
+ */
+function onForget(state: TwoPhaseState, branchId: string): Step {
+  const branch = state.branches[branchId];
+  if (branch === undefined) throw new InvalidTransitionError(state.phase, 'forget', `unknown branch ${branchId}`);
+  if (state.decision !== 'abort' || (state.phase !== 'aborting' && !isTerminal(state.phase))) {
+    throw new InvalidTransitionError(state.phase, 'forget', 'only a branch of an aborting transaction can be forgotten');
+  }
+  return onAck(state, branchId, 'abort');
+}
+
 function onVote(state: TwoPhaseState, event: Extract<TwoPhaseEvent, { type: 'vote' }>): Step {
   const branch = state.branches[event.branchId];
   if (branch === undefined) throw new InvalidTransitionError(state.phase, 'vote', `unknown branch ${event.branchId}`);
@@ -312,5 +332,7 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
     }
     case 'ack':
       return onAck(state, event.branchId, event.verdict);
+    case 'forget':
+      return onForget(state, event.branchId);
   }
 }

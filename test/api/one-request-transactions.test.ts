@@ -78,6 +78,8 @@ describe('one-request transactions', () => {
       });
       expect(res.status).toBe(200);
       expect(res.body.state).toBe('committed');
+      // Each branch's answer says the state the request left the transaction in, not 'active'.
+      expect(res.body.results.map((r: { state: string }) => r.state)).toEqual(['committed', 'committed']);
       expect(res.body.results.map((r: { results: { rows: { balance: string }[] }[] }) => r.results[0]!.rows[0]!.balance)).toEqual(
         parallel ? ['90', '110'] : ['95', '105'],
       );

@@ -68,6 +68,9 @@ describe('authentication', () => {
   it('refuses to listen on a non-loopback address without tokens', () => {
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0' })).toThrow(/TCX_API_TOKENS/);
     expect(() => loadConfig({ TCX_HOST: '0.0.0.0', TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN })).not.toThrow();
+    // The rule is "at least one token", and the message says so.
+    expect(() => loadConfig({ TCX_HOST: '0.0.0.0' })).toThrow(/at least one bearer token/);
+    expect(() => loadConfig({ TCX_HOST: '0.0.0.0', TCX_ADMIN_TOKENS: ADMIN })).not.toThrow();
   });
 
   it('refuses an allowlist entry it could not honour, such as an impossible CIDR, at start', () => {

@@ -7,7 +7,9 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { Redis } from 'ioredis';
 import { freshDatabase } from '../support/databases.js';
+import { RedisServer } from '../support/redis-server.js';
 import { startCoordinator, tempDataDir, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
 let c: InProcessCoordinator;
@@ -173,6 +175,32 @@ describe('fair use', () => {
       expect(third.headers['retry-after']).toBe('1');
     } finally {
       await small.destroy();
+    }
+  });
+});
+
+describe('clear errors', () => {
+  it('says a Redis refused the credentials (wrong or missing password), naming no piece of them', async () => {
+    const redis = await RedisServer.start({ name: 'redis-auth' });
+    const admin = new Redis(redis.url, { lazyConnect: true });
+    try {
+      await admin.connect();
+      await admin.config('SET', 'requirepass', 'right-horse-battery');
+      for (const [name, url] of [
+        ['wrongpass', redis.url.replace('redis://', 'redis://:staple-WRONG@')],
+        ['nopass', redis.url],
+      ] as const) {
+        const res = await api('POST', '/v1/participants', { name, kind: 'redis', url });
+        expect(res.status, res.text).toBe(422);
+        expect(res.body.error.code).toBe('PARTICIPANT_AUTH_FAILED');
+        expect(res.body.error.message).toMatch(name === 'nopass' ? /NOAUTH/ : /WRONGPASS/);
+        expect(res.text).not.toMatch(/staple|WRONG@/);
+      }
+      const ok = await api('POST', '/v1/participants', { name: 'authed', kind: 'redis', url: redis.url.replace('redis://', 'redis://:right-horse-battery@') });
+      expect(ok.status, ok.text).toBe(201);
+    } finally {
+      admin.disconnect();
+      await redis.destroy();
     }
   });
 });

@@ -215,6 +215,8 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
     }
     for (const v of w.logged) if (!w.durable.includes(v)) out.push({ type: 'decision-durable', decision: v });
     for (const [id, verdicts] of Object.entries(w.delivered)) for (const v of verdicts) out.push({ type: 'ack', branchId: id, verdict: v });
+    // An operator may try to forget any branch at any time; the machine must refuse unless it aborts.
+    for (const id of Object.keys(w.state.branches)) out.push({ type: 'forget', branchId: id });
     return out;
   }
 
@@ -225,6 +227,11 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
     } catch (err) {
       expect(err).toBeInstanceOf(InvalidTransitionError);
       return undefined;
+    }
+    if (e.type === 'forget') {
+      expect(w.state.decision, `forgot ${e.branchId} of a transaction not aborting`).toBe('abort');
+      expect(w.logged.filter((v) => v !== 'abort'), 'forgot a branch after a commit or pre-commit decision').toEqual([]);
+      expect(['aborting', 'aborted']).toContain(w.state.phase);
     }
     let n: World = { ...w, state: result.state };
     if (e.type === 'commit' || e.type === 'prepare' || e.type === 'abort') n = { ...n, clientAsked: true };

@@ -1,0 +1,33 @@
+import { describe, expect, it } from 'vitest';
+import { DurableState } from '../../src/log/durable-state.js';
+import type { BranchRecord, LogRecord } from '../../src/log/log-records.js';
+
+const at = '2026-01-01T00:00:00.000Z';
+const branches: BranchRecord[] = [
+  { branchId: 'b1', participant: 'a', kind: 'http', gid: 'tcx:c1:t1:1', payload: {} },
+  { branchId: 'b2', participant: 'gone', kind: 'http', gid: 'tcx:c1:t1:2', payload: {} },
+];
+const forget: LogRecord = { t: 'branch-forgotten', id: 't1', branchId: 'b2', participant: 'gone', gid: 'tcx:c1:t1:2', reason: 'r', actor: 'token:x', at };
+
+describe('DurableState: forgotten branches', () => {
+  it('takes a forgotten branch of an aborting transaction as acknowledged, and keeps the audit through a snapshot', () => {
+    const state = new DurableState();
+    state.apply({ t: 'prepare-intent', id: 't1', branches, at, protocol: '2pc', timeoutMs: 1000, createdAt: at });
+    state.apply(forget);
+    expect(state.transaction('t1')?.branches.find((b) => b.branchId === 'b2')?.ackedAt).toBe(at);
+    const copy = new DurableState();
+    for (const record of state.snapshot().records) copy.apply(record);
+    expect(copy.forgottenBranches.get('t1')).toEqual([forget]);
+    expect(copy.transaction('t1')?.branches.find((b) => b.branchId === 'b2')?.ackedAt).toBe(at);
+  });
+
+  it('never lets a forgotten branch stand for an acknowledgement under a commit decision', () => {
+    for (const decision of ['commit', 'precommit'] as const) {
+      const state = new DurableState();
+      state.apply({ t: 'decision', id: 't1', decision, branches, at, protocol: '2pc', timeoutMs: 1000, createdAt: at });
+      state.apply(forget);
+      // Recovery must still deliver the commit to b2.
+      expect(state.transaction('t1')?.branches.find((b) => b.branchId === 'b2')?.ackedAt).toBeUndefined();
+    }
+  });
+});
