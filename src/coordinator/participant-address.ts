@@ -5,10 +5,12 @@
  * piece of the password, which an error message would then echo.
  *
  *   - a URL of the kind's schemes, with a host, without a fragment, with at most one `@`
- *     (user name and password percent-encoded);
+ *     (user name and password validly percent-encoded: a stray `%` makes the drivers throw);
  *   - postgres: only the query parameters below (hosts, port, TLS mode, connect deadline);
  *     none that read files on the coordinator's host, none that change session settings
- *     (`options`, `statement_timeout`, …): the coordinator sets those itself;
+ *     (`options`, `statement_timeout`, …): the coordinator sets those itself; TCP only —
+ *     no host that is a Unix socket directory (`host=/tmp`, `%2Ftmp`), where a local server
+ *     would take the coordinator's own OS user as the login (peer authentication);
  *   - redis: TCP host:port (and a database number) only — no query, so no `?path=` to a
  *     Unix socket and no client options smuggled in;
  *   - http: anything else is the service's business; secret-looking query values and the
@@ -17,6 +19,7 @@
  * Error messages name parameters and schemes, never a piece of the address.
  */
 
+import { parse as parsePgConnectionString } from 'pg-connection-string';
 import { CoordinatorError } from '../errors.js';
 import type { ParticipantKind } from '../log/log-records.js';
 
@@ -54,6 +57,9 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
     throw invalid(field, 'must not contain more than one "@": percent-encode it (%40) in a user name or password');
   }
   if (url.hostname === '') throw invalid(field, 'must name a host (scheme://host:port/…)');
+  if (!decodes(url.username) || !decodes(url.password)) {
+    throw invalid(field, 'must percent-encode "%" (%25) in a user name or password');
+  }
   const keys = [...new Set(url.searchParams.keys())];
   switch (kind) {
     case 'postgres':
@@ -61,9 +67,13 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
         if (FILE_PARAMETERS.test(key)) {
           throw invalid(field, `parameter ${key} would read files on the coordinator's host; it is not accepted`);
         }
-        if (!POSTGRES_PARAMETERS.has(key.toLowerCase())) {
+        // As spelled: the driver reads `host`, not `HOST` (which the allowlist would not see either).
+        if (!POSTGRES_PARAMETERS.has(key)) {
           throw invalid(field, `parameter ${safeName(key)} is not accepted: the coordinator sets the session's options and timeouts itself`);
         }
+      }
+      if (postgresHosts(field, address, url).some((h) => h.includes('/'))) {
+        throw invalid(field, 'must connect over TCP: a Unix socket directory as host is not accepted');
       }
       break;
     case 'redis':
@@ -74,6 +84,28 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
       break;
   }
   return url;
+}
+
+function decodes(component: string): boolean {
+  try {
+    decodeURIComponent(component);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Every host a Postgres URL names: its own, the host and hostaddr parameters, and what the driver derives. */
+function postgresHosts(field: string, address: string, url: URL): string[] {
+  let parsed: ReturnType<typeof parsePgConnectionString>;
+  try {
+    parsed = parsePgConnectionString(address);
+  } catch {
+    throw invalid(field, 'is not a connection string the Postgres driver can read');
+  }
+  const hosts = [url.hostname, ...url.searchParams.getAll('host'), ...url.searchParams.getAll('hostaddr'), parsed.host ?? ''];
+  if (typeof parsed.hostaddr === 'string') hosts.push(parsed.hostaddr);
+  return hosts.flatMap((h) => h.split(','));
 }
 
 /** A parameter name fit for an error message (names are the caller's, but keep them short and plain). */

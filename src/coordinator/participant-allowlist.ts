@@ -36,7 +36,7 @@ function matches(host: string, pattern: string): boolean {
  * Every host an address can make the client connect to: the URL's host plus its `host` and
  * `hostaddr` query parameters (comma-separated lists included), and for Postgres the hosts the
  * driver itself derives. The address has passed participant-address.ts's strict check, which
- * leaves only URLs; a Unix socket path counts as localhost.
+ * leaves only URLs, and no Unix socket paths for Postgres (one here would count as localhost).
  */
 export function hostsOf(address: string, url: URL, kind: ParticipantKind): string[] {
   const hosts = [url.hostname];

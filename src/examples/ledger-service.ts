@@ -7,10 +7,12 @@
  *   PORT=7081 LEDGER_FILE=./ledger COORDINATOR_URL=http://127.0.0.1:7070 \
  *     node dist/examples/ledger-service.js
  *
+ * HOST is the listen address (default 127.0.0.1; 0.0.0.0 in a container).
  * It speaks 2PC and 3PC. COORDINATOR_URL is where an uncertain or
  * precommitted 3PC branch asks for the outcome when its timeout expires
  * (UNCERTAIN_TIMEOUT_MS, PRECOMMIT_TIMEOUT_MS; ON_UNREACHABLE_UNCERTAIN=wait|abort,
- * see src/participant-kit/participant-routes.ts before choosing abort).
+ * see src/participant-kit/participant-routes.ts before choosing abort), with
+ * COORDINATOR_TOKEN as its bearer token when the coordinator requires one.
  *
  * GET /accounts shows the balances. Balances and branch state are kept in
  * files next to each other and fsynced on every change.
@@ -158,13 +160,15 @@ async function main(): Promise<void> {
   if (policy !== undefined && policy !== 'wait' && policy !== 'abort') throw new Error('ON_UNREACHABLE_UNCERTAIN must be wait or abort');
   const kit: ParticipantKitOptions = {
     ...(process.env.COORDINATOR_URL === undefined ? {} : { coordinatorUrl: process.env.COORDINATOR_URL }),
+    ...(process.env.COORDINATOR_TOKEN === undefined ? {} : { coordinatorToken: process.env.COORDINATOR_TOKEN }),
     ...(num('UNCERTAIN_TIMEOUT_MS') === undefined ? {} : { uncertainTimeoutMs: num('UNCERTAIN_TIMEOUT_MS') }),
     ...(num('PRECOMMIT_TIMEOUT_MS') === undefined ? {} : { precommitTimeoutMs: num('PRECOMMIT_TIMEOUT_MS') }),
     ...(policy === undefined ? {} : { onUnreachableUncertain: policy }),
   };
   const ledger = await buildLedger({ balances: { alice: 100, bob: 100 }, store, balancesFile: `${file}.balances.json`, kit });
-  await ledger.app.listen({ host: '127.0.0.1', port });
-  process.stdout.write(`ledger service listening on http://127.0.0.1:${port}\n`);
+  const host = process.env.HOST ?? '127.0.0.1';
+  await ledger.app.listen({ host, port });
+  process.stdout.write(`ledger service listening on http://${host}:${port}\n`);
   const stop = (): void => {
     // Clears the kit's 3PC timers, then lets the last fsync finish.
     void ledger.app

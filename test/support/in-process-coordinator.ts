@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import type { DestinationStream } from 'pino';
 import { buildServer } from '../../src/api/server.js';
 import { loadConfig } from '../../src/config.js';
 import { Coordinator } from '../../src/coordinator/coordinator.js';
@@ -30,7 +31,8 @@ export function tempDataDir(): string {
 export async function startCoordinator(
   env: Record<string, string> = {},
   dataDir = tempDataDir(),
-  internal: { logIo?: LogIo } = {},
+  /** logIo: the log's file I/O; logDestination: where log lines go (TCX_LOG_LEVEL in `env` sets the level). */
+  internal: { logIo?: LogIo; logDestination?: DestinationStream } = {},
 ): Promise<InProcessCoordinator> {
   const config = loadConfig({
     TCX_DATA_DIR: dataDir,
@@ -39,8 +41,8 @@ export async function startCoordinator(
     TCX_LOG_LEVEL: process.env.TCX_TEST_LOG_LEVEL ?? 'silent',
     ...env,
   });
-  const logger = createLogger({ level: config.logLevel });
-  const coordinator = await Coordinator.start(config, logger, internal);
+  const logger = createLogger({ level: config.logLevel, ...(internal.logDestination === undefined ? {} : { destination: internal.logDestination }) });
+  const coordinator = await Coordinator.start(config, logger, internal.logIo === undefined ? {} : { logIo: internal.logIo });
   const app = buildServer(coordinator, logger, {
     bodyLimitBytes: config.bodyLimitBytes,
     apiTokens: config.apiTokens,

@@ -26,8 +26,8 @@ export function findRedisServerBinary(): string | null {
   return binaryCache;
 }
 
-/** One PING over a raw socket: resolves the first reply line (e.g. "+PONG", "-LOADING ..."). */
-function ping(host: string, port: number, timeoutMs: number): Promise<string> {
+/** One PING over a raw socket (after AUTH when a password is set): resolves its reply line (e.g. "+PONG", "-LOADING ..."). */
+function ping(host: string, port: number, timeoutMs: number, password?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
     let buf = '';
@@ -38,11 +38,13 @@ function ping(host: string, port: number, timeoutMs: number): Promise<string> {
     };
     sock.setTimeout(timeoutMs, () => done(new Error(`PING timed out after ${timeoutMs} ms`)));
     sock.once('error', (err) => done(err));
-    sock.once('connect', () => sock.write('PING\r\n'));
+    const auth = password === undefined ? '' : `*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(password)}\r\n${password}\r\n`;
+    sock.once('connect', () => sock.write(`${auth}PING\r\n`));
     sock.on('data', (chunk: Buffer) => {
       buf += chunk.toString('utf8');
-      const nl = buf.indexOf('\r\n');
-      if (nl >= 0) done(null, buf.slice(0, nl));
+      const lines = buf.split('\r\n');
+      const wanted = password === undefined ? 1 : 2; // the AUTH reply, then PING's
+      if (lines.length > wanted) done(null, password !== undefined && !lines[0]?.startsWith('+') ? lines[0] : lines[wanted - 1]);
     });
     sock.once('close', () => done(new Error('connection closed before a reply')));
   });
@@ -53,6 +55,8 @@ export interface RedisServerOptions {
   appendonly?: boolean;
   /** Used in the temp dir name and error messages. */
   name?: string;
+  /** requirepass: clients must AUTH with it (give it in the URL, `redis://:password@host:port`). */
+  password?: string;
 }
 
 export class RedisServer {
@@ -68,6 +72,7 @@ export class RedisServer {
     readonly dir: string,
     private portValue: number,
     readonly appendonly: boolean,
+    readonly password: string | undefined,
   ) {
     this.unregister = registerCleanup(() => {
       this.proc?.killGroupSync();
@@ -84,7 +89,7 @@ export class RedisServer {
     if (!binary) throw new Error('RedisServer: redis-server not found; install the `redis-server` package');
     const name = (opts.name ?? 'redis').replace(/[^A-Za-z0-9_-]/g, '_');
     const dir = makeTempDir(`${name}-`);
-    const server = new RedisServer(name, binary, dir, await getFreePort(), opts.appendonly ?? true);
+    const server = new RedisServer(name, binary, dir, await getFreePort(), opts.appendonly ?? true, opts.password);
     try {
       for (let attempt = 1; ; attempt++) {
         try {
@@ -109,7 +114,8 @@ export class RedisServer {
   }
 
   get url(): string {
-    return `redis://${this.host}:${this.port}`;
+    const auth = this.password === undefined ? '' : `:${encodeURIComponent(this.password)}@`;
+    return `redis://${auth}${this.host}:${this.port}`;
   }
 
   get logFile(): string {
@@ -171,6 +177,7 @@ export class RedisServer {
       '--dir', this.dir,
       '--save', '',
       '--daemonize', 'no',
+      ...(this.password === undefined ? [] : ['--requirepass', this.password]),
     ];
     fs.appendFileSync(this.logFile, `--- tcx: starting redis on port ${this.port} at ${new Date().toISOString()}\n`);
     const proc = new SpawnedProcess(`redis ${this.name}:${this.port}`, this.binary, args, this.logFile, { cwd: this.dir });
@@ -195,7 +202,7 @@ export class RedisServer {
         );
       }
       try {
-        const reply = await ping(this.host, this.port, 1_000);
+        const reply = await ping(this.host, this.port, 1_000, this.password);
         if (reply === '+PONG') return;
         last = reply; // e.g. -LOADING while the AOF is replayed
       } catch (err) {
