@@ -1,6 +1,6 @@
 # The coordinator image: built TypeScript, production dependencies only, run as the
 # image's unprivileged `node` user. Node 22 LTS here; package.json's engines keep Node
-# 20.18+ working for those who run it outside a container.
+# 20.19+ working for those who run it outside a container.
 FROM node:22-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./

@@ -65,7 +65,7 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
     case 'postgres':
       for (const key of keys) {
         if (FILE_PARAMETERS.test(key)) {
-          throw invalid(field, `parameter ${key} would read files on the coordinator's host; it is not accepted`);
+          throw invalid(field, `parameter ${key} concerns files on the coordinator's host (keys, certificates, password or service files); it is not accepted`);
         }
         // As spelled: the driver reads `host`, not `HOST` (which the allowlist would not see either).
         if (!POSTGRES_PARAMETERS.has(key)) {
@@ -81,6 +81,8 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
       if (!/^(\/\d{0,2})?$/.test(url.pathname)) throw invalid(field, 'may name only a database number as its path (redis://host:port/0)');
       break;
     case 'http':
+      // Basic credentials need a user name: a password alone would silently go unsent.
+      if (url.username === '' && url.password !== '') throw invalid(field, 'has a password but no user name: use auth {type: "bearer", token} for a token');
       break;
   }
   return url;

@@ -68,6 +68,8 @@ describe('secrets', () => {
       { name: 'x2', kind: 'http', baseUrl: serviceUrl, auth: { type: 'basic', token: 'abc' } },
       { name: 'x3', kind: 'postgres', connectionString: db, auth: { type: 'bearer', token: 'abc' } },
       { name: 'x4', kind: 'http', baseUrl: serviceUrl.replace('http://', 'http://u:p@'), auth: { type: 'bearer', token: 'abc' } },
+      // A password without a user name would silently go unsent.
+      { name: 'x5', kind: 'http', baseUrl: serviceUrl.replace('http://', 'http://:lonely-password@') },
     ]) {
       const res = await api('POST', '/v1/participants', body);
       expect({ name: body.name, status: res.status, code: res.body.error.code }).toEqual({ name: body.name, status: 400, code: 'VALIDATION_FAILED' });
