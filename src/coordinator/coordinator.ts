@@ -169,10 +169,13 @@ export class Coordinator {
     try {
       prepared = await this.#registry.adapter(name).findPrepared(gidPrefix(this.coordinatorId));
     } catch (err) {
-      if (unreachable !== undefined) {
-        await this.#registry.remove(name, unreachable);
+      // Only a participant that cannot be reached at all: one that answers (a refused
+      // password, an error) may still hold prepared branches nobody would roll back.
+      if (unreachable !== undefined && (!(err instanceof CoordinatorError) || err.code === 'PARTICIPANT_UNREACHABLE')) {
+        await this.#registry.remove(name, { ...unreachable, reason: `${unreachable.reason} (unreachable: ${errorMessage(err)})` });
         return;
       }
+      if (err instanceof CoordinatorError && err.code !== 'PARTICIPANT_UNREACHABLE') throw err;
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot check ${name} for prepared branches before removing it: ${errorMessage(err)}`, {
         cause: err,
         details: { participant: name, hint: 'if it is gone for good: DELETE with ?unreachable=true&reason=…' },

@@ -115,7 +115,10 @@ export class RecoverySweeper {
     const at = new Date().toISOString();
     for (const [transactionId, branches] of unknown) {
       // Still unknown (no record arrived meanwhile): it ended in abort, by presumption.
-      if (this.#log.state.transaction(transactionId) === undefined) this.#log.record(presumedAbortRecord(transactionId, branches, at));
+      // A live one (its other branches still being delivered) writes its own end record.
+      if (this.#log.state.transaction(transactionId) === undefined && !this.#manager.isLive(transactionId)) {
+        this.#log.record(presumedAbortRecord(transactionId, branches, at));
+      }
     }
     const report = { committed, rolledBack, failed, unreachable };
     this.lastReport = { ...report, at: new Date().toISOString() };

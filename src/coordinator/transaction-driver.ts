@@ -206,6 +206,7 @@ export class TransactionDriver {
         break;
       } catch (err) {
         branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
+        if (branch.forgotten !== undefined) return; // forgotten while this attempt was under way
         branch.lastError = errorMessage(err);
         const delay = backoffDelay(this.#retry, attempt);
         this.#logger.warn(

@@ -9,8 +9,9 @@
  * begin or end meanwhile (one that begins after the first page is newer than
  * every cursor: a fresh listing shows it). A page costs one pass over the
  * running transactions and the recent finished ones; sealed buckets are read
- * in place, and a bucket whose newest transaction is older than a full page is
- * skipped whole.
+ * in place (a participant filter too), and a bucket wholly outside the page's
+ * range — older than a full page, newer than the cursor, or not naming the
+ * participant — is skipped whole.
  */
 
 import { CoordinatorError } from '../errors.js';
@@ -100,7 +101,7 @@ class NewestFirst {
   }
 }
 
-export function listTransactions(live: Iterable<LiveTransaction>, durable: DurableState, filter: ListFilter): ListPage {
+export function listTransactions(live: ReadonlyMap<string, LiveTransaction>, durable: DurableState, filter: ListFilter): ListPage {
   // One more than the page: whether it exists says if there is a next page.
   const page = new NewestFirst(filter.limit + 1);
   const since = filter.sinceMs ?? Number.NEGATIVE_INFINITY;
@@ -111,7 +112,7 @@ export function listTransactions(live: Iterable<LiveTransaction>, durable: Durab
     page.wants(ms) &&
     (after === undefined || after.createdAtMs > ms || (after.createdAtMs === ms && after.id > id()));
 
-  for (const tx of live) {
+  for (const tx of live.values()) {
     const ms = Date.parse(tx.createdAt);
     if (!inRange(ms, () => tx.id) || !liveMatches(tx, filter)) continue;
     page.offer({ ms, id: tx.id, view: () => tx.view() });
@@ -122,6 +123,7 @@ export function listTransactions(live: Iterable<LiveTransaction>, durable: Durab
   if (filter.state === undefined || outcome !== undefined) {
     const finishedView = (t: DurableTransaction) => (): TransactionView => durableView(t, durable.forgottenBranches.get(t.id));
     const offerFinished = (t: DurableTransaction, ms: number): void => {
+      if (live.has(t.id)) return; // running again (a sweep's presumption raced it): the live view counts
       if (outcome !== undefined && t.outcome !== outcome) return;
       if (filter.participant !== undefined && !t.branches.some((b) => b.participant === filter.participant)) return;
       page.offer({ ms, id: t.id, view: finishedView(t) });
@@ -134,10 +136,15 @@ export function listTransactions(live: Iterable<LiveTransaction>, durable: Durab
     for (let b = buckets.length - 1; b >= 0; b--) {
       const bucket = buckets[b]!.bucket;
       if (bucket.newestCreatedAt < since || !page.wants(bucket.newestCreatedAt)) continue;
+      if (after !== undefined && bucket.oldestCreatedAt > after.createdAtMs) continue; // all before the cursor
+      // The participant filter is tested in place: a name the bucket never mentions skips it whole.
+      const participant = filter.participant === undefined ? -1 : bucket.stringIndex(filter.participant);
+      if (filter.participant !== undefined && participant < 0) continue;
       for (let i = 0; i < bucket.count; i++) {
         const ms = bucket.createdAtOf(i);
         if (outcome !== undefined && bucket.outcomeOf(i) !== outcome) continue;
         if (!inRange(ms, () => bucket.idOf(i))) continue;
+        if (participant >= 0 && !bucket.hasParticipant(i, participant)) continue;
         offerFinished(bucket.at(i), ms);
       }
     }

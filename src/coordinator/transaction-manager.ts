@@ -14,11 +14,10 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { ProtocolName } from '../log/log-records.js';
-import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
 import { awaitingDelivery, initialState, isTerminal } from '../protocol/commit-protocol.js';
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
-import { makeGid } from './gid.js';
+import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
 import { branchForgottenRecord, prepareIntentRecord } from './journal.js';
 import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
@@ -40,19 +39,7 @@ export interface TransactionManagerOptions {
   readonly retry: BackoffPolicy;
 }
 
-export interface EnlistRequest {
-  readonly participant: string;
-  readonly operations?: unknown;
-  readonly payload?: unknown;
-}
-
-export interface EnlistAnswer {
-  readonly transactionId: string;
-  readonly branchId: string;
-  readonly participant: string;
-  readonly state: string;
-  readonly results?: EnlistResult['results'];
-}
+export type { EnlistAnswer, EnlistRequest } from './branch-work.js';
 
 export interface BeginRequest {
   readonly protocol?: ProtocolName;
@@ -76,22 +63,6 @@ export interface RunAnswer {
   readonly failure?: CoordinatorError;
 }
 
-/** What running the entries of a request came to: the answers, and the first entry that failed. */
-interface WorkOutcome {
-  readonly results: EnlistAnswer[];
-  readonly failed?: PlannedWork;
-  readonly error?: unknown;
-}
-
-/** One branch entry of a request, checked and tied to its branch, ready to run. */
-interface PlannedWork {
-  readonly branch: LiveBranch;
-  readonly adapter: ParticipantAdapter;
-  readonly work: unknown;
-  /** Its branch may be prepared right after (or with) this work: the commit follows. */
-  prepareAfter: boolean;
-}
-
 export class TransactionManager {
   readonly #live = new Map<string, LiveTransaction>();
   /** Live transactions without a decision yet: what TCX_MAX_ACTIVE_TRANSACTIONS bounds. */
@@ -103,6 +74,7 @@ export class TransactionManager {
   readonly #logger: Logger;
   readonly #stopping = new AbortController();
   readonly #driver: TransactionDriver;
+  readonly #work: BranchWork;
   #accepting = true;
 
   constructor(log: CoordinatorLog, registry: ParticipantRegistry, options: TransactionManagerOptions, logger: Logger) {
@@ -125,6 +97,7 @@ export class TransactionManager {
         },
       },
     });
+    this.#work = new BranchWork({ registry, driver: this.#driver, coordinatorId: options.coordinatorId });
   }
 
   // ---- client requests ------------------------------------------------------------------
@@ -167,9 +140,9 @@ export class TransactionManager {
     const tx = this.#liveOrThrow(id, 'enlist');
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
-      const [planned] = this.#plan(tx, [request], false);
+      const [planned] = this.#work.plan(tx, [request], false);
       try {
-        return await this.#runWork(tx, planned!);
+        return await this.#work.runWork(tx, planned!);
       } catch (err) {
         throw await this.#abortAfterFailedWork(tx, planned!.branch, err);
       }
@@ -190,7 +163,7 @@ export class TransactionManager {
     return tx.lock.run(async () => {
       let planned: PlannedWork[];
       try {
-        planned = this.#plan(tx, request.branches, request.commit);
+        planned = this.#work.plan(tx, request.branches, request.commit);
       } catch (err) {
         await this.#abortAndSettle(tx, `the request was refused: ${errorMessage(err)}`);
         throw err;
@@ -205,7 +178,7 @@ export class TransactionManager {
           throw err;
         }
       }
-      const ran = request.parallel === true ? await this.#runAtOnce(tx, planned) : await this.#runInOrder(tx, planned);
+      const ran = request.parallel === true ? await this.#work.runAtOnce(tx, planned) : await this.#work.runInOrder(tx, planned);
       const { results } = ran;
       if (ran.failed !== undefined) {
         // Prepares already on their way finish first: their branches then hear the abort.
@@ -224,128 +197,6 @@ export class TransactionManager {
         throw withCurrentState(err, tx);
       }
     });
-  }
-
-  /**
-   * One entry after the other, in request order; a branch that may prepare early starts its
-   * prepare once its last entry has run, and the request's last entry prepares with its work.
-   */
-  async #runInOrder(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
-    const results: EnlistAnswer[] = [];
-    for (const [index, entry] of planned.entries()) {
-      const last = index === planned.length - 1;
-      try {
-        results.push(await this.#runWork(tx, { ...entry, prepareAfter: entry.prepareAfter && last }));
-      } catch (error) {
-        return { results, failed: entry, error };
-      }
-      if (entry.prepareAfter && !last) this.#prepareEarly(tx, entry);
-    }
-    return { results };
-  }
-
-  /** Every branch's entries in order, different branches at once; each may prepare with its last entry. */
-  async #runAtOnce(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
-    const byBranch = new Map<string, PlannedWork[]>();
-    for (const p of planned) byBranch.set(p.branch.branchId, [...(byBranch.get(p.branch.branchId) ?? []), p]);
-    const answers = new Map<PlannedWork, EnlistAnswer>();
-    const errors = new Map<PlannedWork, unknown>();
-    await Promise.all(
-      [...byBranch.values()].map(async (entries) => {
-        for (const entry of entries) {
-          try {
-            answers.set(entry, await this.#runWork(tx, entry));
-          } catch (err) {
-            errors.set(entry, err);
-            return;
-          }
-        }
-      }),
-    );
-    const failed = planned.find((p) => errors.has(p));
-    const upTo = failed === undefined ? planned.length : planned.indexOf(failed);
-    const results = planned.slice(0, upTo).flatMap((p) => answers.get(p) ?? []);
-    return failed === undefined ? { results } : { results, failed, error: errors.get(failed) };
-  }
-
-  /** Starts the branch's prepare now; the driver takes its vote when the machine asks for it. */
-  #prepareEarly(tx: LiveTransaction, entry: PlannedWork): void {
-    const { branch, adapter } = entry;
-    branch.prepareSent = true;
-    branch.earlyPrepare = adapter.prepare(this.#driver.ref(tx, branch), { decisionFollows: true }).catch((err: unknown) => ({
-      vote: 'no' as const,
-      reason: `prepare on ${branch.participant} failed: ${errorMessage(err)}`,
-    }));
-  }
-
-  /** Checks every entry before any work runs, then ties each to its branch (created on first use). */
-  #plan(tx: LiveTransaction, requests: readonly EnlistRequest[], commitFollows: boolean): PlannedWork[] {
-    const checked = requests.map((request) => {
-      const adapter = this.#registry.adapterForNewBranch(request.participant);
-      const takesPayload = adapter.work === 'payload';
-      const [work, misplaced] = takesPayload ? [request.payload, request.operations] : [request.operations, request.payload];
-      if (misplaced !== undefined) {
-        throw new CoordinatorError(
-          'VALIDATION_FAILED',
-          `${adapter.kind} branches take ${takesPayload ? 'a payload, not operations' : 'operations, not a payload'} (participant ${request.participant})`,
-        );
-      }
-      adapter.validateWork(work);
-      return { request, adapter, work };
-    });
-    const planned = checked.map(({ request, adapter, work }) => ({
-      branch: this.#branchFor(tx, request.participant, adapter, work),
-      adapter,
-      work,
-      prepareAfter: false,
-    }));
-    if (commitFollows) {
-      // The last entry of each branch may prepare early — only where no forced record must
-      // precede the prepare, and where 3PC's can-commit is the prepare itself (rule 3).
-      const last = new Map<string, PlannedWork>();
-      for (const p of planned) last.set(p.branch.branchId, p);
-      for (const p of last.values()) {
-        p.prepareAfter = p.adapter.listsPreparedBranches && (tx.protocol === '2pc' || p.adapter.canCommit === undefined);
-      }
-    }
-    return planned;
-  }
-
-  #branchFor(tx: LiveTransaction, participant: string, adapter: ParticipantAdapter, work: unknown): LiveBranch {
-    if (adapter.listsPreparedBranches) {
-      // All work for one store runs in one branch: two branches of one transaction would
-      // deadlock each other (postgres) or collide on each other's key locks (redis).
-      for (const b of tx.branches.values()) if (b.participant === participant) return b;
-    }
-    const branchNo = tx.nextBranchNo++;
-    const branch: LiveBranch = {
-      branchId: `b${branchNo}`,
-      participant,
-      kind: adapter.kind,
-      gid: makeGid(this.#options.coordinatorId, tx.id, branchNo),
-      prepareSent: false,
-      attempts: 0,
-      ...(adapter.work === 'payload' ? { payload: work } : {}),
-    };
-    tx.branches.set(branch.branchId, branch);
-    this.#driver.apply(tx, { type: 'enlist', branchId: branch.branchId });
-    return branch;
-  }
-
-  async #runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
-    const { branch, adapter, work } = planned;
-    const result = await adapter.enlist(this.#driver.ref(tx, branch), work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter });
-    if (result.vote !== undefined) {
-      branch.prepareSent = true;
-      branch.earlyPrepare = Promise.resolve(result.vote);
-    }
-    return {
-      transactionId: tx.id,
-      branchId: branch.branchId,
-      participant: branch.participant,
-      state: tx.state.phase,
-      ...(result.results === undefined ? {} : { results: result.results }),
-    };
   }
 
   /** Aborts a transaction nobody will ask about again, and waits (bounded) until its branches heard it. */
@@ -435,7 +286,12 @@ export class TransactionManager {
 
   /** A page of transactions, newest first: running ones and finished ones within retention. */
   list(filter: ListFilter): ListPage {
-    return listTransactions(this.#live.values(), this.#log.state, filter);
+    return listTransactions(this.#live, this.#log.state, filter);
+  }
+
+  /** True while the transaction runs here (or is being finished after a restart). */
+  isLive(id: string): boolean {
+    return this.#live.has(id);
   }
 
   inDoubtCount(): number {
@@ -492,6 +348,7 @@ export class TransactionManager {
   async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
     const tx = this.#liveOrThrow(id, 'forget a branch of');
     return tx.lock.run(async () => {
+      this.#assertAcceptingWork(tx);
       const branch = tx.branches.get(branchId);
       if (branch === undefined) throw new CoordinatorError('UNKNOWN_BRANCH', `transaction ${id} has no branch ${branchId}`);
       if (tx.state.decision === 'commit') {
@@ -556,11 +413,13 @@ export class TransactionManager {
   async drain(deadlineMs: number): Promise<void> {
     this.#accepting = false;
     const deadline = Date.now() + deadlineMs;
-    for (const tx of this.#live.values()) {
-      if (tx.state.decision === undefined && tx.state.phase !== 'preparing') {
-        await this.abort(tx.id, 'coordinator shutting down').catch(() => undefined);
-      }
-    }
+    // Every undecided transaction aborts at once; none waits for another, and none past the deadline.
+    const aborts = [...this.#live.values()]
+      .filter((tx) => tx.state.decision === undefined && tx.state.phase !== 'preparing')
+      .map((tx) => this.abort(tx.id, 'coordinator shutting down').catch(() => undefined));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(aborts), new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
+    clearTimeout(timer);
     for (const tx of [...this.#live.values()]) {
       const left = deadline - Date.now();
       if (left <= 0) break;

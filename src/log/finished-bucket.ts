@@ -161,8 +161,9 @@ export class FinishedBucket {
   readonly bytes: number;
   /** The latest end time in the bucket (epoch ms): it can be pruned once this is past retention. */
   readonly newestEndedAt: number;
-  /** The latest creation time in the bucket (epoch ms): listings newest first skip older buckets. */
+  /** The latest and earliest creation times in the bucket (epoch ms): listings skip buckets outside their range. */
   readonly newestCreatedAt: number;
+  readonly oldestCreatedAt: number;
   readonly #buf: Buffer;
   readonly #keysAt: number;
   readonly #offsetsAt: number;
@@ -193,15 +194,37 @@ export class FinishedBucket {
     this.bytes = buf.length;
     let newest = Number.NEGATIVE_INFINITY;
     let newestCreated = Number.NEGATIVE_INFINITY;
+    let oldestCreated = Number.POSITIVE_INFINITY;
     for (let i = 0; i < this.count; i++) {
       const entry = this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * i);
       const ended = buf.readDoubleLE(entry + 17);
       if (ended > newest) newest = ended;
       const created = buf.readDoubleLE(entry + 1);
       if (created > newestCreated) newestCreated = created;
+      if (created < oldestCreated) oldestCreated = created;
     }
     this.newestEndedAt = newest;
     this.newestCreatedAt = newestCreated;
+    this.oldestCreatedAt = oldestCreated;
+  }
+
+  /** The index of `s` in the bucket's string table, or -1: a participant no entry names. */
+  stringIndex(s: string): number {
+    return this.#strings.indexOf(s);
+  }
+
+  /** True when a branch of the entry at `index` is on the participant with string index `participant`, read in place. */
+  hasParticipant(index: number, participant: number): boolean {
+    const buf = this.#buf;
+    let at = this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * index);
+    at += 31 + buf.readUInt16LE(at + 29);
+    for (let n = buf.readUInt8(at++); n > 0; n--) {
+      if (buf.readUInt16LE(at + 5) === participant) return true;
+      const bflags = buf.readUInt8(at);
+      at += 11;
+      if ((bflags & 4) !== 0) at += 2 + buf.readUInt16LE(at);
+    }
+    return false;
   }
 
   /** The creation time (epoch ms) of the entry at `index`, read in place. */

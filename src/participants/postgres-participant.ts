@@ -101,9 +101,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       const res = await this.#control.query<{ max_prepared_transactions: string }>('SHOW max_prepared_transactions');
       value = res.rows[0]?.max_prepared_transactions ?? '0';
     } catch (err) {
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot reach postgres participant ${this.name}: ${errorMessage(err)}`, {
-        cause: err,
-      });
+      throw failure(this.name, 'SHOW max_prepared_transactions', err);
     }
     if (Number(value) <= 0) {
       throw new CoordinatorError(
@@ -362,11 +360,15 @@ export class PostgresParticipant implements ParticipantAdapter {
   }
 
   async findPrepared(gidPrefix: string): Promise<string[]> {
-    const res = await this.#control.query<{ gid: string }>(
-      'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared',
-      [gidPrefix],
-    );
-    return res.rows.map((r) => r.gid);
+    try {
+      const res = await this.#control.query<{ gid: string }>(
+        'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared',
+        [gidPrefix],
+      );
+      return res.rows.map((r) => r.gid);
+    } catch (err) {
+      throw failure(this.name, 'listing prepared transactions', err);
+    }
   }
 
   openBranches(): number {
@@ -386,4 +388,17 @@ export class PostgresParticipant implements ParticipantAdapter {
 
 function assertSafeGid(gid: string): void {
   if (!isSafeGid(gid)) throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
+}
+
+/**
+ * A control-session call failed: the server refused the credentials (SQLSTATE class 28), or
+ * answered with another error, or could not be reached at all — three different things for
+ * an operator (and only the last means the participant may be gone).
+ */
+function failure(name: string, what: string, err: unknown): CoordinatorError {
+  if (err instanceof DatabaseError) {
+    const code = err.code?.startsWith('28') === true ? 'PARTICIPANT_AUTH_FAILED' : 'OPERATION_FAILED';
+    return new CoordinatorError(code, `postgres participant ${name} refused ${what}: ${err.message}`, { cause: err, details: { sqlState: err.code } });
+  }
+  return new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot reach postgres participant ${name}: ${errorMessage(err)}`, { cause: err });
 }

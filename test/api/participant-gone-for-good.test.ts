@@ -5,7 +5,7 @@
  * removal of the participant, also audited when it cannot be checked for prepared branches.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { createAccounts, eventually, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
@@ -123,16 +123,58 @@ describe('a participant gone for good', () => {
     expect(inUse.body.error.code).toBe('PARTICIPANT_IN_USE');
   });
 
+  it('a forgotten branch found prepared by the sweep is rolled back without ending its still-running transaction', async () => {
+    await createAccounts(dbA, { dave: 100 });
+    await createAccounts(dbB, { erin: 100 });
+    const target = (db: string) => ({ host: new URL(db).hostname, port: Number(new URL(db).port) });
+    const [flakyA, flakyB] = [await FaultProxy.start({ name: 'flaky-a', target: target(dbA) }), await FaultProxy.start({ name: 'flaky-b', target: target(dbB) })];
+    try {
+      for (const [name, proxy, db] of [['flaky-a', flakyA, dbA], ['flaky-b', flakyB, dbB]] as const) {
+        expect((await call('POST', '/v1/participants', { name, kind: 'postgres', connectionString: proxy.rewriteUrl(db) })).status).toBe(201);
+      }
+      const begun = await call('POST', '/v1/transactions', {
+        branches: [{ participant: 'flaky-a', operations: [debit('dave')] }, { participant: 'flaky-b', operations: [debit('erin')] }],
+      });
+      const id = begun.body.id as string;
+      expect((await call('POST', `/v1/transactions/${id}/prepare`)).body.state).toBe('prepared');
+      for (const proxy of [flakyA, flakyB]) {
+        proxy.blackhole(true);
+        proxy.cutOpenConnections();
+      }
+      expect((await call('POST', `/v1/transactions/${id}/abort`)).body.state).toBe('aborting');
+      expect((await call('POST', `/v1/transactions/${id}/branches/b1/forget`, { reason: 'thought gone' })).body.state).toBe('aborting');
+      // flaky-a comes back: the sweep rolls the forgotten branch back, and writes no end for the live transaction.
+      flakyA.blackhole(false);
+      await c.coordinator.sweep();
+      expect((await preparedGids(dbA)).filter((g) => g.includes(id))).toEqual([]);
+      const listed = (await call('GET', '/v1/transactions?participant=flaky-a')).body.transactions.filter((t: { id: string }) => t.id === id);
+      expect(listed.map((t: { state: string }) => t.state)).toEqual(['aborting']);
+      flakyB.blackhole(false);
+      await call('POST', `/v1/transactions/${id}/retry`);
+      await eventually(async () => (await call('GET', `/v1/transactions/${id}`)).body.state === 'aborted');
+      const ended = (await call('GET', `/v1/transactions/${id}`)).body;
+      expect(ended.protocol).toBe('2pc'); // its own end record, not the sweep's presumption
+      expect(ended.branches).toHaveLength(2);
+      // (flaky-b shares bank-b's database, where gone-committed's branch is still prepared: it stays.)
+      expect((await call('DELETE', '/v1/participants/flaky-a')).status).toBe(204);
+    } finally {
+      await flakyA.close();
+      await flakyB.close();
+    }
+  });
+
   it('keeps the forgotten branch and the removal across a restart, and resumes nothing for them', async () => {
     await c.stop();
     c = await startCoordinator({ TCX_API_TOKENS: API, TCX_ADMIN_TOKENS: ADMIN, TCX_RECOVERY_INTERVAL_MS: '600000', TCX_CONNECT_TIMEOUT_MS: '300' }, c.dataDir);
     const view = await call('GET', `/v1/transactions/${aborting}`);
     expect(view.body.state).toBe('aborted');
     expect(view.body.branches.find((b: { branchId: string }) => b.branchId === 'b2').forgotten.reason).toBe('OPS-7: bank-a decommissioned');
-    expect((await call('GET', '/v1/participants')).body.participants.map((p: { name: string }) => p.name).sort()).toEqual(['gone-committed', 'here']);
+    expect((await call('GET', '/v1/participants')).body.participants.map((p: { name: string }) => p.name).sort()).toEqual(['flaky-b', 'gone-committed', 'here']);
     // The committed one is resumed and still waits for its participant.
     expect((await call('GET', `/v1/transactions/${committing}`)).body.state).toBe('committing');
-    // Its branch on the dead proxy is still prepared (the forgotten one too: nobody can reach it).
-    expect((await preparedGids(dbA)).length).toBe(1);
+    // Its branch on the dead proxy is still prepared. (The forgotten one on bank-a's database was
+    // rolled back by a sweep through flaky-a, which reaches the same database.)
+    expect((await preparedGids(dbB)).filter((g) => g.includes(committing))).toHaveLength(1);
+    expect((await preparedGids(dbA)).filter((g) => g.includes(aborting))).toEqual([]);
   });
 });

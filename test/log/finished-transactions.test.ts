@@ -28,6 +28,30 @@ function finished(i: number, overrides: Partial<DurableTransaction> = {}): Durab
 }
 
 describe('sealed buckets of finished transactions', () => {
+  it('answer a listing in place: creation times, outcomes, ids and participants match the decoded entries', () => {
+    const txs = Array.from({ length: 200 }, (_, i) => finished(i));
+    // Non-canonical gids sit between branches: the in-place participant test must step over them.
+    txs.push(finished(9, { branches: [
+      { branchId: 'x1', participant: 'legacy', kind: 'postgres', gid: 'tcx:other:legacy:3' },
+      { branchId: 'b2', participant: 'tail', kind: 'http', gid: 'not-canonical' },
+    ] }));
+    const bucket = new FinishedBucket(encodeBucket(txs));
+    expect(bucket.stringIndex('nobody')).toBe(-1);
+    const names = ['bank-a', 'ledger', 'cache', 'legacy', 'tail', 'postgres'];
+    for (let i = 0; i < bucket.count; i++) {
+      const tx = bucket.at(i);
+      expect(bucket.idOf(i)).toBe(tx.id);
+      expect(bucket.createdAtOf(i)).toBe(Date.parse(tx.createdAt));
+      expect(bucket.outcomeOf(i)).toBe(tx.outcome);
+      for (const name of names) {
+        const index = bucket.stringIndex(name);
+        expect(index >= 0 && bucket.hasParticipant(i, index), `${tx.id} on ${name}`).toBe(tx.branches.some((b) => b.participant === name));
+      }
+    }
+    expect(bucket.oldestCreatedAt).toBe(Math.min(...txs.map((t) => Date.parse(t.createdAt))));
+    expect(bucket.newestCreatedAt).toBe(Math.max(...txs.map((t) => Date.parse(t.createdAt))));
+  });
+
   it('give back every transaction exactly, by id, and nothing for ids they do not hold', () => {
     const txs = Array.from({ length: 500 }, (_, i) => finished(i));
     // A branch whose gid is not the canonical one survives too.

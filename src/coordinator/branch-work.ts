@@ -1,0 +1,176 @@
+/**
+ * The work of a transaction's branches: each entry of a request checked before
+ * any runs and tied to its branch (one per store, created on first use), then
+ * run — in request order, or different branches at once — on the participants.
+ * When the commit follows, a branch whose store can prepare without a forced
+ * record first is prepared as soon as its last entry has run (while later work
+ * runs), or in the same round trip as that entry: voting follows the work
+ * immediately anyway.
+ */
+
+import { CoordinatorError, errorMessage } from '../errors.js';
+import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
+import { makeGid } from './gid.js';
+import type { LiveBranch, LiveTransaction } from './live-transaction.js';
+import type { ParticipantRegistry } from './participant-registry.js';
+import type { TransactionDriver } from './transaction-driver.js';
+
+export interface EnlistRequest {
+  readonly participant: string;
+  readonly operations?: unknown;
+  readonly payload?: unknown;
+}
+
+export interface EnlistAnswer {
+  readonly transactionId: string;
+  readonly branchId: string;
+  readonly participant: string;
+  readonly state: string;
+  readonly results?: EnlistResult['results'];
+}
+
+/** What running the entries of a request came to: the answers, and the first entry that failed. */
+export interface WorkOutcome {
+  readonly results: EnlistAnswer[];
+  readonly failed?: PlannedWork;
+  readonly error?: unknown;
+}
+
+/** One branch entry of a request, checked and tied to its branch, ready to run. */
+export interface PlannedWork {
+  readonly branch: LiveBranch;
+  readonly adapter: ParticipantAdapter;
+  readonly work: unknown;
+  /** Its branch may be prepared right after (or with) this work: the commit follows. */
+  prepareAfter: boolean;
+}
+
+export class BranchWork {
+  readonly #deps: { readonly registry: ParticipantRegistry; readonly driver: TransactionDriver; readonly coordinatorId: string };
+
+  constructor(deps: { registry: ParticipantRegistry; driver: TransactionDriver; coordinatorId: string }) {
+    this.#deps = deps;
+  }
+
+  /**
+   * One entry after the other, in request order; a branch that may prepare early starts its
+   * prepare once its last entry has run, and the request's last entry prepares with its work.
+   */
+  async runInOrder(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
+    const results: EnlistAnswer[] = [];
+    for (const [index, entry] of planned.entries()) {
+      const last = index === planned.length - 1;
+      try {
+        results.push(await this.runWork(tx, { ...entry, prepareAfter: entry.prepareAfter && last }));
+      } catch (error) {
+        return { results, failed: entry, error };
+      }
+      if (entry.prepareAfter && !last) this.#prepareEarly(tx, entry);
+    }
+    return { results };
+  }
+
+  /** Every branch's entries in order, different branches at once; each may prepare with its last entry. */
+  async runAtOnce(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
+    const byBranch = new Map<string, PlannedWork[]>();
+    for (const p of planned) byBranch.set(p.branch.branchId, [...(byBranch.get(p.branch.branchId) ?? []), p]);
+    const answers = new Map<PlannedWork, EnlistAnswer>();
+    const errors = new Map<PlannedWork, unknown>();
+    await Promise.all(
+      [...byBranch.values()].map(async (entries) => {
+        for (const entry of entries) {
+          try {
+            answers.set(entry, await this.runWork(tx, entry));
+          } catch (err) {
+            errors.set(entry, err);
+            return;
+          }
+        }
+      }),
+    );
+    const failed = planned.find((p) => errors.has(p));
+    const upTo = failed === undefined ? planned.length : planned.indexOf(failed);
+    const results = planned.slice(0, upTo).flatMap((p) => answers.get(p) ?? []);
+    return failed === undefined ? { results } : { results, failed, error: errors.get(failed) };
+  }
+
+  /** Starts the branch's prepare now; the driver takes its vote when the machine asks for it. */
+  #prepareEarly(tx: LiveTransaction, entry: PlannedWork): void {
+    const { branch, adapter } = entry;
+    branch.prepareSent = true;
+    branch.earlyPrepare = adapter.prepare(this.#deps.driver.ref(tx, branch), { decisionFollows: true }).catch((err: unknown) => ({
+      vote: 'no' as const,
+      reason: `prepare on ${branch.participant} failed: ${errorMessage(err)}`,
+    }));
+  }
+
+  /** Checks every entry before any work runs, then ties each to its branch (created on first use). */
+  plan(tx: LiveTransaction, requests: readonly EnlistRequest[], commitFollows: boolean): PlannedWork[] {
+    const checked = requests.map((request) => {
+      const adapter = this.#deps.registry.adapterForNewBranch(request.participant);
+      const takesPayload = adapter.work === 'payload';
+      const [work, misplaced] = takesPayload ? [request.payload, request.operations] : [request.operations, request.payload];
+      if (misplaced !== undefined) {
+        throw new CoordinatorError(
+          'VALIDATION_FAILED',
+          `${adapter.kind} branches take ${takesPayload ? 'a payload, not operations' : 'operations, not a payload'} (participant ${request.participant})`,
+        );
+      }
+      adapter.validateWork(work);
+      return { request, adapter, work };
+    });
+    const planned = checked.map(({ request, adapter, work }) => ({
+      branch: this.#branchFor(tx, request.participant, adapter, work),
+      adapter,
+      work,
+      prepareAfter: false,
+    }));
+    if (commitFollows) {
+      // The last entry of each branch may prepare early — only where no forced record must
+      // precede the prepare, and where 3PC's can-commit is the prepare itself (rule 3).
+      const last = new Map<string, PlannedWork>();
+      for (const p of planned) last.set(p.branch.branchId, p);
+      for (const p of last.values()) {
+        p.prepareAfter = p.adapter.listsPreparedBranches && (tx.protocol === '2pc' || p.adapter.canCommit === undefined);
+      }
+    }
+    return planned;
+  }
+
+  #branchFor(tx: LiveTransaction, participant: string, adapter: ParticipantAdapter, work: unknown): LiveBranch {
+    if (adapter.listsPreparedBranches) {
+      // All work for one store runs in one branch: two branches of one transaction would
+      // deadlock each other (postgres) or collide on each other's key locks (redis).
+      for (const b of tx.branches.values()) if (b.participant === participant) return b;
+    }
+    const branchNo = tx.nextBranchNo++;
+    const branch: LiveBranch = {
+      branchId: `b${branchNo}`,
+      participant,
+      kind: adapter.kind,
+      gid: makeGid(this.#deps.coordinatorId, tx.id, branchNo),
+      prepareSent: false,
+      attempts: 0,
+      ...(adapter.work === 'payload' ? { payload: work } : {}),
+    };
+    tx.branches.set(branch.branchId, branch);
+    this.#deps.driver.apply(tx, { type: 'enlist', branchId: branch.branchId });
+    return branch;
+  }
+
+  async runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
+    const { branch, adapter, work } = planned;
+    const result = await adapter.enlist(this.#deps.driver.ref(tx, branch), work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter });
+    if (result.vote !== undefined) {
+      branch.prepareSent = true;
+      branch.earlyPrepare = Promise.resolve(result.vote);
+    }
+    return {
+      transactionId: tx.id,
+      branchId: branch.branchId,
+      participant: branch.participant,
+      state: tx.state.phase,
+      ...(result.results === undefined ? {} : { results: result.results }),
+    };
+  }
+}
