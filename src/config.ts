@@ -8,6 +8,8 @@ export interface Config {
   readonly host: string;
   readonly port: number;
   readonly dataDir: string;
+  /** A postgres:// URL: the write-ahead log lives in that database instead of dataDir. */
+  readonly logUrl: string | undefined;
   readonly coordinatorId: string | undefined;
   readonly logLevel: string;
   readonly defaultTimeoutMs: number;
@@ -80,6 +82,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: str(env, 'TCX_HOST', '127.0.0.1'),
     port: int(env, 'TCX_PORT', 7070, 0, 65535),
     dataDir: str(env, 'TCX_DATA_DIR', './data'),
+    logUrl: env.TCX_LOG_URL === '' ? undefined : env.TCX_LOG_URL,
     coordinatorId: env.TCX_COORDINATOR_ID === '' ? undefined : env.TCX_COORDINATOR_ID,
     logLevel: str(env, 'TCX_LOG_LEVEL', 'info'),
     defaultTimeoutMs: int(env, 'TCX_DEFAULT_TIMEOUT_MS', 30_000, 100, 86_400_000),
@@ -121,6 +124,12 @@ export function loadConfig(env: Env = process.env): Config {
       `TCX_HOST=${config.host} is not a loopback address: set at least one bearer token before listening there ` +
         '(TCX_API_TOKENS for clients, TCX_ADMIN_TOKENS for operators; with admin tokens alone, every call needs one)',
     );
+  }
+  if (config.logUrl !== undefined) {
+    if (!/^postgres(ql)?:\/\//.test(config.logUrl)) throw new ConfigError('TCX_LOG_URL must be a postgres:// URL');
+    if (config.coordinatorId === undefined) {
+      throw new ConfigError('TCX_LOG_URL needs TCX_COORDINATOR_ID: records in a shared log database are kept per coordinator id');
+    }
   }
   const publicUrl = env.TCX_PUBLIC_URL ?? '';
   if (publicUrl !== '' && !/^https?:\/\//.test(publicUrl)) throw new ConfigError('TCX_PUBLIC_URL must be an http(s) URL');

@@ -11,13 +11,18 @@ import type { Logger } from 'pino';
 import { chmod, mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { lockDataDir, type DirLock } from '../log/dir-lock.js';
-import { FileLog, type LogIo } from '../log/file-log.js';
+import { FileLog, type LogIo, type LogStats, type SnapshotContent } from '../log/file-log.js';
+import { PostgresLog } from '../log/postgres-log.js';
 import { DurableState } from '../log/durable-state.js';
 import { FinishedBucket } from '../log/finished-bucket.js';
 import { isLogRecord, type LogRecord } from '../log/log-records.js';
 
 export interface CoordinatorLogOptions {
   readonly dir: string;
+  /** A postgres:// URL: the log lives in that database (TCX_LOG_URL) instead of `dir`. */
+  readonly url?: string;
+  /** With `url`: whose records these are (several coordinators may share one database). */
+  readonly coordinatorId?: string;
   readonly segmentMaxBytes: number;
   readonly retentionMs: number;
   readonly maxRetainedTransactions: number;
@@ -26,14 +31,26 @@ export interface CoordinatorLogOptions {
   readonly io?: LogIo;
 }
 
+/** Where the records go: the embedded file log, or a Postgres database. Both keep FileLog's contract. */
+interface LogBackend {
+  append(payload: unknown, options: { force: boolean }): Promise<void>;
+  flush(): Promise<void>;
+  compact(): Promise<void>;
+  close(): Promise<void>;
+  readonly failed: Error | undefined;
+  stats(): LogStats;
+}
+
+type Opened = { log: LogBackend; records: unknown[]; files: Map<string, Uint8Array> };
+
 export class CoordinatorLog {
   readonly state: DurableState;
-  readonly #file: FileLog;
+  readonly #file: LogBackend;
   readonly #logger: Logger;
-  readonly #lock: DirLock;
+  readonly #lock: DirLock | undefined;
   readonly #pending = new Map<string, number>();
 
-  private constructor(file: FileLog, state: DurableState, logger: Logger, lock: DirLock) {
+  private constructor(file: LogBackend, state: DurableState, logger: Logger, lock: DirLock | undefined) {
     this.#file = file;
     this.state = state;
     this.#logger = logger;
@@ -42,25 +59,40 @@ export class CoordinatorLog {
 
   static async open(options: CoordinatorLogOptions): Promise<{ log: CoordinatorLog; replayed: number }> {
     const state = new DurableState();
-    await mkdir(options.dir, { recursive: true, mode: 0o700 });
-    await restrictPermissions(options.dir, options.logger);
-    const lock = await lockDataDir(options.dir);
-    let opened: Awaited<ReturnType<typeof FileLog.open>>;
-    try {
-      opened = await FileLog.open({
-        dir: options.dir,
-        segmentMaxBytes: options.segmentMaxBytes,
+    const snapshot = (): SnapshotContent => {
+      state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
+      const { records, buckets } = state.snapshot();
+      return { records, files: buckets.map((b) => ({ name: bucketFileName(b.seq), data: b.bucket.buffer })) };
+    };
+    let lock: DirLock | undefined;
+    let opened: Opened;
+    if (options.url !== undefined) {
+      if (options.coordinatorId === undefined) throw new Error('a Postgres log needs the coordinator id');
+      // One writer per coordinator id: opening fences out any earlier one (its writes fail).
+      opened = await PostgresLog.open({
+        url: options.url,
+        coordinatorId: options.coordinatorId,
+        snapshot,
+        // Compaction by record count (a record is ~200 bytes): about as often as the file log's.
+        maxRecordsBeforeCompaction: Math.max(1_000, Math.floor(options.segmentMaxBytes / 200)),
         logger: options.logger,
-        ...(options.io === undefined ? {} : { io: options.io }),
-        snapshot: () => {
-          state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-          const { records, buckets } = state.snapshot();
-          return { records, files: buckets.map((b) => ({ name: bucketFileName(b.seq), data: b.bucket.buffer })) };
-        },
       });
-    } catch (err) {
-      await lock.release();
-      throw err;
+    } else {
+      await mkdir(options.dir, { recursive: true, mode: 0o700 });
+      await restrictPermissions(options.dir, options.logger);
+      lock = await lockDataDir(options.dir);
+      try {
+        opened = await FileLog.open({
+          dir: options.dir,
+          segmentMaxBytes: options.segmentMaxBytes,
+          logger: options.logger,
+          ...(options.io === undefined ? {} : { io: options.io }),
+          snapshot,
+        });
+      } catch (err) {
+        await lock.release();
+        throw err;
+      }
     }
     const { log: file, records, files } = opened;
     // Finished transactions first: records about a transaction that already ended change nothing.
@@ -127,7 +159,7 @@ export class CoordinatorLog {
     return this.#file.failed;
   }
 
-  stats(): ReturnType<FileLog['stats']> {
+  stats(): LogStats {
     return this.#file.stats();
   }
 
@@ -135,7 +167,7 @@ export class CoordinatorLog {
     try {
       await this.#file.close();
     } finally {
-      await this.#lock.release();
+      await this.#lock?.release();
     }
   }
 }
@@ -180,6 +212,7 @@ function transactionOf(record: LogRecord): string | undefined {
     case 'branch-enlisted':
     case 'tx-begun':
     case 'branch-acked':
+    case 'branch-forgotten':
     case 'ended':
       return record.id;
     case 'manual-resolution':

@@ -109,8 +109,12 @@ export class Coordinator {
   static async start(config: Config, logger: Logger, internal: { logIo?: LogIo } = {}): Promise<Coordinator> {
     armFailPoints(config.failPoint);
     const started = Date.now();
+    if (config.logUrl !== undefined && !isValidCoordinatorId(config.coordinatorId ?? '')) {
+      throw new ConfigError('TCX_COORDINATOR_ID must be 1-40 characters of A-Z, a-z, 0-9 and -');
+    }
     const { log, replayed } = await CoordinatorLog.open({
       dir: config.dataDir,
+      ...(config.logUrl === undefined ? {} : { url: config.logUrl, coordinatorId: config.coordinatorId ?? '' }),
       segmentMaxBytes: config.segmentMaxBytes,
       retentionMs: config.retentionMs,
       maxRetainedTransactions: config.maxRetainedTransactions,

@@ -66,7 +66,7 @@ interface Gate {
   down: boolean;
 }
 
-async function setUp(failPoint: string, accounts: string[], gate: Gate = { down: false }): Promise<Rig> {
+async function setUp(failPoint: string, accounts: string[], gate: Gate = { down: false }, logEnv: Record<string, string> = {}): Promise<Rig> {
   const rows = Object.fromEntries(accounts.map((a) => [a, START]));
   await Promise.all([createAccounts(dbA, rows), createAccounts(dbB, rows)]);
   const store = new MemoryBranchStore();
@@ -83,6 +83,7 @@ async function setUp(failPoint: string, accounts: string[], gate: Gate = { down:
         // Only start-up recovery and the transactions' own retries may resolve anything here.
         TCX_RECOVERY_INTERVAL_MS: '600000',
         TCX_COMMIT_WAIT_MS: '5000',
+        ...logEnv,
       },
     });
   } catch (err) {
@@ -171,11 +172,23 @@ const CASES = [
   { failPoint: 'before-end-record', outcome: 'committed', resumedDecision: 'commit' },
 ] as const;
 
-describe('coordinator killed at a fail point during one transfer, then restarted', () => {
+/** The file log (in the process's data dir), or the Postgres log (TCX_LOG_URL) in a database of its own. */
+const LOGS = [
+  { log: 'file', env: async (): Promise<Record<string, string>> => ({}) },
+  {
+    log: 'postgres',
+    env: async (failPoint: string): Promise<Record<string, string>> => ({
+      TCX_LOG_URL: await freshDatabase(inject('pgUrlB'), 'wal'),
+      TCX_COORDINATOR_ID: `crash-${failPoint}`,
+    }),
+  },
+] as const;
+
+describe.each(LOGS)('coordinator ($log log) killed at a fail point during one transfer, then restarted', ({ log, env }) => {
   for (const c of CASES) {
     it(`${c.failPoint}: every branch ends ${c.outcome}, money conserved, nothing prepared left`, async () => {
-      const account = `one_${c.failPoint.replace(/-/g, '_')}`;
-      const r = await setUp(c.failPoint, [account]);
+      const account = `one_${log}_${c.failPoint.replace(/-/g, '_')}`;
+      const r = await setUp(c.failPoint, [account], { down: false }, await env(c.failPoint));
 
       const answer = await settle(r.coord.request('POST', '/v1/transactions', transferBody(account)));
       expect(answer.ok, 'the request must fail: the coordinator died before answering').toBe(false);
