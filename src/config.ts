@@ -10,6 +10,8 @@ export interface Config {
   readonly dataDir: string;
   /** A postgres:// URL: the write-ahead log lives in that database instead of dataDir. */
   readonly logUrl: string | undefined;
+  /** With a Postgres log: how long a coordinator id's lease lasts unrenewed (renewed every third of it). */
+  readonly leaseMs: number;
   readonly coordinatorId: string | undefined;
   readonly logLevel: string;
   readonly defaultTimeoutMs: number;
@@ -83,6 +85,7 @@ export function loadConfig(env: Env = process.env): Config {
     port: int(env, 'TCX_PORT', 7070, 0, 65535),
     dataDir: str(env, 'TCX_DATA_DIR', './data'),
     logUrl: env.TCX_LOG_URL === '' ? undefined : env.TCX_LOG_URL,
+    leaseMs: int(env, 'TCX_LEASE_MS', 10_000, 300, 600_000),
     coordinatorId: env.TCX_COORDINATOR_ID === '' ? undefined : env.TCX_COORDINATOR_ID,
     logLevel: str(env, 'TCX_LOG_LEVEL', 'info'),
     defaultTimeoutMs: int(env, 'TCX_DEFAULT_TIMEOUT_MS', 30_000, 100, 86_400_000),

@@ -6,8 +6,10 @@
  */
 
 import { buildServer } from './api/server.js';
+import { Cluster } from './cluster/cluster.js';
 import { ConfigError, loadConfig } from './config.js';
 import { Coordinator } from './coordinator/coordinator.js';
+import { armFailPoints } from './coordinator/fail-points.js';
 import { createLogger } from './logger.js';
 
 async function main(): Promise<void> {
@@ -20,9 +22,20 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger({ level: config.logLevel });
+  armFailPoints(config.failPoint);
   let coordinator: Coordinator;
+  let cluster: Cluster | undefined;
   try {
-    coordinator = await Coordinator.start(config, logger);
+    if (config.logUrl === undefined) {
+      coordinator = await Coordinator.start(config, logger);
+    } else {
+      // A shared Postgres log: this instance runs its id under a lease, and adopts lapsed ones.
+      cluster = await Cluster.start(config, logger, (reason) => {
+        logger.fatal({ reason }, 'cluster: the lease on this instance\'s id was lost; exiting (a supervisor restarts it, and it asks for its id back)');
+        process.exit(3);
+      });
+      coordinator = cluster.home;
+    }
   } catch (err) {
     logger.fatal({ err: err instanceof ConfigError ? err.message : err }, 'coordinator failed to start');
     process.exit(err instanceof ConfigError ? 2 : 1);
@@ -31,6 +44,7 @@ async function main(): Promise<void> {
     bodyLimitBytes: config.bodyLimitBytes,
     apiTokens: config.apiTokens,
     adminTokens: config.adminTokens,
+    ...(cluster === undefined ? {} : { cluster }),
   });
   await app.listen({ host: config.host, port: config.port });
   logger.info({ host: config.host, port: config.port, dataDir: config.dataDir, coordinatorId: coordinator.coordinatorId }, 'listening');
@@ -46,7 +60,7 @@ async function main(): Promise<void> {
     }, 30_000);
     force.unref();
     await app.close();
-    await coordinator.stop(10_000);
+    await (cluster === undefined ? coordinator.stop(10_000) : cluster.stop(10_000));
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));

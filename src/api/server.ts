@@ -35,7 +35,15 @@ import {
 const DEFAULT_PAGE = 100;
 const MAX_PAGE = 1000;
 
+/** Several instances over one Postgres log (src/cluster): who runs a transaction, and the cluster's view. */
+export interface ClusterRouting {
+  coordinatorFor(transactionId: string): Coordinator;
+  view(): Promise<unknown>;
+}
+
 export interface ServerOptions {
+  /** With a shared log: transactions of ids this instance adopted are answered by their coordinator. */
+  readonly cluster?: ClusterRouting;
   readonly bodyLimitBytes?: number;
   readonly apiTokens?: readonly string[];
   readonly adminTokens?: readonly string[];
@@ -91,12 +99,17 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
+  const managerFor = (id: string): Coordinator['transactions'] => options.cluster?.coordinatorFor(id).transactions ?? tx;
   const authRequired = (options.apiTokens ?? []).length + (options.adminTokens ?? []).length > 0;
 
   app.get('/healthz', { schema: { querystring: noQuery } }, async (_request, reply) => {
     const health = coordinator.health();
     return reply.status(health.status === 'ok' ? 200 : 503).send(health);
   });
+
+  app.get('/v1/cluster', { schema: { querystring: noQuery } }, async () =>
+    options.cluster === undefined ? { mode: 'single', instance: coordinator.coordinatorId, leases: [], adopted: [] } : options.cluster.view(),
+  );
 
   // ---- participants -------------------------------------------------------------------
 
@@ -149,12 +162,12 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.post('/v1/transactions/:id/branches/:branchId/forget', { schema: { params: branchParams, querystring: noQuery, body: forgetBranchBody } }, async (request) => {
     const { id, branchId } = request.params as { id: string; branchId: string };
     const { reason } = request.body as { reason: string };
-    return tx.forgetBranch(id, branchId, { reason, actor: actorOf(request) });
+    return managerFor(id).forgetBranch(id, branchId, { reason, actor: actorOf(request) });
   });
 
   app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
-    return await tx.retryNow(id);
+    return await managerFor(id).retryNow(id);
   });
 
   // ---- transactions -------------------------------------------------------------------
@@ -221,31 +234,31 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.get('/v1/transactions/:id', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
-    return tx.get(id);
+    return managerFor(id).get(id);
   });
 
   app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, querystring: noQuery, body: branchBody } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const answer = await tx.enlist(id, request.body as BranchInput);
+    const answer = await managerFor(id).enlist(id, request.body as BranchInput);
     return reply.status(201).send(answer);
   });
 
   app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const view = await tx.prepare(id);
+    const view = await managerFor(id).prepare(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
   app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const view = await tx.commit(id);
+    const view = await managerFor(id).commit(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
   app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, querystring: noQuery, body: abortBody } }, async (request) => {
     const { id } = request.params as { id: string };
     const reason = (request.body as { reason?: string } | null | undefined)?.reason;
-    return tx.abort(id, reason ?? 'aborted by the client');
+    return managerFor(id).abort(id, reason ?? 'aborted by the client');
   });
 
   return app;

@@ -21,8 +21,9 @@ export interface CoordinatorLogOptions {
   readonly dir: string;
   /** A postgres:// URL: the log lives in that database (TCX_LOG_URL) instead of `dir`. */
   readonly url?: string;
-  /** With `url`: whose records these are (several coordinators may share one database). */
+  /** With `url`: whose records these are (several coordinators may share one database), and the epoch of the lease held on that id. */
   readonly coordinatorId?: string;
+  readonly leaseEpoch?: string;
   readonly segmentMaxBytes: number;
   readonly retentionMs: number;
   readonly maxRetainedTransactions: number;
@@ -67,11 +68,12 @@ export class CoordinatorLog {
     let lock: DirLock | undefined;
     let opened: Opened;
     if (options.url !== undefined) {
-      if (options.coordinatorId === undefined) throw new Error('a Postgres log needs the coordinator id');
-      // One writer per coordinator id: opening fences out any earlier one (its writes fail).
+      if (options.coordinatorId === undefined || options.leaseEpoch === undefined) throw new Error('a Postgres log needs the coordinator id and its lease');
+      // One writer per coordinator id: every write checks the lease it was opened under.
       opened = await PostgresLog.open({
         url: options.url,
         coordinatorId: options.coordinatorId,
+        epoch: options.leaseEpoch,
         snapshot,
         // Compaction by record count (a record is ~200 bytes): about as often as the file log's.
         maxRecordsBeforeCompaction: Math.max(1_000, Math.floor(options.segmentMaxBytes / 200)),

@@ -14,7 +14,6 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import type { Decision } from '../protocol/commit-protocol.js';
 import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
-import { armFailPoints } from './fail-points.js';
 import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
 import { Mutex } from './mutex.js';
 import { ADDRESS_FIELD, checkParticipantAddress } from './participant-address.js';
@@ -22,6 +21,12 @@ import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
+
+export interface CoordinatorLease {
+  readonly epoch: string;
+  /** True while the lease is safely held (renewed recently enough, by the local clock). */
+  readonly held: () => boolean;
+}
 
 export interface PreparedBranchView {
   readonly gid: string;
@@ -69,7 +74,7 @@ export class Coordinator {
   readonly #config: Config;
   readonly #resolutionLocks = new Map<string, Mutex>();
 
-  private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger) {
+  private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger, lease: CoordinatorLease | undefined) {
     this.#config = config;
     this.#log = log;
     this.coordinatorId = coordinatorId;
@@ -99,22 +104,36 @@ export class Coordinator {
         commitWaitMs: config.commitWaitMs,
         prepareWaitMs: config.statementTimeoutMs + config.participantTimeoutMs + config.connectTimeoutMs + 5_000,
         retry: { initialMs: config.retryInitialMs, maxMs: config.retryMaxMs },
+        ...(lease === undefined ? {} : { leaseHeld: lease.held }),
       },
       logger,
     );
-    this.#sweeper = new RecoverySweeper({ log, registry: this.#registry, manager: this.transactions, coordinatorId, logger });
+    this.#sweeper = new RecoverySweeper({
+      log,
+      registry: this.#registry,
+      manager: this.transactions,
+      coordinatorId,
+      logger,
+      ...(lease === undefined ? {} : { leaseHeld: lease.held }),
+    });
   }
 
   /** Opens the log and runs start-up recovery. The coordinator is ready when this resolves. */
-  static async start(config: Config, logger: Logger, internal: { logIo?: LogIo } = {}): Promise<Coordinator> {
-    armFailPoints(config.failPoint);
+  /**
+   * `lease` (a Postgres log): the epoch of the lease the caller holds on the coordinator id, and
+   * whether it is still safely held — no participant is called for this id once it is not.
+   */
+  static async start(config: Config, logger: Logger, internal: { logIo?: LogIo; lease?: CoordinatorLease } = {}): Promise<Coordinator> {
     const started = Date.now();
     if (config.logUrl !== undefined && !isValidCoordinatorId(config.coordinatorId ?? '')) {
       throw new ConfigError('TCX_COORDINATOR_ID must be 1-40 characters of A-Z, a-z, 0-9 and -');
     }
+    if (config.logUrl !== undefined && internal.lease === undefined) throw new Error('a coordinator on a Postgres log runs under a lease (see src/cluster)');
     const { log, replayed } = await CoordinatorLog.open({
       dir: config.dataDir,
-      ...(config.logUrl === undefined ? {} : { url: config.logUrl, coordinatorId: config.coordinatorId ?? '' }),
+      ...(config.logUrl === undefined || internal.lease === undefined
+        ? {}
+        : { url: config.logUrl, coordinatorId: config.coordinatorId ?? '', leaseEpoch: internal.lease.epoch }),
       segmentMaxBytes: config.segmentMaxBytes,
       retentionMs: config.retentionMs,
       maxRetainedTransactions: config.maxRetainedTransactions,
@@ -122,7 +141,7 @@ export class Coordinator {
       ...(internal.logIo === undefined ? {} : { io: internal.logIo }),
     });
     const coordinatorId = await resolveCoordinatorId(config, log);
-    const coordinator = new Coordinator(config, log, coordinatorId, logger);
+    const coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease);
     coordinator.#registry.loadFromLog();
     const resumed = coordinator.transactions.resumeUnfinished();
     const sweep = await coordinator.#sweeper.sweep();
@@ -348,6 +367,20 @@ export class Coordinator {
       memory: memory(),
       ...(this.#sweeper.lastReport === undefined ? {} : { lastRecoverySweep: this.#sweeper.lastReport }),
     };
+  }
+
+  /** True when this coordinator runs or knows the transaction. */
+  knows(transactionId: string): boolean {
+    return this.transactions.isLive(transactionId) || this.#log.state.transaction(transactionId) !== undefined;
+  }
+
+  /** Stops at once, writing and sending nothing more: the lease on its id passed to another instance. */
+  async halt(): Promise<void> {
+    this.#sweeper.stop();
+    this.transactions.halt();
+    await this.#log.close().catch(() => undefined); // fenced out: nothing more reaches the log
+    await this.#registry.close();
+    this.#logger.warn({ coordinatorId: this.coordinatorId }, 'cluster: coordinator halted (its lease passed to another instance)');
   }
 
   /** Graceful stop: no new work, in-flight phase 2 finished up to the deadline, log flushed. */

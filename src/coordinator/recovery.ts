@@ -37,6 +37,7 @@ export class RecoverySweeper {
   readonly #manager: TransactionManager;
   readonly #coordinatorId: string;
   readonly #logger: Logger;
+  readonly #leaseHeld: () => boolean;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<SweepReport> | undefined;
   lastReport: (SweepReport & { readonly at: string }) | undefined;
@@ -47,7 +48,10 @@ export class RecoverySweeper {
     manager: TransactionManager;
     coordinatorId: string;
     logger: Logger;
+    /** False once this instance may no longer hold the coordinator id (a shared log's lease). */
+    leaseHeld?: () => boolean;
   }) {
+    this.#leaseHeld = deps.leaseHeld ?? (() => true);
     this.#log = deps.log;
     this.#registry = deps.registry;
     this.#manager = deps.manager;
@@ -72,6 +76,7 @@ export class RecoverySweeper {
     const unknown = new Map<string, BranchRecord[]>();
     const prefix = gidPrefix(this.#coordinatorId);
     for (const adapter of this.#registry.adapters()) {
+      if (!this.#leaseHeld()) break; // another instance may be resolving these branches now
       let gids: string[];
       try {
         gids = await adapter.findPrepared(prefix);

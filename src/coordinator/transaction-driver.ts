@@ -40,6 +40,7 @@ export class TransactionDriver {
   readonly #logger: Logger;
   readonly #hooks: DriverHooks;
   readonly #stopping: AbortSignal;
+  readonly #leaseHeld: () => boolean;
 
   constructor(deps: {
     log: CoordinatorLog;
@@ -48,7 +49,10 @@ export class TransactionDriver {
     logger: Logger;
     hooks: DriverHooks;
     stopping: AbortSignal;
+    /** False once this instance may no longer hold the coordinator id: no participant hears from it then. */
+    leaseHeld?: () => boolean;
   }) {
+    this.#leaseHeld = deps.leaseHeld ?? (() => true);
     this.#log = deps.log;
     this.#registry = deps.registry;
     this.#retry = deps.retry;
@@ -195,6 +199,11 @@ export class TransactionDriver {
     for (let attempt = 0; needsCall; attempt++) {
       if (this.#stopping.aborted) return; // recovery after restart finishes it
       if (branch.forgotten !== undefined) return; // an operator gave up on it: acknowledged as such
+      if (!this.#leaseHeld()) {
+        // The lease on this coordinator id may have passed to another instance, which delivers now.
+        await sleep(backoffDelay(this.#retry, attempt), this.#stopping, tx.wakeSignal);
+        continue;
+      }
       branch.attempts = attempt + 1;
       branch.lastAttemptAt = new Date().toISOString();
       try {
@@ -208,6 +217,7 @@ export class TransactionDriver {
         branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         if (branch.forgotten !== undefined) return; // forgotten while this attempt was under way
         branch.lastError = errorMessage(err);
+        if (!this.#leaseHeld()) continue; // an attempt sent before the lease lapsed: nothing more is sent
         const delay = backoffDelay(this.#retry, attempt);
         this.#logger.warn(
           { txId: tx.id, branchId, participant: branch.participant, decision, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },

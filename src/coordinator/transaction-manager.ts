@@ -37,6 +37,8 @@ export interface TransactionManagerOptions {
   /** Upper bound for a prepare round; every adapter call is bounded well below it. */
   readonly prepareWaitMs: number;
   readonly retry: BackoffPolicy;
+  /** False once this instance may no longer hold the coordinator id (a shared log's lease). */
+  readonly leaseHeld?: () => boolean;
 }
 
 export type { EnlistAnswer, EnlistRequest } from './branch-work.js';
@@ -89,6 +91,7 @@ export class TransactionManager {
       retry: options.retry,
       logger,
       stopping: this.#stopping.signal,
+      ...(options.leaseHeld === undefined ? {} : { leaseHeld: options.leaseHeld }),
       hooks: {
         decided: (tx) => this.#settled(tx),
         ended: (tx) => {
@@ -410,6 +413,13 @@ export class TransactionManager {
   // ---- shutdown -------------------------------------------------------------------------
 
   /** Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. */
+  /** Stops at once without another word to anyone: the lease passed to another instance. */
+  halt(): void {
+    this.#accepting = false;
+    this.#stopping.abort();
+    for (const tx of this.#live.values()) clearTimeout(tx.timer);
+  }
+
   async drain(deadlineMs: number): Promise<void> {
     this.#accepting = false;
     const deadline = Date.now() + deadlineMs;

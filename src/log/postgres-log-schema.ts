@@ -10,11 +10,12 @@ export const LOG_SCHEMA_VERSION = 1;
 
 /** MIGRATIONS[v] takes the schema from version v to v + 1. */
 const MIGRATIONS: readonly string[] = [
-  `CREATE TABLE IF NOT EXISTS tcx_log_owner (
-     coordinator_id text PRIMARY KEY, epoch bigint NOT NULL, holder text NOT NULL,
-     since timestamptz NOT NULL, renewed_at timestamptz NOT NULL);
+  `CREATE TABLE IF NOT EXISTS tcx_lease (
+     coordinator_id text PRIMARY KEY, holder text NOT NULL, public_url text NOT NULL,
+     epoch bigint NOT NULL, expires_at timestamptz NOT NULL, renewed_at timestamptz NOT NULL,
+     wanted_by text, wanted_at timestamptz);
    CREATE TABLE IF NOT EXISTS tcx_log (
-     coordinator_id text NOT NULL, seq bigint NOT NULL, record text NOT NULL,
+     coordinator_id text NOT NULL, seq bigint NOT NULL, epoch bigint NOT NULL, record text NOT NULL,
      PRIMARY KEY (coordinator_id, seq));
    CREATE TABLE IF NOT EXISTS tcx_log_snapshot (
      coordinator_id text PRIMARY KEY, upto_seq bigint NOT NULL, records text NOT NULL,

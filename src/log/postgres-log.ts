@@ -6,8 +6,10 @@
  * migrated on open under an advisory lock):
  *
  *   tcx_log_schema    the schema version
- *   tcx_log_owner     per coordinator id: the fencing epoch of its one writer
- *   tcx_log           (coordinator_id, seq, record): records in append order
+ *   tcx_lease         per coordinator id: who holds it, until when, under which
+ *                     epoch (src/cluster/lease-store.ts)
+ *   tcx_log           (coordinator_id, seq, epoch, record): records in append
+ *                     order, each with the epoch that wrote it
  *   tcx_log_snapshot  per coordinator id: the compaction snapshot (records as a
  *                     JSON array) and the seq it covers; tcx_log_file holds the
  *                     immutable files it names (sealed finished-transaction buckets)
@@ -17,8 +19,9 @@
  *
  * Writing: one writer loop takes the whole in-memory batch and inserts it with
  * one multi-row INSERT in one transaction: group commit. The transaction first
- * checks that this log's epoch is still the coordinator id's current one, so a
- * writer fenced out by a newer open of the same id can commit nothing. A batch
+ * checks that the lease this log was opened under is still current and has not
+ * lapsed (by the database's clock), so a writer that lost its lease — paused,
+ * partitioned, or fenced out by a newer holder of the id — can commit nothing. A batch
  * with a forced record commits with synchronous_commit on (the commit is
  * durable when it returns); an unforced-only batch, after lazyFlushDelayMs,
  * with synchronous_commit off. Any failure is fail-stop, as for FileLog.
@@ -40,6 +43,8 @@ import type { SnapshotFile } from './snapshot-files.js';
 export interface PostgresLogOptions {
   readonly url: string;
   readonly coordinatorId: string;
+  /** The epoch of the lease (tcx_lease) this writer holds on coordinatorId. */
+  readonly epoch: string;
   readonly snapshot: () => Iterable<unknown> | SnapshotContent;
   readonly maxRecordsBeforeCompaction?: number;
   readonly lazyFlushDelayMs?: number;
@@ -98,7 +103,7 @@ export class PostgresLog {
     this.#storedFiles = state.files;
   }
 
-  /** Opens the log (creating or migrating the schema), fences out any earlier writer of this id, and returns every live record. */
+  /** Opens the log (creating or migrating the schema) under a lease the caller holds, and returns every live record. */
   static async open(options: PostgresLogOptions): Promise<{ log: PostgresLog; records: unknown[]; files: Map<string, Uint8Array> }> {
     const timeoutMs = options.timeoutMs ?? 10_000;
     const client = new pg.Client({
@@ -112,13 +117,7 @@ export class PostgresLog {
     try {
       await client.connect();
       await migrate(client);
-      const owner = await client.query<{ epoch: string }>(
-        `INSERT INTO tcx_log_owner (coordinator_id, epoch, holder, since, renewed_at) VALUES ($1, 1, $2, now(), now())
-         ON CONFLICT (coordinator_id) DO UPDATE SET epoch = tcx_log_owner.epoch + 1, holder = $2, since = now(), renewed_at = now()
-         RETURNING epoch`,
-        [options.coordinatorId, `pid ${process.pid}`],
-      );
-      const epoch = owner.rows[0]!.epoch;
+      const epoch = options.epoch;
       const snap = await client.query<{ upto_seq: string; records: string; files: string[] }>(
         'SELECT upto_seq, records, files FROM tcx_log_snapshot WHERE coordinator_id = $1',
         [options.coordinatorId],
@@ -270,11 +269,14 @@ export class PostgresLog {
     await c.query('BEGIN');
     try {
       if (!sync) await c.query('SET LOCAL synchronous_commit = off');
-      const fence = await c.query('UPDATE tcx_log_owner SET renewed_at = now() WHERE coordinator_id = $1 AND epoch = $2', [
+      // FOR SHARE: a renewal may run alongside, a new holder's acquisition waits for this commit.
+      const fence = await c.query('SELECT 1 FROM tcx_lease WHERE coordinator_id = $1 AND epoch = $2 AND expires_at > now() FOR SHARE', [
         this.#options.coordinatorId,
         this.#epoch,
       ]);
-      if (fence.rowCount !== 1) throw new LogFailedError(`fenced: another coordinator opened the log of ${this.#options.coordinatorId} (epoch ${this.#epoch} is no longer current)`);
+      if (fence.rowCount !== 1) {
+        throw new LogFailedError(`fenced: the lease on ${this.#options.coordinatorId} under epoch ${this.#epoch} lapsed or passed to another instance`);
+      }
       await work();
       await c.query('COMMIT');
     } catch (err) {
@@ -292,8 +294,8 @@ export class PostgresLog {
     const first = this.#nextSeq;
     if (b.texts.length > 0) {
       await this.#client.query(
-        'INSERT INTO tcx_log (coordinator_id, seq, record) SELECT $1, $2::bigint + o - 1, r FROM unnest($3::text[]) WITH ORDINALITY AS t(r, o)',
-        [this.#options.coordinatorId, first, b.texts],
+        'INSERT INTO tcx_log (coordinator_id, seq, epoch, record) SELECT $1, $2::bigint + o - 1, $3, r FROM unnest($4::text[]) WITH ORDINALITY AS t(r, o)',
+        [this.#options.coordinatorId, first, this.#epoch, b.texts],
       );
     }
     return first + b.texts.length - 1;

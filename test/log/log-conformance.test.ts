@@ -11,7 +11,9 @@ import pg from 'pg';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { LogFailedError } from '../../src/errors.js';
 import { FileLog, nodeLogIo, type LogFile, type LogIo, type LogStats, type SnapshotContent } from '../../src/log/file-log.js';
+import { LeaseStore } from '../../src/cluster/lease-store.js';
 import { PostgresLog } from '../../src/log/postgres-log.js';
+import { migrate } from '../../src/log/postgres-log-schema.js';
 import { freshDatabase } from '../support/databases.js';
 
 interface AnyLog {
@@ -68,17 +70,32 @@ const fileBackend: Backend = {
   },
 };
 
+/** A log database with its schema, and leases taken the way instances take them. */
+async function logDatabase(): Promise<{ url: string; leases: LeaseStore; take: (id: string, holder?: string) => Promise<string> }> {
+  const url = await freshDatabase(inject('pgUrlA'), 'log');
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  cleanup.push(() => pool.end());
+  const client = await pool.connect();
+  await migrate(client).finally(() => client.release());
+  const leases = new LeaseStore(pool, 60_000);
+  const take = async (id: string, holder = id): Promise<string> => {
+    const epoch = await leases.acquire(id, holder, 'http://127.0.0.1:1', true);
+    if (epoch === undefined) throw new Error(`lease on ${id} not taken`);
+    return epoch;
+  };
+  return { url, leases, take };
+}
+
 const postgresBackend: Backend = {
   name: 'postgres',
   async place() {
-    const url = await freshDatabase(inject('pgUrlA'), 'log');
+    const { url, take } = await logDatabase();
     const coordinatorId = 'conformance';
     return {
-      open: (snapshot) => PostgresLog.open({ url, coordinatorId, snapshot, maxRecordsBeforeCompaction: 1_000_000, timeoutMs: 5_000 }),
-      // Another opener of the same coordinator id takes the log over: this one is fenced out.
+      open: async (snapshot) => PostgresLog.open({ url, coordinatorId, epoch: await take(coordinatorId), snapshot, maxRecordsBeforeCompaction: 1_000_000, timeoutMs: 5_000 }),
+      // The lease passes on (a restart of the same id takes a new epoch): this writer is fenced out.
       breakWrites: async () => {
-        const other = await PostgresLog.open({ url, coordinatorId, snapshot: () => [] });
-        await other.log.close();
+        await take(coordinatorId);
       },
     };
   },
@@ -165,14 +182,14 @@ describe.each([fileBackend, postgresBackend])('$name log', (backend: Backend) =>
 });
 
 describe('postgres log specifics', () => {
-  it('creates its schema once, versioned, and an opener of the same coordinator id fences out the earlier one', async () => {
-    const url = await freshDatabase(inject('pgUrlA'), 'log');
-    const a = await PostgresLog.open({ url, coordinatorId: 'c1', snapshot: noSnapshot });
+  it('creates its schema once, versioned, keeps each coordinator id apart, and refuses a newer schema', async () => {
+    const { url, take } = await logDatabase();
+    const a = await PostgresLog.open({ url, coordinatorId: 'c1', epoch: await take('c1'), snapshot: noSnapshot });
     cleanup.push(() => a.log.close());
-    const b = await PostgresLog.open({ url, coordinatorId: 'c2', snapshot: noSnapshot });
+    const b = await PostgresLog.open({ url, coordinatorId: 'c2', epoch: await take('c2'), snapshot: noSnapshot });
     cleanup.push(() => b.log.close());
     await a.log.append({ from: 'c1' }, { force: true });
-    await b.log.append({ from: 'c2' }, { force: true }); // another id: not fenced
+    await b.log.append({ from: 'c2' }, { force: true }); // another id: its own lease
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     try {
@@ -184,15 +201,32 @@ describe('postgres log specifics', () => {
       ]);
       // A schema newer than this coordinator knows is refused, not guessed at.
       await client.query('UPDATE tcx_log_schema SET version = 99');
-      await expect(PostgresLog.open({ url, coordinatorId: 'c3', snapshot: noSnapshot })).rejects.toThrow(/newer than this coordinator knows/);
+      await expect(PostgresLog.open({ url, coordinatorId: 'c3', epoch: '1', snapshot: noSnapshot })).rejects.toThrow(/newer than this coordinator knows/);
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('commits nothing once its lease has lapsed, even before anyone else takes it', async () => {
+    const { url, take } = await logDatabase();
+    const { log } = await PostgresLog.open({ url, coordinatorId: 'c1', epoch: await take('c1'), snapshot: noSnapshot });
+    cleanup.push(() => log.close());
+    await log.append({ ok: 1 }, { force: true });
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query("UPDATE tcx_lease SET expires_at = now() - interval '1 second' WHERE coordinator_id = 'c1'");
+      await expect(log.append({ late: 1 }, { force: true })).rejects.toThrow(/lapsed or passed/);
+      const rows = await client.query<{ record: string; epoch: string }>('SELECT record, epoch FROM tcx_log ORDER BY seq');
+      expect(rows.rows.map((r) => [JSON.parse(r.record), r.epoch])).toEqual([[{ ok: 1 }, '1']]);
     } finally {
       await client.end();
     }
   });
 
   it('deletes the records a snapshot covers', async () => {
-    const url = await freshDatabase(inject('pgUrlA'), 'log');
-    const { log } = await PostgresLog.open({ url, coordinatorId: 'c1', snapshot: () => [{ all: true }] });
+    const { url, take } = await logDatabase();
+    const { log } = await PostgresLog.open({ url, coordinatorId: 'c1', epoch: await take('c1'), snapshot: () => [{ all: true }] });
     cleanup.push(() => log.close());
     await Promise.all(Array.from({ length: 50 }, (_, i) => log.append({ i }, { force: true })));
     await log.compact();

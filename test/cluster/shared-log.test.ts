@@ -1,0 +1,162 @@
+/**
+ * Several coordinator instances over one Postgres log (real processes, real Postgres):
+ * survivors take over the coordinator id of an instance that died, a restarted instance gets
+ * its id back through the lease, and an instance paused past its lease (a zombie) writes and
+ * delivers nothing once it runs again, and steps down.
+ */
+import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
+import { CoordinatorProcess } from '../support/coordinator-process.js';
+import { createAccounts, eventually, freshDatabase, preparedGids, totalBalance, withClient } from '../support/databases.js';
+import { FaultProxy } from '../support/fault-proxy.js';
+
+const LEASE_MS = 1_500;
+const started: CoordinatorProcess[] = [];
+const proxies: FaultProxy[] = [];
+
+afterEach(async () => {
+  for (const p of started.splice(0)) {
+    try {
+      process.kill(p.pid, 'SIGCONT');
+    } catch {
+      // not running
+    }
+    await p.destroy();
+  }
+  for (const p of proxies.splice(0)) await p.close();
+});
+
+const databases: string[] = [];
+afterAll(async () => {
+  for (const db of databases) {
+    for (const gid of await preparedGids(db)) await withClient(db, (c) => c.query(`ROLLBACK PREPARED '${gid}'`)).catch(() => undefined);
+  }
+});
+
+async function instance(id: string, logUrl: string, env: Record<string, string> = {}): Promise<CoordinatorProcess> {
+  const p = await CoordinatorProcess.start({
+    env: { TCX_LOG_URL: logUrl, TCX_COORDINATOR_ID: id, TCX_LEASE_MS: String(LEASE_MS), TCX_RECOVERY_INTERVAL_MS: '1000', TCX_COMMIT_WAIT_MS: '1000', ...env },
+  });
+  started.push(p);
+  return p;
+}
+
+async function register(p: CoordinatorProcess, participants: readonly { name: string; url: string }[]): Promise<void> {
+  for (const { name, url } of participants) {
+    const res = await p.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString: url });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+  }
+}
+
+const transferSql = (account: string, delta: number) => ({ sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance', params: [delta, account] });
+
+describe('three instances over one log', () => {
+  it('survivors finish every transaction of an instance killed for good and of one killed and restarted; money is conserved and every commit a client saw stays committed', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const [dbA, dbB] = [await freshDatabase(inject('pgUrlA'), 'bank'), await freshDatabase(inject('pgUrlB'), 'bank')];
+    databases.push(dbA, dbB);
+    const accounts = Object.fromEntries(Array.from({ length: 6 }, (_, i) => [`acc${i}`, 1_000]));
+    await createAccounts(dbA, accounts);
+    await createAccounts(dbB, accounts);
+    const before = (await totalBalance(dbA)) + (await totalBalance(dbB));
+    const nodes = { a: await instance('inst-a', logUrl), b: await instance('inst-b', logUrl), c: await instance('inst-c', logUrl) };
+    for (const p of Object.values(nodes)) await register(p, [{ name: 'bank-a', url: dbA }, { name: 'bank-b', url: dbB }]);
+
+    const committed: string[] = [];
+    let stop = false;
+    const client = async (node: CoordinatorProcess, n: number): Promise<void> => {
+      for (let i = 0; !stop; i++) {
+        const account = `acc${(n + i) % 6}`;
+        const res = await node
+          .request('POST', '/v1/transactions', {
+            branches: [
+              { participant: 'bank-a', operations: [transferSql(account, -1)] },
+              { participant: 'bank-b', operations: [transferSql(account, 1)] },
+            ],
+            commit: true,
+            timeoutMs: 5_000,
+          }, 5_000)
+          .catch(() => undefined);
+        if (res?.status === 200 && res.body.state === 'committed') committed.push(res.body.id as string);
+        if (res === undefined || !node.running) await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const load = [client(nodes.a, 0), client(nodes.b, 2), client(nodes.c, 4)];
+    await eventually(async () => committed.length >= 30, 20_000);
+    await nodes.a.kill(); // for good
+    await nodes.b.kill();
+    await new Promise((r) => setTimeout(r, 300));
+    await nodes.b.restart(); // takes its own id back at once (it held it last) or from its adopter
+    await eventually(async () => committed.length >= 60, 20_000);
+    stop = true;
+    await Promise.all(load);
+
+    // inst-a's lease lapses; one survivor adopts it and runs its recovery.
+    await eventually(async () => {
+      const view = await nodes.c.request('GET', '/v1/cluster');
+      const a = (view.body.leases as { coordinatorId: string; holder: string; expired: boolean }[]).find((l) => l.coordinatorId === 'inst-a');
+      return a !== undefined && a.holder !== 'inst-a' && !a.expired;
+    }, 15_000);
+    await eventually(async () => (await preparedGids(dbA)).length === 0 && (await preparedGids(dbB)).length === 0, 20_000);
+    expect((await totalBalance(dbA)) + (await totalBalance(dbB))).toBe(before);
+    expect(await totalBalance(dbA)).toBeLessThanOrEqual(6_000 - committed.length); // each transfer moved one unit, all or nothing
+
+    // Every commit a client saw is reported committed by a surviving instance.
+    for (const id of committed) {
+      const answers = await Promise.all([nodes.b, nodes.c].map((n) => n.request('GET', `/v1/transactions/${id}`)));
+      expect(answers.some((r) => r.status === 200 && r.body.state === 'committed'), id).toBe(true);
+    }
+    const cluster = (await nodes.b.request('GET', '/v1/cluster')).body as { leases: { coordinatorId: string; holder: string }[] };
+    expect(cluster.leases.find((l) => l.coordinatorId === 'inst-b')?.holder).toBe('inst-b');
+  }, 120_000);
+});
+
+describe('a zombie', () => {
+  it('paused past its lease while its id is adopted writes nothing and delivers nothing once it runs again, and steps down', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { z1: 100, z2: 100 });
+    const target = new URL(db);
+    const proxy = await FaultProxy.start({ name: 'zombie-bank', target: { host: target.hostname, port: Number(target.port) } });
+    proxies.push(proxy);
+    const zombie = await instance('zombie', logUrl);
+    const survivor = await instance('survivor', logUrl);
+    for (const p of [zombie, survivor]) await register(p, [{ name: 'bank', url: db }, { name: 'slow-bank', url: proxy.rewriteUrl(db) }]);
+
+    // A transaction whose commit is durable but cannot be delivered to slow-bank yet.
+    const begun = await zombie.request('POST', '/v1/transactions', {
+      branches: [
+        { participant: 'bank', operations: [transferSql('z1', -5)] },
+        { participant: 'slow-bank', operations: [transferSql('z2', 5)] },
+      ],
+    });
+    const id = begun.body.id as string;
+    expect((await zombie.request('POST', `/v1/transactions/${id}/prepare`)).body.state).toBe('prepared');
+    proxy.blackhole(true);
+    proxy.cutOpenConnections();
+    expect((await zombie.request('POST', `/v1/transactions/${id}/commit`)).body.state).toBe('committing');
+
+    const rowsOf = async (epoch: string): Promise<number> =>
+      withClient(logUrl, async (c) => Number((await c.query<{ n: string }>(`SELECT count(*) AS n FROM tcx_log WHERE coordinator_id = 'zombie' AND epoch = $1`, [epoch])).rows[0]!.n));
+    const zombieEpoch = ((await zombie.request('GET', '/v1/cluster')).body.leases as { coordinatorId: string; epoch: string }[]).find((l) => l.coordinatorId === 'zombie')!.epoch;
+
+    process.kill(zombie.pid, 'SIGSTOP');
+    // The survivor adopts the lapsed id and delivers the commit once slow-bank is back.
+    await eventually(async () => ((await survivor.request('GET', '/v1/cluster')).body.adopted as string[]).includes('zombie'), 15_000);
+    const written = await rowsOf(zombieEpoch);
+    proxy.blackhole(false);
+    await eventually(async () => (await preparedGids(db)).length === 0, 15_000);
+    expect((await survivor.request('GET', `/v1/transactions/${id}`)).body.state).toBe('committed');
+
+    const linesBefore = zombie.logLines().length;
+    process.kill(zombie.pid, 'SIGCONT');
+    const exit = await zombie.waitExit(10_000);
+    expect(exit.code).toBe(3); // stepped down
+    const after = zombie.logLines().slice(linesBefore);
+    expect(after.some((l) => /lease lost/.test(String(l.msg)))).toBe(true);
+    expect(after.filter((l) => /phase-2 delivery|resolved prepared branch/.test(String(l.msg)))).toEqual([]);
+    expect(await rowsOf(zombieEpoch)).toBe(written);
+    const [z1, z2] = await withClient(db, async (c) => (await c.query<{ balance: number }>(`SELECT balance FROM accounts WHERE id IN ('z1', 'z2') ORDER BY id`)).rows.map((r) => Number(r.balance)));
+    expect([z1, z2]).toEqual([95, 105]);
+  }, 60_000);
+});
