@@ -103,6 +103,21 @@ describe('the compose file', () => {
     expect(Object.keys(coordinator.depends_on ?? {})).toContain('ledger');
   });
 
+  it('runs three instances with their own ids over one log database in the cluster profile', () => {
+    const merged = parse(fs.readFileSync('docker-compose.yml', 'utf8'), { merge: true }) as { services: Record<string, Service & { profiles?: string[]; restart?: string }> };
+    const instances = ['tcx-1', 'tcx-2', 'tcx-3'].map((name) => merged.services[name]!);
+    expect(new Set(instances.map((i) => i.environment?.TCX_COORDINATOR_ID))).toEqual(new Set(['tcx-1', 'tcx-2', 'tcx-3']));
+    expect(new Set(instances.map((i) => i.environment?.TCX_LOG_URL)).size).toBe(1);
+    expect(instances[0]!.environment?.TCX_LOG_URL).toMatch(/^postgres:\/\/[^@]+@log-db:5432\//);
+    for (const i of instances) {
+      expect(i.profiles).toEqual(['cluster']);
+      expect(i.restart).toBe('unless-stopped'); // a stepped-down instance comes back and asks for its id
+      expect(i.environment?.TCX_PUBLIC_URL).toBe(`http://${i.environment?.TCX_COORDINATOR_ID}:7070`);
+      expect(Object.keys(i.depends_on ?? {})).toContain('log-db');
+    }
+    expect(merged.services['log-db']?.profiles).toEqual(['cluster']);
+  });
+
   it('has a ledger healthcheck that passes on a running ledger and fails when nothing answers', async () => {
     const command = service('ledger').healthcheck?.test.slice(1) ?? [];
     const port = service('ledger').environment?.PORT ?? '';
