@@ -12,6 +12,7 @@ import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import { FORWARDED_BY, type ForwardedAnswer, type ForwardedRequest } from '../cluster/forwarding.js';
 import { decodeCursor } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
@@ -38,6 +39,8 @@ const MAX_PAGE = 1000;
 /** Several instances over one Postgres log (src/cluster): who runs a transaction, and the cluster's view. */
 export interface ClusterRouting {
   coordinatorFor(transactionId: string): Coordinator;
+  knows(transactionId: string): boolean;
+  forward(request: ForwardedRequest): Promise<ForwardedAnswer | undefined>;
   view(): Promise<unknown>;
 }
 
@@ -100,6 +103,25 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
   const managerFor = (id: string): Coordinator['transactions'] => options.cluster?.coordinatorFor(id).transactions ?? tx;
+  const cluster = options.cluster;
+  if (cluster !== undefined) {
+    // A transaction another instance runs: its requests go there (never forwarded twice).
+    app.addHook('preHandler', async (request, reply) => {
+      const id = (request.params as { id?: unknown } | undefined)?.id;
+      if (typeof id !== 'string' || !request.routeOptions.url?.startsWith('/v1/transactions/:id')) return;
+      if (request.headers[FORWARDED_BY] !== undefined || cluster.knows(id)) return;
+      const authorization = request.headers.authorization;
+      const answer = await cluster.forward({
+        method: request.method,
+        url: request.url,
+        ...(authorization === undefined ? {} : { authorization }),
+        ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
+      });
+      if (answer === undefined) return; // nobody else knows it either: answered here (404)
+      if (answer.retryAfter !== undefined) void reply.header('retry-after', answer.retryAfter);
+      return reply.status(answer.status).send(answer.body);
+    });
+  }
   const authRequired = (options.apiTokens ?? []).length + (options.adminTokens ?? []).length > 0;
 
   app.get('/healthz', { schema: { querystring: noQuery } }, async (_request, reply) => {

@@ -23,6 +23,7 @@ import type { Config } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { migrate } from '../log/postgres-log-schema.js';
+import { Forwarder, type ForwardedAnswer, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
 
 interface Held {
@@ -48,6 +49,9 @@ export class Cluster {
   readonly #leases: LeaseStore;
   readonly #held: Map<string, Held>;
   readonly #onHomeLost: (reason: string) => void;
+  readonly #forwarder: Forwarder;
+  /** The other live instances, as of the last look at the leases. */
+  #peers: Peer[] = [];
   #timer: NodeJS.Timeout | undefined;
   #ticking: Promise<void> | undefined;
   #stopped = false;
@@ -60,6 +64,7 @@ export class Cluster {
     this.#held = held;
     this.home = home;
     this.#onHomeLost = onHomeLost;
+    this.#forwarder = new Forwarder(config.coordinatorId ?? '', Math.max(1_000, config.participantTimeoutMs));
   }
 
   get #me(): string {
@@ -103,6 +108,17 @@ export class Cluster {
     }
   }
 
+  /** True when a coordinator run here (its own, or adopted) runs or knows the transaction. */
+  knows(transactionId: string): boolean {
+    for (const h of this.#held.values()) if (h.coordinator?.knows(transactionId) === true) return true;
+    return false;
+  }
+
+  /** Asks the other live instances about a transaction this one does not know. */
+  forward(req: ForwardedRequest): Promise<ForwardedAnswer | undefined> {
+    return this.#forwarder.forward(this.#peers, req);
+  }
+
   /** The coordinator that runs or knows the transaction: this instance's own, or one it adopted. */
   coordinatorFor(transactionId: string): Coordinator {
     if (this.home.knows(transactionId)) return this.home;
@@ -126,6 +142,7 @@ export class Cluster {
       await this.#leases.release(id, this.#me, h.epoch).catch((err: unknown) => this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'));
     }
     this.#held.clear();
+    await this.#forwarder.close().catch(() => undefined);
     await this.#pool.end().catch(() => undefined);
   }
 
@@ -188,7 +205,11 @@ export class Cluster {
   }
 
   async #adoptLapsed(): Promise<void> {
-    for (const lease of await this.#leases.list()) {
+    const leases = await this.#leases.list();
+    const peers = new Map<string, Peer>();
+    for (const l of leases) if (!l.expired && l.holder !== this.#me) peers.set(l.holder, { holder: l.holder, publicUrl: l.publicUrl });
+    this.#peers = [...peers.values()];
+    for (const lease of leases) {
       if (this.#stopped || !lease.expired || this.#held.has(lease.coordinatorId)) continue;
       if (lease.wantedBy !== null && lease.wantedBy !== this.#me) continue; // its own instance is taking it back
       const epoch = await this.#leases.acquire(lease.coordinatorId, this.#me, this.#config.publicUrl, false);

@@ -110,6 +110,37 @@ describe('three instances over one log', () => {
   }, 120_000);
 });
 
+describe('routing', () => {
+  it('any instance answers for a transaction another one runs: its requests are forwarded to the owner', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { r1: 100 });
+    const [a, b, c] = [await instance('route-a', logUrl), await instance('route-b', logUrl), await instance('route-c', logUrl)];
+    for (const p of [a, b, c]) await register(p, [{ name: 'bank', url: db }]);
+    // The instances learn of each other from the leases, within a third of a lease.
+    await eventually(async () => ((await b.request('GET', '/v1/cluster')).body.leases as unknown[]).length === 3);
+    await new Promise((r) => setTimeout(r, LEASE_MS / 2));
+
+    const id = (await a.request('POST', '/v1/transactions', {})).body.id as string;
+    const enlisted = await b.request('POST', `/v1/transactions/${id}/branches`, { participant: 'bank', operations: [transferSql('r1', -7)] });
+    expect(enlisted.status, JSON.stringify(enlisted.body)).toBe(201);
+    expect((await c.request('GET', `/v1/transactions/${id}`)).body.state).toBe('active');
+    const committed = await c.request('POST', `/v1/transactions/${id}/commit`);
+    expect(committed.status).toBe(200);
+    expect(committed.body.state).toBe('committed');
+    expect((await b.request('GET', `/v1/transactions/${id}`)).body.state).toBe('committed');
+    expect(await withClient(db, async (q) => Number((await q.query(`SELECT balance FROM accounts WHERE id = 'r1'`)).rows[0].balance))).toBe(93);
+    // The owner ran it: its log, not the others', holds it.
+    const owners = await withClient(logUrl, async (q) => (await q.query<{ coordinator_id: string }>(`SELECT DISTINCT coordinator_id FROM tcx_log WHERE record LIKE '%' || $1 || '%'`, [id])).rows);
+    expect(owners.map((o) => o.coordinator_id)).toEqual(['route-a']);
+    // A transaction nobody knows is 404 everywhere.
+    const unknown = await b.request('GET', '/v1/transactions/00000000-0000-4000-8000-000000000000');
+    expect(unknown.status).toBe(404);
+    expect(unknown.body.error.code).toBe('UNKNOWN_TRANSACTION');
+  }, 60_000);
+});
+
 describe('a zombie', () => {
   it('paused past its lease while its id is adopted writes nothing and delivers nothing once it runs again, and steps down', async () => {
     const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');

@@ -1,0 +1,77 @@
+/**
+ * Forwarding a request about a transaction this instance neither runs nor
+ * knows to the instances that might: each live lease holder in turn, with the
+ * client's own Authorization header (instances share their tokens) and a
+ * marker so that a forwarded request is never forwarded again. Every hop is
+ * bounded; the first answer that is not "unknown transaction" is the answer.
+ */
+
+import { Agent, request } from 'undici';
+
+export interface Peer {
+  readonly holder: string;
+  readonly publicUrl: string;
+}
+
+export interface ForwardedRequest {
+  readonly method: string;
+  /** Path and query, e.g. /v1/transactions/<id>/commit. */
+  readonly url: string;
+  readonly authorization?: string;
+  /** JSON text, when the request had a body. */
+  readonly body?: string;
+}
+
+export interface ForwardedAnswer {
+  readonly status: number;
+  readonly retryAfter?: string;
+  readonly body: unknown;
+  readonly by: string;
+}
+
+/** Set on a forwarded request: the instance that forwarded it. */
+export const FORWARDED_BY = 'x-tcx-forwarded-by';
+
+export class Forwarder {
+  readonly #me: string;
+  readonly #timeoutMs: number;
+  readonly #agent: Agent;
+
+  constructor(me: string, timeoutMs: number) {
+    this.#me = me;
+    this.#timeoutMs = timeoutMs;
+    this.#agent = new Agent({ connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, connections: 16 });
+  }
+
+  /** The first peer's answer that knows the transaction, or undefined when none does (or none answers). */
+  async forward(peers: readonly Peer[], req: ForwardedRequest): Promise<ForwardedAnswer | undefined> {
+    for (const peer of peers) {
+      if (peer.holder === this.#me) continue;
+      try {
+        const res = await request(`${peer.publicUrl}${req.url}`, {
+          dispatcher: this.#agent,
+          method: req.method as 'GET' | 'POST' | 'DELETE',
+          headers: {
+            [FORWARDED_BY]: this.#me,
+            ...(req.authorization === undefined ? {} : { authorization: req.authorization }),
+            ...(req.body === undefined ? {} : { 'content-type': 'application/json' }),
+          },
+          ...(req.body === undefined ? {} : { body: req.body }),
+          signal: AbortSignal.timeout(this.#timeoutMs),
+        });
+        const text = await res.body.text();
+        const body: unknown = text === '' ? undefined : JSON.parse(text);
+        if (res.statusCode === 404 && (body as { error?: { code?: string } } | undefined)?.error?.code === 'UNKNOWN_TRANSACTION') continue;
+        const retryAfter = res.headers['retry-after'];
+        return { status: res.statusCode, body, by: peer.holder, ...(typeof retryAfter === 'string' ? { retryAfter } : {}) };
+      } catch {
+        continue; // unreachable or not answering in time: its lease will lapse, and its adopter will answer
+      }
+    }
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    await this.#agent.close();
+  }
+}
