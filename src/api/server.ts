@@ -41,6 +41,8 @@ export interface ClusterRouting {
   coordinatorFor(transactionId: string): Coordinator;
   knows(transactionId: string): boolean;
   forward(request: ForwardedRequest): Promise<ForwardedAnswer | undefined>;
+  /** Takes what the shared participant registry holds (a participant registered through another instance). */
+  syncParticipants(): Promise<void>;
   view(): Promise<unknown>;
 }
 
@@ -104,6 +106,16 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   const tx = coordinator.transactions;
   const managerFor = (id: string): Coordinator['transactions'] => options.cluster?.coordinatorFor(id).transactions ?? tx;
   const cluster = options.cluster;
+  /** Work naming a participant registered through another instance: take the shared registry, then once more. */
+  const withSharedRegistry = async <T>(work: () => Promise<T>): Promise<T> => {
+    try {
+      return await work();
+    } catch (err) {
+      if (cluster === undefined || !(err instanceof CoordinatorError) || err.code !== 'UNKNOWN_PARTICIPANT') throw err;
+      await cluster.syncParticipants();
+      return work();
+    }
+  };
   if (cluster !== undefined) {
     // A transaction another instance runs: its requests go there (never forwarded twice).
     app.addHook('preHandler', async (request, reply) => {
@@ -222,7 +234,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
     };
     if (body.branches === undefined) return reply.status(201).send(tx.begin(begin));
-    const answer = await tx.run({ ...begin, branches: body.branches, commit: body.commit === true, parallel: body.parallel === true });
+    const answer = await withSharedRegistry(() => tx.run({ ...begin, branches: body.branches!, commit: body.commit === true, parallel: body.parallel === true }));
     if (answer.failure !== undefined) {
       // Asked to commit, the transaction ended in abort: answer like a commit that aborted.
       const { view, failure, results } = answer;
@@ -261,7 +273,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, querystring: noQuery, body: branchBody } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const answer = await managerFor(id).enlist(id, request.body as BranchInput);
+    const answer = await withSharedRegistry(() => managerFor(id).enlist(id, request.body as BranchInput));
     return reply.status(201).send(answer);
   });
 

@@ -25,6 +25,7 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { migrate } from '../log/postgres-log-schema.js';
 import { Forwarder, type ForwardedAnswer, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
+import { SharedParticipants } from './shared-participants.js';
 
 interface Held {
   readonly epoch: string;
@@ -50,13 +51,26 @@ export class Cluster {
   readonly #held: Map<string, Held>;
   readonly #onHomeLost: (reason: string) => void;
   readonly #forwarder: Forwarder;
+  readonly #shared: SharedParticipants;
+  /** Shared registrations this instance could not take (unreachable from here, refused): when to try again. */
+  readonly #retryAt = new Map<string, number>();
   /** The other live instances, as of the last look at the leases. */
   #peers: Peer[] = [];
   #timer: NodeJS.Timeout | undefined;
   #ticking: Promise<void> | undefined;
   #stopped = false;
 
-  private constructor(config: Config, logger: Logger, pool: pg.Pool, leases: LeaseStore, held: Map<string, Held>, home: Coordinator, onHomeLost: (reason: string) => void) {
+  private constructor(
+    config: Config,
+    logger: Logger,
+    pool: pg.Pool,
+    leases: LeaseStore,
+    shared: SharedParticipants,
+    held: Map<string, Held>,
+    home: Coordinator,
+    onHomeLost: (reason: string) => void,
+  ) {
+    this.#shared = shared;
     this.#config = config;
     this.#logger = logger;
     this.#pool = pool;
@@ -96,9 +110,11 @@ export class Cluster {
       const epoch = await acquireOwn(leases, config, logger);
       const lease: Held = { epoch, validUntil: performance.now() + safeFor(config.leaseMs) };
       held.set(me, lease);
-      const home = await Coordinator.start(config, logger, { lease: { epoch, held: () => performance.now() < lease.validUntil } });
+      const shared = new SharedParticipants(pool, me);
+      const home = await Coordinator.start(config, logger, { lease: { epoch, held: () => performance.now() < lease.validUntil }, shared });
       lease.coordinator = home;
-      const cluster = new Cluster(config, logger, pool, leases, held, home, onHomeLost);
+      const cluster = new Cluster(config, logger, pool, leases, shared, held, home, onHomeLost);
+      await cluster.syncParticipants();
       cluster.#schedule();
       logger.info({ coordinatorId: me, epoch, leaseMs: config.leaseMs }, 'cluster: holding the lease on this instance\'s id');
       return cluster;
@@ -160,6 +176,39 @@ export class Cluster {
   async #tick(): Promise<void> {
     await this.#renew();
     if (!this.#stopped) await this.#adoptLapsed().catch((err: unknown) => this.#logger.warn({ err: errorMessage(err) }, 'cluster: looking for lapsed leases failed'));
+    if (!this.#stopped) await this.syncParticipants();
+  }
+
+  /**
+   * Takes every participant the shared registry holds into this instance's coordinator (its own
+   * log records it, after checking it from here), and removes those removed elsewhere. Bounded:
+   * one that cannot be taken is tried again only after a while.
+   */
+  async syncParticipants(): Promise<void> {
+    let entries;
+    try {
+      entries = await this.#shared.list();
+    } catch (err) {
+      this.#logger.warn({ err: errorMessage(err) }, 'cluster: reading the shared participant registry failed');
+      return;
+    }
+    const now = Date.now();
+    // This instance's own coordinator takes new work; an adopted id's recovery needs only what its log holds.
+    for (const c of [this.home]) {
+      for (const { request, removed } of entries) {
+        const key = `${c.coordinatorId}/${request.name}`;
+        if ((this.#retryAt.get(key) ?? 0) > now || removed !== c.hasParticipant(request.name)) continue;
+        try {
+          if (removed) await c.removeParticipant(request.name);
+          else await c.registerHere(request);
+          this.#retryAt.delete(key);
+          this.#logger.info({ coordinatorId: c.coordinatorId, participant: request.name, removed }, 'cluster: participant registry synchronised');
+        } catch (err) {
+          this.#retryAt.set(key, now + 30_000);
+          this.#logger.warn({ coordinatorId: c.coordinatorId, participant: request.name, removed, err: errorMessage(err) }, 'cluster: could not synchronise a participant; trying again later');
+        }
+      }
+    }
   }
 
   async #renew(): Promise<void> {

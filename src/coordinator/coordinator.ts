@@ -22,6 +22,13 @@ import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } f
 import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
 
+/** The registry every instance over one log shares (src/cluster/shared-participants.ts). */
+export interface SharedRegistry {
+  /** False when the name is taken by a different registration. */
+  publish(request: RegistrationRequest): Promise<boolean>;
+  withdraw(name: string): Promise<void>;
+}
+
 export interface CoordinatorLease {
   readonly epoch: string;
   /** True while the lease is safely held (renewed recently enough, by the local clock). */
@@ -73,6 +80,7 @@ export class Coordinator {
   readonly #logger: Logger;
   readonly #config: Config;
   readonly #resolutionLocks = new Map<string, Mutex>();
+  #shared: SharedRegistry | undefined;
 
   private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger, lease: CoordinatorLease | undefined) {
     this.#config = config;
@@ -123,7 +131,11 @@ export class Coordinator {
    * `lease` (a Postgres log): the epoch of the lease the caller holds on the coordinator id, and
    * whether it is still safely held — no participant is called for this id once it is not.
    */
-  static async start(config: Config, logger: Logger, internal: { logIo?: LogIo; lease?: CoordinatorLease } = {}): Promise<Coordinator> {
+  static async start(
+    config: Config,
+    logger: Logger,
+    internal: { logIo?: LogIo; lease?: CoordinatorLease; shared?: SharedRegistry } = {},
+  ): Promise<Coordinator> {
     const started = Date.now();
     if (config.logUrl !== undefined && !isValidCoordinatorId(config.coordinatorId ?? '')) {
       throw new ConfigError('TCX_COORDINATOR_ID must be 1-40 characters of A-Z, a-z, 0-9 and -');
@@ -142,6 +154,7 @@ export class Coordinator {
     });
     const coordinatorId = await resolveCoordinatorId(config, log);
     const coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease);
+    coordinator.#shared = internal.shared;
     coordinator.#registry.loadFromLog();
     const resumed = coordinator.transactions.resumeUnfinished();
     const sweep = await coordinator.#sweeper.sweep();
@@ -154,12 +167,26 @@ export class Coordinator {
   }
 
   async registerParticipant(request: RegistrationRequest): Promise<ParticipantView> {
+    const view = await this.registerHere(request);
+    if (this.#shared !== undefined && !(await this.#shared.publish(request))) {
+      await this.#registry.remove(request.name);
+      throw new CoordinatorError('PARTICIPANT_EXISTS', `participant ${request.name} is registered through another instance with other details`);
+    }
+    return view;
+  }
+
+  /** Registers in this coordinator id's own log only (the shared registry already has it). */
+  async registerHere(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
     const field = ADDRESS_FIELD[request.kind];
     const address = request[field];
     const url = checkParticipantAddress(request.kind, field, address ?? '');
     assertAllowedAddress(address ?? '', url, this.#config.participantHosts, request.kind);
     return this.#registry.register(request);
+  }
+
+  hasParticipant(name: string): boolean {
+    return this.#registry.has(name);
   }
 
   /**
@@ -176,6 +203,7 @@ export class Coordinator {
     } finally {
       this.#registry.endRemoval(name);
     }
+    await this.#shared?.withdraw(name);
   }
 
   async #removeParticipant(name: string, unreachable: { reason: string; actor: string } | undefined): Promise<void> {

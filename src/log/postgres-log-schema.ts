@@ -6,7 +6,7 @@
 
 import type pg from 'pg';
 
-export const LOG_SCHEMA_VERSION = 1;
+export const LOG_SCHEMA_VERSION = 2;
 
 /** MIGRATIONS[v] takes the schema from version v to v + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -23,6 +23,10 @@ const MIGRATIONS: readonly string[] = [
    CREATE TABLE IF NOT EXISTS tcx_log_file (
      coordinator_id text NOT NULL, name text NOT NULL, data bytea NOT NULL,
      PRIMARY KEY (coordinator_id, name));`,
+  // 2: the participant registry every instance shares (src/cluster/shared-participants.ts).
+  `CREATE TABLE IF NOT EXISTS tcx_participant (
+     name text PRIMARY KEY, registration text NOT NULL, registered_by text NOT NULL,
+     registered_at timestamptz NOT NULL, removed_at timestamptz);`,
 ];
 
 /** Creates or migrates the schema, one opener at a time (an advisory lock held for the transaction). */

@@ -59,7 +59,8 @@ describe('three instances over one log', () => {
     await createAccounts(dbB, accounts);
     const before = (await totalBalance(dbA)) + (await totalBalance(dbB));
     const nodes = { a: await instance('inst-a', logUrl), b: await instance('inst-b', logUrl), c: await instance('inst-c', logUrl) };
-    for (const p of Object.values(nodes)) await register(p, [{ name: 'bank-a', url: dbA }, { name: 'bank-b', url: dbB }]);
+    // Registered through one instance: usable through all (the shared registry).
+    await register(nodes.a, [{ name: 'bank-a', url: dbA }, { name: 'bank-b', url: dbB }]);
 
     const committed: string[] = [];
     let stop = false;
@@ -111,13 +112,13 @@ describe('three instances over one log', () => {
 });
 
 describe('routing', () => {
-  it('any instance answers for a transaction another one runs: its requests are forwarded to the owner', async () => {
+  it('any instance answers for a transaction another one runs (forwarded to the owner), and every participant registered through one', async () => {
     const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
     const db = await freshDatabase(inject('pgUrlA'), 'bank');
     databases.push(db);
     await createAccounts(db, { r1: 100 });
     const [a, b, c] = [await instance('route-a', logUrl), await instance('route-b', logUrl), await instance('route-c', logUrl)];
-    for (const p of [a, b, c]) await register(p, [{ name: 'bank', url: db }]);
+    await register(c, [{ name: 'bank', url: db }]);
     // The instances learn of each other from the leases, within a third of a lease.
     await eventually(async () => ((await b.request('GET', '/v1/cluster')).body.leases as unknown[]).length === 3);
     await new Promise((r) => setTimeout(r, LEASE_MS / 2));
@@ -134,6 +135,11 @@ describe('routing', () => {
     // The owner ran it: its log, not the others', holds it.
     const owners = await withClient(logUrl, async (q) => (await q.query<{ coordinator_id: string }>(`SELECT DISTINCT coordinator_id FROM tcx_log WHERE record LIKE '%' || $1 || '%'`, [id])).rows);
     expect(owners.map((o) => o.coordinator_id)).toEqual(['route-a']);
+    // Removed through one instance, the participant goes from every instance.
+    expect((await b.request('DELETE', '/v1/participants/bank')).status).toBe(204);
+    await eventually(async () => (await a.request('GET', '/v1/participants/bank')).status === 404 && (await c.request('GET', '/v1/participants/bank')).status === 404);
+    const refused = await a.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('r1', 1)] }], commit: true });
+    expect(refused.body.error.code).toBe('UNKNOWN_PARTICIPANT');
     // A transaction nobody knows is 404 everywhere.
     const unknown = await b.request('GET', '/v1/transactions/00000000-0000-4000-8000-000000000000');
     expect(unknown.status).toBe(404);

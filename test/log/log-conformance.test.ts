@@ -13,7 +13,7 @@ import { LogFailedError } from '../../src/errors.js';
 import { FileLog, nodeLogIo, type LogFile, type LogIo, type LogStats, type SnapshotContent } from '../../src/log/file-log.js';
 import { LeaseStore } from '../../src/cluster/lease-store.js';
 import { PostgresLog } from '../../src/log/postgres-log.js';
-import { migrate } from '../../src/log/postgres-log-schema.js';
+import { LOG_SCHEMA_VERSION, migrate } from '../../src/log/postgres-log-schema.js';
 import { freshDatabase } from '../support/databases.js';
 
 interface AnyLog {
@@ -193,7 +193,7 @@ describe('postgres log specifics', () => {
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     try {
-      expect((await client.query('SELECT version FROM tcx_log_schema')).rows).toEqual([{ version: 1 }]);
+      expect((await client.query('SELECT version FROM tcx_log_schema')).rows).toEqual([{ version: LOG_SCHEMA_VERSION }]);
       const rows = await client.query<{ coordinator_id: string; record: string }>('SELECT coordinator_id, record FROM tcx_log ORDER BY coordinator_id');
       expect(rows.rows.map((r) => [r.coordinator_id, JSON.parse(r.record)])).toEqual([
         ['c1', { from: 'c1' }],
