@@ -12,6 +12,8 @@
  *                 2pc, 3pc     one request to the coordinator per transfer (`parallel: true`:
  *                              both databases at once, like the hand-written client)
  *                 2pc-ordered  the same in request order (the default: a consistent lock order)
+ *   transfer-pg-log  the transfer with the coordinator's log in a third durable Postgres
+ *                    server (TCX_LOG_URL) instead of its data directory
  *   transfer-fast-pg  the same on Postgres with fsync off: the coordinator's own cost stands out
  *   empty-http  two HTTP participants in another process that answer at once:
  *                 baseline  a client making the same four calls (prepare ×2, commit ×2)
@@ -41,7 +43,7 @@ import {
   transferThroughCoordinator,
 } from './perf/scenarios.js';
 
-const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,transfer-fast-pg,empty-http,restart').split(',').map((s) => s.trim()));
+const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,transfer-pg-log,transfer-fast-pg,empty-http,restart').split(',').map((s) => s.trim()));
 const CPU_PROF = process.env.TCX_BENCH_CPU_PROF;
 /** Client counts per scenario, e.g. TCX_BENCH_CLIENTS=1 for a profile of the single-client path. */
 const CLIENTS = process.env.TCX_BENCH_CLIENTS?.split(',').map(Number);
@@ -88,7 +90,14 @@ async function coordinatorCell(
 
 type TransferVariant = '2pc' | '2pc-ordered' | '3pc';
 
-async function transfer(rows: Row[], scenario: string, urlA: string, urlB: string, variants: readonly TransferVariant[]): Promise<void> {
+async function transfer(
+  rows: Row[],
+  scenario: string,
+  urlA: string,
+  urlB: string,
+  variants: readonly TransferVariant[],
+  coordinatorEnv: Record<string, string> = {},
+): Promise<void> {
   const dbA = await freshDatabase(urlA, 'bench');
   const dbB = await freshDatabase(urlB, 'bench');
   const accounts = Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`acct${i}`, 1_000_000_000]));
@@ -100,7 +109,7 @@ async function transfer(rows: Row[], scenario: string, urlA: string, urlB: strin
   for (const clients of levels) rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
   await Promise.all([pools.a.end(), pools.b.end()]);
 
-  const { child: coordinator } = await startCoordinator(scenario);
+  const { child: coordinator } = await startCoordinator(scenario, coordinatorEnv);
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
@@ -157,13 +166,13 @@ async function emptyHttp(rows: Row[]): Promise<void> {
   }
 }
 
-async function startCoordinator(label: string): Promise<{ child: CoordinatorChild }> {
+async function startCoordinator(label: string, env: Record<string, string> = {}): Promise<{ child: CoordinatorChild }> {
   const nodeFlags: string[] = [];
   if (CPU_PROF !== undefined) {
     fs.mkdirSync(CPU_PROF, { recursive: true });
     nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(CPU_PROF)}`, `--cpu-prof-name=coordinator-${label}-${Date.now()}.cpuprofile`);
   }
-  return CoordinatorChild.start({ nodeFlags, connections: 64 });
+  return CoordinatorChild.start({ nodeFlags, connections: 64, env });
 }
 
 function printTable(rows: Row[]): void {
@@ -203,6 +212,16 @@ async function main(): Promise<void> {
   let restartResult: RestartResult | undefined;
   if (ONLY.has('log-force')) rows.push(...(await logForce()));
   if (ONLY.has('transfer')) await withPostgresPair(true, (a, b) => transfer(rows, 'transfer', a, b, ['2pc', '2pc-ordered', '3pc']));
+  if (ONLY.has('transfer-pg-log')) {
+    // The same transfer with the coordinator's log in a third (durable) Postgres server (TCX_LOG_URL).
+    const logServer = await PostgresServer.start({ name: 'bench-log', durable: true });
+    try {
+      const logUrl = await freshDatabase(logServer.url(), 'wal');
+      await withPostgresPair(true, (a, b) => transfer(rows, 'transfer-pg-log', a, b, ['2pc'], { TCX_LOG_URL: logUrl, TCX_COORDINATOR_ID: 'bench' }));
+    } finally {
+      await logServer.destroy();
+    }
+  }
   if (ONLY.has('transfer-fast-pg')) await withPostgresPair(false, (a, b) => transfer(rows, 'transfer-fast-pg', a, b, ['2pc', '3pc']));
   if (ONLY.has('empty-http')) await emptyHttp(rows);
   if (ONLY.has('restart')) restartResult = await restart();
