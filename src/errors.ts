@@ -23,6 +23,7 @@ export const ERROR_CATALOGUE = {
   OPERATION_FAILED: { status: 422, message: 'An operation of the branch failed' },
   LOG_UNAVAILABLE: { status: 503, message: 'The write-ahead log failed; the coordinator accepts no new commits' },
   SHUTTING_DOWN: { status: 503, message: 'The coordinator is shutting down' },
+  OWNER_UNREACHABLE: { status: 503, message: 'The instance that runs this transaction could not be reached' },
   TOO_MANY_TRANSACTIONS: { status: 429, message: 'Too many active transactions' },
   QUOTA_EXCEEDED: { status: 429, message: "This token's quota of open transactions or begins per second is used up" },
   PARTICIPANT_BUSY: { status: 503, message: 'Every session to the participant is in use; retry shortly' },

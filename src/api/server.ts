@@ -12,7 +12,7 @@ import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
-import { FORWARDED_BY, type ForwardedAnswer, type ForwardedRequest } from '../cluster/forwarding.js';
+import { FORWARDED_BY, type ForwardResult, type ForwardedRequest } from '../cluster/forwarding.js';
 import { decodeCursor } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
@@ -40,7 +40,7 @@ const MAX_PAGE = 1000;
 export interface ClusterRouting {
   coordinatorFor(transactionId: string): Coordinator;
   knows(transactionId: string): boolean;
-  forward(request: ForwardedRequest): Promise<ForwardedAnswer | undefined>;
+  forward(request: ForwardedRequest): Promise<ForwardResult>;
   /** Takes what the shared participant registry holds (a participant registered through another instance). */
   syncParticipants(): Promise<void>;
   view(): Promise<unknown>;
@@ -123,13 +123,19 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       if (typeof id !== 'string' || !request.routeOptions.url?.startsWith('/v1/transactions/:id')) return;
       if (request.headers[FORWARDED_BY] !== undefined || cluster.knows(id)) return;
       const authorization = request.headers.authorization;
-      const answer = await cluster.forward({
+      const { answer, failures } = await cluster.forward({
         method: request.method,
         url: request.url,
         ...(authorization === undefined ? {} : { authorization }),
         ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
       });
-      if (answer === undefined) return; // nobody else knows it either: answered here (404)
+      if (answer === undefined) {
+        if (failures === 0 || cluster.knows(id)) return; // nobody else knows it either (or it was adopted here meanwhile): answered here
+        // An instance that may run it did not answer: not "unknown", but "try again".
+        throw new CoordinatorError('OWNER_UNREACHABLE', `no instance that knows transaction ${id} answered (${failures} could not be reached); retry shortly`, {
+          retryAfterSeconds: 1,
+        });
+      }
       if (answer.retryAfter !== undefined) void reply.header('retry-after', answer.retryAfter);
       return reply.status(answer.status).send(answer.body);
     });

@@ -10,11 +10,17 @@
  * Leases are checked twice: the database's clock decides whose writes commit
  * (every log write checks the epoch and expiry), and this process's own clock
  * decides whether it may still call participants (`held`: renewed less than
- * a lease ago, minus a safety margin). An instance that loses the lease on its
- * own id — paused past it, partitioned — stops calling anyone at once and
- * steps down (`onHomeLost`: the process exits; a supervisor restarts it and it
- * asks for its id back). A restarted instance gets its id back only through
- * the lease: its adopter hands it over at its next renewal.
+ * three quarters of a lease ago). Renewal runs on its own timer and never waits
+ * for slow work (a recovery, a participant check, a halt): adoption and the
+ * registry run on a second loop, halts in the background while their lease is
+ * still renewed. An instance that loses the lease on its own id — paused past
+ * it, partitioned, or its log failed — stops calling anyone and steps down
+ * (`onHomeLost`: the process exits; a supervisor restarts it, and it asks for
+ * its id back). A restarted instance gets its id back only through the lease:
+ * its adopter hands it over; and when it takes its id from a process that may
+ * still run (a lease that had not lapsed), it waits until that lease would have
+ * lapsed before it recovers (the earlier process acts only on what it listed
+ * while it still held the lease by its own clock).
  */
 
 import pg from 'pg';
@@ -23,15 +29,17 @@ import type { Config } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { migrate } from '../log/postgres-log-schema.js';
-import { Forwarder, type ForwardedAnswer, type ForwardedRequest, type Peer } from './forwarding.js';
+import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
 import { SharedParticipants } from './shared-participants.js';
 
 interface Held {
   readonly epoch: string;
-  /** performance.now() until which the lease is safely ours. */
+  /** performance.now() until which the lease is safely ours; 0 once we let it go. */
   validUntil: number;
   coordinator?: Coordinator;
+  /** Being halted (handed over, or lost): renewed until the halt is done, used for nothing. */
+  halting?: boolean;
 }
 
 export interface ClusterView {
@@ -43,49 +51,50 @@ export interface ClusterView {
 }
 
 export class Cluster {
-  readonly home: Coordinator;
+  #home: Coordinator | undefined;
   readonly #config: Config;
   readonly #logger: Logger;
   readonly #pool: pg.Pool;
   readonly #leases: LeaseStore;
-  readonly #held: Map<string, Held>;
+  readonly #shared: SharedParticipants;
+  readonly #held = new Map<string, Held>();
   readonly #onHomeLost: (reason: string) => void;
   readonly #forwarder: Forwarder;
-  readonly #shared: SharedParticipants;
+  /** The other live instances and every live lease, as of the last look. */
+  #peers: Peer[] = [];
+  #liveLeases = new Map<string, string>();
   /** Shared registrations this instance could not take (unreachable from here, refused): when to try again. */
   readonly #retryAt = new Map<string, number>();
-  /** The other live instances, as of the last look at the leases. */
-  #peers: Peer[] = [];
-  #timer: NodeJS.Timeout | undefined;
-  #ticking: Promise<void> | undefined;
+  readonly #background = new Set<Promise<void>>();
+  #renewTimer: NodeJS.Timeout | undefined;
+  #workTimer: NodeJS.Timeout | undefined;
+  #renewing: Promise<void> | undefined;
+  #working: Promise<void> | undefined;
   #stopped = false;
 
-  private constructor(
-    config: Config,
-    logger: Logger,
-    pool: pg.Pool,
-    leases: LeaseStore,
-    shared: SharedParticipants,
-    held: Map<string, Held>,
-    home: Coordinator,
-    onHomeLost: (reason: string) => void,
-  ) {
-    this.#shared = shared;
+  private constructor(config: Config, logger: Logger, pool: pg.Pool, onHomeLost: (reason: string) => void) {
     this.#config = config;
     this.#logger = logger;
     this.#pool = pool;
-    this.#leases = leases;
-    this.#held = held;
-    this.home = home;
+    this.#leases = new LeaseStore(pool, config.leaseMs);
+    this.#shared = new SharedParticipants(pool, config.coordinatorId ?? '');
     this.#onHomeLost = onHomeLost;
-    this.#forwarder = new Forwarder(config.coordinatorId ?? '', Math.max(1_000, config.participantTimeoutMs));
+    const hop = Math.max(1_000, config.participantTimeoutMs);
+    // A state change may wait for votes and acknowledgements at the owner: its hop is that long.
+    const change = config.statementTimeoutMs + config.participantTimeoutMs + config.connectTimeoutMs + 5_000 + config.commitWaitMs + 1_000;
+    this.#forwarder = new Forwarder(config.coordinatorId ?? '', { readMs: hop, changeMs: change });
+  }
+
+  get home(): Coordinator {
+    if (this.#home === undefined) throw new Error('the cluster has not started');
+    return this.#home;
   }
 
   get #me(): string {
     return this.#config.coordinatorId ?? '';
   }
 
-  /** Takes the lease on this instance's id (waiting, bounded, while another holds it), recovers, and starts renewing. */
+  /** Takes the lease on this instance's id (waiting, bounded, while another holds it), recovers, and keeps renewing. */
   static async start(config: Config, logger: Logger, onHomeLost: (reason: string) => void): Promise<Cluster> {
     const me = config.coordinatorId ?? '';
     const timeoutMs = Math.max(2_000, config.leaseMs);
@@ -95,9 +104,13 @@ export class Cluster {
       connectionTimeoutMillis: timeoutMs,
       statement_timeout: timeoutMs,
       query_timeout: timeoutMs + 1_000,
+      // Never queue behind a paused writer's row lock for long: try again at the next tick.
+      lock_timeout: Math.max(200, Math.floor(config.leaseMs / 5)),
+      keepAlive: true,
       application_name: `tcx-cluster:${me}`,
     });
     pool.on('error', (err) => logger.warn({ err: errorMessage(err) }, 'cluster: log database connection failed'));
+    const cluster = new Cluster(config, logger, pool, onHomeLost);
     try {
       const client = await pool.connect();
       try {
@@ -105,56 +118,70 @@ export class Cluster {
       } finally {
         client.release();
       }
-      const leases = new LeaseStore(pool, config.leaseMs);
-      const held = new Map<string, Held>();
-      const epoch = await acquireOwn(leases, config, logger);
-      const lease: Held = { epoch, validUntil: performance.now() + safeFor(config.leaseMs) };
-      held.set(me, lease);
-      const shared = new SharedParticipants(pool, me);
-      const home = await Coordinator.start(config, logger, { lease: { epoch, held: () => performance.now() < lease.validUntil }, shared });
+      const lease = await cluster.#acquireOwn();
+      const home = await Coordinator.start(config, logger, {
+        lease: { epoch: lease.epoch, held: () => performance.now() < lease.validUntil },
+        shared: cluster.#shared,
+        liveElsewhere: (id) => cluster.#liveElsewhere(id),
+      });
       lease.coordinator = home;
-      const cluster = new Cluster(config, logger, pool, leases, shared, held, home, onHomeLost);
+      cluster.#home = home;
       await cluster.syncParticipants();
-      cluster.#schedule();
-      logger.info({ coordinatorId: me, epoch, leaseMs: config.leaseMs }, 'cluster: holding the lease on this instance\'s id');
+      cluster.#scheduleWork();
+      logger.info({ coordinatorId: me, epoch: lease.epoch, leaseMs: config.leaseMs }, "cluster: holding the lease on this instance's id");
       return cluster;
     } catch (err) {
-      await pool.end().catch(() => undefined);
+      await cluster.stop(1_000).catch(() => undefined);
       throw err;
     }
   }
 
   /** True when a coordinator run here (its own, or adopted) runs or knows the transaction. */
   knows(transactionId: string): boolean {
-    for (const h of this.#held.values()) if (h.coordinator?.knows(transactionId) === true) return true;
+    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator?.knows(transactionId) === true) return true;
     return false;
   }
 
   /** Asks the other live instances about a transaction this one does not know. */
-  forward(req: ForwardedRequest): Promise<ForwardedAnswer | undefined> {
+  forward(req: ForwardedRequest): Promise<ForwardResult> {
     return this.#forwarder.forward(this.#peers, req);
   }
 
   /** The coordinator that runs or knows the transaction: this instance's own, or one it adopted. */
   coordinatorFor(transactionId: string): Coordinator {
     if (this.home.knows(transactionId)) return this.home;
-    for (const h of this.#held.values()) if (h.coordinator !== undefined && h.coordinator !== this.home && h.coordinator.knows(transactionId)) return h.coordinator;
+    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined && h.coordinator.knows(transactionId)) return h.coordinator;
     return this.home;
   }
 
   async view(): Promise<ClusterView> {
     const leases = await this.#leases.list();
-    const adopted = [...this.#held.keys()].filter((id) => id !== this.#me);
-    return { mode: 'cluster', instance: this.#me, leaseMs: this.#config.leaseMs, leases: leases.map((l) => (l.holder !== l.coordinatorId ? { ...l, adoptedBy: l.holder } : l)), adopted };
+    const adopted = [...this.#held].filter(([id, h]) => id !== this.#me && h.halting !== true).map(([id]) => id);
+    return {
+      mode: 'cluster',
+      instance: this.#me,
+      leaseMs: this.#config.leaseMs,
+      leases: leases.map((l) => (l.holder !== l.coordinatorId ? { ...l, adoptedBy: l.holder } : l)),
+      adopted,
+    };
   }
 
   /** Graceful stop: every coordinator run here stops, then their leases are given up at once. */
   async stop(deadlineMs: number): Promise<void> {
     this.#stopped = true;
-    clearTimeout(this.#timer);
-    await this.#ticking;
+    clearTimeout(this.#renewTimer);
+    clearTimeout(this.#workTimer);
+    await this.#working;
+    await Promise.all(this.#background);
+    // Stopping runs while the leases still hold (renewed here if it takes long).
+    const renewing = setInterval(() => void this.#renew().catch(() => undefined), Math.floor(this.#config.leaseMs / 3));
+    try {
+      await Promise.all([...this.#held.values()].map((h) => h.coordinator?.stop(deadlineMs)));
+    } finally {
+      clearInterval(renewing);
+      await this.#renewing;
+    }
     for (const [id, h] of this.#held) {
-      await h.coordinator?.stop(deadlineMs);
       await this.#leases.release(id, this.#me, h.epoch).catch((err: unknown) => this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'));
     }
     this.#held.clear();
@@ -162,29 +189,23 @@ export class Cluster {
     await this.#pool.end().catch(() => undefined);
   }
 
-  #schedule(): void {
-    if (this.#stopped) return;
-    this.#timer = setTimeout(() => {
-      this.#ticking = this.#tick().finally(() => {
-        this.#ticking = undefined;
-        this.#schedule();
-      });
-    }, Math.floor(this.#config.leaseMs / 3));
-    this.#timer.unref();
-  }
-
-  async #tick(): Promise<void> {
-    await this.#renew();
-    if (!this.#stopped) await this.#adoptLapsed().catch((err: unknown) => this.#logger.warn({ err: errorMessage(err) }, 'cluster: looking for lapsed leases failed'));
-    if (!this.#stopped) await this.syncParticipants();
-  }
-
   /**
    * Takes every participant the shared registry holds into this instance's coordinator (its own
-   * log records it, after checking it from here), and removes those removed elsewhere. Bounded:
-   * one that cannot be taken is tried again only after a while.
+   * log records it, after checking it from here), and removes those removed elsewhere. One that
+   * cannot be taken is tried again only after a while. Concurrent callers share one pass.
    */
-  async syncParticipants(): Promise<void> {
+  syncParticipants(): Promise<void> {
+    this.#syncing ??= this.#syncOnce().finally(() => {
+      this.#syncing = undefined;
+    });
+    return this.#syncing;
+  }
+
+  #syncing: Promise<void> | undefined;
+
+  async #syncOnce(): Promise<void> {
+    const c = this.#home;
+    if (c === undefined) return;
     let entries;
     try {
       entries = await this.#shared.list();
@@ -193,27 +214,78 @@ export class Cluster {
       return;
     }
     const now = Date.now();
-    // This instance's own coordinator takes new work; an adopted id's recovery needs only what its log holds.
-    for (const c of [this.home]) {
-      for (const { request, removed } of entries) {
-        const key = `${c.coordinatorId}/${request.name}`;
-        if ((this.#retryAt.get(key) ?? 0) > now || removed !== c.hasParticipant(request.name)) continue;
-        try {
-          if (removed) await c.removeParticipant(request.name);
-          else await c.registerHere(request);
-          this.#retryAt.delete(key);
-          this.#logger.info({ coordinatorId: c.coordinatorId, participant: request.name, removed }, 'cluster: participant registry synchronised');
-        } catch (err) {
-          this.#retryAt.set(key, now + 30_000);
-          this.#logger.warn({ coordinatorId: c.coordinatorId, participant: request.name, removed, err: errorMessage(err) }, 'cluster: could not synchronise a participant; trying again later');
-        }
+    for (const { request, removed } of entries) {
+      if ((this.#retryAt.get(request.name) ?? 0) > now || removed !== c.hasParticipant(request.name)) continue;
+      try {
+        if (removed) await c.removeParticipant(request.name);
+        else await c.registerHere(request);
+        this.#retryAt.delete(request.name);
+        this.#logger.info({ participant: request.name, removed }, 'cluster: participant registry synchronised');
+      } catch (err) {
+        this.#retryAt.set(request.name, now + 30_000);
+        this.#logger.warn({ participant: request.name, removed, err: errorMessage(err) }, 'cluster: could not synchronise a participant; trying again later');
       }
     }
   }
 
+  // ---- leases -----------------------------------------------------------------------------
+
+  /** The instance holding the lease on another live coordinator id, or undefined. */
+  #liveElsewhere(coordinatorId: string): string | undefined {
+    const holder = this.#liveLeases.get(coordinatorId);
+    return holder === undefined || (holder === this.#me && coordinatorId === this.#me) ? undefined : holder;
+  }
+
+  /** This instance's own id: taken at once when it held it last or it lapsed; otherwise asked back from its adopter. */
+  async #acquireOwn(): Promise<Held> {
+    const me = this.#me;
+    const leaseMs = this.#config.leaseMs;
+    const deadline = Date.now() + 6 * leaseMs;
+    for (let asked = false; ; ) {
+      const sent = performance.now();
+      const got = await this.#leases.acquire(me, me, this.#config.publicUrl, true);
+      if (got !== undefined) {
+        const held: Held = { epoch: got.epoch, validUntil: sent + safeFor(leaseMs) };
+        this.#held.set(me, held);
+        this.#scheduleRenewal(); // from now on, whatever recovery takes
+        if (got.stillLiveMs > 0) {
+          // The lease had not lapsed: the process that held it (a crash just now, or a duplicate
+          // with the same id) may still act on what it listed until its own clock says the lease is
+          // gone — which is before the lease would have lapsed. Create nothing new before then:
+          // it then cannot have listed (and rolled back) a branch of this process.
+          const waitMs = got.stillLiveMs + Math.ceil(leaseMs / 10);
+          this.#logger.warn({ coordinatorId: me, waitMs }, 'cluster: took this id from a lease that had not lapsed (a restart, or another process with the same TCX_COORDINATOR_ID); waiting before recovery');
+          await new Promise((r) => setTimeout(r, waitMs));
+          if (held.halting === true) throw new Error(`lost the lease on ${me} while waiting to start`);
+        }
+        return held;
+      }
+      if (Date.now() > deadline) throw new Error(`the lease on ${me} is held by another instance and was not handed back within ${6 * leaseMs} ms`);
+      if (!asked) this.#logger.warn({ coordinatorId: me }, 'cluster: this id is held by another instance; asking for it back');
+      asked = true;
+      await this.#leases.claim(me, me);
+      await new Promise((r) => setTimeout(r, Math.max(50, Math.floor(leaseMs / 10))));
+    }
+  }
+
+  #scheduleRenewal(): void {
+    if (this.#stopped) return;
+    this.#renewTimer = setTimeout(() => {
+      this.#renewing = this.#renew()
+        .catch((err: unknown) => this.#logger.error({ err: errorMessage(err) }, 'cluster: renewal failed'))
+        .finally(() => {
+          this.#renewing = undefined;
+          this.#scheduleRenewal();
+        });
+    }, Math.floor(this.#config.leaseMs / 3));
+    this.#renewTimer.unref();
+  }
+
+  /** Renews every lease held; decides (never waits for) hand-overs and step-downs. */
   async #renew(): Promise<void> {
     const started = performance.now();
     const epochs = new Map([...this.#held].map(([id, h]) => [id, h.epoch]));
+    if (epochs.size === 0) return;
     let renewed: Map<string, string | null> | undefined;
     try {
       renewed = (await this.#leases.renew(this.#me, epochs)).renewed;
@@ -221,36 +293,64 @@ export class Cluster {
       this.#logger.warn({ err: errorMessage(err) }, 'cluster: renewing leases failed; retrying');
     }
     for (const [id, h] of [...this.#held]) {
+      if (h.halting === true) continue; // renewed (or lapsing) until its halt is done
+      const failed = h.coordinator?.logFailed;
+      if (failed !== undefined) {
+        // Fail-stopped: it decides nothing more, and must not keep the id from a healthy instance.
+        this.#letGo(id, h, `its write-ahead log failed: ${failed.message}`, true);
+        continue;
+      }
       if (renewed?.has(id) === true) {
         h.validUntil = started + safeFor(this.#config.leaseMs);
         const wantedBy = renewed.get(id);
-        if (id !== this.#me && wantedBy !== null && wantedBy !== undefined) await this.#handOver(id, h, wantedBy);
+        if (id !== this.#me && wantedBy !== null && wantedBy !== undefined) this.#letGo(id, h, `handed back to ${wantedBy}`, true);
         continue;
       }
       // Not renewed: lost for sure (renewal answered without it), or unknown until the local validity runs out.
       if (renewed === undefined && performance.now() < h.validUntil) continue;
-      await this.#lost(id, h, renewed === undefined ? 'the log database could not be reached for a whole lease' : 'the lease lapsed or passed to another instance');
+      this.#letGo(id, h, renewed === undefined ? 'the log database could not be reached for most of a lease' : 'the lease lapsed or passed to another instance', false);
     }
   }
 
-  async #lost(id: string, h: Held, reason: string): Promise<void> {
+  /**
+   * Stops driving an id at once (nothing more is sent), halts its coordinator in the background
+   * while the lease is still renewed, then releases the lease (when it is still ours). Losing the
+   * own id steps the instance down.
+   */
+  #letGo(id: string, h: Held, reason: string, release: boolean): void {
     h.validUntil = 0;
-    this.#held.delete(id);
-    this.#logger.error({ coordinatorId: id, epoch: h.epoch, reason }, 'cluster: lease lost; stepping down for this id');
-    await h.coordinator?.halt();
-    if (id === this.#me) {
-      this.#stopped = true;
-      this.#onHomeLost(reason);
-    }
+    h.halting = true;
+    const home = id === this.#me;
+    this.#logger[home ? 'error' : 'warn']({ coordinatorId: id, epoch: h.epoch, reason }, home ? "cluster: stepping down: this instance's own id is no longer safely held" : 'cluster: letting an adopted id go');
+    const job = (async () => {
+      await h.coordinator?.halt().catch((err: unknown) => this.#logger.error({ coordinatorId: id, err: errorMessage(err) }, 'cluster: halting failed'));
+      if (release) await this.#leases.release(id, this.#me, h.epoch).catch((err: unknown) => this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'));
+      this.#held.delete(id);
+      if (home) {
+        this.#stopped = true;
+        this.#onHomeLost(reason);
+      }
+    })();
+    this.#background.add(job);
+    void job.finally(() => this.#background.delete(job));
   }
 
-  /** The instance whose id this is came back and asks for it: stop here (nothing more is written or sent), then let go. */
-  async #handOver(id: string, h: Held, to: string): Promise<void> {
-    h.validUntil = 0;
-    this.#held.delete(id);
-    await h.coordinator?.halt();
-    await this.#leases.release(id, this.#me, h.epoch);
-    this.#logger.info({ coordinatorId: id, to }, 'cluster: adopted id handed back');
+  // ---- adoption and the registry (a loop of its own: it may take long) --------------------
+
+  #scheduleWork(): void {
+    if (this.#stopped) return;
+    this.#workTimer = setTimeout(() => {
+      this.#working = this.#work().finally(() => {
+        this.#working = undefined;
+        this.#scheduleWork();
+      });
+    }, Math.floor(this.#config.leaseMs / 3));
+    this.#workTimer.unref();
+  }
+
+  async #work(): Promise<void> {
+    await this.#adoptLapsed().catch((err: unknown) => this.#logger.warn({ err: errorMessage(err) }, 'cluster: looking for lapsed leases failed'));
+    if (!this.#stopped) await this.syncParticipants();
   }
 
   async #adoptLapsed(): Promise<void> {
@@ -258,46 +358,34 @@ export class Cluster {
     const peers = new Map<string, Peer>();
     for (const l of leases) if (!l.expired && l.holder !== this.#me) peers.set(l.holder, { holder: l.holder, publicUrl: l.publicUrl });
     this.#peers = [...peers.values()];
+    this.#liveLeases = new Map(leases.filter((l) => !l.expired).map((l) => [l.coordinatorId, l.holder]));
     for (const lease of leases) {
       if (this.#stopped || !lease.expired || this.#held.has(lease.coordinatorId)) continue;
       if (lease.wantedBy !== null && lease.wantedBy !== this.#me) continue; // its own instance is taking it back
-      const epoch = await this.#leases.acquire(lease.coordinatorId, this.#me, this.#config.publicUrl, false);
-      if (epoch === undefined) continue; // another survivor was faster
-      await this.#adopt(lease.coordinatorId, epoch);
+      const sent = performance.now();
+      const got = await this.#leases.acquire(lease.coordinatorId, this.#me, this.#config.publicUrl, false);
+      if (got === undefined) continue; // another survivor was faster
+      await this.#adopt(lease.coordinatorId, { epoch: got.epoch, validUntil: sent + safeFor(this.#config.leaseMs) });
     }
   }
 
-  async #adopt(id: string, epoch: string): Promise<void> {
-    const h: Held = { epoch, validUntil: performance.now() + safeFor(this.#config.leaseMs) };
+  async #adopt(id: string, h: Held): Promise<void> {
     this.#held.set(id, h);
-    this.#logger.warn({ coordinatorId: id, epoch }, 'cluster: adopting a lapsed coordinator id; running its recovery');
+    this.#logger.warn({ coordinatorId: id, epoch: h.epoch }, 'cluster: adopting a lapsed coordinator id; running its recovery');
     try {
       const config: Config = { ...this.#config, coordinatorId: id, failPoint: undefined };
-      h.coordinator = await Coordinator.start(config, this.#logger.child({ adopted: id }), { lease: { epoch, held: () => performance.now() < h.validUntil } });
+      h.coordinator = await Coordinator.start(config, this.#logger.child({ adopted: id }), {
+        lease: { epoch: h.epoch, held: () => performance.now() < h.validUntil },
+        liveElsewhere: (other) => this.#liveElsewhere(other),
+      });
     } catch (err) {
-      this.#held.delete(id);
       this.#logger.error({ coordinatorId: id, err: errorMessage(err) }, 'cluster: recovery of an adopted id failed; giving the lease up');
-      await this.#leases.release(id, this.#me, epoch).catch(() => undefined);
+      this.#letGo(id, h, 'its recovery failed', true);
     }
   }
 }
 
-/** How long after a renewal began the lease is safely ours by the local clock: most of it, not all. */
+/** How long after a renewal was sent the lease is safely ours by the local clock: most of it, not all. */
 function safeFor(leaseMs: number): number {
   return Math.floor(leaseMs * 0.75);
-}
-
-/** This instance's own id: taken at once when it held it last or it lapsed; otherwise asked back from its adopter. */
-async function acquireOwn(leases: LeaseStore, config: Config, logger: Logger): Promise<string> {
-  const me = config.coordinatorId ?? '';
-  const deadline = Date.now() + 6 * config.leaseMs;
-  for (let asked = false; ; ) {
-    const epoch = await leases.acquire(me, me, config.publicUrl, true);
-    if (epoch !== undefined) return epoch;
-    if (Date.now() > deadline) throw new Error(`the lease on ${me} is held by another instance and was not handed back within ${6 * config.leaseMs} ms`);
-    if (!asked) logger.warn({ coordinatorId: me }, 'cluster: this id is held by another instance; asking for it back');
-    asked = true;
-    await leases.claim(me, me);
-    await new Promise((r) => setTimeout(r, Math.max(50, Math.floor(config.leaseMs / 10))));
-  }
 }

@@ -22,6 +22,13 @@ export interface ForwardedRequest {
   readonly body?: string;
 }
 
+/** The answer of the instance that knows the transaction, or how many could not be asked. */
+export interface ForwardResult {
+  readonly answer?: ForwardedAnswer;
+  /** Peers that did not answer in time or could not be reached: "nobody knows it" is then not sure. */
+  readonly failures: number;
+}
+
 export interface ForwardedAnswer {
   readonly status: number;
   readonly retryAfter?: string;
@@ -34,17 +41,21 @@ export const FORWARDED_BY = 'x-tcx-forwarded-by';
 
 export class Forwarder {
   readonly #me: string;
-  readonly #timeoutMs: number;
+  readonly #deadlines: { readonly readMs: number; readonly changeMs: number };
   readonly #agent: Agent;
 
-  constructor(me: string, timeoutMs: number) {
+  /** `readMs`: a hop's deadline for a read; `changeMs`: for a state change (it may wait for votes and acknowledgements). */
+  constructor(me: string, deadlines: { readMs: number; changeMs: number }) {
     this.#me = me;
-    this.#timeoutMs = timeoutMs;
-    this.#agent = new Agent({ connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, connections: 16 });
+    this.#deadlines = deadlines;
+    const longest = Math.max(deadlines.readMs, deadlines.changeMs);
+    this.#agent = new Agent({ connectTimeout: deadlines.readMs, headersTimeout: longest, bodyTimeout: longest, connections: 16 });
   }
 
-  /** The first peer's answer that knows the transaction, or undefined when none does (or none answers). */
-  async forward(peers: readonly Peer[], req: ForwardedRequest): Promise<ForwardedAnswer | undefined> {
+  /** The first peer's answer that knows the transaction; none when no peer does (or could be asked). */
+  async forward(peers: readonly Peer[], req: ForwardedRequest): Promise<ForwardResult> {
+    const timeoutMs = req.method === 'GET' ? this.#deadlines.readMs : this.#deadlines.changeMs;
+    let failures = 0;
     for (const peer of peers) {
       if (peer.holder === this.#me) continue;
       try {
@@ -57,18 +68,18 @@ export class Forwarder {
             ...(req.body === undefined ? {} : { 'content-type': 'application/json' }),
           },
           ...(req.body === undefined ? {} : { body: req.body }),
-          signal: AbortSignal.timeout(this.#timeoutMs),
+          signal: AbortSignal.timeout(timeoutMs),
         });
         const text = await res.body.text();
         const body: unknown = text === '' ? undefined : JSON.parse(text);
         if (res.statusCode === 404 && (body as { error?: { code?: string } } | undefined)?.error?.code === 'UNKNOWN_TRANSACTION') continue;
         const retryAfter = res.headers['retry-after'];
-        return { status: res.statusCode, body, by: peer.holder, ...(typeof retryAfter === 'string' ? { retryAfter } : {}) };
+        return { answer: { status: res.statusCode, body, by: peer.holder, ...(typeof retryAfter === 'string' ? { retryAfter } : {}) }, failures };
       } catch {
-        continue; // unreachable or not answering in time: its lease will lapse, and its adopter will answer
+        failures++; // unreachable or not answering in time: its lease will lapse, and its adopter will answer
       }
     }
-    return undefined;
+    return { failures };
   }
 
   async close(): Promise<void> {

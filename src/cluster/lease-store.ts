@@ -50,23 +50,28 @@ export class LeaseStore {
 
   /**
    * Takes the lease of `coordinatorId` for `holder` under a new epoch, or answers undefined.
-   * `own`: the holder's own id — taken also while the holder itself still holds it (a restart).
-   * Another's id is taken only once lapsed and unclaimed (a claim older than two leases is stale).
+   * `own`: the holder's own id — taken also while the holder itself still holds it (a restart, or
+   * a duplicate process: `stillLiveMs` then says how long the earlier lease would have run, for
+   * which the earlier process may still be calling participants). Another's id is taken only once
+   * lapsed and unclaimed (a claim older than two leases is stale). Times are the database's
+   * clock_timestamp(), so a wait for the row lock does not shorten the lease.
    */
-  async acquire(coordinatorId: string, holder: string, publicUrl: string, own: boolean): Promise<string | undefined> {
-    const res = await this.#pool.query<{ epoch: string }>(
-      `INSERT INTO tcx_lease (coordinator_id, holder, public_url, epoch, expires_at, renewed_at)
-       VALUES ($1, $2, $3, 1, now() + $4 * interval '1 millisecond', now())
+  async acquire(coordinatorId: string, holder: string, publicUrl: string, own: boolean): Promise<{ epoch: string; stillLiveMs: number } | undefined> {
+    const res = await this.#pool.query<{ epoch: string; still_live_ms: string | null }>(
+      `WITH earlier AS (SELECT expires_at FROM tcx_lease WHERE coordinator_id = $1)
+       INSERT INTO tcx_lease (coordinator_id, holder, public_url, epoch, expires_at, renewed_at)
+       VALUES ($1, $2, $3, 1, clock_timestamp() + $4 * interval '1 millisecond', clock_timestamp())
        ON CONFLICT (coordinator_id) DO UPDATE
          SET holder = $2, public_url = $3, epoch = tcx_lease.epoch + 1,
-             expires_at = now() + $4 * interval '1 millisecond', renewed_at = now(), wanted_by = NULL, wanted_at = NULL
+             expires_at = clock_timestamp() + $4 * interval '1 millisecond', renewed_at = clock_timestamp(), wanted_by = NULL, wanted_at = NULL
        WHERE ($5 AND tcx_lease.holder = $2)
-          OR (tcx_lease.expires_at <= now()
-              AND (tcx_lease.wanted_by IS NULL OR tcx_lease.wanted_by = $2 OR tcx_lease.wanted_at < now() - 2 * $4 * interval '1 millisecond'))
-       RETURNING epoch`,
+          OR (tcx_lease.expires_at <= clock_timestamp()
+              AND (tcx_lease.wanted_by IS NULL OR tcx_lease.wanted_by = $2 OR tcx_lease.wanted_at < clock_timestamp() - 2 * $4 * interval '1 millisecond'))
+       RETURNING epoch, (SELECT GREATEST(0, EXTRACT(EPOCH FROM (expires_at - clock_timestamp())) * 1000) FROM earlier) AS still_live_ms`,
       [coordinatorId, holder, publicUrl, this.#leaseMs, own],
     );
-    return res.rows[0]?.epoch;
+    const row = res.rows[0];
+    return row === undefined ? undefined : { epoch: row.epoch, stillLiveMs: Math.ceil(Number(row.still_live_ms ?? 0)) };
   }
 
   /** Asks for `coordinatorId` back: its adopter hands it over, and no other instance adopts it meanwhile. */
@@ -79,9 +84,9 @@ export class LeaseStore {
     const ids = [...held.keys()];
     const epochs = ids.map((id) => held.get(id)!);
     const res = await this.#pool.query<{ coordinator_id: string; wanted_by: string | null }>(
-      `UPDATE tcx_lease SET expires_at = now() + $2 * interval '1 millisecond', renewed_at = now()
+      `UPDATE tcx_lease SET expires_at = clock_timestamp() + $2 * interval '1 millisecond', renewed_at = clock_timestamp()
        FROM unnest($3::text[], $4::bigint[]) AS mine(id, epoch)
-       WHERE tcx_lease.coordinator_id = mine.id AND tcx_lease.epoch = mine.epoch AND tcx_lease.holder = $1 AND tcx_lease.expires_at > now()
+       WHERE tcx_lease.coordinator_id = mine.id AND tcx_lease.epoch = mine.epoch AND tcx_lease.holder = $1 AND tcx_lease.expires_at > clock_timestamp()
        RETURNING tcx_lease.coordinator_id, tcx_lease.wanted_by`,
       [holder, this.#leaseMs, ids, epochs],
     );

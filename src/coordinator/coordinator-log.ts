@@ -24,6 +24,7 @@ export interface CoordinatorLogOptions {
   /** With `url`: whose records these are (several coordinators may share one database), and the epoch of the lease held on that id. */
   readonly coordinatorId?: string;
   readonly leaseEpoch?: string;
+  readonly leaseMs?: number;
   readonly segmentMaxBytes: number;
   readonly retentionMs: number;
   readonly maxRetainedTransactions: number;
@@ -74,6 +75,7 @@ export class CoordinatorLog {
         url: options.url,
         coordinatorId: options.coordinatorId,
         epoch: options.leaseEpoch,
+        ...(options.leaseMs === undefined ? {} : { idleInTransactionMs: options.leaseMs }),
         snapshot,
         // Compaction by record count (a record is ~200 bytes): about as often as the file log's.
         maxRecordsBeforeCompaction: Math.max(1_000, Math.floor(options.segmentMaxBytes / 200)),

@@ -81,6 +81,7 @@ export class Coordinator {
   readonly #config: Config;
   readonly #resolutionLocks = new Map<string, Mutex>();
   #shared: SharedRegistry | undefined;
+  #liveElsewhere: ((coordinatorId: string) => string | undefined) | undefined;
 
   private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger, lease: CoordinatorLease | undefined) {
     this.#config = config;
@@ -134,7 +135,13 @@ export class Coordinator {
   static async start(
     config: Config,
     logger: Logger,
-    internal: { logIo?: LogIo; lease?: CoordinatorLease; shared?: SharedRegistry } = {},
+    internal: {
+      logIo?: LogIo;
+      lease?: CoordinatorLease;
+      shared?: SharedRegistry;
+      /** With a shared log: the instance that holds the lease on another coordinator id, if it is live. */
+      liveElsewhere?: (coordinatorId: string) => string | undefined;
+    } = {},
   ): Promise<Coordinator> {
     const started = Date.now();
     if (config.logUrl !== undefined && !isValidCoordinatorId(config.coordinatorId ?? '')) {
@@ -145,19 +152,31 @@ export class Coordinator {
       dir: config.dataDir,
       ...(config.logUrl === undefined || internal.lease === undefined
         ? {}
-        : { url: config.logUrl, coordinatorId: config.coordinatorId ?? '', leaseEpoch: internal.lease.epoch }),
+        : { url: config.logUrl, coordinatorId: config.coordinatorId ?? '', leaseEpoch: internal.lease.epoch, leaseMs: config.leaseMs }),
       segmentMaxBytes: config.segmentMaxBytes,
       retentionMs: config.retentionMs,
       maxRetainedTransactions: config.maxRetainedTransactions,
       logger,
       ...(internal.logIo === undefined ? {} : { io: internal.logIo }),
     });
-    const coordinatorId = await resolveCoordinatorId(config, log);
-    const coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease);
-    coordinator.#shared = internal.shared;
-    coordinator.#registry.loadFromLog();
-    const resumed = coordinator.transactions.resumeUnfinished();
-    const sweep = await coordinator.#sweeper.sweep();
+    let coordinator: Coordinator | undefined;
+    let resumed: number;
+    let sweep: SweepReport;
+    try {
+      const coordinatorId = await resolveCoordinatorId(config, log);
+      coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease);
+      coordinator.#shared = internal.shared;
+      coordinator.#liveElsewhere = internal.liveElsewhere;
+      coordinator.#registry.loadFromLog();
+      resumed = coordinator.transactions.resumeUnfinished();
+      sweep = await coordinator.#sweeper.sweep();
+    } catch (err) {
+      // Nothing of a half-started coordinator may go on running: delivery loops, pools, the log.
+      if (coordinator === undefined) await log.close().catch(() => undefined);
+      else await coordinator.halt();
+      throw err;
+    }
+    const coordinatorId = coordinator.coordinatorId;
     coordinator.#sweeper.start(config.recoveryIntervalMs);
     logger.info(
       { coordinatorId, replayedRecords: replayed, resumedTransactions: resumed, sweep, startupMs: Date.now() - started },
@@ -315,6 +334,13 @@ export class Coordinator {
     const parsed = parseGid(gid);
     if (parsed === undefined || !isSafeGid(gid)) throw new CoordinatorError('VALIDATION_FAILED', `not a coordinator gid: ${gid}`);
     const ours = parsed.coordinatorId === this.coordinatorId;
+    // Another coordinator id whose lease is live is no lost log: its holder resolves its branches.
+    const holder = ours ? undefined : this.#liveElsewhere?.(parsed.coordinatorId);
+    if (holder !== undefined) {
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `coordinator id ${parsed.coordinatorId} is live (instance ${holder} holds its lease): it resolves ${gid} itself`, {
+        details: { holder },
+      });
+    }
     if (ours && this.transactions.ownsBranch(parsed.transactionId, gid)) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);
     }
@@ -397,6 +423,11 @@ export class Coordinator {
     };
   }
 
+  /** Set once the write-ahead log failed (fail-stop): this coordinator decides nothing more. */
+  get logFailed(): Error | undefined {
+    return this.#log.failed;
+  }
+
   /** True when this coordinator runs or knows the transaction. */
   knows(transactionId: string): boolean {
     return this.transactions.isLive(transactionId) || this.#log.state.transaction(transactionId) !== undefined;
@@ -404,8 +435,8 @@ export class Coordinator {
 
   /** Stops at once, writing and sending nothing more: the lease on its id passed to another instance. */
   async halt(): Promise<void> {
-    this.#sweeper.stop();
     this.transactions.halt();
+    await this.#sweeper.stopped();
     await this.#log.close().catch(() => undefined); // fenced out: nothing more reaches the log
     await this.#registry.close();
     this.#logger.warn({ coordinatorId: this.coordinatorId }, 'cluster: coordinator halted (its lease passed to another instance)');

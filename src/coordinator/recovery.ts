@@ -85,7 +85,10 @@ export class RecoverySweeper {
         this.#logger.warn({ participant: adapter.name, err: errorMessage(err) }, 'recovery: cannot list prepared branches');
         continue;
       }
+      // A listing that came back after the lease may have gone can name another holder's new branches.
+      if (!this.#leaseHeld()) break;
       for (const gid of gids) {
+        if (!this.#leaseHeld()) break;
         const parsed = parseGid(gid);
         if (parsed === undefined || parsed.coordinatorId !== this.#coordinatorId) continue;
         // A branch a running (or resumed) transaction knows is resolved by that transaction's driver.
@@ -140,5 +143,11 @@ export class RecoverySweeper {
 
   stop(): void {
     clearInterval(this.#timer);
+  }
+
+  /** Stops, and waits for a pass under way to end (it stops at its next lease check). */
+  async stopped(): Promise<void> {
+    this.stop();
+    await this.#running?.catch(() => undefined);
   }
 }

@@ -135,6 +135,11 @@ export class TransactionDriver {
     let vote: 'yes' | 'no' | 'read-only';
     let reason: string | undefined;
     const early = branch.earlyPrepare;
+    if (early === undefined && !this.#leaseHeld()) {
+      // No prepare leaves once the lease may have gone: the new holder presumes abort.
+      this.applyInternal(tx, { type: 'vote', branchId, vote: 'no', reason: "this instance lost its coordinator id's lease" });
+      return;
+    }
     if (early !== undefined) {
       // Prepared before the machine asked (the commit followed the work at once): take that vote.
       branch.earlyPrepare = undefined;

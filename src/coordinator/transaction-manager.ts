@@ -143,6 +143,7 @@ export class TransactionManager {
     const tx = this.#liveOrThrow(id, 'enlist');
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
+      this.#assertAcceptingWork(tx);
       const [planned] = this.#work.plan(tx, [request], false);
       try {
         return await this.#work.runWork(tx, planned!);
@@ -485,6 +486,9 @@ export class TransactionManager {
   #assertAcceptingWork(tx?: LiveTransaction): void {
     const about = tx === undefined ? {} : { details: { transactionId: tx.id, state: tx.view().state } };
     if (!this.#accepting) throw new CoordinatorError('SHUTTING_DOWN', undefined, about);
+    if (this.#options.leaseHeld?.() === false) {
+      throw new CoordinatorError('SHUTTING_DOWN', "this instance may no longer hold its coordinator id's lease; retry against another instance", { ...about, retryAfterSeconds: 1 });
+    }
     const failed = this.#log.failed;
     if (failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE', `the write-ahead log failed: ${failed.message}`, about);
   }

@@ -2,8 +2,8 @@
  * PostgresLog: the coordinator's write-ahead log kept in a PostgreSQL database
  * (TCX_LOG_URL), for operators who already run Postgres highly available — the
  * coordinator inherits its durability. The same records and the same contract
- * as FileLog (see file-log.ts), in four tables (schema version 1, created and
- * migrated on open under an advisory lock):
+ * as FileLog (see file-log.ts), in these tables (created and migrated on open
+ * under an advisory lock; see postgres-log-schema.ts):
  *
  *   tcx_log_schema    the schema version
  *   tcx_lease         per coordinator id: who holds it, until when, under which
@@ -13,6 +13,7 @@
  *   tcx_log_snapshot  per coordinator id: the compaction snapshot (records as a
  *                     JSON array) and the seq it covers; tcx_log_file holds the
  *                     immutable files it names (sealed finished-transaction buckets)
+ *   tcx_participant   the participant registry the instances share (src/cluster)
  *
  * Records are stored as JSON text, exactly as encoded (jsonb would refuse a
  * \u0000 in a payload, and fail-stop the coordinator on a client's input).
@@ -50,6 +51,8 @@ export interface PostgresLogOptions {
   readonly lazyFlushDelayMs?: number;
   /** Deadline of every statement and of the connect (ms). */
   readonly timeoutMs?: number;
+  /** How long an open transaction may sit idle before the server ends it: twice this is the lease. */
+  readonly idleInTransactionMs?: number;
   readonly logger?: Logger;
 }
 
@@ -111,6 +114,10 @@ export class PostgresLog {
       connectionTimeoutMillis: timeoutMs,
       statement_timeout: timeoutMs,
       query_timeout: timeoutMs + 1_000,
+      // A writer that stops mid-transaction (paused, partitioned) must not hold the lease row's
+      // lock for long: the server ends its transaction, and keepalives notice a dead peer.
+      idle_in_transaction_session_timeout: Math.max(500, Math.floor((options.idleInTransactionMs ?? timeoutMs) / 2)),
+      keepAlive: true,
       application_name: `tcx-log:${options.coordinatorId}`,
     });
     client.on('error', () => undefined); // a broken connection fails the next query: fail-stop there
@@ -171,6 +178,7 @@ export class PostgresLog {
           this.#batch.due = true;
           this.#kick();
         }, this.#options.lazyFlushDelayMs ?? 10);
+        this.#lazyTimer.unref();
       }
     });
   }
@@ -268,8 +276,11 @@ export class PostgresLog {
     const started = process.hrtime.bigint();
     await c.query('BEGIN');
     try {
-      if (!sync) await c.query('SET LOCAL synchronous_commit = off');
-      // FOR SHARE: a renewal may run alongside, a new holder's acquisition waits for this commit.
+      // Forced: durable when COMMIT returns, whatever the database's or role's default says.
+      await c.query(sync ? 'SET LOCAL synchronous_commit = on' : 'SET LOCAL synchronous_commit = off');
+      // FOR SHARE conflicts with every UPDATE of the lease row: a renewal or a new holder's
+      // acquisition waits for this commit, and a write after an acquisition sees the new epoch.
+      // (Not FOR KEY SHARE: that would let the acquisition pass, and break the fence.)
       const fence = await c.query('SELECT 1 FROM tcx_lease WHERE coordinator_id = $1 AND epoch = $2 AND expires_at > now() FOR SHARE', [
         this.#options.coordinatorId,
         this.#epoch,

@@ -180,6 +180,8 @@ const LOGS = [
     env: async (failPoint: string): Promise<Record<string, string>> => ({
       TCX_LOG_URL: await freshDatabase(inject('pgUrlB'), 'wal'),
       TCX_COORDINATOR_ID: `crash-${failPoint}`,
+      // A restart right after a kill waits for the killed process's lease to lapse: keep it short.
+      TCX_LEASE_MS: '1500',
     }),
   },
 ] as const;

@@ -79,9 +79,9 @@ async function logDatabase(): Promise<{ url: string; leases: LeaseStore; take: (
   await migrate(client).finally(() => client.release());
   const leases = new LeaseStore(pool, 60_000);
   const take = async (id: string, holder = id): Promise<string> => {
-    const epoch = await leases.acquire(id, holder, 'http://127.0.0.1:1', true);
-    if (epoch === undefined) throw new Error(`lease on ${id} not taken`);
-    return epoch;
+    const got = await leases.acquire(id, holder, 'http://127.0.0.1:1', true);
+    if (got === undefined) throw new Error(`lease on ${id} not taken`);
+    return got.epoch;
   };
   return { url, leases, take };
 }
