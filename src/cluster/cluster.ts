@@ -31,7 +31,7 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { migrate } from '../log/postgres-log-schema.js';
 import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
-import { SharedParticipants } from './shared-participants.js';
+import { canonicalRegistration, SharedParticipants } from './shared-participants.js';
 
 interface Held {
   readonly epoch: string;
@@ -215,10 +215,14 @@ export class Cluster {
     }
     const now = Date.now();
     for (const { request, removed } of entries) {
-      if ((this.#retryAt.get(request.name) ?? 0) > now || removed !== c.hasParticipant(request.name)) continue;
+      if ((this.#retryAt.get(request.name) ?? 0) > now) continue;
+      const here = c.registrationOf(request.name);
+      // Removed, and re-registered with other details: the same name must mean the same store everywhere.
+      const changed = !removed && here !== undefined && canonicalRegistration(here) !== canonicalRegistration(request);
+      if (!changed && removed !== (here !== undefined)) continue;
       try {
-        if (removed) await c.removeParticipant(request.name);
-        else await c.registerHere(request);
+        if (removed || changed) await c.removeParticipant(request.name);
+        if (!removed) await c.registerHere(request);
         this.#retryAt.delete(request.name);
         this.#logger.info({ participant: request.name, removed }, 'cluster: participant registry synchronised');
       } catch (err) {

@@ -16,7 +16,7 @@ export interface SharedParticipant {
 }
 
 /** The registration in a fixed key order, so that two registrations of the same participant compare equal as text. */
-function canonical(r: RegistrationRequest): string {
+export function canonicalRegistration(r: RegistrationRequest): string {
   return JSON.stringify({
     name: r.name,
     kind: r.kind,
@@ -39,7 +39,7 @@ export class SharedParticipants {
 
   /** Publishes a registration; false when the name is taken by a different one. */
   async publish(request: RegistrationRequest): Promise<boolean> {
-    const text = canonical(request);
+    const text = canonicalRegistration(request);
     const res = await this.#pool.query(
       `INSERT INTO tcx_participant (name, registration, registered_by, registered_at) VALUES ($1, $2, $3, now())
        ON CONFLICT (name) DO UPDATE SET registration = $2, registered_by = $3, registered_at = now(), removed_at = NULL

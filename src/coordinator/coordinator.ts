@@ -208,6 +208,21 @@ export class Coordinator {
     return this.#registry.has(name);
   }
 
+  /** How a participant was registered here, secrets included (for the shared registry), or undefined. */
+  registrationOf(name: string): RegistrationRequest | undefined {
+    const c = this.#log.state.participants.get(name);
+    if (c === undefined || !this.#registry.has(name)) return undefined;
+    return {
+      name: c.name,
+      kind: c.kind,
+      ...(c.connectionString === undefined ? {} : { connectionString: c.connectionString }),
+      ...(c.baseUrl === undefined ? {} : { baseUrl: c.baseUrl }),
+      ...(c.url === undefined ? {} : { url: c.url }),
+      ...(c.options === undefined ? {} : { options: c.options }),
+      ...(c.auth === undefined ? {} : { auth: c.auth }),
+    };
+  }
+
   /**
    * Removes a participant that no unfinished transaction uses and that holds no prepared
    * branch of this coordinator. `unreachable` (an operator's, with a reason): a participant
