@@ -18,7 +18,7 @@ import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { MemoryBranchStore } from '../../src/participant-kit/branch-store.js';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
-import { reportOnFailure, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
+import { crashLogs, reportOnFailure, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
 
 let dbA: string;
 let dbB: string;
@@ -172,19 +172,7 @@ const CASES = [
   { failPoint: 'before-end-record', outcome: 'committed', resumedDecision: 'commit' },
 ] as const;
 
-/** The file log (in the process's data dir), or the Postgres log (TCX_LOG_URL) in a database of its own. */
-const LOGS = [
-  { log: 'file', env: async (): Promise<Record<string, string>> => ({}) },
-  {
-    log: 'postgres',
-    env: async (failPoint: string): Promise<Record<string, string>> => ({
-      TCX_LOG_URL: await freshDatabase(inject('pgUrlB'), 'wal'),
-      TCX_COORDINATOR_ID: `crash-${failPoint}`,
-      // A restart right after a kill waits for the killed process's lease to lapse: keep it short.
-      TCX_LEASE_MS: '1500',
-    }),
-  },
-] as const;
+const LOGS = crashLogs(() => inject('pgUrlB'));
 
 describe.each(LOGS)('coordinator ($log log) killed at a fail point during one transfer, then restarted', ({ log, env }) => {
   for (const c of CASES) {

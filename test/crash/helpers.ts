@@ -11,7 +11,7 @@ import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
 import type { ParticipantKitOptions } from '../../src/participant-kit/participant-routes.js';
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
-import { preparedGids } from '../support/databases.js';
+import { freshDatabase, preparedGids } from '../support/databases.js';
 
 export const transferSql = (account: string, delta: number): { sql: string; params: unknown[] } => ({
   sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance',
@@ -140,3 +140,22 @@ export { scanKeys } from '../support/redis-keys.js';
 
 /** Seedable PRNG (mulberry32) for reproducible workloads: the one in test/support. */
 export { rng as seededRandom } from '../support/seeded-random.js';
+
+/**
+ * The coordinator's two logs, for crash tests that run with each: the file log (in the
+ * process's data dir), or the Postgres log (TCX_LOG_URL) in a database of its own on `serverUrl`.
+ */
+export function crashLogs(serverUrl: () => string): readonly { log: 'file' | 'postgres'; env: (name: string) => Promise<Record<string, string>> }[] {
+  return [
+    { log: 'file', env: async () => ({}) },
+    {
+      log: 'postgres',
+      env: async (name: string) => ({
+        TCX_LOG_URL: await freshDatabase(serverUrl(), 'wal'),
+        TCX_COORDINATOR_ID: `crash-${name.replace(/[^A-Za-z0-9-]/g, '-')}`.slice(0, 40),
+        // A restart right after a kill waits for the killed process's lease to lapse: keep it short.
+        TCX_LEASE_MS: '1500',
+      }),
+    },
+  ];
+}

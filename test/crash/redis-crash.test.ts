@@ -22,7 +22,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { RedisServer } from '../support/redis-server.js';
-import { reportOnFailure, scanKeys, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
+import { crashLogs, reportOnFailure, scanKeys, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
 
 const START = 100;
 const AMOUNT = 30;
@@ -153,11 +153,11 @@ const CASES = [
   { failPoint: 'before-end-record', outcome: 'committed' },
 ] as const;
 
-describe('coordinator killed at a fail point during a Postgres -> Redis transfer, then restarted', () => {
+describe.each(crashLogs(() => inject('pgUrlB')))('coordinator ($log log) killed at a fail point during a Postgres -> Redis transfer, then restarted', ({ log, env }) => {
   for (const tc of CASES) {
     it(`${tc.failPoint}: both stores end ${tc.outcome}, money conserved, nothing prepared, staged or locked`, async () => {
-      const { account, key } = await openAccounts(`fp_${tc.failPoint.replace(/-/g, '_')}`);
-      const { c, coordinatorId } = await startCoordinator({ TCX_FAIL_POINT: tc.failPoint });
+      const { account, key } = await openAccounts(`fp_${log}_${tc.failPoint.replace(/-/g, '_')}`);
+      const { c, coordinatorId } = await startCoordinator({ TCX_FAIL_POINT: tc.failPoint, ...(await env(`redis-${tc.failPoint}`)) });
 
       const answer = await settle(
         c.request('POST', '/v1/transactions', { branches: [pgDebit(account), redisCredit(key)], commit: true, timeoutMs: 20_000 }),

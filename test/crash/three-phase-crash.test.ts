@@ -44,6 +44,7 @@ import { getFreePort } from '../support/free-port.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { RedisServer } from '../support/redis-server.js';
 import {
+  crashLogs,
   reportOnFailure,
   scanKeys,
   settle,
@@ -266,11 +267,11 @@ const CASES = [
   { failPoint: 'before-end-record', outcome: 'committed' },
 ] as const;
 
-describe('3PC: coordinator killed at a fail point during a Postgres + Redis + ledger transfer, then restarted', () => {
+describe.each(crashLogs(() => inject('pgUrlA')))('3PC ($log log): coordinator killed at a fail point during a Postgres + Redis + ledger transfer, then restarted', ({ log, env }) => {
   for (const tc of CASES) {
     it(`${tc.failPoint}: every store ends ${tc.outcome}, money conserved, nothing prepared, staged, locked or reserved`, async () => {
-      const account = `fp_${tc.failPoint.replace(/[-:]/g, '_')}`;
-      const r = await setUp([account], { TCX_FAIL_POINT: tc.failPoint });
+      const account = `fp_${log}_${tc.failPoint.replace(/[-:]/g, '_')}`;
+      const r = await setUp([account], { TCX_FAIL_POINT: tc.failPoint, ...(await env(`3pc-${tc.failPoint}`)) });
 
       const answer = await settle(r.coord.request('POST', '/v1/transactions', transferBody(account)));
       expect(answer.ok, 'the request must fail: the coordinator died before answering').toBe(false);
