@@ -13,7 +13,7 @@ import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
 import { FORWARDED_BY, type ForwardResult, type ForwardedRequest } from '../cluster/forwarding.js';
-import { decodeCursor } from '../coordinator/transaction-listing.js';
+import { decodeCursor, type ListFilter } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
 import {
   abortBody,
@@ -41,6 +41,8 @@ export interface ClusterRouting {
   coordinatorFor(transactionId: string): Coordinator;
   knows(transactionId: string): boolean;
   forward(request: ForwardedRequest): Promise<ForwardResult>;
+  /** A page of the transaction listing over every instance. */
+  list(filter: ListFilter, request: ForwardedRequest, forwarded: boolean): Promise<unknown>;
   /** Takes what the shared participant registry holds (a participant registered through another instance). */
   syncParticipants(): Promise<void>;
   view(): Promise<unknown>;
@@ -263,13 +265,17 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     if (sinceMs !== undefined && (Number.isNaN(sinceMs) || !/^\d{4}-\d{2}-\d{2}T/.test(query.since ?? ''))) {
       throw new CoordinatorError('VALIDATION_FAILED', 'since must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z');
     }
-    return tx.list({
+    const filter = {
       limit,
       ...(query.state === undefined ? {} : { state: query.state }),
       ...(query.participant === undefined ? {} : { participant: query.participant }),
       ...(sinceMs === undefined ? {} : { sinceMs }),
       ...(query.cursor === undefined ? {} : { after: decodeCursor(query.cursor) }),
-    });
+    };
+    if (cluster === undefined) return tx.list(filter);
+    const authorization = request.headers.authorization;
+    const forwarded = request.headers[FORWARDED_BY] !== undefined;
+    return cluster.list(filter, { method: 'GET', url: request.url, ...(authorization === undefined ? {} : { authorization }) }, forwarded);
   });
 
   app.get('/v1/transactions/:id', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {

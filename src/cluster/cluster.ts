@@ -28,6 +28,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
+import { mergePages, type ListFilter, type ListPage } from '../coordinator/transaction-listing.js';
 import { migrate } from '../log/postgres-log-schema.js';
 import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
@@ -145,6 +146,20 @@ export class Cluster {
   /** Asks the other live instances about a transaction this one does not know. */
   forward(req: ForwardedRequest): Promise<ForwardResult> {
     return this.#forwarder.forward(this.#peers, req);
+  }
+
+  /**
+   * A page of the listing over every instance: this one's own and adopted coordinators, and
+   * (unless the request was itself forwarded) every other live instance's, merged newest first.
+   * Instances that did not answer are named; the page then may miss their transactions.
+   */
+  async list(filter: ListFilter, req: ForwardedRequest, forwarded: boolean): Promise<ListPage & { unreachable?: string[] }> {
+    const pages: ListPage[] = [];
+    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined) pages.push(h.coordinator.transactions.list(filter));
+    if (forwarded) return mergePages(pages, filter.limit);
+    const { answers, unreachable } = await this.#forwarder.askAll(this.#peers, req);
+    const merged = mergePages([...pages, ...(answers as ListPage[])], filter.limit);
+    return unreachable.length === 0 ? merged : { ...merged, unreachable };
   }
 
   /** The coordinator that runs or knows the transaction: this instance's own, or one it adopted. */

@@ -82,6 +82,32 @@ export class Forwarder {
     return { failures };
   }
 
+  /** Asks every peer the same GET (a list); the answers of those that answered 200, and who did not. */
+  async askAll(peers: readonly Peer[], req: ForwardedRequest): Promise<{ answers: unknown[]; unreachable: string[] }> {
+    const answers: unknown[] = [];
+    const unreachable: string[] = [];
+    await Promise.all(
+      peers
+        .filter((p) => p.holder !== this.#me)
+        .map(async (peer) => {
+          try {
+            const res = await request(`${peer.publicUrl}${req.url}`, {
+              dispatcher: this.#agent,
+              method: 'GET',
+              headers: { [FORWARDED_BY]: this.#me, ...(req.authorization === undefined ? {} : { authorization: req.authorization }) },
+              signal: AbortSignal.timeout(this.#deadlines.readMs),
+            });
+            const text = await res.body.text();
+            if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
+            answers.push(JSON.parse(text));
+          } catch {
+            unreachable.push(peer.holder);
+          }
+        }),
+    );
+    return { answers, unreachable };
+  }
+
   async close(): Promise<void> {
     await this.#agent.close();
   }

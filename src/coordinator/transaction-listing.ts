@@ -167,3 +167,28 @@ function liveMatches(tx: LiveTransaction, filter: ListFilter): boolean {
   }
   return true;
 }
+
+/**
+ * Several instances' pages of the same listing (same filters, same cursor) as one: the order
+ * is total, so the newest `limit` of their union are the newest `limit` of all; there is more
+ * when the union holds more, or when any page said so.
+ */
+export function mergePages(pages: readonly ListPage[], limit: number): ListPage {
+  const merged = new NewestFirst(limit + 1);
+  const seen = new Set<string>();
+  for (const page of pages) {
+    for (const view of page.transactions) {
+      if (seen.has(view.id)) continue;
+      seen.add(view.id);
+      merged.offer({ ms: Date.parse(view.createdAt), id: view.id, view: () => view });
+    }
+  }
+  const items = merged.items;
+  const shown = items.slice(0, limit);
+  const last = shown.at(-1);
+  const more = items.length > limit || pages.some((p) => p.nextCursor !== null);
+  return {
+    transactions: shown.map((c) => c.view()),
+    nextCursor: more && last !== undefined ? encodeCursor({ createdAtMs: last.ms, id: last.id }) : null,
+  };
+}

@@ -133,6 +133,14 @@ describe('routing', () => {
     expect(committed.status).toBe(200);
     expect(committed.body.state).toBe('committed');
     expect((await b.request('GET', `/v1/transactions/${id}`)).body.state).toBe('committed');
+    // Any instance lists every instance's transactions, newest first, a page at a time.
+    const second = (await b.request('POST', '/v1/transactions', {})).body.id as string;
+    const listed = await c.request('GET', '/v1/transactions?limit=1');
+    expect(listed.body.transactions.map((t: { id: string }) => t.id)).toEqual([second]);
+    const next = await c.request('GET', `/v1/transactions?limit=1&cursor=${listed.body.nextCursor}`);
+    expect(next.body.transactions.map((t: { id: string }) => t.id)).toEqual([id]);
+    expect((await a.request('GET', '/v1/transactions?state=committed')).body.transactions.map((t: { id: string }) => t.id)).toEqual([id]);
+    expect((await a.request('POST', `/v1/transactions/${second}/abort`)).body.state).toBe('aborted');
     expect(await withClient(db, async (q) => Number((await q.query(`SELECT balance FROM accounts WHERE id = 'r1'`)).rows[0].balance))).toBe(93);
     // The owner ran it: its log, not the others', holds it.
     const owners = await withClient(logUrl, async (q) => (await q.query<{ coordinator_id: string }>(`SELECT DISTINCT coordinator_id FROM tcx_log WHERE record LIKE '%' || $1 || '%'`, [id])).rows);
