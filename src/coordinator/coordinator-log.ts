@@ -34,7 +34,7 @@ export interface CoordinatorLogOptions {
 }
 
 /** Where the records go: the embedded file log, or a Postgres database. Both keep FileLog's contract. */
-interface LogBackend {
+export interface LogBackend {
   append(payload: unknown, options: { force: boolean }): Promise<void>;
   flush(): Promise<void>;
   compact(): Promise<void>;

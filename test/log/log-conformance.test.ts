@@ -10,23 +10,15 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { LogFailedError } from '../../src/errors.js';
-import { FileLog, nodeLogIo, type LogFile, type LogIo, type LogStats, type SnapshotContent } from '../../src/log/file-log.js';
+import { FileLog, nodeLogIo, type LogFile, type LogIo, type SnapshotContent } from '../../src/log/file-log.js';
 import { LeaseStore } from '../../src/cluster/lease-store.js';
+import type { LogBackend } from '../../src/coordinator/coordinator-log.js';
 import { PostgresLog } from '../../src/log/postgres-log.js';
 import { LOG_SCHEMA_VERSION, migrate } from '../../src/log/postgres-log-schema.js';
 import { freshDatabase } from '../support/databases.js';
 
-interface AnyLog {
-  append(payload: unknown, options: { force: boolean }): Promise<void>;
-  flush(): Promise<void>;
-  compact(): Promise<void>;
-  close(): Promise<void>;
-  readonly failed: Error | undefined;
-  stats(): LogStats;
-}
-
 interface Opened {
-  log: AnyLog;
+  log: LogBackend;
   records: unknown[];
   files: Map<string, Uint8Array>;
 }
