@@ -336,14 +336,18 @@ export class Cluster {
    * while the lease is still renewed, then releases the lease (when it is still ours). Losing the
    * own id steps the instance down.
    */
-  #letGo(id: string, h: Held, reason: string, release: boolean): void {
+  #letGo(id: string, h: Held, reason: string, release: boolean | 'settle'): void {
     h.validUntil = 0;
     h.halting = true;
     const home = id === this.#me;
     this.#logger[home ? 'error' : 'warn']({ coordinatorId: id, epoch: h.epoch, reason }, home ? "cluster: stepping down: this instance's own id is no longer safely held" : 'cluster: letting an adopted id go');
     const job = (async () => {
       await h.coordinator?.halt().catch((err: unknown) => this.#logger.error({ coordinatorId: id, err: errorMessage(err) }, 'cluster: halting failed'));
-      if (release) await this.#leases.release(id, this.#me, h.epoch).catch((err: unknown) => this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'));
+      if (release !== false) {
+        await (release === 'settle' ? this.#leases.settle(id, this.#me, h.epoch) : this.#leases.release(id, this.#me, h.epoch)).catch((err: unknown) =>
+          this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'),
+        );
+      }
       this.#held.delete(id);
       if (home) {
         this.#stopped = true;
@@ -370,6 +374,19 @@ export class Cluster {
   async #work(): Promise<void> {
     await this.#adoptLapsed().catch((err: unknown) => this.#logger.warn({ err: errorMessage(err) }, 'cluster: looking for lapsed leases failed'));
     if (!this.#stopped) await this.syncParticipants();
+    if (!this.#stopped) this.#settleIdle();
+  }
+
+  /**
+   * An adopted id with nothing left to do (nothing running or unfinished, nothing retained for
+   * queries, a clean sweep) is given up for good: no survivor adopts it again, so a dead
+   * instance's id costs nothing once its work is done. Its own instance can still take it.
+   */
+  #settleIdle(): void {
+    for (const [id, h] of this.#held) {
+      if (id === this.#me || h.halting === true || h.coordinator?.settled() !== true) continue;
+      this.#letGo(id, h, 'nothing is left to do under it: settled', 'settle');
+    }
   }
 
   async #adoptLapsed(): Promise<void> {
@@ -379,7 +396,7 @@ export class Cluster {
     this.#peers = [...peers.values()];
     this.#liveLeases = new Map(leases.filter((l) => !l.expired).map((l) => [l.coordinatorId, l.holder]));
     for (const lease of leases) {
-      if (this.#stopped || !lease.expired || this.#held.has(lease.coordinatorId)) continue;
+      if (this.#stopped || !lease.expired || lease.settled || this.#held.has(lease.coordinatorId)) continue;
       if (lease.wantedBy !== null && lease.wantedBy !== this.#me) continue; // its own instance is taking it back
       const sent = performance.now();
       const got = await this.#leases.acquire(lease.coordinatorId, this.#me, this.#config.publicUrl, false);

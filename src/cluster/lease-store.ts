@@ -22,6 +22,8 @@ export interface Lease {
   readonly expiresAt: string;
   readonly expired: boolean;
   readonly wantedBy: string | null;
+  /** Adopted, and nothing was left to do under it: nobody adopts it again until its own instance takes it. */
+  readonly settled: boolean;
 }
 
 export interface Renewal {
@@ -37,6 +39,7 @@ interface LeaseRow {
   expires_at: Date;
   expired: boolean;
   wanted_by: string | null;
+  settled: boolean;
 }
 
 export class LeaseStore {
@@ -63,9 +66,11 @@ export class LeaseStore {
        VALUES ($1, $2, $3, 1, clock_timestamp() + $4 * interval '1 millisecond', clock_timestamp())
        ON CONFLICT (coordinator_id) DO UPDATE
          SET holder = $2, public_url = $3, epoch = tcx_lease.epoch + 1,
-             expires_at = clock_timestamp() + $4 * interval '1 millisecond', renewed_at = clock_timestamp(), wanted_by = NULL, wanted_at = NULL
+             expires_at = clock_timestamp() + $4 * interval '1 millisecond', renewed_at = clock_timestamp(), wanted_by = NULL, wanted_at = NULL,
+             settled = false
        WHERE ($5 AND tcx_lease.holder = $2)
-          OR (tcx_lease.expires_at <= clock_timestamp()
+          OR ($5 AND tcx_lease.expires_at <= clock_timestamp() AND tcx_lease.settled)
+          OR (tcx_lease.expires_at <= clock_timestamp() AND NOT tcx_lease.settled
               AND (tcx_lease.wanted_by IS NULL OR tcx_lease.wanted_by = $2 OR tcx_lease.wanted_at < clock_timestamp() - 2 * $4 * interval '1 millisecond'))
        RETURNING epoch, (SELECT GREATEST(0, EXTRACT(EPOCH FROM (expires_at - clock_timestamp())) * 1000) FROM earlier) AS still_live_ms`,
       [coordinatorId, holder, publicUrl, this.#leaseMs, own],
@@ -93,6 +98,15 @@ export class LeaseStore {
     return { renewed: new Map(res.rows.map((r) => [r.coordinator_id, r.wanted_by])) };
   }
 
+  /** Gives an adopted lease up for good: nothing is left to do under that id. */
+  async settle(coordinatorId: string, holder: string, epoch: string): Promise<void> {
+    await this.#pool.query('UPDATE tcx_lease SET expires_at = clock_timestamp(), settled = true WHERE coordinator_id = $1 AND holder = $2 AND epoch = $3', [
+      coordinatorId,
+      holder,
+      epoch,
+    ]);
+  }
+
   /** Gives a lease up at once (it lapses now): a graceful stop, or a hand-over to whoever claimed it. */
   async release(coordinatorId: string, holder: string, epoch: string): Promise<void> {
     await this.#pool.query('UPDATE tcx_lease SET expires_at = now() WHERE coordinator_id = $1 AND holder = $2 AND epoch = $3', [coordinatorId, holder, epoch]);
@@ -100,7 +114,7 @@ export class LeaseStore {
 
   async list(): Promise<Lease[]> {
     const res = await this.#pool.query<LeaseRow>(
-      'SELECT coordinator_id, holder, public_url, epoch, expires_at, expires_at <= now() AS expired, wanted_by FROM tcx_lease ORDER BY coordinator_id',
+      'SELECT coordinator_id, holder, public_url, epoch, expires_at, expires_at <= now() AS expired, wanted_by, settled FROM tcx_lease ORDER BY coordinator_id',
     );
     return res.rows.map((r) => ({
       coordinatorId: r.coordinator_id,
@@ -110,6 +124,7 @@ export class LeaseStore {
       expiresAt: r.expires_at.toISOString(),
       expired: r.expired,
       wantedBy: r.wanted_by,
+      settled: r.settled,
     }));
   }
 }

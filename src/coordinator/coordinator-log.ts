@@ -51,6 +51,7 @@ export class CoordinatorLog {
   readonly #logger: Logger;
   readonly #lock: DirLock | undefined;
   readonly #pending = new Map<string, number>();
+  #retention: { readonly ms: number; readonly max: number } = { ms: Number.POSITIVE_INFINITY, max: Number.POSITIVE_INFINITY };
 
   private constructor(file: LogBackend, state: DurableState, logger: Logger, lock: DirLock | undefined) {
     this.#file = file;
@@ -115,7 +116,9 @@ export class CoordinatorLog {
       replayed++;
     }
     state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-    return { log: new CoordinatorLog(file, state, options.logger, lock), replayed };
+    const log = new CoordinatorLog(file, state, options.logger, lock);
+    log.#retention = { ms: options.retentionMs, max: options.maxRetainedTransactions };
+    return { log, replayed };
   }
 
   /**
@@ -136,6 +139,12 @@ export class CoordinatorLog {
         else this.#pending.set(id, left);
       }
     }
+  }
+
+  /** Transactions the log still holds (unfinished, or finished within retention), after dropping the rest from memory. */
+  retained(): number {
+    this.state.prune(Date.now(), this.#retention.ms, this.#retention.max);
+    return this.state.size;
   }
 
   /** A forced record about this transaction is written but not yet durable. */

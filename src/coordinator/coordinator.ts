@@ -443,6 +443,14 @@ export class Coordinator {
     return this.#log.failed;
   }
 
+  /**
+   * Nothing is left to do under this id: no transaction runs or is unfinished, none is retained
+   * for queries, and the last recovery sweep reached every participant and left nothing prepared.
+   */
+  settled(): boolean {
+    return this.transactions.liveCount() === 0 && this.#sweeper.lastPassClean && this.#log.retained() === 0;
+  }
+
   /** True when this coordinator runs or knows the transaction. */
   knows(transactionId: string): boolean {
     return this.transactions.isLive(transactionId) || this.#log.state.transaction(transactionId) !== undefined;

@@ -41,6 +41,8 @@ export class RecoverySweeper {
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<SweepReport> | undefined;
   lastReport: (SweepReport & { readonly at: string }) | undefined;
+  /** The last pass reached every participant and resolved everything it found. */
+  lastPassClean = false;
 
   constructor(deps: {
     log: CoordinatorLog;
@@ -75,8 +77,12 @@ export class RecoverySweeper {
     /** Branches rolled back of transactions the log has no record of, to record them as aborted. */
     const unknown = new Map<string, BranchRecord[]>();
     const prefix = gidPrefix(this.#coordinatorId);
+    let stoppedEarly = false;
     for (const adapter of this.#registry.adapters()) {
-      if (!this.#leaseHeld()) break; // another instance may be resolving these branches now
+      if (!this.#leaseHeld()) {
+        stoppedEarly = true; // another instance may be resolving these branches now
+        break;
+      }
       let gids: string[];
       try {
         gids = await adapter.findPrepared(prefix);
@@ -130,6 +136,7 @@ export class RecoverySweeper {
     }
     const report = { committed, rolledBack, failed, unreachable };
     this.lastReport = { ...report, at: new Date().toISOString() };
+    this.lastPassClean = !stoppedEarly && this.#leaseHeld() && failed === 0 && unreachable.length === 0;
     if (committed + rolledBack + failed > 0) this.#logger.info(report, 'recovery sweep done');
     return report;
   }

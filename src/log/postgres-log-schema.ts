@@ -26,7 +26,9 @@ const MIGRATIONS: readonly string[] = [
   // 2: the participant registry every instance shares (src/cluster/shared-participants.ts).
   `CREATE TABLE IF NOT EXISTS tcx_participant (
      name text PRIMARY KEY, registration text NOT NULL, registered_by text NOT NULL,
-     registered_at timestamptz NOT NULL, removed_at timestamptz);`,
+     registered_at timestamptz NOT NULL, removed_at timestamptz);
+   -- An adopted id with nothing left to do is settled: no survivor adopts it again until its own instance returns.
+   ALTER TABLE tcx_lease ADD COLUMN IF NOT EXISTS settled boolean NOT NULL DEFAULT false;`,
 ];
 
 /** Creates or migrates the schema, one opener at a time (an advisory lock held for the transaction). */

@@ -157,6 +157,32 @@ describe('routing', () => {
   }, 60_000);
 });
 
+describe('an instance gone for good', () => {
+  it('is adopted until nothing is left to do under its id, then settled: no survivor adopts it again, and it can still come back', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { g1: 100 });
+    // No retention: a finished transaction keeps nothing under the id.
+    const gone = await instance('gone', logUrl, { TCX_RETENTION_HOURS: '0' });
+    const survivor = await instance('stays', logUrl, { TCX_RETENTION_HOURS: '0' });
+    await register(gone, [{ name: 'bank', url: db }]);
+    const done = await gone.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('g1', -1)] }], commit: true });
+    expect(done.body.state).toBe('committed');
+    await gone.kill();
+    const leaseOfGone = async () =>
+      ((await survivor.request('GET', '/v1/cluster')).body.leases as { coordinatorId: string; holder: string; settled: boolean }[]).find((l) => l.coordinatorId === 'gone')!;
+    await eventually(async () => (await leaseOfGone()).holder === 'stays', 15_000);
+    await eventually(async () => (await leaseOfGone()).settled, 15_000);
+    expect((await survivor.request('GET', '/v1/cluster')).body.adopted).toEqual([]);
+    await new Promise((r) => setTimeout(r, 2 * LEASE_MS));
+    expect((await leaseOfGone()).settled).toBe(true); // nobody adopted it again
+    await gone.restart();
+    expect((await leaseOfGone()).holder).toBe('gone');
+    expect((await leaseOfGone()).settled).toBe(false);
+  }, 60_000);
+});
+
 describe('a zombie', () => {
   it('paused past its lease while its id is adopted writes nothing and delivers nothing once it runs again, and steps down', async () => {
     const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
