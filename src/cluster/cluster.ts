@@ -128,6 +128,7 @@ export class Cluster {
       lease.coordinator = home;
       cluster.#home = home;
       await cluster.syncParticipants();
+      await cluster.#lookAtLeases(); // the other instances are known before the first request
       cluster.#scheduleWork();
       logger.info({ coordinatorId: me, epoch: lease.epoch, leaseMs: config.leaseMs }, "cluster: holding the lease on this instance's id");
       return cluster;
@@ -389,12 +390,18 @@ export class Cluster {
     }
   }
 
-  async #adoptLapsed(): Promise<void> {
+  /** Looks at every lease: who else is live (where requests are forwarded), and which lapsed. */
+  async #lookAtLeases(): Promise<Lease[]> {
     const leases = await this.#leases.list();
     const peers = new Map<string, Peer>();
     for (const l of leases) if (!l.expired && l.holder !== this.#me) peers.set(l.holder, { holder: l.holder, publicUrl: l.publicUrl });
     this.#peers = [...peers.values()];
     this.#liveLeases = new Map(leases.filter((l) => !l.expired).map((l) => [l.coordinatorId, l.holder]));
+    return leases;
+  }
+
+  async #adoptLapsed(): Promise<void> {
+    const leases = await this.#lookAtLeases();
     for (const lease of leases) {
       if (this.#stopped || !lease.expired || lease.settled || this.#held.has(lease.coordinatorId)) continue;
       if (lease.wantedBy !== null && lease.wantedBy !== this.#me) continue; // its own instance is taking it back
