@@ -14,8 +14,8 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import type { Decision } from '../protocol/commit-protocol.js';
 import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
-import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
-import { Mutex } from './mutex.js';
+import { gidPrefix, isValidCoordinatorId } from './gid.js';
+import { ManualResolver, type ManualResolutionView, type PreparedBranchView } from './manual-resolution.js';
 import { ADDRESS_FIELD, checkParticipantAddress } from './participant-address.js';
 import { assertAllowedAddress } from './participant-allowlist.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
@@ -23,6 +23,8 @@ import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
 
 /** The registry every instance over one log shares (src/cluster/shared-participants.ts). */
+export type { ManualResolutionView, PreparedBranchView } from './manual-resolution.js';
+
 export interface SharedRegistry {
   /** False when the name is taken by a different registration. */
   publish(request: RegistrationRequest): Promise<boolean>;
@@ -33,27 +35,6 @@ export interface CoordinatorLease {
   readonly epoch: string;
   /** True while the lease is safely held (renewed recently enough, by the local clock). */
   readonly held: () => boolean;
-}
-
-export interface PreparedBranchView {
-  readonly gid: string;
-  readonly coordinatorId: string | null;
-  readonly transactionId: string | null;
-  readonly branchId: string | null;
-  readonly log: {
-    readonly known: boolean;
-    readonly decision: 'commit' | 'abort' | 'precommit' | null;
-    readonly outcome: 'commit' | 'abort' | null;
-    readonly live: boolean;
-  };
-}
-
-export interface ManualResolutionView {
-  readonly gid: string;
-  readonly participant: string;
-  readonly outcome: Decision;
-  readonly loggedDecision: string | null;
-  readonly resolvedAt: string;
 }
 
 export interface Health {
@@ -79,11 +60,17 @@ export class Coordinator {
   readonly #sweeper: RecoverySweeper;
   readonly #logger: Logger;
   readonly #config: Config;
-  readonly #resolutionLocks = new Map<string, Mutex>();
+  readonly #operator: ManualResolver;
   #shared: SharedRegistry | undefined;
-  #liveElsewhere: ((coordinatorId: string) => string | undefined) | undefined;
 
-  private constructor(config: Config, log: CoordinatorLog, coordinatorId: string, logger: Logger, lease: CoordinatorLease | undefined) {
+  private constructor(
+    config: Config,
+    log: CoordinatorLog,
+    coordinatorId: string,
+    logger: Logger,
+    lease: CoordinatorLease | undefined,
+    liveElsewhere: ((coordinatorId: string) => string | undefined) | undefined,
+  ) {
     this.#config = config;
     this.#log = log;
     this.coordinatorId = coordinatorId;
@@ -125,6 +112,7 @@ export class Coordinator {
       logger,
       ...(lease === undefined ? {} : { leaseHeld: lease.held }),
     });
+    this.#operator = new ManualResolver({ coordinatorId, log, registry: this.#registry, transactions: this.transactions, logger, liveElsewhere });
   }
 
   /** Opens the log and runs start-up recovery. The coordinator is ready when this resolves. */
@@ -164,9 +152,8 @@ export class Coordinator {
     let sweep: SweepReport;
     try {
       const coordinatorId = await resolveCoordinatorId(config, log);
-      coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease);
+      coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease, internal.liveElsewhere);
       coordinator.#shared = internal.shared;
-      coordinator.#liveElsewhere = internal.liveElsewhere;
       coordinator.#registry.loadFromLog();
       resumed = coordinator.transactions.resumeUnfinished();
       sweep = await coordinator.#sweeper.sweep();
@@ -282,139 +269,14 @@ export class Coordinator {
     return this.#registry.views();
   }
 
-  /**
-   * Branches prepared on a participant under a coordinator id (this one by default), each
-   * with what the log says of its transaction. For operators; read-only.
-   */
-  async preparedBranches(name: string, coordinatorId = this.coordinatorId): Promise<PreparedBranchView[]> {
-    this.#registry.view(name); // 404 when unknown
-    if (!isValidCoordinatorId(coordinatorId)) throw new CoordinatorError('VALIDATION_FAILED', 'invalid coordinatorId');
-    let gids: string[];
-    try {
-      gids = await this.#registry.adapter(name).findPrepared(gidPrefix(coordinatorId));
-    } catch (err) {
-      if (err instanceof CoordinatorError) throw err;
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot list prepared branches on ${name}: ${errorMessage(err)}`, { cause: err });
-    }
-    return gids.map((gid) => {
-      const parsed = parseGid(gid);
-      const ours = parsed?.coordinatorId === this.coordinatorId;
-      const tx = ours && parsed !== undefined ? this.#log.state.transaction(parsed.transactionId) : undefined;
-      return {
-        gid,
-        coordinatorId: parsed?.coordinatorId ?? null,
-        transactionId: parsed?.transactionId ?? null,
-        branchId: parsed === undefined ? null : `b${parsed.branchNo}`,
-        log: {
-          known: tx !== undefined,
-          decision: tx?.decision ?? null,
-          outcome: tx?.outcome ?? null,
-          live: parsed !== undefined && this.transactions.ownsBranch(parsed.transactionId, gid),
-        },
-      };
-    });
+  /** Branches prepared on a participant under a coordinator id, with what the log says of each (operators; read-only). */
+  preparedBranches(name: string, coordinatorId = this.coordinatorId): Promise<PreparedBranchView[]> {
+    return this.#operator.preparedBranches(name, coordinatorId);
   }
 
-  /**
-   * Resolves one prepared branch by hand — for a branch whose log record is lost (a wiped
-   * data directory, or a coordinator id that no longer runs). Refused when the log holds a
-   * contradicting decision, or while a running transaction drives the branch. The
-   * resolution is forced to the log before it is carried out (the audit trail) and stands
-   * as the transaction's decision when the log had none.
-   */
+  /** Resolves one prepared branch by hand, audited (see ManualResolver). */
   resolveManually(name: string, gid: string, request: { outcome: Decision; reason: string; actor: string }): Promise<ManualResolutionView> {
-    // One resolution per transaction at a time: two operators resolving sibling branches at
-    // once must not both pass the consistency checks before either is logged.
-    const parsed = parseGid(gid);
-    const key = parsed === undefined ? gid : `${parsed.coordinatorId}:${parsed.transactionId}`;
-    let lock = this.#resolutionLocks.get(key);
-    if (lock === undefined) {
-      lock = new Mutex();
-      this.#resolutionLocks.set(key, lock);
-    }
-    const result = lock.run(() => this.#resolveManually(name, gid, request));
-    void result.finally(() => {
-      if (this.#resolutionLocks.get(key) === lock && !lock.busy) this.#resolutionLocks.delete(key);
-    }).catch(() => undefined);
-    return result;
-  }
-
-  async #resolveManually(
-    name: string,
-    gid: string,
-    request: { outcome: Decision; reason: string; actor: string },
-  ): Promise<ManualResolutionView> {
-    if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
-    this.#registry.view(name);
-    const parsed = parseGid(gid);
-    if (parsed === undefined || !isSafeGid(gid)) throw new CoordinatorError('VALIDATION_FAILED', `not a coordinator gid: ${gid}`);
-    const ours = parsed.coordinatorId === this.coordinatorId;
-    // Another coordinator id whose lease is live is no lost log: its holder resolves its branches.
-    const holder = ours ? undefined : this.#liveElsewhere?.(parsed.coordinatorId);
-    if (holder !== undefined) {
-      throw new CoordinatorError('INVALID_STATE_TRANSITION', `coordinator id ${parsed.coordinatorId} is live (instance ${holder} holds its lease): it resolves ${gid} itself`, {
-        details: { holder },
-      });
-    }
-    if (ours && this.transactions.ownsBranch(parsed.transactionId, gid)) {
-      throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);
-    }
-    if (ours && this.#log.hasPendingForce(parsed.transactionId)) {
-      throw new CoordinatorError('INVALID_STATE_TRANSITION', `a decision for transaction ${parsed.transactionId} is being written; try again`);
-    }
-    const logged = ours ? this.#log.state.transaction(parsed.transactionId)?.decision : undefined;
-    // For this coordinator's own branches the log is complete: no decision means abort
-    // (presumed abort — recovery may already have rolled siblings back). Only branches of
-    // another coordinator id (a lost log) are the operator's to decide.
-    const loggedOutcome = logged === 'precommit' ? 'commit' : (logged ?? (ours ? 'abort' : undefined));
-    if (loggedOutcome !== undefined && loggedOutcome !== request.outcome) {
-      throw new CoordinatorError(
-        'RESOLUTION_CONTRADICTS_LOG',
-        logged === undefined
-          ? `the log of this coordinator holds no commit decision for transaction ${parsed.transactionId}: it is presumed aborted`
-          : `the log holds a ${logged} decision for transaction ${parsed.transactionId}`,
-        { details: { logged: logged ?? null } },
-      );
-    }
-    const earlier = this.#log.state.manualResolutions.get(`${parsed.coordinatorId}:${parsed.transactionId}`);
-    if (earlier !== undefined && earlier.outcome !== request.outcome) {
-      throw new CoordinatorError(
-        'RESOLUTION_CONTRADICTS_LOG',
-        `another branch of transaction ${parsed.transactionId} was resolved to ${earlier.outcome} by hand (${earlier.at}, ${earlier.actor})`,
-        { details: { logged: `manual ${earlier.outcome}` } },
-      );
-    }
-    const adapter = this.#registry.adapter(name);
-    let prepared: string[];
-    try {
-      prepared = await adapter.findPrepared(gidPrefix(parsed.coordinatorId));
-    } catch (err) {
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot check ${name} for ${gid}: ${errorMessage(err)}`, { cause: err });
-    }
-    if (!prepared.includes(gid)) {
-      throw new CoordinatorError('INVALID_STATE_TRANSITION', `${gid} is not prepared on ${name}: nothing to resolve`);
-    }
-    const at = new Date().toISOString();
-    await this.#log.force({
-      t: 'manual-resolution',
-      gid,
-      transactionId: parsed.transactionId,
-      participant: name,
-      outcome: request.outcome,
-      reason: request.reason,
-      actor: request.actor,
-      at,
-    });
-    this.#logger.warn({ txId: parsed.transactionId, gid, participant: name, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: manual resolution');
-    const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
-    try {
-      await (request.outcome === 'commit' ? adapter.commit(ref) : adapter.abort(ref));
-    } catch (err) {
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `resolution recorded, but ${name} did not confirm it yet: ${errorMessage(err)}`, {
-        cause: err,
-      });
-    }
-    return { gid, participant: name, outcome: request.outcome, loggedDecision: logged ?? null, resolvedAt: at };
+    return this.#operator.resolveManually(name, gid, request);
   }
 
   sweep(): Promise<SweepReport> {
