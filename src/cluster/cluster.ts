@@ -32,7 +32,7 @@ import { mergePages, type ListFilter, type ListPage } from '../coordinator/trans
 import { migrate } from '../log/postgres-log-schema.js';
 import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
-import { canonicalRegistration, SharedParticipants } from './shared-participants.js';
+import { SharedParticipants } from './shared-participants.js';
 
 interface Held {
   readonly epoch: string;
@@ -64,14 +64,13 @@ export class Cluster {
   /** The other live instances and every live lease, as of the last look. */
   #peers: Peer[] = [];
   #liveLeases = new Map<string, string>();
-  /** Shared registrations this instance could not take (unreachable from here, refused): when to try again. */
-  readonly #retryAt = new Map<string, number>();
   readonly #background = new Set<Promise<void>>();
   #renewTimer: NodeJS.Timeout | undefined;
   #workTimer: NodeJS.Timeout | undefined;
   #renewing: Promise<void> | undefined;
   #working: Promise<void> | undefined;
   #stopped = false;
+  #syncing: Promise<void> | undefined;
 
   private constructor(config: Config, logger: Logger, pool: pg.Pool, onHomeLost: (reason: string) => void) {
     this.#config = config;
@@ -211,41 +210,12 @@ export class Cluster {
    * cannot be taken is tried again only after a while. Concurrent callers share one pass.
    */
   syncParticipants(): Promise<void> {
-    this.#syncing ??= this.#syncOnce().finally(() => {
+    const home = this.#home;
+    if (home === undefined) return Promise.resolve();
+    this.#syncing ??= this.#shared.syncInto(home, this.#logger).finally(() => {
       this.#syncing = undefined;
     });
     return this.#syncing;
-  }
-
-  #syncing: Promise<void> | undefined;
-
-  async #syncOnce(): Promise<void> {
-    const c = this.#home;
-    if (c === undefined) return;
-    let entries;
-    try {
-      entries = await this.#shared.list();
-    } catch (err) {
-      this.#logger.warn({ err: errorMessage(err) }, 'cluster: reading the shared participant registry failed');
-      return;
-    }
-    const now = Date.now();
-    for (const { request, removed } of entries) {
-      if ((this.#retryAt.get(request.name) ?? 0) > now) continue;
-      const here = c.registrationOf(request.name);
-      // Removed, and re-registered with other details: the same name must mean the same store everywhere.
-      const changed = !removed && here !== undefined && canonicalRegistration(here) !== canonicalRegistration(request);
-      if (!changed && removed !== (here !== undefined)) continue;
-      try {
-        if (removed || changed) await c.removeParticipant(request.name);
-        if (!removed) await c.registerHere(request);
-        this.#retryAt.delete(request.name);
-        this.#logger.info({ participant: request.name, removed }, 'cluster: participant registry synchronised');
-      } catch (err) {
-        this.#retryAt.set(request.name, now + 30_000);
-        this.#logger.warn({ participant: request.name, removed, err: errorMessage(err) }, 'cluster: could not synchronise a participant; trying again later');
-      }
-    }
   }
 
   // ---- leases -----------------------------------------------------------------------------

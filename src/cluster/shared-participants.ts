@@ -8,7 +8,16 @@
  */
 
 import type pg from 'pg';
+import type { Logger } from 'pino';
+import { errorMessage } from '../errors.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
+
+/** What the registry sync needs of a coordinator. */
+export interface RegistryHolder {
+  registrationOf(name: string): RegistrationRequest | undefined;
+  registerHere(request: RegistrationRequest): Promise<unknown>;
+  removeParticipant(name: string): Promise<void>;
+}
 
 export interface SharedParticipant {
   readonly request: RegistrationRequest;
@@ -31,6 +40,8 @@ export function canonicalRegistration(r: RegistrationRequest): string {
 export class SharedParticipants {
   readonly #pool: pg.Pool;
   readonly #instance: string;
+  /** Registrations this instance could not take (unreachable from here, refused): when to try again. */
+  readonly #retryAt = new Map<string, number>();
 
   constructor(pool: pg.Pool, instance: string) {
     this.#pool = pool;
@@ -59,5 +70,37 @@ export class SharedParticipants {
       'SELECT registration, removed_at IS NOT NULL AS removed FROM tcx_participant ORDER BY name',
     );
     return res.rows.map((r) => ({ request: JSON.parse(r.registration) as RegistrationRequest, removed: r.removed }));
+  }
+
+  /**
+   * Takes every shared registration into `c` (its own log records it, after checking it from
+   * here), re-registers one registered elsewhere with other details, and removes those removed
+   * elsewhere. One that cannot be taken is tried again only after a while.
+   */
+  async syncInto(c: RegistryHolder, logger: Logger): Promise<void> {
+    let entries;
+    try {
+      entries = await this.list();
+    } catch (err) {
+      logger.warn({ err: errorMessage(err) }, 'cluster: reading the shared participant registry failed');
+      return;
+    }
+    const now = Date.now();
+    for (const { request, removed } of entries) {
+      if ((this.#retryAt.get(request.name) ?? 0) > now) continue;
+      const here = c.registrationOf(request.name);
+      // Removed, and re-registered with other details: the same name must mean the same store everywhere.
+      const changed = !removed && here !== undefined && canonicalRegistration(here) !== canonicalRegistration(request);
+      if (!changed && removed !== (here !== undefined)) continue;
+      try {
+        if (removed || changed) await c.removeParticipant(request.name);
+        if (!removed) await c.registerHere(request);
+        this.#retryAt.delete(request.name);
+        logger.info({ participant: request.name, removed }, 'cluster: participant registry synchronised');
+      } catch (err) {
+        this.#retryAt.set(request.name, now + 30_000);
+        logger.warn({ participant: request.name, removed, err: errorMessage(err) }, 'cluster: could not synchronise a participant; trying again later');
+      }
+    }
   }
 }
