@@ -78,11 +78,14 @@ export class RecoverySweeper {
     const unknown = new Map<string, BranchRecord[]>();
     const prefix = gidPrefix(this.#coordinatorId);
     let stoppedEarly = false;
+    // Another instance may be resolving these branches once the lease may have gone: stop, and
+    // remember that this pass did not reach everything (it is then not a clean one).
+    const mayGoOn = (): boolean => {
+      if (!this.#leaseHeld()) stoppedEarly = true;
+      return !stoppedEarly;
+    };
     for (const adapter of this.#registry.adapters()) {
-      if (!this.#leaseHeld()) {
-        stoppedEarly = true; // another instance may be resolving these branches now
-        break;
-      }
+      if (!mayGoOn()) break;
       let gids: string[];
       try {
         gids = await adapter.findPrepared(prefix);
@@ -92,9 +95,9 @@ export class RecoverySweeper {
         continue;
       }
       // A listing that came back after the lease may have gone can name another holder's new branches.
-      if (!this.#leaseHeld()) break;
+      if (!mayGoOn()) break;
       for (const gid of gids) {
-        if (!this.#leaseHeld()) break;
+        if (!mayGoOn()) break;
         const parsed = parseGid(gid);
         if (parsed === undefined || parsed.coordinatorId !== this.#coordinatorId) continue;
         // A branch a running (or resumed) transaction knows is resolved by that transaction's driver.
@@ -136,7 +139,7 @@ export class RecoverySweeper {
     }
     const report = { committed, rolledBack, failed, unreachable };
     this.lastReport = { ...report, at: new Date().toISOString() };
-    this.lastPassClean = !stoppedEarly && this.#leaseHeld() && failed === 0 && unreachable.length === 0;
+    this.lastPassClean = mayGoOn() && failed === 0 && unreachable.length === 0;
     if (committed + rolledBack + failed > 0) this.#logger.info(report, 'recovery sweep done');
     return report;
   }
