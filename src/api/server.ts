@@ -106,8 +106,8 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
-  const managerFor = (id: string): Coordinator['transactions'] => options.cluster?.coordinatorFor(id).transactions ?? tx;
   const cluster = options.cluster;
+  const managerFor = (id: string): Coordinator['transactions'] => cluster?.coordinatorFor(id).transactions ?? tx;
   /** Work naming a participant registered through another instance: take the shared registry, then once more. */
   const withSharedRegistry = async <T>(work: () => Promise<T>): Promise<T> => {
     try {
@@ -150,7 +150,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   });
 
   app.get('/v1/cluster', { schema: { querystring: noQuery } }, async () =>
-    options.cluster === undefined ? { mode: 'single', instance: coordinator.coordinatorId, leases: [], adopted: [] } : options.cluster.view(),
+    cluster === undefined ? { mode: 'single', instance: coordinator.coordinatorId, leases: [], adopted: [] } : cluster.view(),
   );
 
   // ---- participants -------------------------------------------------------------------

@@ -56,25 +56,12 @@ export class Forwarder {
   async forward(peers: readonly Peer[], req: ForwardedRequest): Promise<ForwardResult> {
     const timeoutMs = req.method === 'GET' ? this.#deadlines.readMs : this.#deadlines.changeMs;
     let failures = 0;
-    for (const peer of peers) {
-      if (peer.holder === this.#me) continue;
+    for (const peer of this.#others(peers)) {
       try {
-        const res = await request(`${peer.publicUrl}${req.url}`, {
-          dispatcher: this.#agent,
-          method: req.method as 'GET' | 'POST' | 'DELETE',
-          headers: {
-            [FORWARDED_BY]: this.#me,
-            ...(req.authorization === undefined ? {} : { authorization: req.authorization }),
-            ...(req.body === undefined ? {} : { 'content-type': 'application/json' }),
-          },
-          ...(req.body === undefined ? {} : { body: req.body }),
-          signal: AbortSignal.timeout(timeoutMs),
-        });
-        const text = await res.body.text();
-        const body: unknown = text === '' ? undefined : JSON.parse(text);
-        if (res.statusCode === 404 && (body as { error?: { code?: string } } | undefined)?.error?.code === 'UNKNOWN_TRANSACTION') continue;
-        const retryAfter = res.headers['retry-after'];
-        return { answer: { status: res.statusCode, body, by: peer.holder, ...(typeof retryAfter === 'string' ? { retryAfter } : {}) }, failures };
+        const answer = await this.#send(peer, req, timeoutMs);
+        const code = (answer.body as { error?: { code?: string } } | undefined)?.error?.code;
+        if (answer.status === 404 && code === 'UNKNOWN_TRANSACTION') continue;
+        return { answer, failures };
       } catch {
         failures++; // unreachable or not answering in time: its lease will lapse, and its adopter will answer
       }
@@ -87,25 +74,44 @@ export class Forwarder {
     const answers: unknown[] = [];
     const unreachable: string[] = [];
     await Promise.all(
-      peers
-        .filter((p) => p.holder !== this.#me)
-        .map(async (peer) => {
-          try {
-            const res = await request(`${peer.publicUrl}${req.url}`, {
-              dispatcher: this.#agent,
-              method: 'GET',
-              headers: { [FORWARDED_BY]: this.#me, ...(req.authorization === undefined ? {} : { authorization: req.authorization }) },
-              signal: AbortSignal.timeout(this.#deadlines.readMs),
-            });
-            const text = await res.body.text();
-            if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
-            answers.push(JSON.parse(text));
-          } catch {
-            unreachable.push(peer.holder);
-          }
-        }),
+      this.#others(peers).map(async (peer) => {
+        try {
+          const answer = await this.#send(peer, req, this.#deadlines.readMs);
+          if (answer.status !== 200) throw new Error(`status ${answer.status}`);
+          answers.push(answer.body);
+        } catch {
+          unreachable.push(peer.holder);
+        }
+      }),
     );
     return { answers, unreachable };
+  }
+
+  #others(peers: readonly Peer[]): Peer[] {
+    return peers.filter((p) => p.holder !== this.#me);
+  }
+
+  /** One hop: the request as the client made it, marked as forwarded, with the client's token. */
+  async #send(peer: Peer, req: ForwardedRequest, timeoutMs: number): Promise<ForwardedAnswer> {
+    const res = await request(`${peer.publicUrl}${req.url}`, {
+      dispatcher: this.#agent,
+      method: req.method as 'GET' | 'POST' | 'DELETE',
+      headers: {
+        [FORWARDED_BY]: this.#me,
+        ...(req.authorization === undefined ? {} : { authorization: req.authorization }),
+        ...(req.body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      ...(req.body === undefined ? {} : { body: req.body }),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await res.body.text();
+    const retryAfter = res.headers['retry-after'];
+    return {
+      status: res.statusCode,
+      body: text === '' ? undefined : (JSON.parse(text) as unknown),
+      by: peer.holder,
+      ...(typeof retryAfter === 'string' ? { retryAfter } : {}),
+    };
   }
 
   async close(): Promise<void> {

@@ -51,9 +51,11 @@ export class CoordinatorLog {
   readonly #logger: Logger;
   readonly #lock: DirLock | undefined;
   readonly #pending = new Map<string, number>();
-  #retention: { readonly ms: number; readonly max: number } = { ms: Number.POSITIVE_INFINITY, max: Number.POSITIVE_INFINITY };
+  /** Drops finished transactions past retention (or over the cap) from the state. */
+  readonly #prune: () => void;
 
-  private constructor(file: LogBackend, state: DurableState, logger: Logger, lock: DirLock | undefined) {
+  private constructor(file: LogBackend, state: DurableState, logger: Logger, lock: DirLock | undefined, prune: () => void) {
+    this.#prune = prune;
     this.#file = file;
     this.state = state;
     this.#logger = logger;
@@ -62,8 +64,9 @@ export class CoordinatorLog {
 
   static async open(options: CoordinatorLogOptions): Promise<{ log: CoordinatorLog; replayed: number }> {
     const state = new DurableState();
+    const prune = (): void => void state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
     const snapshot = (): SnapshotContent => {
-      state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
+      prune();
       const { records, buckets } = state.snapshot();
       return { records, files: buckets.map((b) => ({ name: bucketFileName(b.seq), data: b.bucket.buffer })) };
     };
@@ -115,10 +118,8 @@ export class CoordinatorLog {
       state.apply(record);
       replayed++;
     }
-    state.prune(Date.now(), options.retentionMs, options.maxRetainedTransactions);
-    const log = new CoordinatorLog(file, state, options.logger, lock);
-    log.#retention = { ms: options.retentionMs, max: options.maxRetainedTransactions };
-    return { log, replayed };
+    prune();
+    return { log: new CoordinatorLog(file, state, options.logger, lock, prune), replayed };
   }
 
   /**
@@ -143,7 +144,7 @@ export class CoordinatorLog {
 
   /** Transactions the log still holds (unfinished, or finished within retention), after dropping the rest from memory. */
   retained(): number {
-    this.state.prune(Date.now(), this.#retention.ms, this.#retention.max);
+    this.#prune();
     return this.state.size;
   }
 

@@ -22,9 +22,9 @@ import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } f
 import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
 
-/** The registry every instance over one log shares (src/cluster/shared-participants.ts). */
 export type { ManualResolutionView, PreparedBranchView } from './manual-resolution.js';
 
+/** The registry every instance over one log shares (src/cluster/shared-participants.ts). */
 export interface SharedRegistry {
   /** False when the name is taken by a different registration. */
   publish(request: RegistrationRequest): Promise<boolean>;
@@ -61,16 +61,17 @@ export class Coordinator {
   readonly #logger: Logger;
   readonly #config: Config;
   readonly #operator: ManualResolver;
-  #shared: SharedRegistry | undefined;
+  readonly #shared: SharedRegistry | undefined;
 
   private constructor(
     config: Config,
     log: CoordinatorLog,
     coordinatorId: string,
     logger: Logger,
-    lease: CoordinatorLease | undefined,
-    liveElsewhere: ((coordinatorId: string) => string | undefined) | undefined,
+    cluster: { lease?: CoordinatorLease; shared?: SharedRegistry; liveElsewhere?: (coordinatorId: string) => string | undefined },
   ) {
+    const { lease, liveElsewhere } = cluster;
+    this.#shared = cluster.shared;
     this.#config = config;
     this.#log = log;
     this.coordinatorId = coordinatorId;
@@ -132,7 +133,8 @@ export class Coordinator {
     } = {},
   ): Promise<Coordinator> {
     const started = Date.now();
-    if (config.logUrl !== undefined && !isValidCoordinatorId(config.coordinatorId ?? '')) {
+    // Checked before any log opens: with a Postgres log the id keys the records.
+    if ((config.coordinatorId !== undefined || config.logUrl !== undefined) && !isValidCoordinatorId(config.coordinatorId ?? '')) {
       throw new ConfigError('TCX_COORDINATOR_ID must be 1-40 characters of A-Z, a-z, 0-9 and -');
     }
     if (config.logUrl !== undefined && internal.lease === undefined) throw new Error('a coordinator on a Postgres log runs under a lease (see src/cluster)');
@@ -152,8 +154,7 @@ export class Coordinator {
     let sweep: SweepReport;
     try {
       const coordinatorId = await resolveCoordinatorId(config, log);
-      coordinator = new Coordinator(config, log, coordinatorId, logger, internal.lease, internal.liveElsewhere);
-      coordinator.#shared = internal.shared;
+      coordinator = new Coordinator(config, log, coordinatorId, logger, internal);
       coordinator.#registry.loadFromLog();
       resumed = coordinator.transactions.resumeUnfinished();
       sweep = await coordinator.#sweeper.sweep();
@@ -344,9 +345,6 @@ function memory(): Health['memory'] {
 
 async function resolveCoordinatorId(config: Config, log: CoordinatorLog): Promise<string> {
   const logged = log.state.coordinatorId;
-  if (config.coordinatorId !== undefined && !isValidCoordinatorId(config.coordinatorId)) {
-    throw new ConfigError('TCX_COORDINATOR_ID must be 1-40 characters of A-Z, a-z, 0-9 and -');
-  }
   if (logged !== undefined) {
     if (config.coordinatorId !== undefined && config.coordinatorId !== logged) {
       throw new ConfigError(
