@@ -1,28 +1,50 @@
+import fs from 'node:fs';
 import net from 'node:net';
 
 /** Ports handed out by this process, so two servers started back to back never share one. */
 const handedOut = new Set<number>();
 
-function probe(host: string): Promise<number> {
+/**
+ * The range the kernel takes source ports of outgoing connections from (and port-0 binds).
+ * A listening port picked inside it can be taken by any new connection (a database pool's)
+ * in the window before the caller binds it; ports below it are only ever taken by listeners.
+ */
+function ephemeralLow(): number {
+  try {
+    const low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 0 ? low : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+const LOWEST = 10_000;
+const BELOW_EPHEMERAL = ephemeralLow();
+
+/** Binds `port` (0: any) on `host` and lets it go; the port bound, or 0 when it was taken. */
+function probe(host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
-    srv.once('error', reject);
-    srv.listen({ port: 0, host, exclusive: true }, () => {
+    srv.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(0) : reject(err)));
+    srv.listen({ port, host, exclusive: true }, () => {
       const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close((err) => (err ? reject(err) : resolve(port)));
+      const bound = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close((err) => (err ? reject(err) : resolve(bound)));
     });
   });
 }
 
 /**
- * A TCP port that is free on 127.0.0.1 right now (the OS picks it; there is an
- * unavoidable window before the caller binds it, so callers retry on EADDRINUSE).
+ * A TCP port that is free on 127.0.0.1 right now: a random one below the ephemeral range when
+ * there is room (no outgoing connection can take it meanwhile), else one the OS picks. There is
+ * still a window before the caller binds it (another listener), so callers retry on EADDRINUSE.
  */
 export async function getFreePort(host = '127.0.0.1'): Promise<number> {
+  const room = BELOW_EPHEMERAL - LOWEST;
   for (let attempt = 0; attempt < 50; attempt++) {
-    const port = await probe(host);
+    const candidate = room >= 1_000 ? LOWEST + Math.floor(Math.random() * room) : 0;
+    const port = await probe(host, candidate);
     if (port > 0 && !handedOut.has(port)) {
       handedOut.add(port);
       return port;
