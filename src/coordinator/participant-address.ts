@@ -111,6 +111,21 @@ function postgresHosts(field: string, address: string, url: URL): string[] {
 }
 
 /** A parameter name fit for an error message (names are the caller's, but keep them short and plain). */
+/**
+ * Connection parameters Postgres clients know (libpq's keywords and node-postgres's own): an
+ * error may name one of these. Any other "parameter" may be a piece of a password whose `?`
+ * was not percent-encoded, so it is never quoted.
+ */
+const KNOWN_POSTGRES_PARAMETERS = new Set([
+  'host', 'hostaddr', 'port', 'dbname', 'user', 'password', 'passfile', 'channel_binding', 'connect_timeout',
+  'client_encoding', 'options', 'application_name', 'fallback_application_name', 'keepalives', 'keepalives_idle',
+  'keepalives_interval', 'keepalives_count', 'tcp_user_timeout', 'replication', 'gssencmode', 'sslmode', 'requiressl',
+  'sslcompression', 'sslcert', 'sslkey', 'sslpassword', 'sslcertmode', 'sslrootcert', 'sslcrl', 'sslcrldir', 'sslsni',
+  'requirepeer', 'ssl_min_protocol_version', 'ssl_max_protocol_version', 'krbsrvname', 'gsslib', 'gssdelegation',
+  'service', 'servicefile', 'target_session_attrs', 'load_balance_hosts', 'ssl', 'statement_timeout', 'query_timeout',
+  'lock_timeout', 'idle_in_transaction_session_timeout', 'uselibpqcompat',
+]);
+
 function safeName(key: string): string {
-  return /^[A-Za-z0-9_.-]{1,40}$/.test(key) ? key : '(unnamed)';
+  return KNOWN_POSTGRES_PARAMETERS.has(key) ? key : '(one it does not know: percent-encode "?" (%3F) in a password)';
 }

@@ -77,7 +77,13 @@ describe('secrets', () => {
   });
 
   it('names no piece of a password in errors about addresses it cannot parse strictly', async () => {
-    for (const connectionString of ['postgres://p@ssuser:p@ssLEAKPART#1@127.0.0.1:5/x', 'postgres://user:se@cretLEAKPART@10.0.0.9/x', 'postgres://user:pw#LEAKPART@127.0.0.1/x']) {
+    for (const connectionString of [
+      'postgres://p@ssuser:p@ssLEAKPART#1@127.0.0.1:5/x',
+      'postgres://user:se@cretLEAKPART@10.0.0.9/x',
+      'postgres://user:pw#LEAKPART@127.0.0.1/x',
+      // An unencoded "?" turns the rest of the password into a query parameter's name.
+      'postgres://u:?LEAKPART=cret@10.0.0.9/bank',
+    ]) {
       const res = await api('POST', '/v1/participants', { name: 'leaky', kind: 'postgres', connectionString });
       expect(res.status).toBe(400);
       expect(res.body.error.code).toBe('VALIDATION_FAILED');
