@@ -12,6 +12,8 @@ export interface Config {
   readonly logUrl: string | undefined;
   /** With a Postgres log: how long a coordinator id's lease lasts unrenewed (renewed every third of it). */
   readonly leaseMs: number;
+  /** With a Postgres log: how long start-up waits for the log database to answer (it may start after the coordinator, or be restarting). */
+  readonly logWaitMs: number;
   readonly coordinatorId: string | undefined;
   readonly logLevel: string;
   readonly defaultTimeoutMs: number;
@@ -86,6 +88,7 @@ export function loadConfig(env: Env = process.env): Config {
     dataDir: str(env, 'TCX_DATA_DIR', './data'),
     logUrl: env.TCX_LOG_URL === '' ? undefined : env.TCX_LOG_URL,
     leaseMs: int(env, 'TCX_LEASE_MS', 10_000, 300, 600_000),
+    logWaitMs: int(env, 'TCX_LOG_WAIT_MS', 60_000, 0, 3_600_000),
     coordinatorId: env.TCX_COORDINATOR_ID === '' ? undefined : env.TCX_COORDINATOR_ID,
     logLevel: str(env, 'TCX_LOG_LEVEL', 'info'),
     defaultTimeoutMs: int(env, 'TCX_DEFAULT_TIMEOUT_MS', 30_000, 100, 86_400_000),

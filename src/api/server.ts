@@ -12,6 +12,7 @@ import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import type { LoggedTransaction } from '../cluster/shared-log-reader.js';
 import { FORWARDED_BY, type ForwardResult, type ForwardedRequest } from '../cluster/forwarding.js';
 import { decodeCursor, type ListFilter } from '../coordinator/transaction-listing.js';
 import { outcomeBody, statusOf } from './transaction-status.js';
@@ -41,6 +42,8 @@ export interface ClusterRouting {
   coordinatorFor(transactionId: string): Coordinator;
   knows(transactionId: string): boolean;
   forward(request: ForwardedRequest): Promise<ForwardResult>;
+  /** A transaction no running coordinator answers for, as the shared log holds it (see Cluster.fromLog). */
+  fromLog(transactionId: string, unreachable: readonly string[], onlyHere: boolean): Promise<LoggedTransaction | undefined>;
   /** A page of the transaction listing over every instance. */
   list(filter: ListFilter, request: ForwardedRequest, forwarded: boolean): Promise<unknown>;
   /** Takes what the shared participant registry holds (a participant registered through another instance). */
@@ -119,27 +122,41 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     }
   };
   if (cluster !== undefined) {
-    // A transaction another instance runs: its requests go there (never forwarded twice).
+    // A transaction another instance runs: its requests go there (never forwarded twice). One
+    // that no running coordinator answers for (its instance died; its adopter is not running
+    // it yet) is read from the shared log; a change to it waits for the adopter.
     app.addHook('preHandler', async (request, reply) => {
       const id = (request.params as { id?: unknown } | undefined)?.id;
-      if (typeof id !== 'string' || !request.routeOptions.url?.startsWith('/v1/transactions/:id')) return;
-      if (request.headers[FORWARDED_BY] !== undefined || cluster.knows(id)) return;
-      const authorization = request.headers.authorization;
-      const { answer, failures } = await cluster.forward({
-        method: request.method,
-        url: request.url,
-        ...(authorization === undefined ? {} : { authorization }),
-        ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
-      });
-      if (answer === undefined) {
-        if (failures === 0 || cluster.knows(id)) return; // nobody else knows it either (or it was adopted here meanwhile): answered here
-        // An instance that may run it did not answer: not "unknown", but "try again".
-        throw new CoordinatorError('OWNER_UNREACHABLE', `no instance that knows transaction ${id} answered (${failures} could not be reached); retry shortly`, {
-          retryAfterSeconds: 1,
+      const route = request.routeOptions.url;
+      if (typeof id !== 'string' || !route?.startsWith('/v1/transactions/:id') || cluster.knows(id)) return;
+      const forwarded = request.headers[FORWARDED_BY] !== undefined;
+      let unreachable: readonly string[] = [];
+      if (!forwarded) {
+        const authorization = request.headers.authorization;
+        const result = await cluster.forward({
+          method: request.method,
+          url: request.url,
+          ...(authorization === undefined ? {} : { authorization }),
+          ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
         });
+        if (result.answer !== undefined) {
+          if (result.answer.retryAfter !== undefined) void reply.header('retry-after', result.answer.retryAfter);
+          return reply.status(result.answer.status).send(result.answer.body);
+        }
+        if (cluster.knows(id)) return; // adopted here meanwhile: answered here
+        unreachable = result.unreachable;
       }
-      if (answer.retryAfter !== undefined) void reply.header('retry-after', answer.retryAfter);
-      return reply.status(answer.status).send(answer.body);
+      const logged = await cluster.fromLog(id, unreachable, forwarded).catch(() => null); // null: the log could not be read
+      if (logged?.view !== undefined && request.method === 'GET' && route === '/v1/transactions/:id') return reply.status(200).send(logged.view);
+      if (logged === undefined && unreachable.length === 0) return; // nobody knows it: answered here (404)
+      // An instance that may run it did not answer, or its adopter is not running it yet: not "unknown", but "try again".
+      throw new CoordinatorError(
+        'OWNER_UNREACHABLE',
+        logged === undefined || logged === null
+          ? `no instance that knows transaction ${id} answered (${unreachable.length} could not be reached); retry shortly`
+          : `transaction ${id} is in the log of an instance that does not answer; its adopter will run it: retry shortly`,
+        { retryAfterSeconds: 1 },
+      );
     });
   }
   const authRequired = (options.apiTokens ?? []).length + (options.adminTokens ?? []).length > 0;

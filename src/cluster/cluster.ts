@@ -29,9 +29,10 @@ import type { Config } from '../config.js';
 import { errorMessage } from '../errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { mergePages, type ListFilter, type ListPage } from '../coordinator/transaction-listing.js';
-import { migrate } from '../log/postgres-log-schema.js';
+import { migrateWhenReachable } from './log-database.js';
 import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
+import { SharedLogReader, type LoggedTransaction } from './shared-log-reader.js';
 import { SharedParticipants } from './shared-participants.js';
 
 interface Held {
@@ -64,6 +65,9 @@ export class Cluster {
   /** The other live instances and every live lease, as of the last look. */
   #peers: Peer[] = [];
   #liveLeases = new Map<string, string>();
+  /** Lapsed ids nobody has settled: a survivor is about to adopt them. */
+  #lapsed = new Set<string>();
+  readonly #reader: SharedLogReader;
   readonly #background = new Set<Promise<void>>();
   #renewTimer: NodeJS.Timeout | undefined;
   #workTimer: NodeJS.Timeout | undefined;
@@ -78,6 +82,7 @@ export class Cluster {
     this.#pool = pool;
     this.#leases = new LeaseStore(pool, config.leaseMs);
     this.#shared = new SharedParticipants(pool, config.coordinatorId ?? '');
+    this.#reader = new SharedLogReader(pool, logger);
     this.#onHomeLost = onHomeLost;
     const hop = Math.max(1_000, config.participantTimeoutMs);
     // A state change may wait for votes and acknowledgements at the owner: its hop is that long.
@@ -112,12 +117,7 @@ export class Cluster {
     pool.on('error', (err) => logger.warn({ err: errorMessage(err) }, 'cluster: log database connection failed'));
     const cluster = new Cluster(config, logger, pool, onHomeLost);
     try {
-      const client = await pool.connect();
-      try {
-        await migrate(client);
-      } finally {
-        client.release();
-      }
+      await migrateWhenReachable(pool, config.logWaitMs, logger);
       const lease = await cluster.#acquireOwn();
       const home = await Coordinator.start(config, logger, {
         lease: { epoch: lease.epoch, held: () => performance.now() < lease.validUntil },
@@ -146,6 +146,23 @@ export class Cluster {
   /** Asks the other live instances about a transaction this one does not know. */
   forward(req: ForwardedRequest): Promise<ForwardResult> {
     return this.#forwarder.forward(this.#peers, req);
+  }
+
+  /**
+   * A transaction no running coordinator answers for, as the shared log holds it: looked up in
+   * the logs of the ids held by instances that did not answer (`unreachable`), of lapsed ids not
+   * adopted yet, and of ids adopted here whose recovery is still running. With `onlyHere`
+   * (a forwarded request: the instance that forwarded it looks at the others) just the last.
+   * Undefined when none of those logs holds it; without a view when it is not decided yet.
+   */
+  async fromLog(transactionId: string, unreachable: readonly string[], onlyHere: boolean): Promise<LoggedTransaction | undefined> {
+    const ids = new Set<string>();
+    for (const [id, h] of this.#held) if (h.coordinator === undefined && h.halting !== true) ids.add(id);
+    if (!onlyHere) {
+      for (const [id, holder] of this.#liveLeases) if (unreachable.includes(holder)) ids.add(id);
+      for (const id of this.#lapsed) if (!this.#held.has(id)) ids.add(id);
+    }
+    return ids.size === 0 ? undefined : this.#reader.transaction(ids, transactionId);
   }
 
   /**
@@ -367,6 +384,7 @@ export class Cluster {
     for (const l of leases) if (!l.expired && l.holder !== this.#me) peers.set(l.holder, { holder: l.holder, publicUrl: l.publicUrl });
     this.#peers = [...peers.values()];
     this.#liveLeases = new Map(leases.filter((l) => !l.expired).map((l) => [l.coordinatorId, l.holder]));
+    this.#lapsed = new Set(leases.filter((l) => l.expired && !l.settled).map((l) => l.coordinatorId));
     return leases;
   }
 

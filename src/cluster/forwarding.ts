@@ -22,11 +22,11 @@ export interface ForwardedRequest {
   readonly body?: string;
 }
 
-/** The answer of the instance that knows the transaction, or how many could not be asked. */
+/** The answer of the instance that knows the transaction, or who could not be asked. */
 export interface ForwardResult {
   readonly answer?: ForwardedAnswer;
-  /** Peers that did not answer in time or could not be reached: "nobody knows it" is then not sure. */
-  readonly failures: number;
+  /** Instances that did not answer in time or could not be reached: "nobody knows it" is then not sure. */
+  readonly unreachable: readonly string[];
 }
 
 export interface ForwardedAnswer {
@@ -55,18 +55,18 @@ export class Forwarder {
   /** The first peer's answer that knows the transaction; none when no peer does (or could be asked). */
   async forward(peers: readonly Peer[], req: ForwardedRequest): Promise<ForwardResult> {
     const timeoutMs = req.method === 'GET' ? this.#deadlines.readMs : this.#deadlines.changeMs;
-    let failures = 0;
+    const unreachable: string[] = [];
     for (const peer of this.#others(peers)) {
       try {
         const answer = await this.#send(peer, req, timeoutMs);
         const code = (answer.body as { error?: { code?: string } } | undefined)?.error?.code;
         if (answer.status === 404 && code === 'UNKNOWN_TRANSACTION') continue;
-        return { answer, failures };
+        return { answer, unreachable };
       } catch {
-        failures++; // unreachable or not answering in time: its lease will lapse, and its adopter will answer
+        unreachable.push(peer.holder); // its lease will lapse, and its adopter will answer
       }
     }
-    return { failures };
+    return { unreachable };
   }
 
   /** Asks every peer the same GET (a list); the answers of those that answered 200, and who did not. */

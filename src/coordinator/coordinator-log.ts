@@ -103,21 +103,7 @@ export class CoordinatorLog {
       }
     }
     const { log: file, records, files } = opened;
-    // Finished transactions first: records about a transaction that already ended change nothing.
-    for (const [name, data] of files) {
-      const seq = bucketSeq(name);
-      if (seq === undefined) continue;
-      state.finished.load(seq, new FinishedBucket(Buffer.from(data.buffer, data.byteOffset, data.byteLength)));
-    }
-    let replayed = 0;
-    for (const record of records) {
-      if (!isLogRecord(record)) {
-        options.logger.warn({ record }, 'skipping unknown log record');
-        continue;
-      }
-      state.apply(record);
-      replayed++;
-    }
+    const replayed = replayInto(state, records, files, options.logger);
     prune();
     return { log: new CoordinatorLog(file, state, options.logger, lock, prune), replayed };
   }
@@ -234,4 +220,24 @@ function transactionOf(record: LogRecord): string | undefined {
     default:
       return undefined;
   }
+}
+
+/** Replays a log's content into `state`; returns how many records it applied (unknown ones are skipped). */
+export function replayInto(state: DurableState, records: readonly unknown[], files: ReadonlyMap<string, Uint8Array>, logger: Logger): number {
+  // Finished transactions first: records about a transaction that already ended change nothing.
+  for (const [name, data] of files) {
+    const seq = bucketSeq(name);
+    if (seq === undefined) continue;
+    state.finished.load(seq, new FinishedBucket(Buffer.from(data.buffer, data.byteOffset, data.byteLength)));
+  }
+  let replayed = 0;
+  for (const record of records) {
+    if (!isLogRecord(record)) {
+      logger.warn({ record }, 'skipping unknown log record');
+      continue;
+    }
+    state.apply(record);
+    replayed++;
+  }
+  return replayed;
 }

@@ -319,13 +319,13 @@ export class Coordinator {
     return this.transactions.isLive(transactionId) || this.#log.state.transaction(transactionId) !== undefined;
   }
 
-  /** Stops at once, writing and sending nothing more: the lease on its id passed to another instance. */
+  /** Stops at once, writing and sending nothing more: the lease on its id passed to another instance, or its log failed. */
   async halt(): Promise<void> {
     this.transactions.halt();
     await this.#sweeper.stopped();
     await this.#log.close().catch(() => undefined); // fenced out: nothing more reaches the log
     await this.#registry.close();
-    this.#logger.warn({ coordinatorId: this.coordinatorId }, 'cluster: coordinator halted (its lease passed to another instance)');
+    this.#logger.warn({ coordinatorId: this.coordinatorId }, 'cluster: coordinator halted: it writes and sends nothing more under this id');
   }
 
   /** Graceful stop: no new work, in-flight phase 2 finished up to the deadline, log flushed. */

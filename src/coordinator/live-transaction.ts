@@ -166,19 +166,28 @@ export class LiveTransaction {
   }
 }
 
-/** The view of a transaction known only from the log (finished, or seen before a restart). */
+/**
+ * The view of a transaction known only from the log: finished, seen before a restart, or read
+ * from a shared log while no instance runs it (decided, phase 2 not finished: in doubt).
+ */
 export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
-  const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : 'unknown';
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).
   // An abort logs no decision (presumed abort): the outcome stands for it.
   const decision = tx.decision === 'precommit' ? 'commit' : (tx.decision ?? outcome ?? null);
+  const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : decision === 'commit' ? 'committing' : decision === 'abort' ? 'aborting' : 'unknown';
+  const branchState = (b: DurableTransaction['branches'][number]): string => {
+    if (b.vote === 'read-only') return 'read-only';
+    if (outcome !== undefined) return outcome === 'commit' ? 'committed' : 'aborted';
+    if (b.ackedAt !== undefined) return decision === 'commit' ? 'committed' : 'aborted';
+    return b.precommittedAt !== undefined ? 'precommitted' : 'prepared';
+  };
   return {
     id: tx.id,
     protocol: tx.protocol,
     state,
     decision,
-    inDoubt: false,
+    inDoubt: outcome === undefined && decision !== null,
     ...(tx.reason === undefined ? {} : { reason: tx.reason }),
     timeoutMs: tx.timeoutMs,
     createdAt: tx.createdAt,
@@ -188,7 +197,7 @@ export function durableView(tx: DurableTransaction, forgotten: readonly Forgotte
       branchId: b.branchId,
       participant: b.participant,
       kind: b.kind,
-      state: b.vote === 'read-only' ? 'read-only' : outcome === 'commit' ? 'committed' : 'aborted',
+      state: branchState(b),
       ...(b.vote === undefined ? {} : { vote: b.vote }),
       ...forgottenView(forgotten.find((f) => f.branchId === b.branchId)),
     })),

@@ -72,6 +72,42 @@ interface Batch {
 const newBatch = (): Batch => ({ texts: [], bytes: 0, sync: false, due: false, waiters: [] });
 const DELETE_BATCH = 10_000;
 
+/** What the log holds for one coordinator id: the snapshot's records and files, then the records after it. */
+export interface LogContent {
+  readonly records: unknown[];
+  readonly files: Map<string, Uint8Array>;
+  readonly uptoSeq: number;
+  readonly lastSeq: number;
+  readonly snapshotRecords: number;
+  /** Every stored file's name, the snapshot's and leftovers of an interrupted compaction. */
+  readonly storedFiles: Set<string>;
+}
+
+/**
+ * Reads one coordinator id's log. The caller sees one consistent state: either it is the id's
+ * only writer, or it reads inside one REPEATABLE READ transaction (a compaction in between
+ * could otherwise delete records the snapshot it read does not cover).
+ */
+export async function readLogContent(client: pg.ClientBase, coordinatorId: string): Promise<LogContent> {
+  const snap = await client.query<{ upto_seq: string; records: string; files: string[] }>('SELECT upto_seq, records, files FROM tcx_log_snapshot WHERE coordinator_id = $1', [
+    coordinatorId,
+  ]);
+  const uptoSeq = Number(snap.rows[0]?.upto_seq ?? 0);
+  const records: unknown[] = snap.rows[0] === undefined ? [] : (JSON.parse(snap.rows[0].records) as unknown[]);
+  const snapshotRecords = records.length;
+  const files = new Map<string, Uint8Array>();
+  const named = new Set(snap.rows[0]?.files ?? []);
+  const stored = await client.query<{ name: string; data: Buffer }>('SELECT name, data FROM tcx_log_file WHERE coordinator_id = $1', [coordinatorId]);
+  for (const row of stored.rows) if (named.has(row.name)) files.set(row.name, row.data);
+  const rows = await client.query<{ seq: string; record: string }>('SELECT seq, record FROM tcx_log WHERE coordinator_id = $1 AND seq > $2 ORDER BY seq', [coordinatorId, uptoSeq]);
+  let lastSeq = uptoSeq;
+  for (const row of rows.rows) {
+    records.push(JSON.parse(row.record));
+    lastSeq = Number(row.seq);
+  }
+  return { records, files, uptoSeq, lastSeq, snapshotRecords, storedFiles: new Set(stored.rows.map((r) => r.name)) };
+}
+
 export class PostgresLog {
   readonly #client: pg.Client;
   readonly #options: PostgresLogOptions;
@@ -124,28 +160,8 @@ export class PostgresLog {
     try {
       await client.connect();
       await migrate(client);
-      const epoch = options.epoch;
-      const snap = await client.query<{ upto_seq: string; records: string; files: string[] }>(
-        'SELECT upto_seq, records, files FROM tcx_log_snapshot WHERE coordinator_id = $1',
-        [options.coordinatorId],
-      );
-      const uptoSeq = Number(snap.rows[0]?.upto_seq ?? 0);
-      const records: unknown[] = snap.rows[0] === undefined ? [] : (JSON.parse(snap.rows[0].records) as unknown[]);
-      const snapshotRecords = records.length;
-      const files = new Map<string, Uint8Array>();
-      const named = new Set(snap.rows[0]?.files ?? []);
-      const stored = await client.query<{ name: string; data: Buffer }>('SELECT name, data FROM tcx_log_file WHERE coordinator_id = $1', [options.coordinatorId]);
-      for (const row of stored.rows) if (named.has(row.name)) files.set(row.name, row.data);
-      const rows = await client.query<{ seq: string; record: string }>(
-        'SELECT seq, record FROM tcx_log WHERE coordinator_id = $1 AND seq > $2 ORDER BY seq',
-        [options.coordinatorId, uptoSeq],
-      );
-      let last = uptoSeq;
-      for (const row of rows.rows) {
-        records.push(JSON.parse(row.record));
-        last = Number(row.seq);
-      }
-      const log = new PostgresLog(client, options, epoch, { nextSeq: last + 1, uptoSeq, snapshotRecords, files: new Set(stored.rows.map((r) => r.name)) });
+      const { records, files, uptoSeq, lastSeq, snapshotRecords, storedFiles } = await readLogContent(client, options.coordinatorId);
+      const log = new PostgresLog(client, options, options.epoch, { nextSeq: lastSeq + 1, uptoSeq, snapshotRecords, files: storedFiles });
       log.#kick(); // leftovers the last snapshot covers are deleted in the background
       return { log, records, files };
     } catch (err) {

@@ -194,7 +194,8 @@ describe('a zombie', () => {
     proxies.push(proxy);
     const zombie = await instance('zombie', logUrl);
     const survivor = await instance('survivor', logUrl);
-    for (const p of [zombie, survivor]) await register(p, [{ name: 'bank', url: db }, { name: 'slow-bank', url: proxy.rewriteUrl(db) }]);
+    await register(zombie, [{ name: 'bank', url: db }, { name: 'slow-bank', url: proxy.rewriteUrl(db) }]);
+    await eventually(async () => (await survivor.request('GET', '/v1/participants/slow-bank')).status === 200); // the shared registry
 
     // A transaction whose commit is durable but cannot be delivered to slow-bank yet.
     const begun = await zombie.request('POST', '/v1/transactions', {
@@ -231,5 +232,65 @@ describe('a zombie', () => {
     expect(await rowsOf(zombieEpoch)).toBe(written);
     const [z1, z2] = await withClient(db, async (c) => (await c.query<{ balance: number }>(`SELECT balance FROM accounts WHERE id IN ('z1', 'z2') ORDER BY id`)).rows.map((r) => Number(r.balance)));
     expect([z1, z2]).toEqual([95, 105]);
+  }, 60_000);
+});
+
+describe('a dead instance before its lease lapses', () => {
+  it('has its transactions read from the shared log by the others; a change to one waits for its adopter', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { d1: 100, d2: 100, d3: 100 });
+    const target = new URL(db);
+    const proxy = await FaultProxy.start({ name: 'dead-bank', target: { host: target.hostname, port: Number(target.port) } });
+    proxies.push(proxy);
+    // A lease long enough that the dead instance's id is still held while the survivor is asked.
+    const leaseMs = { TCX_LEASE_MS: '8000' };
+    const dying = await instance('dying', logUrl, leaseMs);
+    const survivor = await instance('living', logUrl, leaseMs);
+    await register(dying, [{ name: 'bank', url: db }, { name: 'slow-bank', url: proxy.rewriteUrl(db) }]);
+    await eventually(async () => (await survivor.request('GET', '/v1/participants/slow-bank')).status === 200); // the shared registry
+    await eventually(async () => ((await survivor.request('GET', '/v1/cluster')).body.leases as unknown[]).length === 2);
+
+    const done = await dying.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('d1', -1)] }], commit: true });
+    expect(done.body.state).toBe('committed');
+    // Decided commit, one branch not delivered yet: in doubt.
+    const begun = await dying.request('POST', '/v1/transactions', {
+      branches: [
+        { participant: 'bank', operations: [transferSql('d1', -5)] },
+        { participant: 'slow-bank', operations: [transferSql('d2', 5)] },
+      ],
+    });
+    const inDoubt = begun.body.id as string;
+    expect((await dying.request('POST', `/v1/transactions/${inDoubt}/prepare`)).body.state).toBe('prepared');
+    proxy.blackhole(true);
+    proxy.cutOpenConnections();
+    expect((await dying.request('POST', `/v1/transactions/${inDoubt}/commit`)).body.state).toBe('committing');
+    // Prepared, not decided: only its own instance (or, once the lease lapses, the adopter) may say what it becomes.
+    const open = (await dying.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('d3', -1)] }] })).body.id as string;
+    expect((await dying.request('POST', `/v1/transactions/${open}/prepare`)).body.state).toBe('prepared');
+    await dying.kill();
+
+    // Its lease still holds: nobody runs its transactions, yet they are visible as its log has them.
+    const read = await survivor.request('GET', `/v1/transactions/${done.body.id as string}`);
+    expect(read.status, JSON.stringify(read.body)).toBe(200);
+    expect(read.body.state).toBe('committed');
+    const pending = await survivor.request('GET', `/v1/transactions/${inDoubt}`);
+    expect(pending.status).toBe(200);
+    expect(pending.body).toMatchObject({ state: 'committing', decision: 'commit' });
+    const undecided = await survivor.request('GET', `/v1/transactions/${open}`);
+    expect(undecided.status).toBe(503);
+    expect(undecided.body.error.code).toBe('OWNER_UNREACHABLE');
+    const retry = await survivor.request('POST', `/v1/transactions/${inDoubt}/retry`);
+    expect(retry.status).toBe(503);
+    expect(retry.body.error.code).toBe('OWNER_UNREACHABLE');
+    const cluster = (await survivor.request('GET', '/v1/cluster')).body as { leases: { coordinatorId: string; holder: string; expired: boolean }[] };
+    expect(cluster.leases.find((l) => l.coordinatorId === 'dying')).toMatchObject({ holder: 'dying', expired: false });
+
+    // Once the lease lapses the survivor adopts the id and finishes the commit.
+    proxy.blackhole(false);
+    await eventually(async () => (await survivor.request('GET', `/v1/transactions/${inDoubt}`)).body.state === 'committed', 30_000);
+    expect((await survivor.request('GET', `/v1/transactions/${open}`)).body.state).toBe('aborted'); // presumed abort
+    expect(await preparedGids(db)).toEqual([]);
   }, 60_000);
 });

@@ -1,0 +1,84 @@
+/**
+ * Reads another coordinator id's transactions straight from the shared log, for the moments
+ * when no running coordinator answers for that id: its instance died and its lease has not
+ * lapsed yet, or it lapsed and nobody has adopted it yet, or its adopter is still recovering
+ * it. What the log holds is exactly what the adopter will recover from, so a dead instance's
+ * transactions stay visible — and a 3PC participant asking about one is never told "unknown"
+ * (presumed abort) while a decision for it sits in the log.
+ *
+ * Each id's log is read in one REPEATABLE READ, READ ONLY transaction (a compaction running
+ * meanwhile cannot make the snapshot and the records after it disagree) and replayed into a
+ * fresh durable state, kept for a second so that a burst of such reads costs one load.
+ */
+
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { replayInto } from '../coordinator/coordinator-log.js';
+import { durableView, type TransactionView } from '../coordinator/live-transaction.js';
+import { DurableState } from '../log/durable-state.js';
+import { readLogContent } from '../log/postgres-log.js';
+
+/** A transaction found in a shared log; `view` only when it is decided. */
+export interface LoggedTransaction {
+  readonly view?: TransactionView;
+}
+
+const KEEP_MS = 1_000;
+/** Ids whose loaded state is kept at once; more evict the oldest. */
+const MAX_KEPT = 16;
+
+export class SharedLogReader {
+  readonly #pool: pg.Pool;
+  readonly #logger: Logger;
+  readonly #loaded = new Map<string, { readonly at: number; readonly state: Promise<DurableState> }>();
+
+  constructor(pool: pg.Pool, logger: Logger) {
+    this.#pool = pool;
+    this.#logger = logger;
+  }
+
+  /**
+   * The transaction as the first of these ids' logs that holds it has it; undefined when none
+   * does. Only a decided one has a view: an undecided one may still be decided by an instance
+   * that is merely unreachable from here (its lease has not lapsed), so nothing can be said yet.
+   */
+  async transaction(coordinatorIds: Iterable<string>, transactionId: string): Promise<LoggedTransaction | undefined> {
+    for (const id of coordinatorIds) {
+      const state = await this.#state(id);
+      const tx = state.transaction(transactionId);
+      if (tx === undefined) continue;
+      const decided = tx.outcome !== undefined || tx.decision !== undefined;
+      return decided ? { view: durableView(tx, state.forgottenBranches.get(transactionId)) } : {};
+    }
+    return undefined;
+  }
+
+  #state(coordinatorId: string): Promise<DurableState> {
+    const now = performance.now();
+    const kept = this.#loaded.get(coordinatorId);
+    if (kept !== undefined && now - kept.at < KEEP_MS) return kept.state;
+    for (const [id, entry] of this.#loaded) if (now - entry.at >= KEEP_MS || this.#loaded.size >= MAX_KEPT) this.#loaded.delete(id);
+    const state = this.#load(coordinatorId);
+    this.#loaded.set(coordinatorId, { at: now, state });
+    state.catch(() => this.#loaded.delete(coordinatorId));
+    return state;
+  }
+
+  async #load(coordinatorId: string): Promise<DurableState> {
+    const client = await this.#pool.connect();
+    let failed: Error | undefined;
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const content = await readLogContent(client, coordinatorId);
+      await client.query('COMMIT');
+      const state = new DurableState();
+      replayInto(state, content.records, content.files, this.#logger);
+      return state;
+    } catch (err) {
+      failed = err instanceof Error ? err : new Error(String(err));
+      throw err;
+    } finally {
+      client.release(failed); // a failed session is closed, not pooled (its transaction may still be open)
+    }
+  }
+}
