@@ -25,4 +25,15 @@ export default tseslint.config(
     files: ['test/**/*.ts', 'bench/**/*.ts'],
     rules: { 'no-console': 'off' },
   },
+  {
+    // The dashboard's browser scripts, served as they are (no build step): browser globals only.
+    files: ['src/ui/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: {
+        window: 'readonly', document: 'readonly', console: 'readonly', fetch: 'readonly', URL: 'readonly',
+        AbortSignal: 'readonly', sessionStorage: 'readonly', Node: 'readonly', setTimeout: 'readonly', setInterval: 'readonly',
+      },
+    },
+  },
 );

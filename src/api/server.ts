@@ -12,6 +12,7 @@ import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import { installDashboard } from '../ui/dashboard.js';
 import type { LoggedTransaction } from '../cluster/shared-log-reader.js';
 import { FORWARDED_BY, type ForwardResult, type ForwardedRequest } from '../cluster/forwarding.js';
 import { decodeCursor, type ListFilter } from '../coordinator/transaction-listing.js';
@@ -106,6 +107,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.setChildLoggerFactory((parent) => parent);
   installErrorHandling(app);
   installAuth(app, { apiTokens: options.apiTokens ?? [], adminTokens: options.adminTokens ?? [] });
+  installDashboard(app);
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
   const tx = coordinator.transactions;
