@@ -1,9 +1,11 @@
 /**
- * `npm run chaos -- --seconds N [--seed S] [--clients C]`: the mixed transfer workload (two
- * Postgres, one Redis, one HTTP participant; 2PC and 3PC mixed) under a seeded schedule of
- * coordinator kills, participant restarts and network faults, then full invariant checks.
- * See bench/chaos/run.ts. Prints the seed first and a summary table last; exits 1 on any
- * violation, 2 when the harness itself failed.
+ * `npm run chaos -- --seconds N [--seed S] [--clients C] [--instances I]`: the mixed transfer
+ * workload (two Postgres, one Redis, one HTTP participant; 2PC and 3PC mixed) under a seeded
+ * schedule of coordinator kills, participant restarts and network faults, then full invariant
+ * checks. With `--instances I` (I >= 2) the coordinator is I instances over a shared Postgres
+ * log, the kills are instance kills (with 3+, one for good) and the summary adds takeover
+ * figures. See bench/chaos/run.ts. Prints the seed first and a summary table last; exits 1 on
+ * any violation, 2 when the harness itself failed.
  *
  * The coordinator child runs dist/main.js (built first when missing).
  */
@@ -11,14 +13,16 @@ import { formatSummary, runChaos } from './chaos/run.js';
 
 function usage(message?: string): never {
   if (message !== undefined) console.error(`chaos: ${message}`);
-  console.error('usage: npm run chaos -- --seconds N [--seed S] [--clients C] [--quiet]');
+  console.error('usage: npm run chaos -- --seconds N [--seed S] [--clients C] [--instances I] [--quiet]');
+  console.error('  --instances I   I coordinator instances over a shared Postgres log (default 1: one coordinator, file log)');
   process.exit(2);
 }
 
-function parseArgs(argv: readonly string[]): { seconds: number; seed: number; clients: number; quiet: boolean } {
+function parseArgs(argv: readonly string[]): { seconds: number; seed: number; clients: number; instances: number; quiet: boolean } {
   let seconds = 60;
   let seed = Math.floor(Math.random() * 2 ** 31);
   let clients = 6;
+  let instances = 1;
   let quiet = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
@@ -32,11 +36,13 @@ function parseArgs(argv: readonly string[]): { seconds: number; seed: number; cl
     if (flag === '--seconds') seconds = value();
     else if (flag === '--seed') seed = value();
     else if (flag === '--clients') clients = value();
+    else if (flag === '--instances') instances = value();
     else if (flag === '--quiet') quiet = true;
     else if (flag === '--help' || flag === '-h') usage();
     else usage(`unknown argument ${arg}`);
   }
-  return { seconds, seed, clients, quiet };
+  if (instances < 1 || instances > 8) usage(`--instances must be within 1..8, got ${instances}`);
+  return { seconds, seed, clients, instances, quiet };
 }
 
 async function main(): Promise<void> {

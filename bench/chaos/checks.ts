@@ -12,9 +12,16 @@
  *   money         every account equals its start plus the committed transfers' deltas, so
  *                 each store's total is its start plus its committed net flow, and the total
  *                 over the four stores is conserved
+ *
+ * With several instances the API checks go to every running instance: any of them answers for
+ * any transaction (forwarded to its owner, or its adopter's), so an answer depends on nothing
+ * but the transaction; two instances giving different outcomes is a violation. An instance
+ * left down for good must have been adopted: a survivor's GET /v1/cluster shows its id held
+ * by another instance.
  */
 import { Redis } from 'ioredis';
 import type { BranchEntry } from '../../src/participant-kit/branch-store.js';
+import type { CoordinatorProcess } from '../../test/support/coordinator-process.js';
 import { withClient } from '../../test/support/databases.js';
 import { scanKeys } from '../../test/support/redis-keys.js';
 import { sleep } from '../../test/support/postgres-server.js';
@@ -23,9 +30,11 @@ import {
   account,
   redisAccountKey,
   redisMarkPrefix,
+  runningInstances,
   START_BALANCE,
   STORES,
   type ChaosEnvironment,
+  type ChaosInstance,
   type Store,
 } from './environment.js';
 import type { Transfer } from './workload.js';
@@ -82,6 +91,27 @@ export interface SettleResult {
   readonly live: number;
   readonly inDoubt: { id: string; state: string; branches: { participant: string; state: string; lastError?: string }[] }[];
   readonly leftovers: Leftovers;
+  /** Several instances: what kept the cluster from idle (an instance the listing did not reach, an id of an instance left down that nobody adopted). */
+  readonly cluster?: { readonly unreachable: string[]; readonly unadopted: string[] };
+}
+
+/** The first running instance (the checks' way in); throws when none runs. */
+export function anyInstance(env: ChaosEnvironment): CoordinatorProcess {
+  const first = runningInstances(env)[0];
+  if (first === undefined) throw new Error('chaos: no coordinator instance is running');
+  return first.proc;
+}
+
+/** Several instances: instances a listing did not reach, and ids of instances not running that no other instance holds. */
+async function clusterState(env: ChaosEnvironment, listed: { unreachable?: string[] } | undefined): Promise<{ unreachable: string[]; unadopted: string[] }> {
+  const down = env.instances.filter((i) => !i.proc.running).map((i) => i.id);
+  let unadopted = down;
+  if (down.length > 0) {
+    const view = await anyInstance(env).request('GET', '/v1/cluster', undefined, 5_000);
+    const leases = (view.body?.leases ?? []) as { coordinatorId: string; holder: string }[];
+    unadopted = down.filter((id) => !leases.some((l) => l.coordinatorId === id && l.holder !== id));
+  }
+  return { unreachable: listed?.unreachable ?? [], unadopted };
 }
 
 /**
@@ -92,14 +122,21 @@ export interface SettleResult {
 export async function settle(env: ChaosEnvironment, maxMs = 90_000, idleGraceMs = 15_000): Promise<SettleResult> {
   const t0 = Date.now();
   let idleSince: number | undefined;
+  const cluster = env.instances.length > 1;
   for (;;) {
     let live = -1;
     let inDoubt: SettleResult['inDoubt'] = [];
+    let state: SettleResult['cluster'];
     try {
-      const health = await env.coord.request('GET', '/healthz', undefined, 5_000);
-      live = Number(health.body?.liveTransactions ?? -1);
-      const listed = await env.coord.request('GET', '/v1/transactions?state=in-doubt', undefined, 5_000);
+      live = 0;
+      for (const i of cluster ? runningInstances(env) : env.instances) {
+        const health = await i.proc.request('GET', '/healthz', undefined, 5_000);
+        live += Number(health.body?.liveTransactions ?? NaN);
+      }
+      if (Number.isNaN(live)) live = -1;
+      const listed = await anyInstance(env).request('GET', '/v1/transactions?state=in-doubt', undefined, 5_000);
       inDoubt = (listed.body?.transactions ?? []) as SettleResult['inDoubt'];
+      if (cluster) state = await clusterState(env, listed.body as { unreachable?: string[] } | undefined);
     } catch {
       live = -1;
     }
@@ -109,8 +146,10 @@ export async function settle(env: ChaosEnvironment, maxMs = 90_000, idleGraceMs 
     } catch {
       left = undefined;
     }
-    const idle = live === 0 && inDoubt.length === 0;
-    if (idle && left !== undefined && leftoverCount(left) === 0) return { settled: true, ms: Date.now() - t0, live, inDoubt, leftovers: left };
+    const idle = live === 0 && inDoubt.length === 0 && (!cluster || (state !== undefined && state.unreachable.length === 0 && state.unadopted.length === 0));
+    if (idle && left !== undefined && leftoverCount(left) === 0) {
+      return { settled: true, ms: Date.now() - t0, live, inDoubt, leftovers: left, ...(state === undefined ? {} : { cluster: state }) };
+    }
     if (idle) idleSince ??= Date.now();
     else idleSince = undefined;
     const now = Date.now();
@@ -121,6 +160,7 @@ export async function settle(env: ChaosEnvironment, maxMs = 90_000, idleGraceMs 
         live,
         inDoubt,
         leftovers: left ?? (await leftovers(env)),
+        ...(state === undefined ? {} : { cluster: state }),
       };
     }
     await sleep(250);
@@ -166,20 +206,89 @@ export async function collectEvidence(env: ChaosEnvironment): Promise<Evidence> 
   };
 }
 
-/** The coordinator's final outcome of every begun transfer (404 = presumed abort). */
-export async function finalOutcomes(env: ChaosEnvironment, transfers: readonly Transfer[]): Promise<Map<string, Final | string>> {
+/** What one coordinator answers about a transaction: its final state (if any) and what it said. */
+async function askOutcome(proc: CoordinatorProcess, id: string): Promise<{ final?: Final; said: string }> {
+  try {
+    const got = await proc.request('GET', `/v1/transactions/${id}`, undefined, 10_000);
+    if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') {
+      const by = got.body.error.details?.coordinatorId as unknown;
+      return { final: 'aborted', said: `404 UNKNOWN_TRANSACTION${typeof by === 'string' ? ` (from ${by})` : ''}` };
+    }
+    if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) return { final: got.body.state as Final, said: got.body.state as string };
+    return { said: `GET ${got.status} ${String(got.body?.state ?? JSON.stringify(got.body))}` };
+  } catch (err) {
+    return { said: `GET failed: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+/** Which coordinator ids' logs in the shared log database hold records of the transaction (and how many). */
+export async function logRecordsOf(env: ChaosEnvironment, txId: string): Promise<string> {
+  if (env.logUrl === undefined) return '';
+  try {
+    return await withClient(env.logUrl, async (c) => {
+      const log = await c.query<{ coordinator_id: string; n: string; epochs: string }>(
+        `SELECT coordinator_id, count(*)::text AS n, string_agg(DISTINCT epoch::text, ',') AS epochs FROM tcx_log WHERE strpos(record, $1) > 0 GROUP BY 1 ORDER BY 1`,
+        [txId],
+      );
+      const snap = await c.query<{ coordinator_id: string }>('SELECT coordinator_id FROM tcx_log_snapshot WHERE strpos(records, $1) > 0 ORDER BY 1', [txId]);
+      const rows = log.rows.map((r) => `${r.coordinator_id} ${r.n} records (epochs ${r.epochs})`);
+      return `shared log: ${rows.join(', ') || 'no records'}${snap.rows.length === 0 ? '' : `; in the snapshot of ${snap.rows.map((r) => r.coordinator_id).join(', ')}`}`;
+    });
+  } catch (err) {
+    return `shared log: ${err instanceof Error ? err.message : String(err)}`;
+  }
+}
+
+/**
+ * The final outcome of every begun transfer (404 = presumed abort). With several instances,
+ * every running instance is asked, and a commit any of them reports counts. Instances that
+ * disagree (one says committed, another aborted or 404 unknown) are listed in `disagreements`
+ * (a violation: an instance tells a client the opposite of the outcome), each asked again
+ * once a lease later; an instance that answered nothing definite while another did is noted
+ * in `odd`.
+ */
+export async function finalOutcomes(
+  env: ChaosEnvironment,
+  transfers: readonly Transfer[],
+  notes: { readonly odd: string[]; readonly disagreements: string[] } = { odd: [], disagreements: [] },
+): Promise<Map<string, Final | string>> {
   const out = new Map<string, Final | string>();
   const queue = transfers.filter((t) => t.id !== undefined).map((t) => t.id as string);
+  const cluster = env.instances.length > 1;
+  const asked: readonly ChaosInstance[] = cluster ? runningInstances(env) : env.instances;
+  const disagreed: { id: string; said: string; at: string }[] = [];
+  const askAll = async (id: string): Promise<{ id: string; final?: Final; said: string }[]> =>
+    Promise.all(asked.map(async (i) => ({ id: i.id, ...(await askOutcome(i.proc, id)) })));
+  const show = (answers: readonly { id: string; said: string }[]): string => answers.map((a) => `${a.id}: ${a.said}`).join('; ');
   await Promise.all(
     Array.from({ length: 8 }, async () => {
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
-        const got = await env.coord.request('GET', `/v1/transactions/${id}`, undefined, 10_000);
-        if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') out.set(id, 'aborted');
-        else if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) out.set(id, got.body.state as Final);
-        else out.set(id, `GET ${got.status} ${String(got.body?.state ?? JSON.stringify(got.body))}`);
+        if (!cluster) {
+          const got = await (env.instances[0] as ChaosInstance).proc.request('GET', `/v1/transactions/${id}`, undefined, 10_000);
+          if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') out.set(id, 'aborted');
+          else if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) out.set(id, got.body.state as Final);
+          else out.set(id, `GET ${got.status} ${String(got.body?.state ?? JSON.stringify(got.body))}`);
+          continue;
+        }
+        const at = new Date().toISOString().slice(11, 23);
+        const answers = await askAll(id);
+        const definite = new Set(answers.flatMap((a) => (a.final === undefined ? [] : [a.final])));
+        if (definite.size === 0) {
+          out.set(id, `instances answer ${show(answers)}`);
+          continue;
+        }
+        out.set(id, definite.has('committed') ? 'committed' : 'aborted');
+        if (definite.size > 1) disagreed.push({ id, said: show(answers), at });
+        else if (answers.some((a) => a.final === undefined)) notes.odd.push(`tx ${id}: ${show(answers)}`);
       }
     }),
   );
+  if (disagreed.length > 0) await sleep(2_000);
+  for (const [n, d] of disagreed.entries()) {
+    const again = n < 20 ? `; asked again at ${new Date().toISOString().slice(11, 23)}: ${show(await askAll(d.id))}` : '';
+    const log = n < 20 ? `; ${await logRecordsOf(env, d.id)}` : '';
+    notes.disagreements.push(`tx ${d.id}: at ${d.at} ${d.said}${again}${log}`);
+  }
   return out;
 }
 
@@ -210,7 +319,7 @@ export function checkInvariants(transfers: readonly Transfer[], finals: Map<stri
     const id = t.id;
     known.add(id);
     const final = finals.get(id) ?? 'missing';
-    const label = `tx ${id} (${t.protocol}, ${t.legs.map((l) => `${l.store}${l.delta > 0 ? '+' : ''}${l.delta}`).join(' ')}; client saw ${t.seen ?? 'nothing'}${t.detail === undefined ? '' : `: ${t.detail}`})`;
+    const label = `tx ${id} (${t.begunOn === undefined ? '' : `begun on ${t.begunOn} at ${t.begunAt ?? '?'}${t.via === undefined ? '' : ` via ${t.via}`}${t.answeredAt === undefined ? '' : `, answered at ${t.answeredAt}`}, `}${t.protocol}, ${t.legs.map((l) => `${l.store}${l.delta > 0 ? '+' : ''}${l.delta}`).join(' ')}; client saw ${t.seen ?? 'nothing'}${t.detail === undefined ? '' : `: ${t.detail}`})`;
     if (final !== 'committed' && final !== 'aborted') {
       unresolved++;
       violations.push(`no final outcome: ${label}: coordinator ${final}`);
@@ -262,6 +371,8 @@ export function checkInvariants(transfers: readonly Transfer[], finals: Map<stri
 export async function leftoverViolations(env: ChaosEnvironment, result: SettleResult): Promise<string[]> {
   const out: string[] = [];
   if (result.live !== 0) out.push(`coordinator still has ${result.live} live transactions ${result.ms} ms after healing`);
+  for (const id of result.cluster?.unreachable ?? []) out.push(`the in-doubt listing did not reach instance ${id} ${result.ms} ms after healing`);
+  for (const id of result.cluster?.unadopted ?? []) out.push(`${id} is down and no other instance holds its id (GET /v1/cluster) ${result.ms} ms after healing`);
   for (const tx of result.inDoubt) {
     const pending = tx.branches.filter((b) => b.state !== 'committed' && b.state !== 'aborted' && b.state !== 'read-only');
     out.push(
@@ -270,7 +381,7 @@ export async function leftoverViolations(env: ChaosEnvironment, result: SettleRe
   }
   const outcome = async (txId: string): Promise<string> => {
     try {
-      const got = await env.coord.request('GET', `/v1/transactions/${txId}`, undefined, 5_000);
+      const got = await anyInstance(env).request('GET', `/v1/transactions/${txId}`, undefined, 5_000);
       if (got.status !== 200) return `coordinator: ${got.status}`;
       const branches = (got.body.branches as { participant: string; state: string; vote?: string }[])
         .map((b) => `${b.participant} ${b.state}${b.vote === undefined ? '' : ` vote ${b.vote}`}`)

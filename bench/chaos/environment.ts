@@ -3,6 +3,12 @@
  * example ledger as an in-process HTTP participant (L, FileBranchStore), a FaultProxy in
  * front of each, and the coordinator as a child process (`node dist/main.js`) that reaches
  * every participant only through its proxy. The checks reach the stores directly.
+ *
+ * With `instances` > 1: a third Postgres server holds the shared log (its own server, never
+ * behind a proxy and never restarted, so the log outlives every participant fault), and N
+ * coordinator processes inst-1..inst-N run over it (TCX_LOG_URL, a short TCX_LEASE_MS so
+ * takeovers happen within the run). The participants are registered through inst-1 only and
+ * reach the others through the shared registry.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -38,6 +44,13 @@ export const COORDINATOR_ENV: Readonly<Record<string, string>> = {
   TCX_RETRY_INITIAL_MS: '50',
   TCX_RETRY_MAX_MS: '500',
 };
+/** With several instances: how long a coordinator id's lease lasts unrenewed (TCX_LEASE_MS). */
+export const CLUSTER_LEASE_MS = 2_000;
+/** A restarted instance may wait for its adopter to hand its id back (up to 6 leases) before it is ready. */
+export const CLUSTER_READY_MS = 60_000;
+
+export const instanceId = (index: number): string => `inst-${index + 1}`;
+
 /** statement + participant + connect + 5 s: the coordinator's bound for a prepare round. */
 export const PREPARE_WAIT_MS = 3_000 + 2_000 + 1_000 + 5_000;
 
@@ -107,9 +120,13 @@ export class LedgerHost {
   readonly #inFlight = new Map<number, string>();
   #requestNo = 0;
 
+  /**
+   * `coordinatorUrl`: where the ledger sends 3PC inquiries. Undefined (several instances): the
+   * URL each can-commit carries, i.e. the instance that ran the transaction.
+   */
   constructor(
     readonly dir: string,
-    readonly coordinatorUrl: string,
+    readonly coordinatorUrl: string | undefined,
     private readonly log: (line: string) => void = () => undefined,
   ) {}
 
@@ -132,7 +149,7 @@ export class LedgerHost {
         store,
         balancesFile: path.join(this.dir, 'ledger.balances.json'),
         kit: {
-          coordinatorUrl: this.coordinatorUrl,
+          ...(this.coordinatorUrl === undefined ? {} : { coordinatorUrl: this.coordinatorUrl }),
           precommitTimeoutMs: 3_000,
           uncertainTimeoutMs: 3_000,
           inquiryTimeoutMs: 1_000,
@@ -219,6 +236,13 @@ export class LedgerHost {
 
 // ---- everything together ----------------------------------------------------------------
 
+/** One coordinator process: `inst-<n>` with a shared log, or the one coordinator (its id generated) without. */
+export interface ChaosInstance {
+  readonly index: number;
+  readonly id: string;
+  readonly proc: CoordinatorProcess;
+}
+
 export interface ChaosEnvironment {
   readonly runId: string;
   readonly pgA: PostgresServer;
@@ -229,8 +253,11 @@ export interface ChaosEnvironment {
   readonly dbB: string;
   readonly ledger: LedgerHost;
   readonly proxies: Record<Store, FaultProxy>;
-  readonly coord: CoordinatorProcess;
-  readonly coordinatorId: string;
+  /** The coordinator processes; one without a shared log. */
+  readonly instances: readonly ChaosInstance[];
+  /** The shared log's server and database (several instances only). */
+  readonly logServer?: PostgresServer;
+  readonly logUrl?: string;
   readonly tempDir: string;
   destroy(): Promise<void>;
 }
@@ -248,7 +275,13 @@ async function prepareDatabase(server: PostgresServer): Promise<string> {
   return url;
 }
 
-export async function startEnvironment(runId: string, log: (line: string) => void): Promise<ChaosEnvironment> {
+/** The running coordinator processes, the first one first. */
+export const runningInstances = (env: ChaosEnvironment): ChaosInstance[] => env.instances.filter((i) => i.proc.running);
+
+/** Output tails of every coordinator process (for a harness error). */
+export const instanceTails = (env: ChaosEnvironment, lines = 40): string => env.instances.map((i) => `[${i.id}] ${i.proc.tail(lines)}`).join('\n');
+
+export async function startEnvironment(runId: string, log: (line: string) => void, instanceCount = 1): Promise<ChaosEnvironment> {
   const cleanups: (() => Promise<void>)[] = [];
   const destroy = async (): Promise<void> => {
     for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
@@ -257,24 +290,37 @@ export async function startEnvironment(runId: string, log: (line: string) => voi
   try {
     const tempDir = makeTempDir('chaos-');
     cleanups.push(async () => removeDirSync(tempDir));
-    const [pgA, pgB, redis] = await Promise.all([
+    const cluster = instanceCount > 1;
+    const [pgA, pgB, redis, logServer] = await Promise.all([
       PostgresServer.start({ name: 'chaos-a' }),
       PostgresServer.start({ name: 'chaos-b' }),
       RedisServer.start({ name: 'chaos-r' }),
+      cluster ? PostgresServer.start({ name: 'chaos-log' }) : Promise.resolve(undefined),
     ]);
-    cleanups.push(() => pgA.destroy(), () => pgB.destroy(), () => redis.destroy());
+    cleanups.push(() => pgA.destroy(), () => pgB.destroy(), () => redis.destroy(), async () => logServer?.destroy());
     const [dbA, dbB] = await Promise.all([prepareDatabase(pgA), prepareDatabase(pgB)]);
+    const logUrl = logServer === undefined ? undefined : await logServer.createDatabase('tcxlog');
     const r = new Redis(redis.url, { maxRetriesPerRequest: 2 });
     try {
       for (let i = 0; i < ACCOUNTS; i++) await r.set(redisAccountKey(runId, i), String(START_BALANCE));
     } finally {
       r.disconnect();
     }
-    log(`chaos: postgres A ${pgA.url()} B ${pgB.url()}, redis ${redis.url}`);
+    log(`chaos: postgres A ${pgA.url()} B ${pgB.url()}, redis ${redis.url}${logUrl === undefined ? '' : `, shared log ${logUrl}`}`);
 
-    const coord = await CoordinatorProcess.start({ env: COORDINATOR_ENV });
-    cleanups.push(() => coord.destroy());
-    const ledger = new LedgerHost(path.join(tempDir, 'ledger'), coord.url, log);
+    const instances: ChaosInstance[] = [];
+    for (let index = 0; index < instanceCount; index++) {
+      const env =
+        logUrl === undefined
+          ? COORDINATOR_ENV
+          : { ...COORDINATOR_ENV, TCX_LOG_URL: logUrl, TCX_COORDINATOR_ID: instanceId(index), TCX_LEASE_MS: String(CLUSTER_LEASE_MS) };
+      const proc = await CoordinatorProcess.start({ env, ...(cluster ? { readyTimeoutMs: CLUSTER_READY_MS } : {}) });
+      cleanups.push(() => proc.destroy());
+      const id = cluster ? instanceId(index) : ((await proc.request('GET', '/healthz')).body.coordinatorId as string);
+      instances.push({ index, id, proc });
+    }
+    const coord = (instances[0] as ChaosInstance).proc;
+    const ledger = new LedgerHost(path.join(tempDir, 'ledger'), cluster ? undefined : coord.url, log);
     fs.mkdirSync(ledger.dir, { recursive: true });
     await ledger.start();
     cleanups.push(() => ledger.stop());
@@ -299,11 +345,29 @@ export async function startEnvironment(runId: string, log: (line: string) => voi
       const res = await coord.request('POST', '/v1/participants', p);
       if (res.status !== 201) throw new Error(`chaos: registering ${p.name} answered ${res.status} ${JSON.stringify(res.body)}`);
     }
-    const coordinatorId = (await coord.request('GET', '/healthz')).body.coordinatorId as string;
-    log(`chaos: coordinator ${coord.url} (id ${coordinatorId}, pid ${coord.pid}), ledger :${ledger.port}, proxies ${STORES.map((s) => `${s}:${proxies[s].port}`).join(' ')}`);
-    return { runId, pgA, pgB, redis, dbA, dbB, ledger, proxies, coord, coordinatorId, tempDir, destroy };
+    // Registered through the first instance only: every other one takes them from the shared registry.
+    for (const other of instances.slice(1)) await waitForParticipants(other, Object.values(PARTICIPANT));
+    for (const i of instances) {
+      log(`chaos: coordinator ${i.proc.url} (id ${i.id}, pid ${i.proc.pid})`);
+    }
+    log(`chaos: ledger :${ledger.port}, proxies ${STORES.map((s) => `${s}:${proxies[s].port}`).join(' ')}`);
+    return { runId, pgA, pgB, redis, dbA, dbB, ledger, proxies, instances, ...(logServer === undefined ? {} : { logServer, logUrl }), tempDir, destroy };
   } catch (err) {
     await destroy();
     throw err;
+  }
+}
+
+/** Waits (bounded, 10 s; the shared registry syncs every third of a lease) until GET /v1/participants on `instance` lists every name. */
+async function waitForParticipants(instance: ChaosInstance, names: readonly string[]): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = '';
+  for (;;) {
+    const res = await instance.proc.request('GET', '/v1/participants', undefined, 5_000);
+    const listed = new Set(((res.body?.participants ?? []) as { name: string }[]).map((p) => p.name));
+    if (res.status === 200 && names.every((n) => listed.has(n))) return;
+    last = `${res.status} ${[...listed].join(',') || 'none'}`;
+    if (Date.now() > deadline) throw new Error(`chaos: ${instance.id} does not list the participants registered through inst-1 (GET /v1/participants: ${last})`);
+    await sleep(100);
   }
 }
