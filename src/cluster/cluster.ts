@@ -143,9 +143,19 @@ export class Cluster {
     return false;
   }
 
-  /** Asks the other live instances about a transaction this one does not know. */
-  forward(req: ForwardedRequest): Promise<ForwardResult> {
-    return this.#forwarder.forward(this.#peers, req);
+  /**
+   * Asks the other live instances about a transaction this one does not know. When none knows
+   * it, the leases are read again and, if any changed hands since the last look (an id handed
+   * back to its restarted instance, or adopted), the new holders are asked too: the look every
+   * third of a lease may not have seen the change yet, and "unknown" would mean presumed abort.
+   */
+  async forward(req: ForwardedRequest): Promise<ForwardResult> {
+    const first = await this.#forwarder.forward(this.#peers, req);
+    if (first.answer !== undefined || first.unreachable.length > 0) return first;
+    const before = this.#liveLeases;
+    await this.#lookAtLeases().catch(() => undefined);
+    const changed = this.#liveLeases.size !== before.size || [...this.#liveLeases].some(([id, holder]) => before.get(id) !== holder);
+    return changed ? this.#forwarder.forward(this.#peers, req) : first;
   }
 
   /**
@@ -157,7 +167,8 @@ export class Cluster {
    */
   async fromLog(transactionId: string, unreachable: readonly string[], onlyHere: boolean): Promise<LoggedTransaction | undefined> {
     const ids = new Set<string>();
-    for (const [id, h] of this.#held) if (h.coordinator === undefined && h.halting !== true) ids.add(id);
+    // Starting (its recovery runs), or being handed back or let go (its coordinator stopped answering).
+    for (const [id, h] of this.#held) if (h.coordinator === undefined || h.halting === true) ids.add(id);
     if (!onlyHere) {
       for (const [id, holder] of this.#liveLeases) if (unreachable.includes(holder)) ids.add(id);
       for (const id of this.#lapsed) if (!this.#held.has(id)) ids.add(id);

@@ -85,10 +85,13 @@ describe('three instances over one log', () => {
     await eventually(async () => committed.length >= 30, 20_000);
     await nodes.a.kill(); // for good
     await nodes.b.kill();
+    const killedAt = Date.now();
     await new Promise((r) => setTimeout(r, 300));
     await nodes.b.restart(); // takes its own id back (it held it last, or from its adopter)
-    // Its killed process's lease had not lapsed: the restart waited for it before recovering.
-    expect(nodes.b.logLines(1).some((l) => /from a lease that had not lapsed/.test(String(l.msg)) || /asking for it back/.test(String(l.msg)))).toBe(true);
+    // When its killed process's lease had not lapsed yet, the restart waited for it before recovering.
+    const held = nodes.b.logLines(1).find((l) => /holding the lease on this instance's id/.test(String(l.msg)));
+    const waited = nodes.b.logLines(1).some((l) => /from a lease that had not lapsed/.test(String(l.msg)) || /asking for it back/.test(String(l.msg)));
+    if (held !== undefined && Date.parse(String(held.time)) - killedAt < LEASE_MS / 2) expect(waited).toBe(true);
     await eventually(async () => committed.length >= 60, 20_000);
     stop = true;
     await Promise.all(load);
@@ -293,4 +296,45 @@ describe('a dead instance before its lease lapses', () => {
     expect((await survivor.request('GET', `/v1/transactions/${open}`)).body.state).toBe('aborted'); // presumed abort
     expect(await preparedGids(db)).toEqual([]);
   }, 60_000);
+});
+
+describe('an id handed back to its restarted instance', () => {
+  it('never makes a committed transaction of that id read as unknown on any instance', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { h1: 1_000 });
+    const [one, two, three] = [await instance('back-1', logUrl), await instance('back-2', logUrl), await instance('back-3', logUrl)];
+    await register(one, [{ name: 'bank', url: db }]);
+    await eventually(async () => (await two.request('GET', '/v1/participants/bank')).status === 200);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await two.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('h1', -1)] }], commit: true });
+      expect(res.body.state).toBe('committed');
+      ids.push(res.body.id as string);
+    }
+    await two.kill();
+    const holderOfTwo = async () => ((await one.request('GET', '/v1/cluster')).body.leases as { coordinatorId: string; holder: string; expired: boolean }[]).find((l) => l.coordinatorId === 'back-2');
+    await eventually(async () => {
+      const l = await holderOfTwo();
+      return l !== undefined && l.holder !== 'back-2' && !l.expired;
+    }, 15_000);
+    // While the id goes back (the adopter halts its copy, the restarted instance recovers it), the others are asked all along.
+    let ready = false;
+    const restarting = two.restart().then(() => (ready = true));
+    const answers: string[] = [];
+    const until = { at: Number.POSITIVE_INFINITY };
+    for (let n = 0; performance.now() < until.at; n++) {
+      if (ready && until.at === Number.POSITIVE_INFINITY) until.at = performance.now() + LEASE_MS;
+      const asker = n % 2 === 0 ? one : three;
+      const res = await asker.request('GET', `/v1/transactions/${ids[n % ids.length]!}`);
+      answers.push(res.status === 200 ? String(res.body.state) : `${res.status} ${String(res.body?.error?.code)}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await restarting;
+    expect((await holderOfTwo())?.holder).toBe('back-2');
+    // Committed, or "retry shortly" while nobody could answer — never unknown (presumed abort) or another outcome.
+    expect(answers.filter((a) => a !== 'committed' && a !== '503 OWNER_UNREACHABLE')).toEqual([]);
+    expect(answers.filter((a) => a === 'committed').length).toBeGreaterThan(10);
+  }, 90_000);
 });
