@@ -7,6 +7,8 @@ COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY scripts ./scripts
 RUN npm ci --no-audit --no-fund
 COPY src ./src
+# The build also writes the API description the coordinator serves (dist/openapi.json).
+COPY openapi.yaml ./
 RUN npm run build && npm prune --omit=dev
 
 FROM node:22-bookworm-slim

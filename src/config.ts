@@ -16,6 +16,10 @@ export interface Config {
   readonly logWaitMs: number;
   readonly coordinatorId: string | undefined;
   readonly logLevel: string;
+  /** json (default: one JSON object per line) or pretty (for a terminal, pino-pretty). */
+  readonly logFormat: 'json' | 'pretty';
+  /** When set: /metrics also on this port, without a token (for a Prometheus that reaches only it). 0: off. */
+  readonly metricsPort: number;
   readonly defaultTimeoutMs: number;
   readonly maxTimeoutMs: number;
   readonly retentionMs: number;
@@ -75,6 +79,12 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
+function logFormat(raw: string | undefined): 'json' | 'pretty' {
+  if (raw === undefined || raw === '' || raw === 'json') return 'json';
+  if (raw === 'pretty') return 'pretty';
+  throw new ConfigError(`TCX_LOG_FORMAT must be json or pretty, got ${JSON.stringify(raw)}`);
+}
+
 function str(env: Env, name: string, fallback: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? fallback : raw;
@@ -91,6 +101,8 @@ export function loadConfig(env: Env = process.env): Config {
     logWaitMs: int(env, 'TCX_LOG_WAIT_MS', 60_000, 0, 3_600_000),
     coordinatorId: env.TCX_COORDINATOR_ID === '' ? undefined : env.TCX_COORDINATOR_ID,
     logLevel: str(env, 'TCX_LOG_LEVEL', 'info'),
+    logFormat: logFormat(env.TCX_LOG_FORMAT),
+    metricsPort: int(env, 'TCX_METRICS_PORT', 0, 0, 65535),
     defaultTimeoutMs: int(env, 'TCX_DEFAULT_TIMEOUT_MS', 30_000, 100, 86_400_000),
     maxTimeoutMs: int(env, 'TCX_MAX_TIMEOUT_MS', 600_000, 100, 86_400_000),
     retentionMs: retentionHours * 3_600_000,

@@ -1,4 +1,5 @@
-import { pino, type DestinationStream, type Logger } from 'pino';
+import { destination as pinoDestination, pino, stdTimeFunctions, type DestinationStream, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -18,13 +19,25 @@ const REDACT_PATHS = [
   'req.headers.authorization',
 ];
 
-/** `destination` defaults to stdout (tests pass a stream to read every line written). */
-export function createLogger(options: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
+/**
+ * `destination` defaults to stdout (tests pass a stream to read every line written).
+ * `format: 'pretty'` (TCX_LOG_FORMAT=pretty) writes coloured, readable lines with local
+ * timestamps for a terminal (pino-pretty, in this thread: nothing is lost on exit); JSON
+ * lines stay the default, for log collectors. Redaction applies to both.
+ */
+export function createLogger(options: { level?: string; name?: string; destination?: DestinationStream; format?: 'json' | 'pretty' } = {}): Logger {
   const pinoOptions = {
     name: options.name ?? 'tx-coordinator',
     level: options.level ?? process.env.TCX_LOG_LEVEL ?? 'info',
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    // ISO 8601 UTC timestamps: readable as they are, and parsed by every log collector.
+    timestamp: stdTimeFunctions.isoTime,
   };
+  const format = options.format ?? (process.env.TCX_LOG_FORMAT === 'pretty' ? 'pretty' : 'json');
+  if (format === 'pretty') {
+    const destination = options.destination ?? pinoDestination({ dest: 1, sync: true });
+    return pino(pinoOptions, pretty({ destination, sync: true, colorize: process.stdout.isTTY, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l', ignore: 'pid,hostname,name' }));
+  }
   return options.destination === undefined ? pino(pinoOptions) : pino(pinoOptions, options.destination);
 }
 

@@ -5,9 +5,12 @@
  * flushed, exit 0.
  */
 
+import Fastify, { LogController, type FastifyBaseLogger } from 'fastify';
 import { buildServer } from './api/server.js';
+import { installErrorHandling } from './api/error-handler.js';
+import { coordinatorMetrics, installMetricsRoute } from './api/operator-routes.js';
 import { Cluster } from './cluster/cluster.js';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, loadConfig, type Config } from './config.js';
 import { Coordinator } from './coordinator/coordinator.js';
 import { armFailPoints } from './coordinator/fail-points.js';
 import { createLogger } from './logger.js';
@@ -21,7 +24,7 @@ async function main(): Promise<void> {
     bootLogger.fatal({ err: err instanceof Error ? err.message : String(err) }, 'invalid configuration');
     process.exit(2);
   }
-  const logger = createLogger({ level: config.logLevel });
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat });
   armFailPoints(config.failPoint);
   let coordinator: Coordinator;
   let cluster: Cluster | undefined;
@@ -40,14 +43,23 @@ async function main(): Promise<void> {
     logger.fatal({ err: err instanceof ConfigError ? err.message : err }, 'coordinator failed to start');
     process.exit(err instanceof ConfigError ? 2 : 1);
   }
+  const metrics = coordinatorMetrics(coordinator);
   const app = buildServer(coordinator, logger, {
     bodyLimitBytes: config.bodyLimitBytes,
     apiTokens: config.apiTokens,
     adminTokens: config.adminTokens,
+    metrics,
     ...(cluster === undefined ? {} : { cluster }),
   });
   await app.listen({ host: config.host, port: config.port });
-  logger.info({ host: config.host, port: config.port, dataDir: config.dataDir, coordinatorId: coordinator.coordinatorId }, 'listening');
+  // /metrics alone, without a token, for a Prometheus that can reach only this port.
+  const metricsApp = config.metricsPort === 0 ? undefined : Fastify({ loggerInstance: logger as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
+  if (metricsApp !== undefined) {
+    installErrorHandling(metricsApp);
+    installMetricsRoute(metricsApp, metrics);
+    await metricsApp.listen({ host: config.host, port: config.metricsPort });
+  }
+  logger.info(startupSummary(config, coordinator, cluster !== undefined), `listening on http://${config.host}:${config.port} (docs at /docs)`);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
@@ -60,6 +72,7 @@ async function main(): Promise<void> {
     }, 30_000);
     force.unref();
     await app.close();
+    await metricsApp?.close();
     await (cluster === undefined ? coordinator.stop(10_000) : cluster.stop(10_000));
     process.exit(0);
   };
@@ -68,6 +81,31 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', (reason) => {
     logger.error({ err: reason }, 'unhandled promise rejection');
   });
+}
+
+/** What an operator wants to see first: where it listens, which log, whether auth is on, who takes part. */
+function startupSummary(config: Config, coordinator: Coordinator, clustered: boolean): Record<string, unknown> {
+  const health = coordinator.health();
+  return {
+    coordinatorId: coordinator.coordinatorId,
+    url: `http://${config.host}:${config.port}`,
+    log: config.logUrl === undefined ? { backend: 'file', dataDir: config.dataDir } : { backend: 'postgres', database: logDatabase(config.logUrl), clustered, leaseMs: config.leaseMs },
+    tokens: config.apiTokens.length + config.adminTokens.length === 0 ? 'none: no authentication (loopback only)' : { apiTokens: config.apiTokens.length, adminTokens: config.adminTokens.length },
+    participants: coordinator.participants().map((p) => `${p.name} (${p.kind})`),
+    liveTransactions: health.liveTransactions,
+    inDoubtTransactions: health.inDoubtTransactions,
+    ...(config.metricsPort === 0 ? {} : { metricsUrl: `http://${config.host}:${config.metricsPort}/metrics` }),
+  };
+}
+
+/** host:port/database of the log's URL: never its user or password. */
+function logDatabase(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.host}${u.pathname}`;
+  } catch {
+    return '(unparsable URL)';
+  }
 }
 
 void main();

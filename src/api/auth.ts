@@ -3,14 +3,15 @@
  * needs `Authorization: Bearer <token>`; registering or removing participants
  * and resolving branches by hand need an admin token. Tokens are compared in
  * constant time (SHA-256 digests through timingSafeEqual, so neither content
- * nor length leaks through timing). /healthz stays open for probes, and so do
- * routes marked `config: { public: true }` (the dashboard's static files,
- * src/ui/dashboard.ts: they carry no data; the page's API calls need the token).
+ * nor length leaks through timing). /healthz stays open for probes, and the API's docs
+ * (/docs, /openapi.json) for anyone: they hold no data; so do routes marked
+ * `config: { public: true }` (the dashboard's static files, src/ui/dashboard.ts).
  */
 
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { CoordinatorError } from '../errors.js';
+import { isPublicDocsRoute } from './operator-routes.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -54,7 +55,7 @@ export function installAuth(app: FastifyInstance, options: AuthOptions): void {
     // Decide on the matched route, never on the raw URL: /%761/participants routes to
     // /v1/participants. Everything but the health probe needs a token, unmatched paths too.
     const route = request.routeOptions.url;
-    if (route === '/healthz' || request.routeOptions.config?.public === true) return;
+    if (route === '/healthz' || isPublicDocsRoute(route) || request.routeOptions.config?.public === true) return;
     const header = request.headers.authorization;
     // The scheme is case-insensitive (RFC 7235): "bearer" works as well as "Bearer".
     const match = typeof header === 'string' ? /^Bearer ([\x21-\x7e]{1,512})$/i.exec(header) : null;

@@ -13,6 +13,8 @@ import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
 import { installDashboard } from '../ui/dashboard.js';
+import { coordinatorMetrics, installDocs, installMetricsRoute } from './operator-routes.js';
+import type { CoordinatorMetrics } from '../observability/metrics.js';
 import type { LoggedTransaction } from '../cluster/shared-log-reader.js';
 import { FORWARDED_BY, type ForwardResult, type ForwardedRequest } from '../cluster/forwarding.js';
 import { decodeCursor, type ListFilter } from '../coordinator/transaction-listing.js';
@@ -58,6 +60,8 @@ export interface ServerOptions {
   readonly bodyLimitBytes?: number;
   readonly apiTokens?: readonly string[];
   readonly adminTokens?: readonly string[];
+  /** Served at /metrics; made here (and closed with the server) when not given. */
+  readonly metrics?: CoordinatorMetrics;
 }
 
 interface BranchInput {
@@ -110,6 +114,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   installDashboard(app);
   // Bodies are JSON only: anything else is 415, not parsed as text.
   app.removeContentTypeParser('text/plain');
+  const metrics = options.metrics ?? coordinatorMetrics(coordinator);
+  if (options.metrics === undefined) app.addHook('onClose', async () => metrics.close());
+  installMetricsRoute(app, metrics);
+  installDocs(app);
   const tx = coordinator.transactions;
   const cluster = options.cluster;
   const managerFor = (id: string): Coordinator['transactions'] => cluster?.coordinatorFor(id).transactions ?? tx;

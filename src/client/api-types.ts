@@ -28,6 +28,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics
+         * @description Prometheus text format (prom-client): `tcx_transactions_total{protocol,outcome}`,
+         *     `tcx_transaction_duration_seconds`, `tcx_transaction_phase_duration_seconds{phase}` (work,
+         *     prepare, deliver), `tcx_active_transactions`, `tcx_live_transactions`,
+         *     `tcx_in_doubt_transactions`, `tcx_retained_transactions`, `tcx_log_healthy`,
+         *     `tcx_log_fsync_seconds{backend}`, `tcx_log_batch_records{backend,forced}`,
+         *     `tcx_participant_call_duration_seconds{participant,call}`,
+         *     `tcx_participant_errors_total{participant,call,code}`, recovery counters, and Node's
+         *     default process metrics. Labels are bounded: never a transaction id or a gid. With tokens
+         *     set it needs one (any API or admin token), or is served without one on `TCX_METRICS_PORT`.
+         */
+        get: operations["getMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/openapi.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** This API description, as JSON */
+        get: operations["getOpenApi"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/cluster": {
         parameters: {
             query?: never;
@@ -1049,6 +1094,53 @@ export interface operations {
                     "application/json": components["schemas"]["Health"];
                 };
             };
+        };
+    };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            400: components["responses"]["ValidationFailed"];
+            401: components["responses"]["Unauthorized"];
+            500: components["responses"]["Internal"];
+        };
+    };
+    getOpenApi: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description openapi.yaml as JSON. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            400: components["responses"]["ValidationFailed"];
+            500: components["responses"]["Internal"];
         };
     };
     getCluster: {

@@ -10,6 +10,7 @@
 
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
+import { observeCall } from '../observability/events.js';
 import { makeGid } from './gid.js';
 import type { LiveBranch, LiveTransaction } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
@@ -160,7 +161,8 @@ export class BranchWork {
 
   async runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
     const { branch, adapter, work } = planned;
-    const result = await adapter.enlist(this.#deps.driver.ref(tx, branch), work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter });
+    const ref = this.#deps.driver.ref(tx, branch);
+    const result = await observeCall(adapter, 'work', () => adapter.enlist(ref, work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter }));
     if (result.vote !== undefined) {
       branch.prepareSent = true;
       branch.earlyPrepare = Promise.resolve(result.vote);

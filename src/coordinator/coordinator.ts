@@ -295,10 +295,15 @@ export class Coordinator {
       inDoubtTransactions: this.transactions.inDoubtCount(),
       participants: this.#registry.views().length,
       log: this.#log.stats(),
-      retainedTransactions: this.#log.state.finished.size,
+      retainedTransactions: this.retainedTransactions,
       memory: memory(),
       ...(this.#sweeper.lastReport === undefined ? {} : { lastRecoverySweep: this.#sweeper.lastReport }),
     };
+  }
+
+  /** Finished transactions kept for queries. */
+  get retainedTransactions(): number {
+    return this.#log.state.finished.size;
   }
 
   /** Set once the write-ahead log failed (fail-stop): this coordinator decides nothing more. */

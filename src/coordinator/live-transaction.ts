@@ -5,6 +5,7 @@
  * log's DurableState. Both render to the same TransactionView.
  */
 
+import type { TransactionEndedEvent } from '../observability/events.js';
 import type { DurableTransaction, ForgottenBranch, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import type { PrepareResult } from '../participants/participant.js';
@@ -88,6 +89,12 @@ export class LiveTransaction {
   /** Set when forcing the decision failed: the outcome stays undecided until a restart. */
   logFailure: Error | undefined;
   timer: NodeJS.Timeout | undefined;
+  /** performance.now() marks for the phase durations its end event reports. */
+  readonly startedMs = performance.now();
+  preparingMs: number | undefined;
+  decidedMs: number | undefined;
+  /** Resumed by recovery (after a restart or a takeover): its marks start there. */
+  resumed = false;
   readonly #listeners = new Set<() => void>();
 
   constructor(init: { id: string; protocol: ProtocolName; timeoutMs: number; createdAt: string }) {
@@ -206,4 +213,20 @@ export function durableView(tx: DurableTransaction, forgotten: readonly Forgotte
 
 function forgottenView(f: ForgottenBranch | undefined): { forgotten?: ForgottenView } {
   return f === undefined ? {} : { forgotten: { reason: f.reason, actor: f.actor, at: f.at } };
+}
+
+/** What its end tells the event seam: counts and durations, no ids. */
+export function endedEvent(tx: LiveTransaction, outcome: 'commit' | 'abort'): TransactionEndedEvent {
+  const now = performance.now();
+  const workEnd = tx.preparingMs ?? tx.decidedMs ?? now;
+  return {
+    protocol: tx.protocol,
+    outcome,
+    branches: tx.branches.size,
+    durationMs: now - tx.startedMs,
+    workMs: workEnd - tx.startedMs,
+    ...(tx.preparingMs === undefined ? {} : { prepareMs: (tx.decidedMs ?? now) - tx.preparingMs }),
+    ...(tx.decidedMs === undefined ? {} : { deliverMs: now - tx.decidedMs }),
+    resumed: tx.resumed,
+  };
 }

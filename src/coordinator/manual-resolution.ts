@@ -12,6 +12,7 @@ import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
 import { Mutex } from './mutex.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionManager } from './transaction-manager.js';
+import { observeCall } from '../observability/events.js';
 
 export interface PreparedBranchView {
   readonly gid: string;
@@ -178,7 +179,7 @@ export class ManualResolver {
     this.#deps.logger.warn({ txId: parsed.transactionId, gid, participant: name, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: manual resolution');
     const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
     try {
-      await (request.outcome === 'commit' ? adapter.commit(ref) : adapter.abort(ref));
+      await (request.outcome === 'commit' ? observeCall(adapter, 'commit', () => adapter.commit(ref)) : observeCall(adapter, 'abort', () => adapter.abort(ref)));
     } catch (err) {
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `resolution recorded, but ${name} did not confirm it yet: ${errorMessage(err)}`, {
         cause: err,

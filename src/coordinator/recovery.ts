@@ -23,6 +23,7 @@ import { gidPrefix, parseGid } from './gid.js';
 import { presumedAbortRecord } from './journal.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionManager } from './transaction-manager.js';
+import { events, observeCall } from '../observability/events.js';
 
 export interface SweepReport {
   readonly committed: number;
@@ -88,7 +89,7 @@ export class RecoverySweeper {
       if (!mayGoOn()) break;
       let gids: string[];
       try {
-        gids = await adapter.findPrepared(prefix);
+        gids = await observeCall(adapter, 'find-prepared', () => adapter.findPrepared(prefix));
       } catch (err) {
         unreachable.push(adapter.name);
         this.#logger.warn({ participant: adapter.name, err: errorMessage(err) }, 'recovery: cannot list prepared branches');
@@ -111,7 +112,7 @@ export class RecoverySweeper {
         const commit = decision === 'commit' || decision === 'precommit'; // a durable 3PC pre-commit means commit
         const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
         try {
-          await (commit ? adapter.commit(ref) : adapter.abort(ref));
+          await (commit ? observeCall(adapter, 'commit', () => adapter.commit(ref)) : observeCall(adapter, 'abort', () => adapter.abort(ref)));
           if (commit) committed++;
           else rolledBack++;
           if (known === undefined) {
@@ -141,6 +142,7 @@ export class RecoverySweeper {
     this.lastReport = { ...report, at: new Date().toISOString() };
     this.lastPassClean = mayGoOn() && failed === 0 && unreachable.length === 0;
     if (committed + rolledBack + failed > 0) this.#logger.info(report, 'recovery sweep done');
+    if (events.recoverySwept.active) events.recoverySwept.publish({ committed, rolledBack, failed, unreachable: unreachable.length });
     return report;
   }
 

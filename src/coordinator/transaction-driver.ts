@@ -23,7 +23,8 @@ import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { hitFailPoint } from './fail-points.js';
 import { decisionRecord, endedRecord } from './journal.js';
-import type { LiveBranch, LiveTransaction } from './live-transaction.js';
+import { endedEvent, type LiveBranch, type LiveTransaction } from './live-transaction.js';
+import { events, observeCall } from '../observability/events.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 
 export interface DriverHooks {
@@ -114,6 +115,7 @@ export class TransactionDriver {
   #perform(tx: LiveTransaction, action: TwoPhaseAction): void {
     switch (action.type) {
       case 'prepare-branches':
+        tx.preparingMs ??= performance.now();
         for (const id of action.branchIds) void this.#prepareBranch(tx, id);
         return;
       case 'log-decision':
@@ -150,8 +152,9 @@ export class TransactionDriver {
         const ref = this.ref(tx, branch);
         const options = { decisionFollows: tx.state.commitRequested };
         // 3PC can-commit: stores with one durable "yes" state prepare here (design rule 3).
+        const canCommit = tx.protocol === '3pc' ? adapter.canCommit?.bind(adapter) : undefined;
         const answer =
-          tx.protocol === '3pc' && adapter.canCommit !== undefined ? await adapter.canCommit(ref, options) : await adapter.prepare(ref, options);
+          canCommit !== undefined ? await observeCall(adapter, 'can-commit', () => canCommit(ref, options)) : await observeCall(adapter, 'prepare', () => adapter.prepare(ref, options));
         vote = answer.vote;
         reason = answer.reason;
       } catch (err) {
@@ -186,6 +189,7 @@ export class TransactionDriver {
       if (record !== undefined) this.#log.record(record);
     }
     tx.decidedAt ??= at;
+    tx.decidedMs ??= performance.now();
     // Phase 2 leaves first; the log line follows.
     this.applyInternal(tx, { type: 'decision-durable', decision: verdict });
     const reason = verdict === 'abort' ? tx.state.abortReason : undefined;
@@ -214,8 +218,11 @@ export class TransactionDriver {
       try {
         const current = this.#registry.adapter(branch.participant);
         const ref = this.ref(tx, branch);
-        if (decision === 'precommit') await current.preCommit?.(ref);
-        else await (decision === 'commit' ? current.commit(ref) : current.abort(ref));
+        if (decision === 'precommit') {
+          const preCommit = current.preCommit?.bind(current);
+          if (preCommit !== undefined) await observeCall(current, 'pre-commit', () => preCommit(ref));
+        } else if (decision === 'commit') await observeCall(current, 'commit', () => current.commit(ref));
+        else await observeCall(current, 'abort', () => current.abort(ref));
         branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         break;
       } catch (err) {
@@ -243,6 +250,7 @@ export class TransactionDriver {
     this.#log.record(endedRecord(tx, outcome));
     clearTimeout(tx.timer);
     this.#hooks.ended(tx);
+    if (events.transactionEnded.active) events.transactionEnded.publish(endedEvent(tx, outcome));
     this.#logger.debug({ txId: tx.id, outcome }, 'transaction ended');
     tx.changed();
   }

@@ -25,6 +25,7 @@ import { resumedTransaction } from './resume.js';
 import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
 import { listTransactions, type ListFilter, type ListPage } from './transaction-listing.js';
 import { TransactionDriver } from './transaction-driver.js';
+import { events } from '../observability/events.js';
 
 export interface TransactionManagerOptions {
   readonly coordinatorId: string;
@@ -403,7 +404,9 @@ export class TransactionManager {
     for (const durable of this.#log.state.unfinished()) {
       if (this.#live.has(durable.id)) continue;
       const { tx, decision } = resumedTransaction(durable);
+      tx.resumed = true;
       this.#live.set(tx.id, tx);
+      if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
       this.#logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
       this.#driver.applyInternal(tx, { type: 'decision-durable', decision });
       resumed++;

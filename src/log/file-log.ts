@@ -46,6 +46,7 @@ import { encodeFrame } from './frame-codec.js';
 import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
 import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
 import { deleteUnreferencedFiles, fileRef, readSnapshotFile, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
+import { events } from '../observability/events.js';
 
 export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
@@ -331,11 +332,13 @@ export class FileLog {
     }
   }
 
-  private async timedSync(file: LogFile, kind: 'datasync' | 'sync'): Promise<void> {
+  /** Returns how long it took, in µs. */
+  private async timedSync(file: LogFile, kind: 'datasync' | 'sync'): Promise<number> {
     const start = process.hrtime.bigint();
     await (kind === 'datasync' ? file.datasync() : file.sync());
     this.counters.fsyncs++;
     this.counters.lastFsyncMicros = Number((process.hrtime.bigint() - start) / 1000n);
+    return this.counters.lastFsyncMicros;
   }
 
   private kick(): void {
@@ -381,11 +384,13 @@ export class FileLog {
       await writeFully(file, buf, this.position);
       this.position += buf.length;
     }
+    let syncedMicros: number | undefined;
     if (b.sync && this.dirty) {
-      await this.timedSync(file, 'datasync');
+      syncedMicros = await this.timedSync(file, 'datasync');
       this.dirty = false;
     }
     this.counters.appendedRecords += b.records;
+    if (events.logFlushed.active) events.logFlushed.publish({ backend: 'file', records: b.records, forced: syncedMicros !== undefined, durationMs: (syncedMicros ?? 0) / 1000 });
     this.inflight = [];
     for (const w of b.waiters) w.resolve();
   }

@@ -39,6 +39,7 @@ import type { Logger } from 'pino';
 import { LogFailedError, errorMessage } from '../errors.js';
 import type { LogStats, SnapshotContent } from './file-log.js';
 import { migrate } from './postgres-log-schema.js';
+import { events } from '../observability/events.js';
 import type { SnapshotFile } from './snapshot-files.js';
 
 export interface PostgresLogOptions {
@@ -329,9 +330,11 @@ export class PostgresLog {
   }
 
   async #commit(b: Batch): Promise<void> {
+    const started = performance.now();
     await this.#transaction(b.sync, async () => {
       await this.#insert(b);
     });
+    if (events.logFlushed.active) events.logFlushed.publish({ backend: 'postgres', records: b.texts.length, forced: b.sync, durationMs: performance.now() - started });
     this.#settle(b);
   }
 

@@ -201,7 +201,10 @@ function registeredRoutes(app: FastifyInstance): string[] {
     stack.push(m[2] ?? '');
     for (const method of m[3]?.split(', ') ?? []) found.add(`${method} ${stack.join('')}`);
   }
-  return [...found].filter((r) => !(r.startsWith('HEAD ') && found.has(`GET ${r.slice(5)}`))).sort();
+  return [...found]
+    .filter((r) => !(r.startsWith('HEAD ') && found.has(`GET ${r.slice(5)}`)))
+    .filter((r) => !/^[A-Z]+ \/docs(\/|$)/.test(r)) // Swagger UI's pages and assets (its plugin's routes): not the API
+    .sort();
 }
 
 /** Walks a response schema's $refs and combinators: does it lead to the error body? */
