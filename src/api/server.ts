@@ -154,7 +154,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
           return reply.status(result.answer.status).send(result.answer.body);
         }
         if (cluster.knows(id)) return; // adopted here meanwhile: answered here
-        unreachable = result.unreachable;
+        unreachable = result.unsure === true ? [...result.unreachable, 'the log database'] : result.unreachable;
       }
       const logged = await cluster.fromLog(id, unreachable, forwarded).catch(() => null); // null: the log could not be read
       if (logged?.view !== undefined && request.method === 'GET' && route === '/v1/transactions/:id') return reply.status(200).send(logged.view);

@@ -30,8 +30,9 @@ import { errorMessage } from '../errors.js';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { mergePages, type ListFilter, type ListPage } from '../coordinator/transaction-listing.js';
 import { migrateWhenReachable } from './log-database.js';
-import { Forwarder, type ForwardResult, type ForwardedRequest, type Peer } from './forwarding.js';
+import { Forwarder, type ForwardResult, type ForwardedRequest } from './forwarding.js';
 import { LeaseStore, type Lease } from './lease-store.js';
+import { LeaseView } from './lease-view.js';
 import { SharedLogReader, type LoggedTransaction } from './shared-log-reader.js';
 import { SharedParticipants } from './shared-participants.js';
 
@@ -42,6 +43,12 @@ interface Held {
   coordinator?: Coordinator;
   /** Being halted (handed over, or lost): renewed until the halt is done, used for nothing. */
   halting?: boolean;
+  /**
+   * Halted, and its lease may still be live in the database (not released: lost, or the release
+   * failed): no longer renewed, but its log is still read here for requests that reach this
+   * instance, until the lease must have lapsed.
+   */
+  gone?: boolean;
 }
 
 export interface ClusterView {
@@ -63,11 +70,9 @@ export class Cluster {
   readonly #onHomeLost: (reason: string) => void;
   readonly #forwarder: Forwarder;
   /** The other live instances and every live lease, as of the last look. */
-  #peers: Peer[] = [];
-  #liveLeases = new Map<string, string>();
-  /** Lapsed ids nobody has settled: a survivor is about to adopt them. */
-  #lapsed = new Set<string>();
+  readonly #view: LeaseView;
   readonly #reader: SharedLogReader;
+  readonly #readPool: pg.Pool;
   readonly #background = new Set<Promise<void>>();
   #renewTimer: NodeJS.Timeout | undefined;
   #workTimer: NodeJS.Timeout | undefined;
@@ -81,8 +86,21 @@ export class Cluster {
     this.#logger = logger;
     this.#pool = pool;
     this.#leases = new LeaseStore(pool, config.leaseMs);
+    this.#view = new LeaseView(this.#leases, config.coordinatorId ?? '');
     this.#shared = new SharedParticipants(pool, config.coordinatorId ?? '');
-    this.#reader = new SharedLogReader(pool, logger);
+    // Reads of other ids' logs have connections of their own: they never delay a renewal.
+    const readTimeoutMs = Math.max(10_000, config.leaseMs);
+    this.#readPool = new pg.Pool({
+      connectionString: config.logUrl,
+      max: 2,
+      connectionTimeoutMillis: readTimeoutMs,
+      statement_timeout: readTimeoutMs,
+      query_timeout: readTimeoutMs + 1_000,
+      keepAlive: true,
+      application_name: `tcx-reader:${config.coordinatorId ?? ''}`,
+    });
+    this.#readPool.on('error', () => undefined); // a broken idle connection: the next read fails and answers 503
+    this.#reader = new SharedLogReader(this.#readPool, logger);
     this.#onHomeLost = onHomeLost;
     const hop = Math.max(1_000, config.participantTimeoutMs);
     // A state change may wait for votes and acknowledgements at the owner: its hop is that long.
@@ -127,7 +145,7 @@ export class Cluster {
       lease.coordinator = home;
       cluster.#home = home;
       await cluster.syncParticipants();
-      await cluster.#lookAtLeases(); // the other instances are known before the first request
+      await cluster.#view.look(); // the other instances are known before the first request
       cluster.#scheduleWork();
       logger.info({ coordinatorId: me, epoch: lease.epoch, leaseMs: config.leaseMs }, "cluster: holding the lease on this instance's id");
       return cluster;
@@ -150,12 +168,21 @@ export class Cluster {
    * third of a lease may not have seen the change yet, and "unknown" would mean presumed abort.
    */
   async forward(req: ForwardedRequest): Promise<ForwardResult> {
-    const first = await this.#forwarder.forward(this.#peers, req);
+    // The view the first round goes by, taken before it: a look meanwhile must count as a change.
+    const before = this.#view.holders;
+    const asked = this.#view.peers;
+    const startedAt = performance.now();
+    const first = await this.#forwarder.forward(asked, req);
     if (first.answer !== undefined || first.unreachable.length > 0) return first;
-    const before = this.#liveLeases;
-    await this.#lookAtLeases().catch(() => undefined);
-    const changed = this.#liveLeases.size !== before.size || [...this.#liveLeases].some(([id, holder]) => before.get(id) !== holder);
-    return changed ? this.#forwarder.forward(this.#peers, req) : first;
+    try {
+      await this.#view.lookSince(startedAt);
+    } catch {
+      return { ...first, unsure: true };
+    }
+    const askedHolders = new Set(asked.map((p) => p.holder));
+    const moved = this.#view.newHoldersSince(before);
+    const again = this.#view.peers.filter((p) => !askedHolders.has(p.holder) || moved.has(p.holder));
+    return again.length === 0 ? first : this.#forwarder.forward(again, req);
   }
 
   /**
@@ -170,8 +197,8 @@ export class Cluster {
     // Starting (its recovery runs), or being handed back or let go (its coordinator stopped answering).
     for (const [id, h] of this.#held) if (h.coordinator === undefined || h.halting === true) ids.add(id);
     if (!onlyHere) {
-      for (const [id, holder] of this.#liveLeases) if (unreachable.includes(holder)) ids.add(id);
-      for (const id of this.#lapsed) if (!this.#held.has(id)) ids.add(id);
+      for (const [id, holder] of this.#view.holders) if (unreachable.includes(holder)) ids.add(id);
+      for (const id of this.#view.lapsed) if (!this.#held.has(id)) ids.add(id);
     }
     return ids.size === 0 ? undefined : this.#reader.transaction(ids, transactionId);
   }
@@ -185,7 +212,7 @@ export class Cluster {
     const pages: ListPage[] = [];
     for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined) pages.push(h.coordinator.transactions.list(filter));
     if (forwarded) return mergePages(pages, filter.limit);
-    const { answers, unreachable } = await this.#forwarder.askAll(this.#peers, req);
+    const { answers, unreachable } = await this.#forwarder.askAll(this.#view.peers, req);
     const merged = mergePages([...pages, ...(answers as ListPage[])], filter.limit);
     return unreachable.length === 0 ? merged : { ...merged, unreachable };
   }
@@ -219,7 +246,7 @@ export class Cluster {
     // Stopping runs while the leases still hold (renewed here if it takes long).
     const renewing = setInterval(() => void this.#renew().catch(() => undefined), Math.floor(this.#config.leaseMs / 3));
     try {
-      await Promise.all([...this.#held.values()].map((h) => h.coordinator?.stop(deadlineMs)));
+      await Promise.all([...this.#held.values()].filter((h) => h.gone !== true).map((h) => h.coordinator?.stop(deadlineMs)));
     } finally {
       clearInterval(renewing);
       await this.#renewing;
@@ -230,6 +257,7 @@ export class Cluster {
     this.#held.clear();
     await this.#forwarder.close().catch(() => undefined);
     await this.#pool.end().catch(() => undefined);
+    await this.#readPool.end().catch(() => undefined);
   }
 
   /**
@@ -250,7 +278,7 @@ export class Cluster {
 
   /** The instance holding the lease on another live coordinator id, or undefined. */
   #liveElsewhere(coordinatorId: string): string | undefined {
-    const holder = this.#liveLeases.get(coordinatorId);
+    const holder = this.#view.holders.get(coordinatorId);
     return holder === undefined || (holder === this.#me && coordinatorId === this.#me) ? undefined : holder;
   }
 
@@ -302,7 +330,7 @@ export class Cluster {
   /** Renews every lease held; decides (never waits for) hand-overs and step-downs. */
   async #renew(): Promise<void> {
     const started = performance.now();
-    const epochs = new Map([...this.#held].map(([id, h]) => [id, h.epoch]));
+    const epochs = new Map([...this.#held].filter(([, h]) => h.gone !== true).map(([id, h]) => [id, h.epoch]));
     if (epochs.size === 0) return;
     let renewed: Map<string, string | null> | undefined;
     try {
@@ -311,7 +339,7 @@ export class Cluster {
       this.#logger.warn({ err: errorMessage(err) }, 'cluster: renewing leases failed; retrying');
     }
     for (const [id, h] of [...this.#held]) {
-      if (h.halting === true) continue; // renewed (or lapsing) until its halt is done
+      if (h.halting === true || h.gone === true) continue; // renewed (or lapsing) until its halt is done
       const failed = h.coordinator?.logFailed;
       if (failed !== undefined) {
         // Fail-stopped: it decides nothing more, and must not keep the id from a healthy instance.
@@ -342,12 +370,26 @@ export class Cluster {
     this.#logger[home ? 'error' : 'warn']({ coordinatorId: id, epoch: h.epoch, reason }, home ? "cluster: stepping down: this instance's own id is no longer safely held" : 'cluster: letting an adopted id go');
     const job = (async () => {
       await h.coordinator?.halt().catch((err: unknown) => this.#logger.error({ coordinatorId: id, err: errorMessage(err) }, 'cluster: halting failed'));
+      let released = false;
       if (release !== false) {
-        await (release === 'settle' ? this.#leases.settle(id, this.#me, h.epoch) : this.#leases.release(id, this.#me, h.epoch)).catch((err: unknown) =>
-          this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed'),
+        released = await (release === 'settle' ? this.#leases.settle(id, this.#me, h.epoch) : this.#leases.release(id, this.#me, h.epoch)).then(
+          () => true,
+          (err: unknown) => {
+            this.#logger.warn({ coordinatorId: id, err: errorMessage(err) }, 'cluster: releasing a lease failed');
+            return false;
+          },
         );
       }
-      this.#held.delete(id);
+      if (released || home) {
+        this.#held.delete(id);
+      } else {
+        // Its lease may stay live for up to a lease: its log is still read here meanwhile.
+        h.gone = true;
+        const forget = setTimeout(() => {
+          if (this.#held.get(id) === h) this.#held.delete(id);
+        }, this.#config.leaseMs);
+        forget.unref();
+      }
       if (home) {
         this.#stopped = true;
         this.#onHomeLost(reason);
@@ -389,20 +431,11 @@ export class Cluster {
   }
 
   /** Looks at every lease: who else is live (where requests are forwarded), and which lapsed. */
-  async #lookAtLeases(): Promise<Lease[]> {
-    const leases = await this.#leases.list();
-    const peers = new Map<string, Peer>();
-    for (const l of leases) if (!l.expired && l.holder !== this.#me) peers.set(l.holder, { holder: l.holder, publicUrl: l.publicUrl });
-    this.#peers = [...peers.values()];
-    this.#liveLeases = new Map(leases.filter((l) => !l.expired).map((l) => [l.coordinatorId, l.holder]));
-    this.#lapsed = new Set(leases.filter((l) => l.expired && !l.settled).map((l) => l.coordinatorId));
-    return leases;
-  }
-
   async #adoptLapsed(): Promise<void> {
-    const leases = await this.#lookAtLeases();
+    const leases = await this.#view.look();
     for (const lease of leases) {
-      if (this.#stopped || !lease.expired || lease.settled || this.#held.has(lease.coordinatorId)) continue;
+      const here = this.#held.get(lease.coordinatorId);
+      if (this.#stopped || !lease.expired || lease.settled || (here !== undefined && here.gone !== true)) continue;
       if (lease.wantedBy !== null && lease.wantedBy !== this.#me) continue; // its own instance is taking it back
       const sent = performance.now();
       const got = await this.#leases.acquire(lease.coordinatorId, this.#me, this.#config.publicUrl, false);

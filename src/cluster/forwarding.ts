@@ -27,6 +27,8 @@ export interface ForwardResult {
   readonly answer?: ForwardedAnswer;
   /** Instances that did not answer in time or could not be reached: "nobody knows it" is then not sure. */
   readonly unreachable: readonly string[];
+  /** Who holds which id could not be read again: "nobody knows it" is not sure either. */
+  readonly unsure?: boolean;
 }
 
 export interface ForwardedAnswer {

@@ -23,7 +23,9 @@ export async function migrateWhenReachable(pool: pg.Pool, waitMs: number, logger
       await migrate(client);
     } catch (err) {
       client?.release(true);
-      const unreachable = client === undefined || isConnectionError(err);
+      // Not answering yet (or another instance holds the schema lock): wait. A wrong password, a
+      // missing database or a refused connection is an answer: fail at once.
+      const unreachable = isConnectionError(err);
       const delay = backoffDelay({ initialMs: 200, maxMs: 2_000 }, attempt);
       if (!unreachable || performance.now() + delay > deadline) throw err;
       logger.warn({ err: errorMessage(err), attempt: attempt + 1, retryInMs: delay }, 'the log database cannot be reached yet; waiting (TCX_LOG_WAIT_MS)');
@@ -38,6 +40,6 @@ export async function migrateWhenReachable(pool: pg.Pool, waitMs: number, logger
 /** A failure to reach the server (refused, reset, shutting down, starting up), not an answer it gave. */
 function isConnectionError(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|57P0[1-3])$/.test(code)) return true;
+  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|57P0[1-3]|55P03)$/.test(code)) return true;
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect/i.test(errorMessage(err));
 }

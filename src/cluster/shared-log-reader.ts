@@ -8,7 +8,9 @@
  *
  * Each id's log is read in one REPEATABLE READ, READ ONLY transaction (a compaction running
  * meanwhile cannot make the snapshot and the records after it disagree) and replayed into a
- * fresh durable state, kept for a second so that a burst of such reads costs one load.
+ * fresh durable state, kept for a second so that a burst of such reads costs one load; one
+ * load per id runs at a time. It reads through a pool of its own: reads never keep the lease
+ * renewals waiting for a connection.
  */
 
 import type pg from 'pg';
@@ -30,7 +32,9 @@ const MAX_KEPT = 16;
 export class SharedLogReader {
   readonly #pool: pg.Pool;
   readonly #logger: Logger;
-  readonly #loaded = new Map<string, { readonly at: number; readonly state: Promise<DurableState> }>();
+  /** Loaded states, each dropped KEEP_MS after its load finished; and the loads under way. */
+  readonly #loaded = new Map<string, DurableState>();
+  readonly #loading = new Map<string, Promise<DurableState>>();
 
   constructor(pool: pg.Pool, logger: Logger) {
     this.#pool = pool;
@@ -53,15 +57,23 @@ export class SharedLogReader {
     return undefined;
   }
 
-  #state(coordinatorId: string): Promise<DurableState> {
-    const now = performance.now();
+  /** One load per id at a time; a loaded state serves for KEEP_MS after its load finished. */
+  async #state(coordinatorId: string): Promise<DurableState> {
     const kept = this.#loaded.get(coordinatorId);
-    if (kept !== undefined && now - kept.at < KEEP_MS) return kept.state;
-    for (const [id, entry] of this.#loaded) if (now - entry.at >= KEEP_MS || this.#loaded.size >= MAX_KEPT) this.#loaded.delete(id);
-    const state = this.#load(coordinatorId);
-    this.#loaded.set(coordinatorId, { at: now, state });
-    state.catch(() => this.#loaded.delete(coordinatorId));
-    return state;
+    if (kept !== undefined) return kept;
+    let loading = this.#loading.get(coordinatorId);
+    if (loading === undefined) {
+      loading = this.#load(coordinatorId).finally(() => this.#loading.delete(coordinatorId));
+      this.#loading.set(coordinatorId, loading);
+      const state = await loading;
+      if (this.#loaded.size >= MAX_KEPT) this.#loaded.delete(this.#loaded.keys().next().value as string);
+      this.#loaded.set(coordinatorId, state);
+      setTimeout(() => {
+        if (this.#loaded.get(coordinatorId) === state) this.#loaded.delete(coordinatorId);
+      }, KEEP_MS).unref();
+      return state;
+    }
+    return loading;
   }
 
   async #load(coordinatorId: string): Promise<DurableState> {
