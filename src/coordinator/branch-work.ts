@@ -11,7 +11,7 @@
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
 import { observeCall } from '../observability/events.js';
-import { makeGid } from './gid.js';
+import { makeGid } from '../participants/gid.js';
 import type { LiveBranch, LiveTransaction } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionDriver } from './transaction-driver.js';

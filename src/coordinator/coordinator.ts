@@ -14,7 +14,7 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import type { Decision } from '../protocol/commit-protocol.js';
 import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
-import { gidPrefix, isValidCoordinatorId } from './gid.js';
+import { gidPrefix, isValidCoordinatorId } from '../participants/gid.js';
 import { ManualResolver, type ManualResolutionView, type PreparedBranchView } from './manual-resolution.js';
 import { ADDRESS_FIELD, checkParticipantAddress } from './participant-address.js';
 import { assertAllowedAddress } from './participant-allowlist.js';

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { Decision } from '../protocol/commit-protocol.js';
 import type { CoordinatorLog } from './coordinator-log.js';
-import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from './gid.js';
+import { gidPrefix, isSafeGid, isValidCoordinatorId, parseGid } from '../participants/gid.js';
 import { Mutex } from './mutex.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionManager } from './transaction-manager.js';

@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import type { BranchRecord } from '../log/log-records.js';
-import { gidPrefix, parseGid } from './gid.js';
+import { gidPrefix, parseGid } from '../participants/gid.js';
 import { presumedAbortRecord } from './journal.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionManager } from './transaction-manager.js';

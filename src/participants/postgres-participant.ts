@@ -24,7 +24,7 @@ import pg from 'pg';
 import { DatabaseError } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
-import { isSafeGid } from '../coordinator/gid.js';
+import { isSafeGid } from './gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';

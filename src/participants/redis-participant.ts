@@ -41,7 +41,7 @@ import { readFileSync } from 'node:fs';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
-import { isSafeGid, parseGid } from '../coordinator/gid.js';
+import { isSafeGid, parseGid } from './gid.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
 import { withTimeout } from '../lib/with-timeout.js';
 import {

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorError } from '../../src/errors.js';
-import { makeGid } from '../../src/coordinator/gid.js';
+import { makeGid } from '../../src/participants/gid.js';
 import { silentLogger } from '../../src/logger.js';
 import type { BranchRef } from '../../src/participants/participant.js';
 import { RedisParticipant, loadLuaScript } from '../../src/participants/redis-participant.js';

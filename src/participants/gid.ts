@@ -7,6 +7,10 @@
  *
  * Postgres limits a gid to 200 bytes; the parts are limited so the whole stays
  * well under that, and restricted to characters that need no quoting.
+ *
+ * The format is part of the contract between the coordinator and its adapters (next to
+ * participant.ts): the coordinator makes gids, adapters check and carry them, and neither
+ * imports the other's code for it.
  */
 
 const COORDINATOR_ID = /^[A-Za-z0-9-]{1,40}$/;
