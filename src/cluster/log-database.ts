@@ -24,7 +24,7 @@ export async function migrateWhenReachable(pool: pg.Pool, waitMs: number, logger
     } catch (err) {
       client?.release(true);
       // Not answering yet (or another instance holds the schema lock): wait. A wrong password, a
-      // missing database or a refused connection is an answer: fail at once.
+      // missing database or pg_hba.conf turning the connection away is an answer: fail at once.
       const unreachable = isConnectionError(err);
       const delay = backoffDelay({ initialMs: 200, maxMs: 2_000 }, attempt);
       if (!unreachable || performance.now() + delay > deadline) throw err;
