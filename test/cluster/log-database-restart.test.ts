@@ -125,3 +125,12 @@ it('instances fail-stop while the log database is down, are restarted, wait for 
     expect(answers.some((r) => r.status === 200 && r.body.state === 'committed'), `${id}: ${JSON.stringify(answers.map((a) => a.body))}`).toBe(true);
   }
 }, 180_000);
+
+it('a log database that answers "no" (here: it does not exist) fails start-up at once instead of being waited for', async () => {
+  const server = inject('pgUrlB');
+  const missing = new URL(server);
+  missing.pathname = '/tcx_log_that_does_not_exist';
+  // With a start-up wait far longer than the test: only an immediate failure passes.
+  const start = CoordinatorProcess.start({ env: { TCX_LOG_URL: missing.toString(), TCX_COORDINATOR_ID: 'no-db', TCX_LOG_WAIT_MS: '600000' }, readyTimeoutMs: 30_000 });
+  await expect(start).rejects.toThrow(/exited with code 1[\s\S]*does not exist/);
+});
