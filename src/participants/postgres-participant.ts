@@ -253,7 +253,7 @@ export class PostgresParticipant implements ParticipantAdapter {
   async prepare(branch: BranchRef, options: PrepareOptions = {}): Promise<PrepareResult> {
     assertSafeGid(branch.gid);
     const session = this.#open.get(branch.gid);
-    if (session === undefined) return { vote: 'no', reason: `no open session for branch ${branch.branchId}` };
+    if (session === undefined) return this.#preparedAlready(branch);
     if (session.busy !== undefined) return { vote: 'no', reason: `branch ${branch.branchId} is still running work` };
     this.#open.delete(branch.gid);
     // Until it has answered, an abort of this branch waits: it could not tell which rollback it needs.
@@ -357,6 +357,24 @@ export class PostgresParticipant implements ParticipantAdapter {
       if ((err as { code?: unknown }).code === UNDEFINED_OBJECT) return; // already resolved
       throw err;
     }
+  }
+
+  /**
+   * A prepare with no open session: one under way or done already answers as it did (prepare is
+   * idempotent: a repeat after a lost answer must not turn a prepared branch into a "no");
+   * anything else has nothing to prepare.
+   */
+  async #preparedAlready(branch: BranchRef): Promise<PrepareResult> {
+    const preparing = this.#preparing.get(branch.gid);
+    if (preparing !== undefined) return preparing;
+    let prepared: boolean;
+    try {
+      const res = await this.#control.query('SELECT 1 FROM pg_prepared_xacts WHERE database = current_database() AND gid = $1', [branch.gid]);
+      prepared = (res.rowCount ?? 0) > 0;
+    } catch (err) {
+      return { vote: 'no', reason: `no open session for branch ${branch.branchId}, and whether it is prepared could not be read: ${errorMessage(err)}` };
+    }
+    return prepared ? { vote: 'yes' } : { vote: 'no', reason: `no open session for branch ${branch.branchId}` };
   }
 
   async findPrepared(gidPrefix: string): Promise<string[]> {
