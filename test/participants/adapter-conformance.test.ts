@@ -1,18 +1,19 @@
 /**
  * One conformance suite for every participant kind, through the ParticipantAdapter interface
- * alone, on real stores: a real Postgres database, the suite's Redis (AOF, fsync always) and
- * the example ledger service (participant kit, file branch store) over HTTP. What recovery and
- * re-delivery after a crash rely on: prepare / commit / abort are idempotent, a commit or an
- * abort of a branch the store never saw (or already finished) succeeds and changes nothing,
+ * alone, on real stores started for it (so that it can crash them): a Postgres server, a Redis
+ * (AOF, fsync always) and the example ledger service (participant kit, file branch store) over
+ * HTTP. What recovery and re-delivery after a crash rely on: prepare / commit / abort are
+ * idempotent, an abort of a branch the store never saw succeeds and changes nothing (and a
+ * commit of one no longer listed, where recovery relies on listing),
  * an aborted branch leaves nothing behind, and a store that lists its prepared branches lists
- * exactly those under a coordinator's gid prefix.
+ * exactly those under a coordinator's gid prefix — also after the store crashed and came back.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { silentLogger } from '../../src/logger.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
@@ -21,7 +22,10 @@ import { HttpParticipant } from '../../src/participants/http-participant.js';
 import type { BranchRef, ParticipantAdapter } from '../../src/participants/participant.js';
 import { PostgresParticipant } from '../../src/participants/postgres-participant.js';
 import { RedisParticipant } from '../../src/participants/redis-participant.js';
-import { createAccounts, freshDatabase, withClient } from '../support/databases.js';
+import { createAccounts, eventually, freshDatabase, withClient } from '../support/databases.js';
+import { getFreePort } from '../support/free-port.js';
+import { PostgresServer } from '../support/postgres-server.js';
+import { RedisServer } from '../support/redis-server.js';
 
 /** A kind under test: its adapter, work that adds `delta` to one of its two values (`slot`), and that value read from the store itself. */
 interface Kind {
@@ -29,13 +33,16 @@ interface Kind {
   adapter(): ParticipantAdapter;
   work(delta: number, slot?: 0 | 1): unknown;
   value(slot?: 0 | 1): Promise<number>;
+  /** Crashes the store (SIGKILL, or the service closed) and starts it again on the same address and data. */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
 const rnd = (): string => randomBytes(4).toString('hex');
 
 async function postgresKind(): Promise<Kind> {
-  const db = await freshDatabase(inject('pgUrlA'), 'conformance');
+  const server = await PostgresServer.start({ name: 'conformance' });
+  const db = await freshDatabase(server.url(), 'conformance');
   await createAccounts(db, { acc0: 1_000, acc1: 1_000 });
   const adapter = new PostgresParticipant({
     name: 'pg',
@@ -51,12 +58,20 @@ async function postgresKind(): Promise<Kind> {
     adapter: () => adapter,
     work: (delta, slot = 0) => [{ sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2', params: [delta, `acc${slot}`] }],
     value: (slot = 0) => withClient(db, async (c) => Number((await c.query('SELECT balance FROM accounts WHERE id = $1', [`acc${slot}`])).rows[0].balance)),
-    close: () => adapter.close(),
+    restart: async () => {
+      await server.kill();
+      await server.restart();
+    },
+    close: async () => {
+      await adapter.close();
+      await server.destroy();
+    },
   };
 }
 
 async function redisKind(): Promise<Kind> {
-  const url = inject('redisUrl');
+  const server = await RedisServer.start({ name: 'conformance' });
+  const url = server.url;
   const keys = [`conformance:${rnd()}:0`, `conformance:${rnd()}:1`];
   const raw = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
   raw.on('error', () => undefined);
@@ -68,27 +83,43 @@ async function redisKind(): Promise<Kind> {
     adapter: () => adapter,
     work: (delta, slot = 0) => [{ op: 'incrby', key: keys[slot], by: delta }],
     value: async (slot = 0) => Number(await raw.get(keys[slot]!)),
+    restart: async () => {
+      await server.kill();
+      await server.restart();
+    },
     close: async () => {
       await adapter.close();
       raw.disconnect();
+      await server.destroy();
     },
   };
 }
 
 async function httpKind(): Promise<Kind> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcx-conformance-'));
-  const store = await FileBranchStore.open(path.join(dir, 'branches'));
-  const ledger: Ledger = await buildLedger({ balances: { acc0: 1_000, acc1: 1_000 }, store });
-  const address = await ledger.app.listen({ host: '127.0.0.1', port: 0 });
-  const adapter = new HttpParticipant({ name: 'ledger', baseUrl: address, requestTimeoutMs: 5_000, connectTimeoutMs: 2_000 });
+  const port = await getFreePort();
+  const open = async (): Promise<{ ledger: Ledger; store: FileBranchStore }> => {
+    const store = await FileBranchStore.open(path.join(dir, 'branches'));
+    const ledger = await buildLedger({ balances: { acc0: 1_000, acc1: 1_000 }, store, balancesFile: path.join(dir, 'balances.json') });
+    await ledger.app.listen({ host: '127.0.0.1', port });
+    return { ledger, store };
+  };
+  let { ledger, store } = await open();
+  const adapter = new HttpParticipant({ name: 'ledger', baseUrl: `http://127.0.0.1:${port}`, requestTimeoutMs: 5_000, connectTimeoutMs: 2_000 });
   return {
     name: 'http',
     adapter: () => adapter,
     work: (delta, slot = 0) => ({ account: `acc${slot}`, delta }),
     value: async (slot = 0) => ledger.balances()[`acc${slot}`] ?? Number.NaN,
+    restart: async () => {
+      await ledger.app.close();
+      await store.close();
+      ({ ledger, store } = await open());
+    },
     close: async () => {
       await adapter.close();
       await ledger.app.close();
+      await store.close();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -189,4 +220,21 @@ describe.each([
     expect(await adapter.findPrepared(gidPrefix(coordinatorId))).toEqual([]);
     expect([await kind.value(0), await kind.value(1)]).toEqual([before[0]! - 1, before[1]]);
   });
+
+  it('a prepared branch survives a crash of the store: listed again, then committed (or aborted) as delivered', async () => {
+    const before = [await kind.value(0), await kind.value(1)];
+    const toCommit = await run(-2, 0);
+    const toAbort = await run(-4, 1);
+    expect((await adapter.prepare(toCommit)).vote).toBe('yes');
+    expect((await adapter.prepare(toAbort)).vote).toBe('yes');
+    await kind.restart();
+    if (adapter.listsPreparedBranches) {
+      // The adapter reconnects by itself; its first calls may fail while the store comes back.
+      await eventually(async () => (await adapter.findPrepared(gidPrefix(coordinatorId)).catch(() => [])).length === 2, 20_000);
+    }
+    await eventually(async () => adapter.commit(toCommit).then(() => true, () => false), 20_000);
+    await eventually(async () => adapter.abort(toAbort).then(() => true, () => false), 20_000);
+    expect([await kind.value(0), await kind.value(1)]).toEqual([before[0]! - 2, before[1]]);
+    if (adapter.listsPreparedBranches) expect(await adapter.findPrepared(gidPrefix(coordinatorId))).toEqual([]);
+  }, 60_000);
 });
