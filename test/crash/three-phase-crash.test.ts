@@ -472,6 +472,8 @@ describe('3PC: the precommitted state is observable', () => {
     expect(seen).toMatchObject({ id, protocol: '3pc', state: 'precommitted', decision: 'commit' });
     const byName = Object.fromEntries((seen.branches as { participant: string; state: string }[]).map((b) => [b.participant, b.state]));
     expect(byName).toEqual({ bank: 'precommitted', wallets: expect.stringMatching(/^(prepared|precommitted)$/), slow: 'prepared' });
+    // The state is precommitted once the decision is durable; the pre-commit call itself may still be on its way.
+    await until('the pre-commit to reach the slow participant', async () => (preCommitCalls > 0 ? true : undefined), 5_000, 20);
     expect(preCommitCalls).toBe(1);
     // Nothing has been committed yet: the pre-commit round is not over.
     expect(await balanceOf(db, account)).toBe(START);
