@@ -141,6 +141,8 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       if (typeof id !== 'string' || !route?.startsWith('/v1/transactions/:id') || cluster.knows(id)) return;
       const forwarded = request.headers[FORWARDED_BY] !== undefined;
       let unreachable: readonly string[] = [];
+      /** Some instance, or who holds which id, could not be asked: "nobody knows it" is not sure. */
+      let unsure = false;
       if (!forwarded) {
         const authorization = request.headers.authorization;
         const result = await cluster.forward({
@@ -154,16 +156,17 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
           return reply.status(result.answer.status).send(result.answer.body);
         }
         if (cluster.knows(id)) return; // adopted here meanwhile: answered here
-        unreachable = result.unsure === true ? [...result.unreachable, 'the log database'] : result.unreachable;
+        unreachable = result.unreachable;
+        unsure = unreachable.length > 0 || result.unsure === true;
       }
       const logged = await cluster.fromLog(id, unreachable, forwarded).catch(() => null); // null: the log could not be read
       if (logged?.view !== undefined && request.method === 'GET' && route === '/v1/transactions/:id') return reply.status(200).send(logged.view);
-      if (logged === undefined && unreachable.length === 0) return; // nobody knows it: answered here (404)
+      if (logged === undefined && !unsure) return; // nobody knows it: answered here (404)
       // An instance that may run it did not answer, or its adopter is not running it yet: not "unknown", but "try again".
       throw new CoordinatorError(
         'OWNER_UNREACHABLE',
         logged === undefined || logged === null
-          ? `no instance that knows transaction ${id} answered (${unreachable.length} could not be reached); retry shortly`
+          ? `no instance that knows transaction ${id} answered (${unreachable.length} could not be reached${unsure && unreachable.length === 0 ? ', nor the log database' : ''}); retry shortly`
           : `transaction ${id} is in the log of an instance that does not answer; its adopter will run it: retry shortly`,
         { retryAfterSeconds: 1 },
       );
