@@ -3,6 +3,8 @@
  * same schemas; test/api/openapi-contract.test.ts fails when they differ.
  */
 
+import { PARTICIPANT_KIND_NAMES } from '../coordinator/participant-kinds.js';
+
 export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
 export const TRANSACTION_ID_PATTERN = '^[A-Za-z0-9-]{1,64}$';
 
@@ -53,7 +55,7 @@ export const registerParticipantBody = {
   required: ['name', 'kind'],
   properties: {
     name: { type: 'string', pattern: NAME_PATTERN },
-    kind: { type: 'string', enum: ['postgres', 'http', 'redis'] },
+    kind: { type: 'string', enum: PARTICIPANT_KIND_NAMES },
     connectionString: { type: 'string', minLength: 1, maxLength: 2048 },
     baseUrl: { type: 'string', minLength: 1, maxLength: 2048 },
     url: { type: 'string', minLength: 1, maxLength: 2048 },
@@ -98,6 +100,18 @@ export const redisOperation = {
   },
 } as const;
 
+/** One message of a nats branch, published on commit; nats-messages.ts checks subjects and headers. */
+export const natsMessage = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['subject', 'data'],
+  properties: {
+    subject: { type: 'string', minLength: 1, maxLength: 255 },
+    data: {},
+    headers: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 4096 } },
+  },
+} as const;
+
 export const branchBody = {
   type: 'object',
   additionalProperties: false,
@@ -106,6 +120,7 @@ export const branchBody = {
     participant: { type: 'string', pattern: NAME_PATTERN },
     operations: { type: 'array', minItems: 1, maxItems: 100, items: { anyOf: [sqlOperation, redisOperation] } },
     payload: {},
+    messages: { type: 'array', minItems: 1, maxItems: 100, items: natsMessage },
   },
 } as const;
 

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { Coordinator } from '../coordinator/coordinator.js';
 import type { RegistrationRequest } from '../coordinator/participant-registry.js';
-import { ADDRESS_FIELD } from '../coordinator/participant-address.js';
+import { checkRegistrationShape } from '../coordinator/participant-kinds.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
@@ -68,31 +68,7 @@ interface BranchInput {
   participant: string;
   operations?: unknown[];
   payload?: unknown;
-}
-
-function checkRegistration(body: RegistrationRequest): void {
-  const wanted = ADDRESS_FIELD[body.kind];
-  for (const field of Object.values(ADDRESS_FIELD)) {
-    const present = body[field] !== undefined;
-    if (field === wanted && !present) {
-      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant needs a ${field}`);
-    }
-    if (field !== wanted && present) {
-      throw new CoordinatorError('VALIDATION_FAILED', `a ${body.kind} participant takes a ${wanted}, not a ${field}`);
-    }
-  }
-  if (body.auth !== undefined) {
-    if (body.kind !== 'http') throw new CoordinatorError('VALIDATION_FAILED', 'auth applies to http participants only');
-    const auth = body.auth as { type: string; token?: string; username?: string; password?: string };
-    const ok = auth.type === 'bearer' ? auth.token !== undefined && auth.username === undefined && auth.password === undefined : auth.token === undefined && auth.username !== undefined && auth.password !== undefined;
-    if (!ok) throw new CoordinatorError('VALIDATION_FAILED', 'auth is {type: "bearer", token} or {type: "basic", username, password}');
-    if (URL.canParse(body.baseUrl ?? '') && new URL(body.baseUrl ?? '').username !== '') {
-      throw new CoordinatorError('VALIDATION_FAILED', 'give credentials either in auth or in baseUrl, not both');
-    }
-  }
-  if (body.options?.allowVolatile !== undefined && body.kind !== 'redis') {
-    throw new CoordinatorError('VALIDATION_FAILED', 'options.allowVolatile applies to redis participants only');
-  }
+  messages?: unknown[];
 }
 
 export function buildServer(coordinator: Coordinator, logger: Logger, options: ServerOptions = {}): FastifyInstance {
@@ -187,7 +163,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.post('/v1/participants', { schema: { querystring: noQuery, body: registerParticipantBody } }, async (request, reply) => {
     const body = request.body as RegistrationRequest;
-    checkRegistration(body);
+    checkRegistrationShape(body);
     const view = await coordinator.registerParticipant(body);
     return reply.status(201).send(view);
   });

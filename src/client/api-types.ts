@@ -113,15 +113,22 @@ export interface paths {
          *     otherwise). Before anything is stored the coordinator checks that the address's host is
          *     on TCX_PARTICIPANT_HOSTS (403 `PARTICIPANT_NOT_ALLOWED`, without connecting), then that
          *     the participant can take part in two-phase commit: for `postgres` it connects and
-         *     requires `max_prepared_transactions > 0`; for `redis` it requires `appendonly yes` and
-         *     `appendfsync always` unless `options.allowVolatile` is true; for `http` the `baseUrl`
-         *     must be an absolute http(s) URL. The registration is forced to the log, so recovery can
-         *     reach the participant after a restart. Passwords are never echoed back.
+         *     requires `max_prepared_transactions > 0`; for `mysql` it connects and requires MySQL
+         *     5.7.7+ or MariaDB 10.5+ (prepared XA transactions that survive a disconnect and a
+         *     restart), InnoDB, the right to run `XA RECOVER`, and `innodb_flush_log_at_trx_commit = 1`
+         *     unless `options.allowVolatile` is true (a binary log without `sync_binlog = 1` is a
+         *     warning); for `redis` it requires `appendonly yes` and `appendfsync always` unless
+         *     `options.allowVolatile` is true; for `nats` it connects and requires JetStream; for
+         *     `http` the `baseUrl` must be an absolute http(s) URL. The registration is forced to the
+         *     log, so recovery can reach the participant after a restart. Passwords are never echoed
+         *     back.
          *
          *     Each kind takes exactly one address field — `postgres`: `connectionString` (a
-         *     `postgres:`/`postgresql:` URL; the key=value form and parameters that read local files, such as `sslrootcert`, are refused); `http`: `baseUrl`
-         *     (`http:`/`https:`); `redis`: `url` (`redis:`/`rediss:`) — and none of the others;
-         *     `options.allowVolatile` is for `redis` only. Anything else answers 400.
+         *     `postgres:`/`postgresql:` URL; the key=value form and parameters that read local files, such as `sslrootcert`, are refused); `mysql`: `connectionString`
+         *     (`mysql://user:password@host:port/database`, no query parameters); `http`: `baseUrl`
+         *     (`http:`/`https:`); `redis`: `url` (`redis:`/`rediss:`); `nats`: `url`
+         *     (`nats://[user:password@]host:port`) — and none of the others;
+         *     `options.allowVolatile` is for `mysql` and `redis` only. Anything else answers 400.
          */
         post: operations["registerParticipant"];
         delete?: never;
@@ -615,15 +622,15 @@ export interface components {
             /** @description Unique name; branches refer to the participant by it. */
             name: string;
             /**
-             * @description `postgres`: a PostgreSQL database (needs `connectionString`). `http`: a service implementing the participant protocol (needs `baseUrl`). `redis`: a Redis server (needs `url`).
+             * @description `postgres`: a PostgreSQL database (needs `connectionString`). `mysql`: a MySQL or MariaDB database, through XA transactions (needs `connectionString`). `redis`: a Redis server (needs `url`). `http`: a service implementing the participant protocol (needs `baseUrl`). `nats`: a NATS JetStream server whose branches publish messages on commit (needs `url`).
              * @enum {string}
              */
-            kind: "postgres" | "http" | "redis";
-            /** @description postgres only: a postgres:// or postgresql:// URL (the key=value form is refused, and so are parameters that read files on the coordinator host). Stored durably; the password is redacted in every answer. */
+            kind: "postgres" | "mysql" | "redis" | "http" | "nats";
+            /** @description postgres: a postgres:// or postgresql:// URL (the key=value form is refused, and so are parameters that read files on the coordinator host). mysql: mysql://user:password@host:port/database without query parameters. Stored durably; the password is redacted in every answer. */
             connectionString?: string;
             /** @description http only: absolute http(s) URL; the coordinator POSTs to `{baseUrl}/prepare`, `/commit` and `/abort`. */
             baseUrl?: string;
-            /** @description redis only: `redis://` or `rediss://` URL. Registration refuses a server without `appendonly yes` and `appendfsync always` (staged, prepared writes would be lost on a Redis restart) unless `options.allowVolatile` is true; the password is redacted in every answer. */
+            /** @description nats: `nats://[user:password@]host:port`. redis: `redis://` or `rediss://` URL. Registration refuses a server without `appendonly yes` and `appendfsync always` (staged, prepared writes would be lost on a Redis restart) unless `options.allowVolatile` is true; the password is redacted in every answer. */
             url?: string;
             /** @description http only: credentials sent as the Authorization header of every call — `{type: bearer, token}` or `{type: basic, username, password}`. Stored durably (recovery needs them), never shown in any answer or log line. A `user:password@` in baseUrl is taken as basic credentials (and redacted). */
             auth?: {
@@ -634,7 +641,7 @@ export interface components {
                 password?: string;
             };
             options?: {
-                /** @description redis only: accept a server whose prepared state is not durable; the participant then carries a warning in `GET /v1/participants/{name}`. */
+                /** @description mysql and redis only: accept a server whose prepared state is not durable (mysql: `innodb_flush_log_at_trx_commit` other than 1; redis: no AOF with `appendfsync always`); the participant then carries a warning in `GET /v1/participants/{name}`. */
                 allowVolatile?: boolean;
             };
         };
@@ -653,18 +660,30 @@ export interface components {
             key: string;
         };
         SqlOperation: {
-            /** @description One SQL statement with `$1`, `$2`, … placeholders. Transaction-control and session statements (BEGIN, COMMIT, ROLLBACK, PREPARE, SAVEPOINT, SET, …) are refused. */
+            /** @description One SQL statement, with `$1`, `$2`, … placeholders for postgres and `?` for mysql; parameters are always bound, never interpolated. Transaction-control and session statements (BEGIN, COMMIT, ROLLBACK, PREPARE, SAVEPOINT, SET, XA, …) are refused, and for mysql statements that commit implicitly (DDL, LOCK TABLES, …). */
             sql: string;
             /** @description Values for the placeholders, in order (JSON scalars, or objects/arrays sent as JSON). */
             params?: unknown[];
         };
+        NatsMessage: {
+            /** @description A subject a JetStream stream takes (no wildcards); the branch votes no at prepare when no stream does. */
+            subject: string;
+            /** @description The message body: a string is published as its UTF-8 text, any other JSON value as its JSON text. */
+            data: unknown;
+            /** @description Message headers; names starting with `Nats-` are refused (the coordinator sets `Nats-Msg-Id` itself). */
+            headers?: {
+                [key: string]: string;
+            };
+        };
         BranchRequest: {
             /** @description Name of a registered participant. */
             participant: string;
-            /** @description postgres participants: SqlOperation statements run, in order, in the branch's database transaction. redis participants: RedisOperation items. */
+            /** @description postgres and mysql participants: SqlOperation statements run, in order, in the branch's database transaction (mysql: an XA transaction). redis participants: RedisOperation items. */
             operations?: (components["schemas"]["SqlOperation"] | components["schemas"]["RedisOperation"])[];
             /** @description http participants: any JSON value (at most 256 KiB serialized); sent to the service as `payload` with every protocol call. */
             payload?: unknown;
+            /** @description nats participants: the messages to publish, in order, once the transaction commits (nothing is published on abort). They are kept in the coordinator's log with its decision, and each is published with a `Nats-Msg-Id` derived from the branch and its index, so a re-delivery after a crash is dropped by JetStream's duplicate window: exactly once within the stream's window (2 min by default), at least once past it. */
+            messages?: components["schemas"]["NatsMessage"][];
         };
         BeginTransactionRequest: {
             /**
@@ -728,7 +747,7 @@ export interface components {
             branchId: string;
             participant: string;
             /** @enum {string} */
-            kind: "postgres" | "http" | "redis";
+            kind: "postgres" | "mysql" | "redis" | "http" | "nats";
             /** @enum {string} */
             state: "active" | "preparing" | "prepared" | "precommitted" | "read-only" | "voted-no" | "committed" | "aborted";
             /** @enum {string} */
@@ -828,13 +847,13 @@ export interface components {
         ParticipantView: {
             name: string;
             /** @enum {string} */
-            kind: "postgres" | "http" | "redis";
+            kind: "postgres" | "mysql" | "redis" | "http" | "nats";
             /** @description Password (and secret-looking query parameters) replaced by `***`. */
             connectionString?: string;
             /** @description Password and secret-looking query values replaced by `***`. */
             baseUrl?: string;
             url?: string;
-            /** @description The options given at registration, when any (`allowVolatile` is for redis only). */
+            /** @description The options given at registration, when any (`allowVolatile` is for mysql and redis only). */
             options?: {
                 allowVolatile?: boolean;
             };

@@ -20,7 +20,10 @@ export interface EnlistRequest {
   readonly participant: string;
   readonly operations?: unknown;
   readonly payload?: unknown;
+  readonly messages?: unknown;
 }
+
+const WORK_FIELDS = ['operations', 'payload', 'messages'] as const;
 
 export interface EnlistAnswer {
   readonly transactionId: string;
@@ -109,12 +112,12 @@ export class BranchWork {
   plan(tx: LiveTransaction, requests: readonly EnlistRequest[], commitFollows: boolean): PlannedWork[] {
     const checked = requests.map((request) => {
       const adapter = this.#deps.registry.adapterForNewBranch(request.participant);
-      const takesPayload = adapter.work === 'payload';
-      const [work, misplaced] = takesPayload ? [request.payload, request.operations] : [request.operations, request.payload];
+      const work = request[adapter.work];
+      const misplaced = WORK_FIELDS.find((field) => field !== adapter.work && request[field] !== undefined);
       if (misplaced !== undefined) {
         throw new CoordinatorError(
           'VALIDATION_FAILED',
-          `${adapter.kind} branches take ${takesPayload ? 'a payload, not operations' : 'operations, not a payload'} (participant ${request.participant})`,
+          `${adapter.kind} branches take ${adapter.work}, not ${misplaced} (participant ${request.participant})`,
         );
       }
       adapter.validateWork(work);
@@ -139,7 +142,7 @@ export class BranchWork {
   }
 
   #branchFor(tx: LiveTransaction, participant: string, adapter: ParticipantAdapter, work: unknown): LiveBranch {
-    if (adapter.listsPreparedBranches) {
+    if (adapter.oneBranchPerStore) {
       // All work for one store runs in one branch: two branches of one transaction would
       // deadlock each other (postgres) or collide on each other's key locks (redis).
       for (const b of tx.branches.values()) if (b.participant === participant) return b;
@@ -152,7 +155,7 @@ export class BranchWork {
       gid: makeGid(this.#deps.coordinatorId, tx.id, branchNo),
       prepareSent: false,
       attempts: 0,
-      ...(adapter.work === 'payload' ? { payload: work } : {}),
+      ...(adapter.work === 'operations' ? {} : { payload: work }),
     };
     tx.branches.set(branch.branchId, branch);
     this.#deps.driver.apply(tx, { type: 'enlist', branchId: branch.branchId });

@@ -16,8 +16,9 @@ import type { LogIo } from '../log/file-log.js';
 import { CoordinatorLog } from './coordinator-log.js';
 import { gidPrefix, isValidCoordinatorId } from '../participants/gid.js';
 import { ManualResolver, type ManualResolutionView, type PreparedBranchView } from './manual-resolution.js';
-import { ADDRESS_FIELD, checkParticipantAddress } from './participant-address.js';
+import { checkParticipantAddress } from './participant-address.js';
 import { assertAllowedAddress } from './participant-allowlist.js';
+import { kindSpec } from './participant-kinds.js';
 import { ParticipantRegistry, type ParticipantView, type RegistrationRequest } from './participant-registry.js';
 import { RecoverySweeper, type SweepReport } from './recovery.js';
 import { TransactionManager } from './transaction-manager.js';
@@ -185,10 +186,11 @@ export class Coordinator {
   /** Registers in this coordinator id's own log only (the shared registry already has it). */
   async registerHere(request: RegistrationRequest): Promise<ParticipantView> {
     if (this.#log.failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE');
-    const field = ADDRESS_FIELD[request.kind];
-    const address = request[field];
-    const url = checkParticipantAddress(request.kind, field, address ?? '');
-    assertAllowedAddress(address ?? '', url, this.#config.participantHosts, request.kind);
+    const spec = kindSpec(request.kind);
+    const field = spec.addressField;
+    const address = request[field] ?? '';
+    const url = checkParticipantAddress(spec.address, field, address);
+    assertAllowedAddress(url, this.#config.participantHosts, spec.driverHosts?.(address) ?? []);
     return this.#registry.register(request);
   }
 

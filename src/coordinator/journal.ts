@@ -10,7 +10,8 @@
  *                   concurrent force (group commit).
  *   decision        commit — 3PC: pre-commit — forced before the first commit
  *                   (pre-commit) message leaves: the branch list and the
- *                   transaction's summary, everything recovery needs. An abort
+ *                   transaction's summary, everything recovery needs (with the
+ *                   work kept in the log when no intent record holds it). An abort
  *                   writes no decision: no record means abort. After a durable
  *                   3PC pre-commit the commit needs no record either.
  *   ended           never forced: the outcome, and for an abort the summary the
@@ -50,8 +51,10 @@ export function prepareIntentRecord(tx: LiveTransaction): LogRecord {
 
 /**
  * The decision record for a verdict, or undefined when presumed abort needs none: an abort,
- * or the commit that follows a durable 3PC pre-commit. Payloads stay out (they are in the
- * prepare-intent record, when recovery needs them): the forced record stays small.
+ * or the commit that follows a durable 3PC pre-commit. Work kept in the log (http payloads,
+ * nats messages) is in it unless a prepare-intent record already holds it: phase 2 after a
+ * crash needs it (nats messages are published from it), and this record shares its fsync
+ * with the decision itself.
  */
 export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string): LogRecord | undefined {
   if (verdict === 'abort') return undefined;
@@ -63,7 +66,7 @@ export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string
     protocol: tx.protocol,
     timeoutMs: tx.timeoutMs,
     createdAt: tx.createdAt,
-    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: false })),
+    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: tx.intentLoggedFor === undefined })),
     at,
   };
 }

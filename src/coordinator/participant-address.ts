@@ -13,6 +13,8 @@
  *     would take the coordinator's own OS user as the login (peer authentication);
  *   - redis: TCP host:port (and a database number) only — no query, so no `?path=` to a
  *     Unix socket and no client options smuggled in;
+ *   - mysql: host, port and database only — no query (mysql2 would read client options there);
+ *   - nats: host and port (credentials in the user info) only;
  *   - http: anything else is the service's business; secret-looking query values and the
  *     password are redacted in every view (better: the `auth` field, never shown).
  *
@@ -21,16 +23,17 @@
 
 import { parse as parsePgConnectionString } from 'pg-connection-string';
 import { CoordinatorError } from '../errors.js';
-import type { ParticipantKind } from '../log/log-records.js';
 
-/** The registration field that holds each kind's address. */
-export const ADDRESS_FIELD = { postgres: 'connectionString', http: 'baseUrl', redis: 'url' } as const satisfies Record<ParticipantKind, string>;
+/** The registration fields that can hold a participant's address (each kind names its own). */
+export type AddressField = 'connectionString' | 'baseUrl' | 'url';
+export const ADDRESS_FIELDS: readonly AddressField[] = ['connectionString', 'baseUrl', 'url'];
 
-const SCHEMES: Readonly<Record<ParticipantKind, readonly string[]>> = {
-  postgres: ['postgres:', 'postgresql:'],
-  http: ['http:', 'https:'],
-  redis: ['redis:', 'rediss:'],
-};
+/** What one kind accepts beyond the checks every address gets: its schemes and its own rules. */
+export interface AddressRules {
+  readonly schemes: readonly string[];
+  /** Throws VALIDATION_FAILED (naming parameters, never pieces of the address). */
+  check(field: string, address: string, url: URL): void;
+}
 
 /** libpq parameters that make the client read files on the coordinator's host. */
 const FILE_PARAMETERS = /^(sslrootcert|sslcert|sslkey|sslpassword|sslcrl|sslcrldir|passfile|service|servicefile)$/i;
@@ -41,9 +44,64 @@ function invalid(field: string, message: string): CoordinatorError {
   return new CoordinatorError('VALIDATION_FAILED', `${field} ${message}`);
 }
 
-/** Checks the address of a participant of `kind`; returns it parsed. Throws 400 without echoing it. */
-export function checkParticipantAddress(kind: ParticipantKind, field: string, address: string): URL {
-  const schemes = SCHEMES[kind];
+export const POSTGRES_ADDRESS: AddressRules = {
+  schemes: ['postgres:', 'postgresql:'],
+  check(field, address, url) {
+    for (const key of new Set(url.searchParams.keys())) {
+      if (FILE_PARAMETERS.test(key)) {
+        throw invalid(field, `parameter ${key} concerns files on the coordinator's host (keys, certificates, password or service files); it is not accepted`);
+      }
+      // As spelled: the driver reads `host`, not `HOST` (which the allowlist would not see either).
+      if (!POSTGRES_PARAMETERS.has(key)) {
+        throw invalid(field, `parameter ${safeName(key)} is not accepted: the coordinator sets the session's options and timeouts itself`);
+      }
+    }
+    if (postgresHosts(field, address, url).some((h) => h.includes('/'))) {
+      throw invalid(field, 'must connect over TCP: a Unix socket directory as host is not accepted');
+    }
+  },
+};
+
+export const REDIS_ADDRESS: AddressRules = {
+  schemes: ['redis:', 'rediss:'],
+  check(field, _address, url) {
+    if ([...url.searchParams.keys()].length > 0) throw invalid(field, 'must be redis://host:port/db without query parameters (no Unix sockets, no client options)');
+    if (!/^(\/\d{0,2})?$/.test(url.pathname)) throw invalid(field, 'may name only a database number as its path (redis://host:port/0)');
+  },
+};
+
+export const HTTP_ADDRESS: AddressRules = {
+  schemes: ['http:', 'https:'],
+  check(field, _address, url) {
+    // Basic credentials need a user name: a password alone would silently go unsent.
+    if (url.username === '' && url.password !== '') throw invalid(field, 'has a password but no user name: use auth {type: "bearer", token} for a token');
+  },
+};
+
+/**
+ * mysql2 reads client options from the query (`multipleStatements`, `socketPath`, `flags`,
+ * local-infile…): none is accepted; the adapter sets its own. The path names the database.
+ */
+export const MYSQL_ADDRESS: AddressRules = {
+  schemes: ['mysql:'],
+  check(field, _address, url) {
+    if ([...url.searchParams.keys()].length > 0) throw invalid(field, 'must be mysql://user:password@host:port/database without query parameters (the coordinator sets the client options)');
+    if (!/^\/[A-Za-z0-9_$-]{1,64}$/.test(url.pathname)) throw invalid(field, 'must name a database as its path (mysql://user:password@host:port/database)');
+  },
+};
+
+export const NATS_ADDRESS: AddressRules = {
+  schemes: ['nats:'],
+  check(field, _address, url) {
+    if ([...url.searchParams.keys()].length > 0 || !/^\/?$/.test(url.pathname)) {
+      throw invalid(field, 'must be nats://[user:password@]host:port without a path or query parameters');
+    }
+  },
+};
+
+/** Checks the address of a participant whose kind has `rules`; returns it parsed. Throws 400 without echoing it. */
+export function checkParticipantAddress(rules: AddressRules, field: string, address: string): URL {
+  const { schemes } = rules;
   if (!URL.canParse(address)) throw invalid(field, `must be a ${schemes.join(' or ')} URL`);
   const url = new URL(address);
   if (!schemes.includes(url.protocol)) throw invalid(field, `must be a ${schemes.join(' or ')} URL`);
@@ -60,31 +118,7 @@ export function checkParticipantAddress(kind: ParticipantKind, field: string, ad
   if (!decodes(url.username) || !decodes(url.password)) {
     throw invalid(field, 'must percent-encode "%" (%25) in a user name or password');
   }
-  const keys = [...new Set(url.searchParams.keys())];
-  switch (kind) {
-    case 'postgres':
-      for (const key of keys) {
-        if (FILE_PARAMETERS.test(key)) {
-          throw invalid(field, `parameter ${key} concerns files on the coordinator's host (keys, certificates, password or service files); it is not accepted`);
-        }
-        // As spelled: the driver reads `host`, not `HOST` (which the allowlist would not see either).
-        if (!POSTGRES_PARAMETERS.has(key)) {
-          throw invalid(field, `parameter ${safeName(key)} is not accepted: the coordinator sets the session's options and timeouts itself`);
-        }
-      }
-      if (postgresHosts(field, address, url).some((h) => h.includes('/'))) {
-        throw invalid(field, 'must connect over TCP: a Unix socket directory as host is not accepted');
-      }
-      break;
-    case 'redis':
-      if (keys.length > 0) throw invalid(field, 'must be redis://host:port/db without query parameters (no Unix sockets, no client options)');
-      if (!/^(\/\d{0,2})?$/.test(url.pathname)) throw invalid(field, 'may name only a database number as its path (redis://host:port/0)');
-      break;
-    case 'http':
-      // Basic credentials need a user name: a password alone would silently go unsent.
-      if (url.username === '' && url.password !== '') throw invalid(field, 'has a password but no user name: use auth {type: "bearer", token} for a token');
-      break;
-  }
+  rules.check(field, address, url);
   return url;
 }
 

@@ -9,9 +9,7 @@
  */
 
 import { isIP } from 'node:net';
-import { parse as parsePgConnectionString } from 'pg-connection-string';
 import { CoordinatorError } from '../errors.js';
-import type { ParticipantKind } from '../log/log-records.js';
 
 function ipv4ToInt(ip: string): number {
   return ip.split('.').reduce((acc, part) => (acc << 8) + Number(part), 0) >>> 0;
@@ -34,20 +32,21 @@ function matches(host: string, pattern: string): boolean {
 
 /**
  * Every host an address can make the client connect to: the URL's host plus its `host` and
- * `hostaddr` query parameters (comma-separated lists included), and for Postgres the hosts the
- * driver itself derives. The address has passed participant-address.ts's strict check, which
+ * `hostaddr` query parameters (comma-separated lists included), and the hosts the kind's
+ * driver itself derives (Postgres). The address has passed participant-address.ts's strict
+ * check, which
  * leaves only URLs, and no Unix socket paths for Postgres (one here would count as localhost).
  */
-export function hostsOf(address: string, url: URL, kind: ParticipantKind): string[] {
+export function hostsOf(url: URL, driverHosts: readonly string[]): string[] {
   const hosts = [url.hostname];
   for (const key of ['host', 'hostaddr']) for (const v of url.searchParams.getAll(key)) hosts.push(...v.split(','));
-  if (kind === 'postgres') hosts.push(...(parsePgConnectionString(address).host ?? '').split(','));
+  hosts.push(...driverHosts);
   return hosts.map((h) => h.trim()).map((h) => (h === '' || h.startsWith('/') ? 'localhost' : h));
 }
 
-/** `url` is `address` as participant-address.ts parsed it. */
-export function assertAllowedAddress(address: string, url: URL, patterns: readonly string[], kind: ParticipantKind): void {
-  for (const host of hostsOf(address, url, kind)) {
+/** `url` is `address` as participant-address.ts parsed it; `driverHosts` what its kind's driver derives from it. */
+export function assertAllowedAddress(url: URL, patterns: readonly string[], driverHosts: readonly string[]): void {
+  for (const host of hostsOf(url, driverHosts)) {
     if (!patterns.some((p) => matches(host, p))) {
       throw new CoordinatorError(
         'PARTICIPANT_NOT_ALLOWED',

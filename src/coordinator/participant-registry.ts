@@ -8,21 +8,11 @@
 import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { ParticipantAuth, ParticipantConfig, ParticipantKind } from '../log/log-records.js';
-import { HttpParticipant } from '../participants/http-participant.js';
 import type { ParticipantAdapter } from '../participants/participant.js';
-import { PostgresParticipant } from '../participants/postgres-participant.js';
-import { RedisParticipant } from '../participants/redis-participant.js';
 import type { CoordinatorLog } from './coordinator-log.js';
+import { kindSpec, type AdapterSettings } from './participant-kinds.js';
 
-export interface AdapterSettings {
-  readonly participantTimeoutMs: number;
-  readonly connectTimeoutMs: number;
-  readonly statementTimeoutMs: number;
-  readonly idleInTransactionTimeoutMs: number;
-  readonly pgMaxSessions: number;
-  readonly coordinatorUrl: string;
-  readonly uncertainTimeoutMs: number;
-}
+export type { AdapterSettings } from './participant-kinds.js';
 
 export interface RegistrationRequest {
   readonly name: string;
@@ -83,38 +73,7 @@ export class ParticipantRegistry {
   }
 
   #createAdapter(config: ParticipantConfig | RegistrationRequest): ParticipantAdapter {
-    const s = this.#settings;
-    switch (config.kind) {
-      case 'postgres':
-        return new PostgresParticipant({
-          name: config.name,
-          connectionString: config.connectionString ?? '',
-          maxSessions: s.pgMaxSessions,
-          connectTimeoutMs: s.connectTimeoutMs,
-          statementTimeoutMs: s.statementTimeoutMs,
-          idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
-          logger: this.#logger,
-        });
-      case 'http':
-        return new HttpParticipant({
-          name: config.name,
-          baseUrl: config.baseUrl ?? '',
-          ...(config.auth === undefined ? {} : { auth: config.auth }),
-          requestTimeoutMs: s.participantTimeoutMs,
-          connectTimeoutMs: s.connectTimeoutMs,
-          coordinatorUrl: s.coordinatorUrl,
-          uncertainTimeoutMs: s.uncertainTimeoutMs,
-        });
-      case 'redis':
-        return new RedisParticipant({
-          name: config.name,
-          url: config.url ?? '',
-          connectTimeoutMs: s.connectTimeoutMs,
-          commandTimeoutMs: s.participantTimeoutMs,
-          logger: this.#logger,
-          allowVolatile: config.options?.allowVolatile === true,
-        });
-    }
+    return kindSpec(config.kind).create(config, this.#settings, this.#logger);
   }
 
   async register(request: RegistrationRequest): Promise<ParticipantView> {

@@ -28,7 +28,7 @@ import type { Decision } from '../protocol/commit-protocol.js';
 export type ProtocolName = '2pc' | '3pc';
 /** As the log knows it: `unknown` for a transaction known only from branches the recovery sweep found. */
 export type LoggedProtocol = ProtocolName | 'unknown';
-export type ParticipantKind = 'postgres' | 'http' | 'redis';
+export type ParticipantKind = 'postgres' | 'http' | 'redis' | 'mysql' | 'nats';
 
 /** Everything needed to reach a participant again after a restart, secrets included. */
 export interface ParticipantConfig {
@@ -55,7 +55,7 @@ export interface BranchRecord {
   readonly kind: ParticipantKind;
   /** Global transaction id on the participant's side (Postgres gid, Redis staged key suffix). */
   readonly gid: string;
-  /** HTTP branches: the payload sent with prepare/commit/abort. */
+  /** Work kept in the log: http, the payload sent with prepare/commit/abort; nats, the messages. */
   readonly payload?: unknown;
   /** In decision records: the branch's vote (read-only branches get no phase 2). */
   readonly vote?: 'yes' | 'no' | 'read-only';

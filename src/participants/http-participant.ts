@@ -49,6 +49,7 @@ interface HttpAnswer {
 export class HttpParticipant implements ParticipantAdapter {
   readonly kind = 'http' as const;
   readonly work = 'payload' as const;
+  readonly oneBranchPerStore = false;
   readonly listsPreparedBranches = false;
   readonly name: string;
   readonly #baseUrl: string;

@@ -31,7 +31,7 @@ export interface BranchRef {
   readonly protocol?: '2pc' | '3pc';
   readonly branchId: string;
   readonly gid: string;
-  /** http: the branch payload sent with every call. */
+  /** Work kept in the log (http: the payload sent with every call; nats: the messages to publish). */
   readonly payload?: unknown;
 }
 
@@ -64,8 +64,18 @@ export interface PrepareOptions {
 export interface ParticipantAdapter {
   readonly name: string;
   readonly kind: ParticipantKind;
-  /** What a branch carries: statements or commands (`operations`), or a document sent with every call (`payload`). */
-  readonly work: 'operations' | 'payload';
+  /**
+   * The request field a branch's work comes in: statements or commands run at enlist
+   * (`operations`), a document sent with every call (`payload`), or messages published on
+   * commit (`messages`). Work other than operations is kept in the coordinator's log (in the
+   * branch's record) and handed back with every call as `BranchRef.payload`.
+   */
+  readonly work: 'operations' | 'payload' | 'messages';
+  /**
+   * All work of one transaction for this store runs in one branch (two branches would block
+   * each other on the store's locks). False: each entry is a branch of its own.
+   */
+  readonly oneBranchPerStore: boolean;
   /**
    * The participant can list the branches prepared on it (`findPrepared`), so recovery finds
    * them without the log. When false, the coordinator forces a record of the branch before its

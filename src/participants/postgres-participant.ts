@@ -59,6 +59,7 @@ const KEEP_FOR_PHASE2_MS = 5_000;
 export class PostgresParticipant implements ParticipantAdapter {
   readonly kind = 'postgres' as const;
   readonly work = 'operations' as const;
+  readonly oneBranchPerStore = true;
   readonly listsPreparedBranches = true;
   readonly name: string;
   readonly #sessions: pg.Pool;

@@ -127,6 +127,7 @@ const MAX_LISTED = 100_000;
 export class RedisParticipant implements ParticipantAdapter {
   readonly kind = 'redis' as const;
   readonly work = 'operations' as const;
+  readonly oneBranchPerStore = true;
   readonly listsPreparedBranches = true;
   readonly name: string;
   readonly #options: RedisParticipantOptions;

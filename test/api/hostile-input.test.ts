@@ -375,7 +375,7 @@ describe('credentials in addresses', () => {
           expect(res.statusCode, `${a.address}: ${res.body}`).toBeLessThan(500);
           expectNoPiece(res, a.pieces, a.address);
           if (res.statusCode === 201) {
-            expect(a.kind).toBe('http'); // Postgres and Redis are checked by connecting: nothing listens on port 1
+            expect(a.kind).toBe('http'); // the other kinds are checked by connecting: nothing listens on port 1
             expectNoPiece(await c.app.inject({ method: 'GET', url: `/v1/participants/${name}` }), a.pieces, a.address);
             expect((await c.app.inject({ method: 'DELETE', url: `/v1/participants/${name}` })).statusCode).toBe(204);
           } else {

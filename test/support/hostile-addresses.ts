@@ -12,8 +12,9 @@ import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 
-export type AddressKind = 'postgres' | 'redis' | 'http';
-export const FIELD = { postgres: 'connectionString', redis: 'url', http: 'baseUrl' } as const;
+export type AddressKind = 'postgres' | 'mysql' | 'redis' | 'http' | 'nats';
+export const FIELD = { postgres: 'connectionString', mysql: 'connectionString', redis: 'url', http: 'baseUrl', nats: 'url' } as const;
+export const ADDRESS_KINDS: readonly AddressKind[] = ['postgres', 'mysql', 'redis', 'http', 'nats'];
 
 export interface Address {
   readonly kind: AddressKind;
@@ -39,12 +40,20 @@ export const password = fc
     return { text, pieces };
   });
 
-const SCHEMES: Record<AddressKind, readonly string[]> = { postgres: ['postgres', 'postgresql'], redis: ['redis', 'rediss'], http: ['http', 'https'] };
-const PATH: Record<AddressKind, string> = { postgres: '/bank', redis: '/0', http: '/svc' };
+const SCHEMES: Record<AddressKind, readonly string[]> = {
+  postgres: ['postgres', 'postgresql'],
+  mysql: ['mysql'],
+  redis: ['redis', 'rediss'],
+  http: ['http', 'https'],
+  nats: ['nats'],
+};
+const PATH: Record<AddressKind, string> = { postgres: '/bank', mysql: '/shop', redis: '/0', http: '/svc', nats: '' };
 const QUERY_KEYS: Record<AddressKind, readonly string[]> = {
   postgres: ['password', 'sslpassword', 'pass', 'token'],
+  mysql: ['password', 'pass', 'passwordSha1'],
   redis: ['password', 'pass', 'auth'],
   http: ['api_key', 'token', 'password', 'access_token', 'sig', 'X-Auth'],
+  nats: ['token', 'pass', 'nkey'],
 };
 
 /** Encodes only `@` and `#`: a half-encoded password, as a hurried operator writes it. */
@@ -54,7 +63,7 @@ const halfEncoded = (pw: string): string => pw.replace(/[@#]/g, (ch) => encodeUR
 export const FORBIDDEN_HOSTS = ['10.0.0.9', 'evil.example', '169.254.169.254', '[fd00::1]', '0.0.0.0', 'metadata.google.internal', '192.168.1.1:5432'];
 
 /** Credentials in every form `kind` takes them, on one of `hosts` (host[:port]). */
-export function credentialAddress(hosts: readonly string[], kinds: readonly AddressKind[] = ['postgres', 'redis', 'http']): fc.Arbitrary<Address> {
+export function credentialAddress(hosts: readonly string[], kinds: readonly AddressKind[] = ADDRESS_KINDS): fc.Arbitrary<Address> {
   return fc
     .record({
       kind: fc.constantFrom(...kinds),
@@ -205,10 +214,46 @@ export function smuggledAddress(t: SmugglingTargets): fc.Arbitrary<Address> {
     `http://${tcp}#@evil.example/`,
     `http://user@evil.example@${tcp}/`,
   );
+  // mysql2 reads client options from the query: sockets, multiple statements, local files, flags.
+  const mysqlOptions: [string, string[]][] = [
+    ['socketPath', [redisSock, `${dir}/mysql.sock`]],
+    ['multipleStatements', ['true']],
+    ['flags', ['+LOCAL_FILES', '-FOUND_ROWS']],
+    ['infileStreamFactory', ['x']],
+    ['localAddress', ['127.0.0.1']],
+    ['ssl', ['{"rejectUnauthorized":false}']],
+    ['charset', ['latin1']],
+    ['password', ['x']],
+    ['debug', ['true']],
+  ];
+  const mysql = fc.oneof(
+    withParam(mysqlOptions).map(({ param: [key, values], valueIndex, spelling, encodeValue }) => {
+      const value = values[valueIndex % values.length] ?? '';
+      return `mysql://u:pw@${tcp}/shop?${spellKey(key, spelling)}=${encodeValue ? encodeURIComponent(value) : value}`;
+    }),
+    fc.constantFrom(
+      `mysql://u:pw@${encodeURIComponent(redisSock)}/shop`,
+      `mysql:${dir}/mysql.sock`,
+      `mysql://u:pw@${tcp}`,
+      `mysql://u:pw@${tcp}/shop/extra`,
+      `mysqlx://u:pw@${tcp}/shop`,
+      `mariadb://u:pw@${tcp}/shop`,
+    ),
+  );
+  const nats = fc.oneof(
+    withParam([
+      ['token', ['x']],
+      ['tls', ['true']],
+      ['user', ['admin']],
+    ]).map(({ param: [key, values], valueIndex, spelling }) => `nats://${tcp}?${spellKey(key, spelling)}=${values[valueIndex % values.length] ?? ''}`),
+    fc.constantFrom(`nats://${tcp}/subject`, `nats:${redisSock}`, `ws://${tcp}`, `tls://${tcp}`, `unix://${redisSock}`),
+  );
   return fc.oneof(
     postgres.map((address) => ({ kind: 'postgres' as const, address, pieces: [] })),
+    mysql.map((address) => ({ kind: 'mysql' as const, address, pieces: [] })),
     redis.map((address) => ({ kind: 'redis' as const, address, pieces: [] })),
     http.map((address) => ({ kind: 'http' as const, address, pieces: [] })),
+    nats.map((address) => ({ kind: 'nats' as const, address, pieces: [] })),
   );
 }
 

@@ -4,7 +4,7 @@ import { UsageError, booleanOption, listOption, oneOf, requiredOption, stringOpt
 import { EXIT } from '../exit-codes.js';
 import { json, keyValues, table } from '../output.js';
 
-const KINDS: readonly ParticipantKind[] = ['postgres', 'http', 'redis'];
+const KINDS: readonly ParticipantKind[] = ['postgres', 'mysql', 'redis', 'http', 'nats'];
 
 function address(p: ParticipantView): string | undefined {
   return p.connectionString ?? p.baseUrl ?? p.url;
@@ -80,24 +80,29 @@ export const participantsAdd: Command = {
     kind: { type: 'string' },
     'connection-string': { type: 'string' },
     'base-url': { type: 'string' },
+    url: { type: 'string' },
     'redis-url': { type: 'string' },
     option: { type: 'string', multiple: true },
   },
   summary: 'register a participant (admin token)',
-  synopsis: '--name N --kind postgres|http|redis (--connection-string S | --base-url U | --redis-url U) [--option K=V]...',
+  synopsis: '--name N --kind postgres|mysql|redis|http|nats (--connection-string S | --base-url U | --url U) [--option K=V]...',
   details: [
     '--connection-string S  postgres: a postgres:// URL (the coordinator checks max_prepared_transactions > 0)',
+    '                       mysql: a mysql://user:password@host:port/database URL (MySQL 5.7.7+ or MariaDB 10.5+, XA)',
     '--base-url U           http: the service\'s base URL (it answers /prepare, /commit, /abort)',
-    '--redis-url U          redis: a redis:// URL (needs appendonly yes + appendfsync always)',
-    '--option K=V           an option of the registration, e.g. allowVolatile=true (redis); repeatable',
+    '--url U                redis: a redis:// URL (needs appendonly yes + appendfsync always)',
+    '                       nats: a nats:// URL (JetStream on; messages are published on commit)',
+    '--redis-url U          the same as --url (older spelling)',
+    '--option K=V           an option of the registration, e.g. allowVolatile=true (mysql, redis); repeatable',
   ],
   async run(ctx, { values }) {
     const kind = oneOf(requiredOption(values, 'kind'), KINDS, '--kind');
     const connectionString = stringOption(values, 'connection-string');
     const baseUrl = stringOption(values, 'base-url');
-    const url = stringOption(values, 'redis-url');
-    const given = [connectionString, baseUrl, url].filter((a) => a !== undefined).length;
-    if (given !== 1) throw new UsageError('give exactly one of --connection-string, --base-url, --redis-url');
+    const urls = [stringOption(values, 'url'), stringOption(values, 'redis-url')].filter((a) => a !== undefined);
+    const url = urls[0];
+    const given = [connectionString, baseUrl, ...urls].filter((a) => a !== undefined).length;
+    if (given !== 1) throw new UsageError('give exactly one of --connection-string, --base-url, --url');
     const options = parseOptions(listOption(values, 'option'));
     const request = {
       name: requiredOption(values, 'name'),

@@ -1,0 +1,141 @@
+/**
+ * What the mysql participant needs to know about its server: flavour and version (which
+ * session settings exist, whether XA PREPARE detaches the transaction from its connection),
+ * and the checks registration runs before the server may take part.
+ *
+ * Refused: MySQL before 5.7.7 and MariaDB before 10.5.2 (a prepared XA transaction is rolled
+ * back when its connection ends, so a prepared branch would not survive a lost connection),
+ * no InnoDB, a read-only server, and a user that may not run XA RECOVER (MySQL 8 needs
+ * XA_RECOVER_ADMIN; MariaDB 10.5+ needs no privilege for it). Refused unless the operator
+ * accepts the risk (allowVolatile), then recorded as warnings: innodb_flush_log_at_trx_commit
+ * other than 1 (or MariaDB's 3), which can lose a prepared branch in a crash, and a default
+ * storage engine other than InnoDB (tables created without ENGINE= would ignore the
+ * transaction). Always only a warning: a binary log without sync_binlog = 1.
+ */
+import { CoordinatorError } from '../errors.js';
+import { ER, serverErrno, type Flavour } from './mysql-connections.js';
+
+export interface ServerInfo {
+  readonly flavour: Flavour;
+  readonly version: readonly [number, number, number];
+  /** As the server spells it (VERSION()). */
+  readonly versionText: string;
+  /**
+   * XA PREPARE leaves the connection free (MySQL 8.0.29+ with xa_detach_on_prepare, the
+   * default). Otherwise (MariaDB, older MySQL) the connection holds the prepared transaction
+   * until XA COMMIT / XA ROLLBACK on it or until it is closed, can run no other statement on
+   * a table meanwhile, and another connection's XA COMMIT of it answers XAER_NOTA.
+   */
+  readonly detachesOnPrepare: boolean;
+}
+
+/** Runs one text-protocol query and answers its rows. */
+export type RowQuery = (sql: string) => Promise<Record<string, unknown>[]>;
+
+const MINIMUM: Record<Flavour, readonly [number, number, number]> = { mysql: [5, 7, 7], mariadb: [10, 5, 2] };
+
+function atLeast(v: readonly number[], min: readonly number[]): boolean {
+  for (let i = 0; i < 3; i++) {
+    if ((v[i] ?? 0) !== (min[i] ?? 0)) return (v[i] ?? 0) > (min[i] ?? 0);
+  }
+  return true;
+}
+
+export function parseVersion(versionText: string, comment = ''): { flavour: Flavour; version: [number, number, number] } {
+  const flavour: Flavour = /mariadb/i.test(`${versionText} ${comment}`) ? 'mariadb' : 'mysql';
+  // Old MariaDB releases prefix the version they claim for MySQL clients: 5.5.5-10.x.y-MariaDB.
+  const text = versionText.replace(/^5\.5\.5-(?=\d+\.\d+\.\d+-MariaDB)/i, '');
+  const m = /^(\d+)\.(\d+)\.(\d+)/.exec(text);
+  return { flavour, version: m === null ? [0, 0, 0] : [Number(m[1]), Number(m[2]), Number(m[3])] };
+}
+
+export async function detectServer(query: RowQuery): Promise<ServerInfo> {
+  const row = (await query('SELECT VERSION() AS version, @@version_comment AS comment'))[0] ?? {};
+  const versionText = String(row.version ?? '');
+  const { flavour, version } = parseVersion(versionText, String(row.comment ?? ''));
+  let detachesOnPrepare = false;
+  if (flavour === 'mysql' && atLeast(version, [8, 0, 29])) {
+    try {
+      const v = (await query('SELECT @@xa_detach_on_prepare AS v'))[0]?.v;
+      detachesOnPrepare = String(v) === '1' || String(v).toUpperCase() === 'ON';
+    } catch (err) {
+      if (serverErrno(err) !== ER.UNKNOWN_SYSTEM_VARIABLE) throw err;
+    }
+  }
+  return { flavour, version, versionText, detachesOnPrepare };
+}
+
+export interface Findings {
+  /** Risks that allowVolatile lets through (as warnings). */
+  readonly volatile: string[];
+  /** Shown to operators in any case. */
+  readonly warnings: string[];
+}
+
+function misconfigured(message: string, details: Record<string, unknown>): CoordinatorError {
+  return new CoordinatorError('PARTICIPANT_MISCONFIGURED', message, { details });
+}
+
+/** Registration checks; throws PARTICIPANT_MISCONFIGURED for what can never work. */
+export async function inspectServer(name: string, user: string, server: ServerInfo, query: RowQuery): Promise<Findings> {
+  const who = `mysql participant ${name} (${server.flavour} ${server.versionText})`;
+  const minimum = MINIMUM[server.flavour];
+  if (!atLeast(server.version, minimum)) {
+    throw misconfigured(
+      `${who} is too old: before ${server.flavour === 'mysql' ? 'MySQL' : 'MariaDB'} ${minimum.join('.')} a prepared XA transaction ` +
+        'is rolled back when its connection ends, so a prepared branch would not survive a lost connection or a restart. Upgrade the server.',
+      { participant: name, version: server.versionText, minimum: minimum.join('.') },
+    );
+  }
+  const engine = (await query("SELECT SUPPORT AS support FROM information_schema.ENGINES WHERE ENGINE = 'InnoDB'"))[0]?.support;
+  if (engine === undefined || !['YES', 'DEFAULT'].includes(String(engine).toUpperCase())) {
+    throw misconfigured(`${who} has no InnoDB storage engine: XA transactions need it.`, { participant: name, innodb: engine ?? 'missing' });
+  }
+  const settings =
+    (await query(
+      'SELECT @@default_storage_engine AS engine, @@innodb_flush_log_at_trx_commit AS flush, @@log_bin AS log_bin, ' +
+        '@@sync_binlog AS sync_binlog, @@read_only AS read_only',
+    ))[0] ?? {};
+  if (String(settings.read_only) === '1') {
+    throw misconfigured(`${who} is read-only (read_only = ON): it cannot take part in transactions. Register the primary.`, {
+      participant: name,
+      setting: 'read_only',
+    });
+  }
+  try {
+    await query('XA RECOVER');
+  } catch (err) {
+    const errno = serverErrno(err);
+    if (errno === ER.SPECIFIC_ACCESS_DENIED || errno === ER.DBACCESS_DENIED || errno === 1142) {
+      throw misconfigured(
+        `${who}: user ${user} may not run XA RECOVER, which recovery needs to find prepared branches after a crash. ` +
+          `Grant it: GRANT XA_RECOVER_ADMIN ON *.* TO '${user}'@'…' (MySQL 8).`,
+        { participant: name, privilege: 'XA_RECOVER_ADMIN' },
+      );
+    }
+    throw err;
+  }
+  const volatile: string[] = [];
+  const warnings: string[] = [];
+  const flush = String(settings.flush);
+  if (!(flush === '1' || (flush === '3' && server.flavour === 'mariadb'))) {
+    volatile.push(
+      `${who} runs with innodb_flush_log_at_trx_commit = ${flush}: a crash can lose prepared (and committed) branches, breaking atomicity. ` +
+        'Set innodb_flush_log_at_trx_commit = 1.',
+    );
+  }
+  const defaultEngine = String(settings.engine ?? '');
+  if (defaultEngine.toUpperCase() !== 'INNODB') {
+    volatile.push(
+      `${who} creates tables with ${defaultEngine} by default: tables without ENGINE=InnoDB ignore transactions, so their changes are not atomic. ` +
+        'Set default_storage_engine = InnoDB.',
+    );
+  }
+  if (String(settings.log_bin) === '1' && String(settings.sync_binlog) !== '1') {
+    warnings.push(
+      `${who} writes a binary log with sync_binlog = ${String(settings.sync_binlog)}: after an operating-system crash replicas may miss ` +
+        'prepared or committed branches. Set sync_binlog = 1.',
+    );
+  }
+  return { volatile, warnings };
+}
