@@ -94,7 +94,7 @@ describe('the compose file', () => {
   it('allows every participant service it runs, and runs the ledger where the README registers it', () => {
     const coordinator = service('coordinator');
     const allowed = (coordinator.environment?.TCX_PARTICIPANT_HOSTS ?? '').split(',');
-    for (const name of ['bank-a', 'bank-b', 'redis', 'ledger']) expect(allowed).toContain(name);
+    for (const name of ['bank-a', 'bank-b', 'shop-db', 'redis', 'nats', 'ledger']) expect(allowed).toContain(name);
     const ledgerService = service('ledger');
     expect(ledgerService.command).toEqual(['node', 'dist/examples/ledger-service.js']);
     expect(ledgerService.environment?.HOST).toBe('0.0.0.0');
