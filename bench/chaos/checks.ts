@@ -24,7 +24,7 @@ import type { BranchEntry } from '../../src/participant-kit/branch-store.js';
 import type { CoordinatorProcess } from '../../test/support/coordinator-process.js';
 import { withClient } from '../../test/support/databases.js';
 import { scanKeys } from '../../test/support/redis-keys.js';
-import { sleep } from '../../test/support/postgres-server.js';
+import { sleep } from '../../test/support/spawned-process.js';
 import {
   ACCOUNTS,
   account,

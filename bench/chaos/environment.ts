@@ -20,7 +20,8 @@ import { FileBranchStore, type BranchEntry } from '../../src/participant-kit/bra
 import { CoordinatorProcess, MAIN_JS } from '../../test/support/coordinator-process.js';
 import { createAccounts, withClient } from '../../test/support/databases.js';
 import { FaultProxy } from '../../test/support/fault-proxy.js';
-import { makeTempDir, PostgresServer, removeDirSync, sleep } from '../../test/support/postgres-server.js';
+import { PostgresServer } from '../../test/support/postgres-server.js';
+import { makeTempDir, removeDirSync, sleep } from '../../test/support/spawned-process.js';
 import { RedisServer } from '../../test/support/redis-server.js';
 
 export type Store = 'A' | 'B' | 'R' | 'L';

@@ -16,7 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { FaultProxyCounters } from '../../test/support/fault-proxy.js';
-import { sleep } from '../../test/support/postgres-server.js';
+import { sleep } from '../../test/support/spawned-process.js';
 import { checkInvariants, collectEvidence, finalOutcomes, leftoverViolations, settle } from './checks.js';
 import { ensureBuild, instanceTails, startEnvironment, STORES, type Store } from './environment.js';
 import { emptyStats, planSchedule, startScheduler, type ProxyFaultKind, type ScheduleStats } from './scheduler.js';

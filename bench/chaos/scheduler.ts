@@ -31,7 +31,7 @@
  */
 import type { CoordinatorProcess } from '../../test/support/coordinator-process.js';
 import { FAIL_POINTS } from '../../src/coordinator/fail-points.js';
-import { sleep } from '../../test/support/postgres-server.js';
+import { sleep } from '../../test/support/spawned-process.js';
 import type { ChaosEnvironment, ChaosInstance, Store } from './environment.js';
 import { CLUSTER_READY_MS, instanceId, STORES } from './environment.js';
 import { between, choose, rng, weighted } from '../../test/support/seeded-random.js';

@@ -14,7 +14,7 @@
  */
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { sleep } from '../../test/support/postgres-server.js';
+import { sleep } from '../../test/support/spawned-process.js';
 import { runningInstances, type ChaosEnvironment } from './environment.js';
 import type { Loss, LossObserver } from './scheduler.js';
 

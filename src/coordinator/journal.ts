@@ -52,7 +52,7 @@ export function prepareIntentRecord(tx: LiveTransaction): LogRecord {
 /**
  * The decision record for a verdict, or undefined when presumed abort needs none: an abort,
  * or the commit that follows a durable 3PC pre-commit. Work kept in the log (http payloads,
- * nats messages) is in it unless a prepare-intent record already holds it: phase 2 after a
+ * nats messages) is in it unless a prepare-intent record already holds every branch's: phase 2 after a
  * crash needs it (nats messages are published from it), and this record shares its fsync
  * with the decision itself.
  */
@@ -66,7 +66,7 @@ export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string
     protocol: tx.protocol,
     timeoutMs: tx.timeoutMs,
     createdAt: tx.createdAt,
-    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: tx.intentLoggedFor === undefined })),
+    branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: tx.intentLoggedFor !== tx.branches.size })),
     at,
   };
 }

@@ -10,7 +10,8 @@
 import { afterAll, afterEach, expect, inject, it } from 'vitest';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { createAccounts, eventually, freshDatabase, preparedGids, totalBalance, withClient } from '../support/databases.js';
-import { PostgresServer, sleep } from '../support/postgres-server.js';
+import { PostgresServer } from '../support/postgres-server.js';
+import { sleep } from '../support/spawned-process.js';
 
 const LEASE_MS = 1_500;
 const started: CoordinatorProcess[] = [];

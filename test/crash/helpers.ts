@@ -10,7 +10,7 @@ import { onTestFailed } from 'vitest';
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
 import type { ParticipantKitOptions } from '../../src/participant-kit/participant-routes.js';
-import type { CoordinatorProcess } from '../support/coordinator-process.js';
+import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { freshDatabase, preparedGids } from '../support/databases.js';
 
 export const transferSql = (account: string, delta: number): { sql: string; params: unknown[] } => ({
@@ -63,6 +63,32 @@ export async function waitSettled(coord: CoordinatorProcess, databases: string[]
     },
     ms,
   );
+}
+
+/**
+ * A coordinator child process as the crash tests run it — short timeouts, no periodic
+ * recovery sweep (only start-up recovery and the transactions' own retries resolve anything)
+ * — with `participants` registered through its API. Its output is printed if the test fails.
+ */
+export async function startCrashCoordinator(participants: readonly object[], env: Readonly<Record<string, string>> = {}): Promise<CoordinatorProcess> {
+  const c = await CoordinatorProcess.start({
+    env: {
+      TCX_COMMIT_WAIT_MS: '1000',
+      TCX_CONNECT_TIMEOUT_MS: '1000',
+      TCX_PARTICIPANT_TIMEOUT_MS: '2000',
+      TCX_RECOVERY_INTERVAL_MS: '600000',
+      ...env,
+    },
+  });
+  reportOnFailure(c);
+  for (const p of participants) {
+    const res = await c.request('POST', '/v1/participants', p);
+    if (res.status !== 201) {
+      await c.destroy();
+      throw new Error(`registering ${JSON.stringify(p)} answered ${res.status}: ${JSON.stringify(res.body)}`);
+    }
+  }
+  return c;
 }
 
 /** Resolves with the answer, or with the error when the request failed (the process died). */

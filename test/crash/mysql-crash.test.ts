@@ -16,10 +16,10 @@
  * Postgres, nothing in MariaDB's XA RECOVER.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import { CoordinatorProcess } from '../support/coordinator-process.js';
+import type { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { MariaDbServer } from '../support/mariadb-server.js';
-import { crashLogs, reportOnFailure, settle, transferSql, until, waitSettled } from './helpers.js';
+import { crashLogs, settle, startCrashCoordinator, transferSql, until, waitSettled } from './helpers.js';
 
 const START = 100;
 const AMOUNT = 30;
@@ -53,26 +53,14 @@ afterAll(async () => {
 });
 
 async function startCoordinator(env: Record<string, string> = {}): Promise<CoordinatorProcess> {
-  const c = await CoordinatorProcess.start({
-    env: {
-      TCX_COMMIT_WAIT_MS: '1000',
-      TCX_CONNECT_TIMEOUT_MS: '1000',
-      TCX_PARTICIPANT_TIMEOUT_MS: '2000',
-      // Only start-up recovery and the transactions' own retries may resolve anything here.
-      TCX_RECOVERY_INTERVAL_MS: '600000',
-      ...env,
-    },
-  });
-  coord = c;
-  reportOnFailure(c);
-  for (const p of [
-    { name: 'bank', kind: 'postgres', connectionString: db },
-    { name: 'shop', kind: 'mysql', connectionString: shopUrl },
-  ]) {
-    const res = await c.request('POST', '/v1/participants', p);
-    expect(res.status, JSON.stringify(res.body)).toBe(201);
-  }
-  return c;
+  coord = await startCrashCoordinator(
+    [
+      { name: 'bank', kind: 'postgres', connectionString: db },
+      { name: 'shop', kind: 'mysql', connectionString: shopUrl },
+    ],
+    env,
+  );
+  return coord;
 }
 
 async function openAccounts(name: string): Promise<string> {

@@ -17,10 +17,10 @@
 import { randomBytes } from 'node:crypto';
 import { connect, type JetStreamManager, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import { CoordinatorProcess } from '../support/coordinator-process.js';
+import type { CoordinatorProcess } from '../support/coordinator-process.js';
 import { freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { NatsServer } from '../support/nats-server.js';
-import { crashLogs, reportOnFailure, settle, until, waitSettled } from './helpers.js';
+import { crashLogs, settle, startCrashCoordinator, until, waitSettled } from './helpers.js';
 
 const STREAM = 'ORDERS';
 
@@ -54,26 +54,14 @@ afterAll(async () => {
 });
 
 async function startCoordinator(env: Record<string, string> = {}): Promise<CoordinatorProcess> {
-  const c = await CoordinatorProcess.start({
-    env: {
-      TCX_COMMIT_WAIT_MS: '1000',
-      TCX_CONNECT_TIMEOUT_MS: '1000',
-      TCX_PARTICIPANT_TIMEOUT_MS: '2000',
-      // Only start-up recovery and the transactions' own retries may resolve anything here.
-      TCX_RECOVERY_INTERVAL_MS: '600000',
-      ...env,
-    },
-  });
-  coord = c;
-  reportOnFailure(c);
-  for (const p of [
-    { name: 'shop', kind: 'postgres', connectionString: db },
-    { name: 'events', kind: 'nats', url: nats.url },
-  ]) {
-    const res = await c.request('POST', '/v1/participants', p);
-    expect(res.status, JSON.stringify(res.body)).toBe(201);
-  }
-  return c;
+  coord = await startCrashCoordinator(
+    [
+      { name: 'shop', kind: 'postgres', connectionString: db },
+      { name: 'events', kind: 'nats', url: nats.url },
+    ],
+    env,
+  );
+  return coord;
 }
 
 interface StoredEvent {

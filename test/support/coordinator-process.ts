@@ -13,7 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request as undiciRequest } from 'undici';
 import { getFreePort } from './free-port.js';
-import { registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+import { registerCleanup, removeDirSync, sleep } from './spawned-process.js';
 import { recordAnswer } from './response-contract.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -15,7 +15,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import mysql from 'mysql2/promise';
 import { getFreePort } from './free-port.js';
-import { SpawnedProcess, isRoot, logTail, makeTempDir, registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+import { SpawnedProcess, isRoot, makeTempDir, registerCleanup, removeDirSync } from './spawned-process.js';
+import { SpawnedServer } from './spawned-server.js';
 
 const execFileP = promisify(execFile);
 
@@ -123,24 +124,17 @@ export interface MariaDbServerOptions {
   binlog?: boolean;
 }
 
-export class MariaDbServer {
-  readonly host = '127.0.0.1';
-  private proc: SpawnedProcess | undefined;
-  private readonly unregister: () => void;
-  private destroyed = false;
-
+export class MariaDbServer extends SpawnedServer {
   private constructor(
-    readonly name: string,
+    name: string,
     readonly binaries: Binaries,
     /** Temp dir holding data/, the socket, the pid file and mariadb.log. */
-    readonly dir: string,
-    private portValue: number,
+    dir: string,
+    port: number,
     private readonly options: MariaDbServerOptions,
   ) {
-    this.unregister = registerCleanup(() => {
-      this.proc?.killGroupSync();
-      removeDirSync(this.dir);
-    });
+    // SIGTERM: open transactions roll back, prepared XA transactions stay.
+    super('MariaDbServer', name, dir, port, 'SIGTERM');
   }
 
   static available(): boolean {
@@ -158,32 +152,15 @@ export class MariaDbServer {
     const name = (opts.name ?? 'mariadb').replace(/[^A-Za-z0-9_-]/g, '_');
     const template = await templateDataDir(bins);
     const dir = makeTempDir(`mariadb-${name}-`);
-    let server: MariaDbServer | undefined;
     try {
       await execFileP('cp', ['-a', template, path.join(dir, 'data')], { timeout: 60_000, killSignal: 'SIGKILL' });
-      server = new MariaDbServer(name, bins, dir, await getFreePort(), opts);
-      // The free port may be taken between probing and binding: retry on a new port.
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await server.launch();
-          return server;
-        } catch (err) {
-          if (attempt < 4 && /Address already in use|Bind on TCP\/IP port/i.test(server.logTail(20))) {
-            server.portValue = await getFreePort();
-            continue;
-          }
-          throw err;
-        }
-      }
     } catch (err) {
-      if (server) await server.destroy().catch(() => undefined);
-      else removeDirSync(dir);
+      removeDirSync(dir);
       throw err;
     }
-  }
-
-  get port(): number {
-    return this.portValue;
+    const server = new MariaDbServer(name, bins, dir, await getFreePort(), opts);
+    await server.firstLaunch(/Address already in use|Bind on TCP\/IP port/i);
+    return server;
   }
 
   get dataDir(): string {
@@ -192,14 +169,6 @@ export class MariaDbServer {
 
   get logFile(): string {
     return path.join(this.dir, 'mariadb.log');
-  }
-
-  get pid(): number | undefined {
-    return this.proc?.running ? this.proc.pid : undefined;
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
   }
 
   /** The test user's URL (password included) for a database. */
@@ -242,45 +211,7 @@ export class MariaDbServer {
     }
   }
 
-  logTail(lines = 40): string {
-    return logTail(this.logFile, lines);
-  }
-
-  /** Graceful shutdown (SIGTERM): open transactions roll back, prepared XA transactions stay. */
-  async stop(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.terminate('SIGTERM', 30_000);
-    this.proc = undefined;
-  }
-
-  /** Simulates a crash: SIGKILL. */
-  async kill(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.killGroup();
-    this.proc = undefined;
-  }
-
-  /** Starts again on the same port and data dir (InnoDB crash recovery runs if it was killed). */
-  async restart(): Promise<void> {
-    if (this.destroyed) throw new Error(`MariaDbServer ${this.name}: restart() after destroy()`);
-    await this.stop();
-    await this.launch();
-  }
-
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    try {
-      await this.stop();
-    } finally {
-      this.unregister();
-      removeDirSync(this.dir);
-    }
-  }
-
-  private async launch(): Promise<void> {
+  protected async launch(): Promise<void> {
     const args = [
       '--no-defaults',
       `--datadir=${this.dataDir}`,
@@ -304,37 +235,9 @@ export class MariaDbServer {
       cwd: this.dir,
       env: { ...process.env, LC_ALL: 'C' },
     });
-    this.proc = proc;
-    try {
-      await this.waitReady(proc, 60_000);
-    } catch (err) {
-      await proc.killGroup().catch(() => undefined);
-      this.proc = undefined;
-      throw err;
-    }
-  }
-
-  private async waitReady(proc: SpawnedProcess, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    let lastError = '';
-    while (Date.now() < deadline) {
-      if (!proc.running) {
-        throw new Error(
-          `MariaDbServer ${this.name}: mariadbd on port ${this.port} ${proc.describeExit()} before accepting connections; ` +
-            `log ${this.logFile}:\n${this.logTail()}`,
-        );
-      }
-      try {
-        await this.query('SELECT 1');
-        return;
-      } catch (err) {
-        lastError = err instanceof Error ? err.message : String(err);
-      }
-      await sleep(25);
-    }
-    throw new Error(
-      `MariaDbServer ${this.name}: mariadbd on port ${this.port} did not accept connections within ${ms} ms ` +
-        `(last error: ${lastError}); log ${this.logFile}:\n${this.logTail()}`,
-    );
+    await this.startProcess(proc, async () => {
+      await this.query('SELECT 1');
+      return true;
+    }, 60_000);
   }
 }

@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { connect, nanos, StorageType, type NatsConnection, type StoredMsg, type StreamConfig } from 'nats';
 import { getFreePort } from './free-port.js';
-import { SpawnedProcess, logTail, makeTempDir, registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+import { SpawnedProcess, makeTempDir } from './spawned-process.js';
+import { SpawnedServer } from './spawned-server.js';
 
 let binaryCache: string | null | undefined;
 /** Path of nats-server: $TCX_NATS_SERVER, /usr/sbin/nats-server, /usr/bin/nats-server, /usr/local/bin/nats-server, or on PATH. */
@@ -47,24 +48,17 @@ export interface NatsServerOptions {
 /** A JSON string literal is a valid value in the NATS config format. */
 const q = (s: string): string => JSON.stringify(s);
 
-export class NatsServer {
-  readonly host = '127.0.0.1';
-  private proc: SpawnedProcess | undefined;
-  private unregister: () => void;
-  private destroyed = false;
-
+export class NatsServer extends SpawnedServer {
   private constructor(
-    readonly name: string,
+    name: string,
     readonly binary: string,
     /** Temp dir: nats.conf, nats.log and the JetStream store (store/). */
-    readonly dir: string,
-    private portValue: number,
+    dir: string,
+    port: number,
     readonly options: NatsServerOptions,
   ) {
-    this.unregister = registerCleanup(() => {
-      this.proc?.killGroupSync();
-      removeDirSync(this.dir);
-    });
+    // SIGTERM: JetStream flushes its store, then the server exits.
+    super('NatsServer', name, dir, port, 'SIGTERM');
   }
 
   static available(): boolean {
@@ -75,29 +69,9 @@ export class NatsServer {
     const binary = findNatsServerBinary();
     if (!binary) throw new Error('NatsServer: nats-server not found; install the `nats-server` package or set TCX_NATS_SERVER');
     const name = (opts.name ?? 'nats').replace(/[^A-Za-z0-9_-]/g, '_');
-    const dir = makeTempDir(`${name}-`);
-    const server = new NatsServer(name, binary, dir, await getFreePort(), opts);
-    try {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await server.launch();
-          return server;
-        } catch (err) {
-          if (attempt < 4 && /address already in use/i.test(server.logTail(20))) {
-            server.portValue = await getFreePort();
-            continue;
-          }
-          throw err;
-        }
-      }
-    } catch (err) {
-      await server.destroy().catch(() => undefined);
-      throw err;
-    }
-  }
-
-  get port(): number {
-    return this.portValue;
+    const server = new NatsServer(name, binary, makeTempDir(`${name}-`), await getFreePort(), opts);
+    await server.firstLaunch(/address already in use/i);
+    return server;
   }
 
   /** nats://[user:pass@]127.0.0.1:port */
@@ -125,52 +99,6 @@ export class NatsServer {
     return path.join(this.dir, 'nats.conf');
   }
 
-  get pid(): number | undefined {
-    return this.proc?.running ? this.proc.pid : undefined;
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
-  }
-
-  logTail(lines = 40): string {
-    return logTail(this.logFile, lines);
-  }
-
-  /** Graceful shutdown (SIGTERM: JetStream flushes its store, then the server exits). */
-  async stop(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.terminate('SIGTERM', 30_000);
-    this.proc = undefined;
-  }
-
-  /** Simulates a crash: SIGKILL. */
-  async kill(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.killGroup();
-    this.proc = undefined;
-  }
-
-  /** Starts again on the same port and store (after stop() or kill(); stops a running server first). */
-  async restart(): Promise<void> {
-    if (this.destroyed) throw new Error(`NatsServer ${this.name}: restart() after destroy()`);
-    await this.stop();
-    await this.launch();
-  }
-
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    try {
-      await this.stop();
-    } finally {
-      this.unregister();
-      removeDirSync(this.dir);
-    }
-  }
-
   /** A client connection to this server (no reconnects); close it when done. */
   connect(): Promise<NatsConnection> {
     return connectOnce(this.url);
@@ -186,47 +114,20 @@ export class NatsServer {
     fs.writeFileSync(this.configFile, `${lines.join('\n')}\n`, { mode: 0o600 });
   }
 
-  private async launch(): Promise<void> {
+  protected async launch(): Promise<void> {
     this.writeConfig();
     fs.appendFileSync(this.logFile, `--- tcx: starting nats-server on port ${this.port} at ${new Date().toISOString()}\n`);
     const proc = new SpawnedProcess(`nats ${this.name}:${this.port}`, this.binary, ['-c', this.configFile], this.logFile, { cwd: this.dir });
-    this.proc = proc;
-    try {
-      await this.waitReady(proc, 30_000);
-    } catch (err) {
-      await proc.killGroup().catch(() => undefined);
-      this.proc = undefined;
-      throw err;
-    }
-  }
-
-  /** Until a client connects (and, with JetStream, its account info answers), bounded. */
-  private async waitReady(proc: SpawnedProcess, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    let last = '';
-    while (Date.now() < deadline) {
-      if (!proc.running) {
-        throw new Error(
-          `NatsServer ${this.name}: nats-server on port ${this.port} ${proc.describeExit()} before accepting connections; ` +
-            `log ${this.logFile}:\n${this.logTail()}`,
-        );
-      }
-      let nc: NatsConnection | undefined;
+    // Until a client connects (and, with JetStream, its account info answers).
+    await this.startProcess(proc, async () => {
+      const nc = await connectOnce(this.url, 1_000);
       try {
-        nc = await connectOnce(this.url, 1_000);
         if (this.options.jetstream ?? true) await nc.jetstreamManager({ timeout: 1_000 });
-        return;
-      } catch (err) {
-        last = err instanceof Error ? err.message : String(err);
+        return true;
       } finally {
-        await nc?.close().catch(() => undefined);
+        await nc.close().catch(() => undefined);
       }
-      await sleep(25);
-    }
-    throw new Error(
-      `NatsServer ${this.name}: nats-server on port ${this.port} not ready within ${ms} ms (last: ${last}); ` +
-        `log ${this.logFile}:\n${this.logTail()}`,
-    );
+    }, 30_000);
   }
 }
 

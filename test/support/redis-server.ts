@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { getFreePort } from './free-port.js';
-import { SpawnedProcess, logTail, makeTempDir, registerCleanup, removeDirSync, sleep } from './postgres-server.js';
+import { SpawnedProcess, makeTempDir } from './spawned-process.js';
+import { SpawnedServer } from './spawned-server.js';
 
 let binaryCache: string | null | undefined;
 /** Path of redis-server: $TCX_REDIS_SERVER, /usr/bin/redis-server, /usr/local/bin/redis-server, or on PATH. */
@@ -59,25 +60,18 @@ export interface RedisServerOptions {
   password?: string;
 }
 
-export class RedisServer {
-  readonly host = '127.0.0.1';
-  private proc: SpawnedProcess | undefined;
-  private unregister: () => void;
-  private destroyed = false;
-
+export class RedisServer extends SpawnedServer {
   private constructor(
-    readonly name: string,
+    name: string,
     readonly binary: string,
     /** Temp dir: the server's --dir (AOF lives here) and redis.log. */
-    readonly dir: string,
-    private portValue: number,
+    dir: string,
+    port: number,
     readonly appendonly: boolean,
     readonly password: string | undefined,
   ) {
-    this.unregister = registerCleanup(() => {
-      this.proc?.killGroupSync();
-      removeDirSync(this.dir);
-    });
+    // SIGTERM: Redis flushes and fsyncs the AOF, then exits.
+    super('RedisServer', name, dir, port, 'SIGTERM');
   }
 
   static available(): boolean {
@@ -88,29 +82,9 @@ export class RedisServer {
     const binary = findRedisServerBinary();
     if (!binary) throw new Error('RedisServer: redis-server not found; install the `redis-server` package');
     const name = (opts.name ?? 'redis').replace(/[^A-Za-z0-9_-]/g, '_');
-    const dir = makeTempDir(`${name}-`);
-    const server = new RedisServer(name, binary, dir, await getFreePort(), opts.appendonly ?? true, opts.password);
-    try {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await server.launch();
-          return server;
-        } catch (err) {
-          if (attempt < 4 && /Address already in use|Could not create server TCP listening socket/i.test(server.logTail(20))) {
-            server.portValue = await getFreePort();
-            continue;
-          }
-          throw err;
-        }
-      }
-    } catch (err) {
-      await server.destroy().catch(() => undefined);
-      throw err;
-    }
-  }
-
-  get port(): number {
-    return this.portValue;
+    const server = new RedisServer(name, binary, makeTempDir(`${name}-`), await getFreePort(), opts.appendonly ?? true, opts.password);
+    await server.firstLaunch(/Address already in use|Could not create server TCP listening socket/i);
+    return server;
   }
 
   get url(): string {
@@ -122,53 +96,7 @@ export class RedisServer {
     return path.join(this.dir, 'redis.log');
   }
 
-  get pid(): number | undefined {
-    return this.proc?.running ? this.proc.pid : undefined;
-  }
-
-  get running(): boolean {
-    return this.proc?.running ?? false;
-  }
-
-  logTail(lines = 40): string {
-    return logTail(this.logFile, lines);
-  }
-
-  /** Graceful shutdown (SIGTERM: Redis flushes and fsyncs the AOF, then exits). */
-  async stop(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.terminate('SIGTERM', 30_000);
-    this.proc = undefined;
-  }
-
-  /** Simulates a crash: SIGKILL (the server and any fork, e.g. an AOF rewrite child). */
-  async kill(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    await proc.killGroup();
-    this.proc = undefined;
-  }
-
-  /** Starts again on the same port and dir, so the AOF is replayed. */
-  async restart(): Promise<void> {
-    if (this.destroyed) throw new Error(`RedisServer ${this.name}: restart() after destroy()`);
-    await this.stop();
-    await this.launch();
-  }
-
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    try {
-      await this.stop();
-    } finally {
-      this.unregister();
-      removeDirSync(this.dir);
-    }
-  }
-
-  private async launch(): Promise<void> {
+  protected async launch(): Promise<void> {
     const args = [
       '--port', String(this.port),
       '--bind', '127.0.0.1',
@@ -181,38 +109,10 @@ export class RedisServer {
     ];
     fs.appendFileSync(this.logFile, `--- tcx: starting redis on port ${this.port} at ${new Date().toISOString()}\n`);
     const proc = new SpawnedProcess(`redis ${this.name}:${this.port}`, this.binary, args, this.logFile, { cwd: this.dir });
-    this.proc = proc;
-    try {
-      await this.waitReady(proc, 30_000);
-    } catch (err) {
-      await proc.killGroup().catch(() => undefined);
-      this.proc = undefined;
-      throw err;
-    }
-  }
-
-  private async waitReady(proc: SpawnedProcess, ms: number): Promise<void> {
-    const deadline = Date.now() + ms;
-    let last = '';
-    while (Date.now() < deadline) {
-      if (!proc.running) {
-        throw new Error(
-          `RedisServer ${this.name}: redis-server on port ${this.port} ${proc.describeExit()} before accepting connections; ` +
-            `log ${this.logFile}:\n${this.logTail()}`,
-        );
-      }
-      try {
-        const reply = await ping(this.host, this.port, 1_000, this.password);
-        if (reply === '+PONG') return;
-        last = reply; // e.g. -LOADING while the AOF is replayed
-      } catch (err) {
-        last = err instanceof Error ? err.message : String(err);
-      }
-      await sleep(25);
-    }
-    throw new Error(
-      `RedisServer ${this.name}: redis-server on port ${this.port} not ready within ${ms} ms (last: ${last}); ` +
-        `log ${this.logFile}:\n${this.logTail()}`,
-    );
+    // -LOADING while the AOF is replayed.
+    await this.startProcess(proc, async () => {
+      const reply = await ping(this.host, this.port, 1_000, this.password);
+      return reply === '+PONG' || reply;
+    }, 30_000);
   }
 }
