@@ -675,6 +675,7 @@ export interface components {
                 [key: string]: string;
             };
         };
+        /** @description One entry of work for a participant. A transaction has at most 1,000 branches, and the payloads and messages of its branches (kept in the log) are at most 16 MiB together; an entry past either limit answers 400 `VALIDATION_FAILED` and changes nothing. */
         BranchRequest: {
             /** @description Name of a registered participant. */
             participant: string;

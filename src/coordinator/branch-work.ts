@@ -25,6 +25,16 @@ export interface EnlistRequest {
 
 const WORK_FIELDS = ['operations', 'payload', 'messages'] as const;
 
+/** Branches one transaction may have: every branch is named in its log records. */
+export const MAX_BRANCHES_PER_TRANSACTION = 1_000;
+/**
+ * Work kept in the log (http payloads, nats messages) one transaction may carry, JSON bytes:
+ * it goes into one forced record, which must stay far below the log's record limit
+ * (MAX_RECORD_BYTES, 64 MiB) — a decision that cannot be written would leave prepared
+ * branches waiting.
+ */
+export const MAX_LOGGED_WORK_BYTES = 16 * 1024 * 1024;
+
 export interface EnlistAnswer {
   readonly transactionId: string;
   readonly branchId: string;
@@ -123,6 +133,7 @@ export class BranchWork {
       adapter.validateWork(work);
       return { request, adapter, work };
     });
+    this.#checkSize(tx, checked);
     const planned = checked.map(({ request, adapter, work }) => ({
       branch: this.#branchFor(tx, request.participant, adapter, work),
       adapter,
@@ -139,6 +150,26 @@ export class BranchWork {
       }
     }
     return planned;
+  }
+
+  /** Refuses work that would take the transaction past its branch count or its logged-work bytes. */
+  #checkSize(tx: LiveTransaction, checked: readonly { request: EnlistRequest; adapter: ParticipantAdapter; work: unknown }[]): void {
+    let branches = tx.branches.size;
+    let bytes = 0;
+    for (const b of tx.branches.values()) if (b.payload !== undefined) bytes += Buffer.byteLength(JSON.stringify(b.payload));
+    const joined = new Set<string>();
+    for (const { request, adapter, work } of checked) {
+      const existing = adapter.oneBranchPerStore && ([...tx.branches.values()].some((b) => b.participant === request.participant) || joined.has(request.participant));
+      if (!existing) branches++;
+      if (adapter.oneBranchPerStore) joined.add(request.participant);
+      if (adapter.work !== 'operations') bytes += Buffer.byteLength(JSON.stringify(work));
+    }
+    if (branches > MAX_BRANCHES_PER_TRANSACTION) {
+      throw new CoordinatorError('VALIDATION_FAILED', `a transaction has at most ${MAX_BRANCHES_PER_TRANSACTION} branches (transaction ${tx.id})`);
+    }
+    if (bytes > MAX_LOGGED_WORK_BYTES) {
+      throw new CoordinatorError('VALIDATION_FAILED', `the payloads and messages of a transaction are at most ${MAX_LOGGED_WORK_BYTES} bytes together (transaction ${tx.id})`);
+    }
   }
 
   #branchFor(tx: LiveTransaction, participant: string, adapter: ParticipantAdapter, work: unknown): LiveBranch {

@@ -83,6 +83,8 @@ export interface ParticipantKindSpec {
   readonly options: readonly string[];
   /** Takes `auth` (credentials kept apart from the address). */
   readonly takesAuth: boolean;
+  /** A user name without a password in its address is a secret (a token), hidden in every view. */
+  readonly loneUserIsSecret?: boolean;
   readonly capabilities: KindCapabilities;
   /** Hosts its driver may connect to besides the URL's own (the allowlist checks them all). */
   driverHosts?(address: string): string[];
@@ -171,6 +173,7 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     address: NATS_ADDRESS,
     options: [],
     takesAuth: false,
+    loneUserIsSecret: true,
     capabilities: { work: 'messages', oneBranchPerStore: false, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: false },
     create: (config, s, logger) =>
       new NatsParticipant({

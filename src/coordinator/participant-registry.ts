@@ -37,11 +37,15 @@ export interface ParticipantView {
   readonly warnings?: readonly string[];
 }
 
-/** Replaces the password and secret-looking query values of a URL (an address that is not a URL is not shown at all). */
-export function redactUrl(raw: string): string {
+/**
+ * Replaces the password and secret-looking query values of a URL (an address that is not a URL
+ * is not shown at all). `loneUserIsSecret`: a user name without a password is a token (nats).
+ */
+export function redactUrl(raw: string, options: { loneUserIsSecret?: boolean } = {}): string {
   try {
     const url = new URL(raw);
     if (url.password !== '') url.password = '***';
+    else if (options.loneUserIsSecret === true && url.username !== '') url.username = '***';
     for (const key of [...url.searchParams.keys()]) {
       if (/pass|secret|token|key|auth|sig|credential/i.test(key)) url.searchParams.set(key, '***');
     }
@@ -171,12 +175,13 @@ export class ParticipantRegistry {
 }
 
 function toView(config: ParticipantConfig): ParticipantView {
+  const redact = (address: string): string => redactUrl(address, { loneUserIsSecret: kindSpec(config.kind).loneUserIsSecret === true });
   return {
     name: config.name,
     kind: config.kind,
-    ...(config.connectionString === undefined ? {} : { connectionString: redactUrl(config.connectionString) }),
-    ...(config.baseUrl === undefined ? {} : { baseUrl: redactUrl(config.baseUrl) }),
-    ...(config.url === undefined ? {} : { url: redactUrl(config.url) }),
+    ...(config.connectionString === undefined ? {} : { connectionString: redact(config.connectionString) }),
+    ...(config.baseUrl === undefined ? {} : { baseUrl: redact(config.baseUrl) }),
+    ...(config.url === undefined ? {} : { url: redact(config.url) }),
     ...(config.options === undefined ? {} : { options: config.options }),
     ...(config.auth === undefined ? {} : { auth: { type: config.auth.type } }),
     registeredAt: config.registeredAt,

@@ -106,7 +106,7 @@ export class DurableState {
         tx.outcome = record.outcome;
         tx.endedAt = record.at;
         this.#transactions.delete(record.id);
-        this.finished.add(freeze(tx));
+        this.finished.add(withoutWork(freeze(tx)));
         return;
       }
       case 'manual-resolution': {
@@ -132,7 +132,7 @@ export class DurableState {
         const t = record.tx;
         if (t.endedAt !== undefined) {
           this.#transactions.delete(t.id);
-          this.finished.add(t);
+          this.finished.add(withoutWork(t));
           return;
         }
         this.finished.delete(t.id);
@@ -209,6 +209,16 @@ export class DurableState {
 /** What a record says of branches adds to what earlier records said of them. */
 function mergeBranches(tx: MutableTransaction, branches: readonly BranchRecord[]): void {
   for (const b of branches) tx.branches.set(b.branchId, { ...tx.branches.get(b.branchId), ...b });
+}
+
+/**
+ * A finished transaction without the work its branches kept in the log (http payloads, nats
+ * messages): nothing needs them once it ended, and they would stay in memory (and in
+ * snapshots) for the whole retention window.
+ */
+function withoutWork(tx: DurableTransaction): DurableTransaction {
+  if (!tx.branches.some((b) => b.payload !== undefined)) return tx;
+  return { ...tx, branches: tx.branches.map(({ payload: _payload, ...rest }) => rest) };
 }
 
 function freeze(tx: MutableTransaction): DurableTransaction {

@@ -2,8 +2,9 @@
  * Rule 8: secrets are never echoed back, never logged, never stored in a file others can read.
  *
  * Participants of every kind are registered with distinctive secrets — a Postgres role's
- * password, a Redis `requirepass`, HTTP bearer and basic credentials (in `auth` and as user
- * info), a secret query value — plus API and admin tokens. Transactions run through all of
+ * password, a MariaDB user's password, a Redis `requirepass`, a NATS token (the user info of
+ * `nats://TOKEN@host`), HTTP bearer and basic credentials (in `auth` and as user info), a
+ * secret query value — plus API and admin tokens. Transactions run through all of
  * them (2PC and 3PC, committed, aborted, in doubt then retried, resolved by hand), every route
  * is asked, addresses holding a secret are refused, and the coordinator is restarted on its
  * log. Then: no answer (body or header) and no log line (captured at trace level) holds any
@@ -18,6 +19,8 @@ import { createAccounts, eventually, freshDatabase, prepareByHand, withClient } 
 import { startAuthCheckingService, type AuthCheckingService } from '../support/auth-checking-service.js';
 import { getFreePort } from '../support/free-port.js';
 import { startCoordinator, tempDataDir, type InProcessCoordinator } from '../support/in-process-coordinator.js';
+import { MariaDbServer } from '../support/mariadb-server.js';
+import { NatsServer, createStream } from '../support/nats-server.js';
 import { RedisServer } from '../support/redis-server.js';
 import { contentsUnder, logCapture, secret, secretsIn, walk, type FileEntry } from '../support/secret-scan.js';
 
@@ -25,6 +28,8 @@ const r = (): string => randomBytes(5).toString('hex');
 const ROLE = `tcx_leak_${r()}`;
 const PG_PASSWORD = `PgSecret${r()}:@/#?PgTail${r()}`;
 const REDIS_PASSWORD = `RdSecret${r()}#%RdTail${r()}`;
+const MYSQL_PASSWORD = `MySecret${r()}:@/#?MyTail${r()}`;
+const NATS_TOKEN = `NatsCredential${r()}`;
 const BEARER = `BearerSecret${r()}`;
 const BASIC_PASSWORD = `BasicSecret${r()}:@BasicTail${r()}`;
 const USERINFO_PASSWORD = `UiSecret${r()}@:UiTail${r()}`;
@@ -41,6 +46,8 @@ const pieces = (name: string, value: string) => value.split(/[^A-Za-z0-9]+/).fil
 const PARTICIPANT_SECRETS = [
   secret('postgres password', PG_PASSWORD),
   secret('redis password', REDIS_PASSWORD),
+  secret('mysql password', MYSQL_PASSWORD),
+  secret('nats credential', NATS_TOKEN),
   secret('bearer token', BEARER),
   secret('basic password', BASIC_PASSWORD, 'svcuser'),
   secret('user-info password', USERINFO_PASSWORD, 'svc'),
@@ -55,6 +62,7 @@ const ALL_SECRETS = [
   secret('refused address secret', BAD),
   ...pieces('postgres password', PG_PASSWORD),
   ...pieces('redis password', REDIS_PASSWORD),
+  ...pieces('mysql password', MYSQL_PASSWORD),
   ...pieces('basic password', BASIC_PASSWORD),
   ...pieces('user-info password', USERINFO_PASSWORD),
 ];
@@ -72,6 +80,9 @@ let c: InProcessCoordinator;
 let dataDir: string;
 let filesBeforeRestart: FileEntry[] = [];
 let redis: RedisServer;
+let maria: MariaDbServer;
+let mysqlUrl: string;
+let nats: NatsServer;
 let svc: AuthCheckingService;
 let adminUrl: string;
 let db: string;
@@ -108,6 +119,8 @@ const debit = (account: string, amount: number) => ({ sql: 'UPDATE accounts SET 
 const everyKind = (amount: number) => [
   { participant: 'bank', operations: [debit('alice', amount)] },
   { participant: 'cache', operations: [{ op: 'incrby', key: 'leak:wallet:{bob}', by: amount }] },
+  { participant: 'shop', operations: [{ sql: 'UPDATE accounts SET balance = balance + ? WHERE id = ?', params: [amount, 'bob'] }] },
+  { participant: 'events', messages: [{ subject: 'leaks.moved', data: { amount } }] },
   { participant: 'svc-bearer', payload: { amount } },
   { participant: 'svc-basic', payload: { amount } },
   { participant: 'svc-userinfo', payload: { amount } },
@@ -118,6 +131,8 @@ async function registerAll(): Promise<void> {
   const registrations = [
     { name: 'bank', kind: 'postgres', connectionString: roleUrl },
     { name: 'cache', kind: 'redis', url: redis.url },
+    { name: 'shop', kind: 'mysql', connectionString: mysqlUrl },
+    { name: 'events', kind: 'nats', url: nats.url },
     { name: 'svc-bearer', kind: 'http', baseUrl: `${svc.url}/bearer`, auth: { type: 'bearer', token: BEARER } },
     { name: 'svc-basic', kind: 'http', baseUrl: `${svc.url}/basic`, auth: { type: 'basic', username: 'svcuser', password: BASIC_PASSWORD } },
     { name: 'svc-userinfo', kind: 'http', baseUrl: `${svc.url.replace('//', `//svc:${encodeURIComponent(USERINFO_PASSWORD)}@`)}/userinfo?api_key=${QUERY_SECRET}` },
@@ -141,6 +156,12 @@ async function refuseSecrets(): Promise<void> {
     [{ name: 'x', kind: 'redis', url: `redis://:${bad}@127.0.0.1:${redis.port}/0?password=${BAD}` }, 400],
     [{ name: 'x', kind: 'redis', url: `redis://:${bad}@127.0.0.1:${redis.port}/0` }, 422], // a wrong password
     [{ name: 'x', kind: 'redis', url: `redis://:${bad}@evil.example:6379/0` }, 403],
+    [{ name: 'x', kind: 'mysql', connectionString: `mysql://u:${bad}@127.0.0.1:${maria.port}/shop?password=${BAD}` }, 400],
+    [{ name: 'x', kind: 'mysql', connectionString: `mysql://tcx_leak:${bad}@127.0.0.1:${maria.port}/shop` }, 422], // a wrong password
+    [{ name: 'x', kind: 'mysql', connectionString: `mysql://u:${bad}@10.0.0.9:3306/shop` }, 403],
+    [{ name: 'x', kind: 'nats', url: `nats://${BAD}@127.0.0.1:${nats.port}` }, 422], // a wrong token
+    [{ name: 'x', kind: 'nats', url: `nats://${BAD}@evil.example:4222` }, 403],
+    [{ name: 'x', kind: 'nats', url: `nats://u:${bad}@127.0.0.1:${nats.port}?token=${BAD}` }, 400],
     [{ name: 'x', kind: 'http', baseUrl: `http://u:${BAD}%zz@127.0.0.1:1/` }, 400],
     [{ name: 'x', kind: 'http', baseUrl: `http://u:${BAD}@10.0.0.9/?token=${BAD}` }, 403],
     [{ name: 'x', kind: 'http', baseUrl: `http://u:${bad}@127.0.0.1:1/`, auth: { type: 'bearer', token: BAD } }, 400],
@@ -193,10 +214,10 @@ async function runTransactions(): Promise<void> {
 }
 
 async function askEveryRoute(): Promise<void> {
-  for (const url of ['/healthz', '/v1/participants', '/v1/transactions', '/v1/transactions?state=in-doubt', '/v1/transactions?state=active', '/v1/participants/bank/prepared', '/v1/participants/cache/prepared']) {
+  for (const url of ['/healthz', '/v1/participants', '/v1/transactions', '/v1/transactions?state=in-doubt', '/v1/transactions?state=active', '/v1/participants/bank/prepared', '/v1/participants/cache/prepared', '/v1/participants/shop/prepared']) {
     expect((await call('GET', url)).status, url).toBe(200);
   }
-  for (const name of ['bank', 'cache', 'svc-bearer', 'svc-basic', 'svc-userinfo', 'svc-flaky', 'svc-dead']) await call('GET', `/v1/participants/${name}`);
+  for (const name of ['bank', 'cache', 'shop', 'events', 'svc-bearer', 'svc-basic', 'svc-userinfo', 'svc-flaky', 'svc-dead']) await call('GET', `/v1/participants/${name}`);
   const listed = (await call('GET', '/v1/transactions')).body as { transactions: { id: string }[] };
   for (const t of listed.transactions) await call('GET', `/v1/transactions/${t.id}`);
 }
@@ -212,6 +233,14 @@ beforeAll(async () => {
   const u = new URL(db);
   roleUrl = `postgres://${ROLE}:${encodeURIComponent(PG_PASSWORD)}@${u.host}${u.pathname}`;
   redis = await RedisServer.start({ name: 'leaks', password: REDIS_PASSWORD });
+  [maria, nats] = await Promise.all([MariaDbServer.start({ name: 'leaks' }), NatsServer.start({ name: 'leaks', token: NATS_TOKEN })]);
+  await maria.createDatabase('shop');
+  await maria.query('CREATE TABLE accounts (id VARCHAR(64) PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB', [], 'shop');
+  await maria.query("INSERT INTO accounts VALUES ('bob', 0)", [], 'shop');
+  await maria.createUser('tcx_leak', MYSQL_PASSWORD);
+  await maria.query("GRANT SELECT, UPDATE ON shop.* TO 'tcx_leak'@'%'");
+  mysqlUrl = maria.url('shop', 'tcx_leak', MYSQL_PASSWORD);
+  await createStream(nats.url, { name: 'LEAKS', subjects: ['leaks.>'] });
   svc = await startAuthCheckingService();
   svc.expect('bearer', `Bearer ${BEARER}`);
   svc.expect('basic', `Basic ${Buffer.from(`svcuser:${BASIC_PASSWORD}`).toString('base64')}`);
@@ -236,12 +265,12 @@ beforeAll(async () => {
   expect((await call('DELETE', '/v1/participants/svc-dead')).status).toBe(409); // its aborting branch
   await new Promise((resolve) => setTimeout(resolve, 400)); // a recovery sweep with every participant
   await c.stop();
-}, 60_000);
+}, 120_000);
 
 afterAll(async () => {
   await c?.destroy();
   await svc?.close();
-  await redis?.destroy();
+  await Promise.all([redis?.destroy(), maria?.destroy(), nats?.destroy()]);
   if (adminUrl !== undefined) {
     await withClient(adminUrl, async (cl) => {
       await cl.query(`REVOKE ALL ON accounts FROM ${ROLE}`);

@@ -31,3 +31,33 @@ describe('DurableState: forgotten branches', () => {
     }
   });
 });
+
+describe('DurableState: work kept in the log', () => {
+  const messages = [{ subject: 'orders.created', data: { id: 7 } }];
+  const withWork: BranchRecord[] = [
+    { branchId: 'b1', participant: 'db', kind: 'postgres', gid: 'tcx:c1:t2:1' },
+    { branchId: 'b2', participant: 'events', kind: 'nats', gid: 'tcx:c1:t2:2', payload: messages },
+  ];
+
+  it('is kept while the transaction is unfinished (phase 2 after a crash needs it), also through a snapshot', () => {
+    const state = new DurableState();
+    state.apply({ t: 'decision', id: 't2', decision: 'commit', branches: withWork, at, protocol: '2pc', timeoutMs: 1000, createdAt: at });
+    const copy = new DurableState();
+    for (const record of state.snapshot().records) copy.apply(record);
+    for (const s of [state, copy]) expect(s.transaction('t2')?.branches.find((b) => b.branchId === 'b2')?.payload).toEqual(messages);
+  });
+
+  it('is dropped once the transaction ended: finished transactions do not hold their messages for the retention window', () => {
+    const state = new DurableState();
+    state.apply({ t: 'decision', id: 't2', decision: 'commit', branches: withWork, at, protocol: '2pc', timeoutMs: 1000, createdAt: at });
+    state.apply({ t: 'ended', id: 't2', outcome: 'commit', at });
+    const finished = state.finished.get('t2');
+    expect(finished?.outcome).toBe('commit');
+    expect(finished?.branches.map((b) => b.gid)).toEqual(['tcx:c1:t2:1', 'tcx:c1:t2:2']);
+    expect(finished?.branches.some((b) => b.payload !== undefined)).toBe(false);
+    // A snapshot of a finished transaction that still held them (written by an earlier version) is read without them too.
+    const old = new DurableState();
+    old.apply({ t: 'tx-state', tx: { id: 't3', protocol: '2pc', timeoutMs: 1000, createdAt: at, branches: withWork, decision: 'commit', outcome: 'commit', endedAt: at } });
+    expect(old.finished.get('t3')?.branches.some((b) => b.payload !== undefined)).toBe(false);
+  });
+});
