@@ -7,7 +7,9 @@
  *     recursive walks (serialisation, pg's parameter encoding) overflow the
  *     stack — a 500 instead of a 400;
  *   - no `__proto__` key and no `constructor.prototype`: the prototype-poisoning
- *     shapes, refused with a message that says so (not "invalid JSON").
+ *     shapes, refused with a message that says so (not "invalid JSON");
+ *   - no number out of a double's range (`1e400`): JSON.parse makes it Infinity,
+ *     which JSON cannot carry on (it would be published or stored as null).
  *
  * The depth and key checks walk the document iteratively.
  */
@@ -26,6 +28,7 @@ export function checkJsonShape(value: unknown, maxDepth = MAX_JSON_DEPTH): void 
   const stack: [unknown, number][] = [[value, 1]];
   while (stack.length > 0) {
     const [v, depth] = stack.pop()!;
+    if (typeof v === 'number' && !Number.isFinite(v)) throw invalid('the body holds a number out of range: JSON numbers must fit a double (send large values as strings)');
     if (typeof v !== 'object' || v === null) continue;
     if (depth > maxDepth) throw invalid(`the body is nested deeper than ${maxDepth} levels`);
     if (Array.isArray(v)) {

@@ -817,11 +817,13 @@ export interface components {
              */
             results?: (components["schemas"]["PostgresResult"] | components["schemas"]["RedisGetResult"] | null)[];
         };
-        /** @description What one SQL statement answered. */
+        /** @description What one SQL statement answered (postgres and mysql). */
         PostgresResult: {
+            /** @description mysql: the AUTO_INCREMENT value an INSERT generated (a string when it is past 2^53). */
+            insertId?: number | string;
             /** @description The rows it returned (a SELECT, or a statement with RETURNING); empty otherwise. */
             rows: components["schemas"]["PostgresRow"][];
-            /** @description The rows it returned or changed, as the command tag says (null for a statement whose tag has no count). */
+            /** @description The rows it returned or changed, as the command tag says (null for a statement whose tag has no count); mysql: the rows it returned, or those a DML statement matched. */
             rowCount: number | null;
         };
         /**

@@ -115,6 +115,8 @@ export function checkParticipantAddress(rules: AddressRules, field: string, addr
     throw invalid(field, 'must not contain more than one "@": percent-encode it (%40) in a user name or password');
   }
   if (url.hostname === '') throw invalid(field, 'must name a host (scheme://host:port/…)');
+  // Port 0 is nobody's port; drivers read it as "the default port" and would go elsewhere.
+  if (url.port === '0') throw invalid(field, 'must not name port 0');
   if (!decodes(url.username) || !decodes(url.password)) {
     throw invalid(field, 'must percent-encode "%" (%25) in a user name or password');
   }

@@ -323,6 +323,27 @@ describe('framework errors in the catalogue shape', () => {
     expect(await state()).toEqual(before);
   });
 
+  it('refuses numbers out of a double\'s range wherever they sit (they would become Infinity, then null)', async () => {
+    const before = await state();
+    const huge = fc.constantFrom('1e400', '-1e309', '1E+999', `1${'0'.repeat(400)}`, '2e308');
+    const bodies = (n: string) => [
+      `{"branches":[{"participant":"p","payload":{"amount":${n}}}]}`,
+      `{"branches":[{"participant":"p","messages":[{"subject":"a.b","data":${n}}]}]}`,
+      `{"participant":"p","operations":[{"sql":"SELECT ?","params":[${n}]}]}`,
+      `{"timeoutMs":${n}}`,
+    ];
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...ROUTES_WITH_BODY), huge, fc.nat(3), async (route, n, i) => {
+        const raw = bodies(n)[i] as string;
+        const res = await postRaw(route.replace('{open}', openTx), raw);
+        expectRefused(res, raw);
+        expect(messageOf(res), raw).toMatch(/^the body holds a number out of range/);
+      }),
+      { numRuns: 60 },
+    );
+    expect(await state()).toEqual(before);
+  });
+
   it('refuses __proto__ and constructor.prototype keys at any depth, spelled plainly or \\u-escaped', async () => {
     const before = await state();
     const routes = [...ROUTES_WITH_BODY, '/v1/participants/a/prepared/tcx:old:x:1/resolve'];

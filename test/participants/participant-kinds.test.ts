@@ -93,6 +93,12 @@ describe('the participant-kind registry', () => {
     expect(() => checkRegistrationShape({ ...configOf('mysql'), options: { allowVolatile: true } })).not.toThrow();
   });
 
+  it.each(PARTICIPANT_KIND_NAMES)('%s: refuses port 0, which its driver would read as the default port', (kind) => {
+    const spec = kindSpec(kind);
+    const at = (ADDRESSES[kind] as string).replace('127.0.0.1:1', '127.0.0.1:0');
+    expect(() => checkParticipantAddress(spec.address, spec.addressField, at), at).toThrow(expect.objectContaining({ message: `${spec.addressField} must not name port 0` }));
+  });
+
   it('refuses mysql and nats addresses that would set client options or name no database', () => {
     const mysql = kindSpec('mysql');
     const nats = kindSpec('nats');
