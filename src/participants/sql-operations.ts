@@ -46,6 +46,8 @@ export function parseSqlOperations(work: unknown): SqlOperation[] {
   return work.map((op: unknown, index): SqlOperation => {
     if (typeof op !== 'object' || op === null || Array.isArray(op)) throw invalid(`operation ${index} must be an object`, index);
     const { sql, params } = op as { sql?: unknown; params?: unknown };
+    const unknown = Object.keys(op).find((key) => key !== 'sql' && key !== 'params');
+    if (unknown !== undefined) throw invalid(`operation ${index}: unknown field ${JSON.stringify(unknown.slice(0, 40))} (an SQL operation is {sql, params})`, index);
     if (typeof sql !== 'string' || sql.trim() === '') throw invalid(`operation ${index}: sql must be a non-empty string`, index);
     if (sql.length > MAX_SQL_LENGTH) throw invalid(`operation ${index}: sql longer than ${MAX_SQL_LENGTH} characters`, index);
     const statement = leadingStatement(sql);

@@ -99,6 +99,9 @@ export function describeConformance(name: string, make: () => Promise<Conformanc
     it('refuses malformed work before anything runs (a payload is for the service to judge)', async () => {
       if (adapter.work === 'payload') return;
       expect(() => adapter.validateWork({ surely: 'not work' })).toThrow(expect.objectContaining({ code: 'VALIDATION_FAILED' }));
+      // An operation with a field its kind does not know (the request schema lets any kind's operation through).
+      const [first, ...rest] = kind.work(1) as Record<string, unknown>[];
+      expect(() => adapter.validateWork([{ ...first, bogus: true }, ...rest])).toThrow(expect.objectContaining({ code: 'VALIDATION_FAILED' }));
     });
 
     it('prepare, commit: the effect lands once; prepare and commit again change nothing', async () => {
