@@ -6,7 +6,9 @@
  *
  * A connection that may hold XA state the server still runs is never handed on: the pool
  * only takes back connections whose last statement completed cleanly outside any XA
- * transaction; everything else is destroyed.
+ * transaction; everything else is destroyed. Nor does a connection carry session state from
+ * one branch to the next: the pool resets (COM_RESET_CONNECTION) every connection handed back
+ * and applies the session settings again before anyone gets it (PoolOptions.recycle).
  */
 import mysql from 'mysql2/promise';
 import { CoordinatorError, errorMessage } from '../errors.js';
@@ -168,6 +170,12 @@ export interface PoolOptions {
   readonly waitMs: number;
   /** Idle connections older than this are closed. */
   readonly idleMs: number;
+  /**
+   * Makes a connection handed back with release() fit for other work (resets its session);
+   * false closes it instead. Runs while the connection waits in the pool; acquire() hands out
+   * a connection only once it has answered.
+   */
+  readonly recycle?: (session: Session) => Promise<boolean>;
 }
 
 /**
@@ -182,6 +190,8 @@ export class SessionPool {
   readonly #live = new Set<Session>();
   #opening = 0;
   readonly #waiters: (() => void)[] = [];
+  /** Idle connections whose recycle() has not answered yet. */
+  readonly #recycling = new Map<Session, Promise<boolean>>();
   #closed = false;
   #sweep: NodeJS.Timeout | undefined;
 
@@ -197,9 +207,10 @@ export class SessionPool {
     const deadline = Date.now() + this.#options.waitMs;
     for (;;) {
       if (this.#closed) throw new CoordinatorError('SHUTTING_DOWN', `mysql participant ${this.#options.name} is closed`);
-      for (let s = this.#idle.pop(); s !== undefined; s = this.#idle.pop()) {
-        if (s.broken === undefined) return s;
-        this.destroy(s);
+      const idle = this.#takeIdle();
+      if (idle !== undefined) {
+        if (await this.#ready(idle)) return idle;
+        continue;
       }
       if (this.#live.size + this.#opening < this.#options.max) {
         this.#opening++;
@@ -241,7 +252,7 @@ export class SessionPool {
     }
   }
 
-  /** Back to the pool; a broken connection (or any after close) is destroyed instead. */
+  /** Back to the pool, to be recycled before its next use; a broken connection (or any after close) is destroyed instead. */
   release(session: Session): void {
     if (!this.#live.has(session)) return;
     if (this.#closed || session.broken !== undefined) {
@@ -249,6 +260,8 @@ export class SessionPool {
       return;
     }
     session.idleSince = Date.now();
+    const recycle = this.#options.recycle;
+    if (recycle !== undefined) this.#recycling.set(session, recycle(session).catch(() => false));
     this.#idle.push(session);
     this.#sweep ??= setInterval(() => this.#closeStale(), Math.max(1_000, this.#options.idleMs / 2)).unref();
     this.#waiters.shift()?.();
@@ -258,6 +271,7 @@ export class SessionPool {
   destroy(session: Session): void {
     session.broken ??= 'closed';
     session.conn.destroy();
+    this.#recycling.delete(session);
     if (!this.#live.delete(session)) return;
     const i = this.#idle.indexOf(session);
     if (i >= 0) this.#idle.splice(i, 1);
@@ -270,6 +284,28 @@ export class SessionPool {
     this.#sweep = undefined;
     for (const wake of this.#waiters.splice(0)) wake();
     for (const s of [...this.#idle]) this.destroy(s);
+  }
+
+  /** An idle connection, one already recycled first (the last released is the likeliest to be still resetting). */
+  #takeIdle(): Session | undefined {
+    for (let i = this.#idle.length - 1; i >= 0; i--) {
+      const s = this.#idle[i];
+      if (s !== undefined && !this.#recycling.has(s)) return this.#idle.splice(i, 1)[0];
+    }
+    return this.#idle.pop();
+  }
+
+  /** Waits for an idle connection's recycle(); true when it may be handed out, else it is destroyed. */
+  async #ready(session: Session): Promise<boolean> {
+    const recycled = this.#recycling.get(session);
+    if (recycled !== undefined) {
+      const ok = await recycled;
+      this.#recycling.delete(session);
+      if (!ok) session.broken ??= 'could not be reset for reuse';
+    }
+    if (session.broken === undefined && !this.#closed) return true;
+    this.destroy(session);
+    return false;
   }
 
   #closeStale(): void {

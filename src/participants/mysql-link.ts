@@ -8,6 +8,12 @@
  * holds answers XAER_NOTA, exactly as for an unknown xid — also for a moment after we closed
  * that connection ourselves. settle(gid) makes sure such a connection is gone (KILL, then wait)
  * before anyone reads NOTA as "already resolved".
+ *
+ * A branch connection goes back to the pool only through a reset (COM_RESET_CONNECTION: user
+ * variables, named locks, session variables, temporary tables and prepared statements of the
+ * branch are gone), after which its session settings and its character set — which MySQL,
+ * unlike MariaDB, resets to the server's default — are applied again. One whose reset fails is
+ * closed.
  */
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
@@ -41,6 +47,22 @@ type ExecuteValues = Parameters<Session['conn']['execute']>[1];
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** The character set a connection's login chose (a reset on MySQL falls back to the server's default). */
+const CHARSET_QUERY = 'SELECT @@character_set_client AS client, @@character_set_results AS results, @@collation_connection AS collation';
+
+/** A call the client gives up on after `ms`: it rejects, and the caller closes the connection. */
+async function withDeadline<T>(call: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([call, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export class MySqlLink {
   readonly name: string;
   readonly target: ConnectionTarget;
@@ -51,6 +73,10 @@ export class MySqlLink {
   readonly #log: Logger;
   readonly #unsettled = new Map<string, Unsettled>();
   readonly #callTimeoutMs: number;
+  /** A reset runs no statement: it answers as fast as a login would, else the connection is closed. */
+  readonly #resetTimeoutMs: number;
+  /** Per connection: what SET SESSION restores its character set after a reset (as the login set it). */
+  readonly #charsets = new WeakMap<Session, string>();
   #server: Promise<ServerInfo> | undefined;
   #serverKnown: ServerInfo | undefined;
 
@@ -63,8 +89,10 @@ export class MySqlLink {
     // is for a server or network that stopped answering.
     const serverBoundMs = Math.max(options.statementTimeoutMs, options.lockWaitTimeoutMs ?? 0);
     this.#callTimeoutMs = serverBoundMs + Math.min(5_000, Math.max(1_000, serverBoundMs));
+    this.#resetTimeoutMs = Math.min(this.#callTimeoutMs, Math.max(1_000, options.connectTimeoutMs));
     const open = (): Promise<Session> => this.#openSession();
-    this.sessions = new SessionPool({ name: options.name, max: options.maxSessions, open, waitMs: 0, idleMs: IDLE_CLOSE_MS });
+    const recycle = (session: Session): Promise<boolean> => this.#reset(session);
+    this.sessions = new SessionPool({ name: options.name, max: options.maxSessions, open, waitMs: 0, idleMs: IDLE_CLOSE_MS, recycle });
     this.#control = new SessionPool({ name: options.name, max: CONTROL_SESSIONS, open, waitMs: options.connectTimeoutMs, idleMs: IDLE_CLOSE_MS });
   }
 
@@ -178,6 +206,20 @@ export class MySqlLink {
     return !(Number.isFinite(uptime) && Date.now() - uptime * 1000 > unsettled.since + 1_000);
   }
 
+  /**
+   * Closes a branch connection that ran work leaving state beyond its transaction, once a reset
+   * (bounded) has dropped that state: named locks are free when this answers, not only when the
+   * server notices the closed socket.
+   */
+  async retire(session: Session): Promise<void> {
+    if (session.broken === undefined) {
+      await withDeadline(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset').catch((err: unknown) => {
+        session.broken ??= `reset failed: ${errorMessage(err)}`;
+      });
+    }
+    this.sessions.destroy(session);
+  }
+
   end(): void {
     this.sessions.end();
     this.#control.end();
@@ -193,14 +235,46 @@ export class MySqlLink {
       throw this.#connectFailure(err);
     }
     try {
-      const server = await this.server(session);
-      const { statementTimeoutMs, idleInTransactionTimeoutMs } = this.#options;
-      const lockWaitTimeoutMs = this.#options.lockWaitTimeoutMs ?? statementTimeoutMs;
-      await this.send(session, sessionSettings(server.flavour, server.version, { statementTimeoutMs, lockWaitTimeoutMs, idleInTransactionTimeoutMs }));
+      const row = (await this.rows(session, CHARSET_QUERY))[0] ?? {};
+      const names = [row.client, row.results, row.collation];
+      // Only names of the server's that look like names go into SQL text; else the connection is never reset for reuse.
+      if (names.every((n): n is string => typeof n === 'string' && /^[A-Za-z0-9_]+$/.test(n))) {
+        const [client, results, collation] = names;
+        this.#charsets.set(session, `character_set_client = ${client}, character_set_results = ${results}, collation_connection = ${collation}`);
+      }
+      await this.send(session, await this.#settings(session));
       return session;
     } catch (err) {
       session.conn.destroy();
       throw this.failure('the session settings', err);
+    }
+  }
+
+  /** SET SESSION of the adapter's bounds (mysql-connections.ts). */
+  async #settings(session: Session): Promise<string> {
+    const server = await this.server(session);
+    const { statementTimeoutMs, idleInTransactionTimeoutMs } = this.#options;
+    const lockWaitTimeoutMs = this.#options.lockWaitTimeoutMs ?? statementTimeoutMs;
+    return sessionSettings(server.flavour, server.version, { statementTimeoutMs, lockWaitTimeoutMs, idleInTransactionTimeoutMs });
+  }
+
+  /**
+   * A branch connection handed back to the pool, made as fresh as a new one: COM_RESET_CONNECTION
+   * (bounded), then the session settings and the login's character set again. False (the pool
+   * closes it) when any of it fails.
+   */
+  async #reset(session: Session): Promise<boolean> {
+    const charset = this.#charsets.get(session);
+    if (charset === undefined) return false;
+    try {
+      await withDeadline(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset');
+      await this.send(session, `${await this.#settings(session)}, ${charset}`);
+      return true;
+    } catch (err) {
+      // Not when the pool closed it meanwhile (or it was lost: that is logged already).
+      if (session.broken === undefined) this.#log.warn({ err: errorMessage(err) }, 'could not reset a mysql connection for reuse; closed instead');
+      session.broken ??= `reset failed: ${errorMessage(err)}`;
+      return false;
     }
   }
 

@@ -31,6 +31,14 @@
  * Connections, pools and the settling of given-up connections live in mysql-link.ts. Every
  * connection runs with a statement bound, a lock-wait bound and an idle-in-transaction bound
  * (mysql-connections.ts); every call has a client-side deadline.
+ *
+ * Once a branch's transaction has ended on its connection (committed, rolled back, or detached
+ * at prepare), the connection goes back to the pool only through a reset that drops whatever the
+ * branch left on the session (user variables, named locks, session variables a procedure set),
+ * on every path — kept for phase 2 or not. It is closed instead when a KILL QUERY may still be
+ * on its way to it (a cancelled branch), and when its work looked like it leaves such state
+ * (a CALL, GET_LOCK, a variable assignment: mysql-operations.ts) — reset first, so that its
+ * named locks are free by the time the commit or abort answers.
  */
 
 import type { Logger } from 'pino';
@@ -39,9 +47,9 @@ import { isSafeGid } from './gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
 import { ER, XA_ROLLED_BACK, isServerError, serverErrno, type Session } from './mysql-connections.js';
 import { MySqlLink } from './mysql-link.js';
-import { LEAKS_SESSION_STATE, parseMySqlOperations, resultOf, type MySqlOperation, type OperationResult } from './mysql-operations.js';
+import { parseMySqlOperations, resultOf, type MySqlOperation, type OperationResult } from './mysql-operations.js';
 import { inspectServer } from './mysql-server.js';
-import { KeptConnections, type OpenBranch } from './mysql-session.js';
+import { KeptConnections, type BranchConnection, type OpenBranch } from './mysql-session.js';
 import { xidOf, xidSql, type Xid } from './mysql-xid.js';
 
 export interface MySqlParticipantOptions {
@@ -128,7 +136,7 @@ export class MySqlParticipant implements ParticipantAdapter {
       this.#open.set(branch.gid, b);
     }
     const open = b;
-    if (operations.some((op) => LEAKS_SESSION_STATE.test(op.sql))) open.mustNotBeReused = true;
+    if (operations.some((op) => op.leaksSessionState)) open.mustNotBeReused = true;
     if (signal?.aborted === true) {
       open.failure = `cancelled: ${errorMessage(signal.reason)}`;
       throw new CoordinatorError('OPERATION_FAILED', open.failure);
@@ -245,8 +253,8 @@ export class MySqlParticipant implements ParticipantAdapter {
       this.#link.giveUp(gid, b.session);
       return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
     }
-    if (options.decisionFollows === true) this.#kept.keep(gid, b.session);
-    else if (this.#link.detachesOnPrepare) this.#releaseBranch(b);
+    if (options.decisionFollows === true) this.#kept.keep(gid, b);
+    else if (this.#link.detachesOnPrepare) await this.#releaseBranch(b);
     // The connection can do nothing else while it holds the prepared transaction: closing it detaches the transaction.
     else this.#link.giveUp(gid, b.session);
     return { vote: 'yes' };
@@ -272,14 +280,18 @@ export class MySqlParticipant implements ParticipantAdapter {
     const xid = this.#xid(branch.gid);
     const kept = this.#kept.take(branch.gid);
     if (kept !== undefined) {
+      let committed = false;
       try {
-        await this.#link.send(kept, `XA COMMIT ${xidSql(xid)}`);
-        this.#link.sessions.release(kept);
-        return;
+        await this.#link.send(kept.session, `XA COMMIT ${xidSql(xid)}`);
+        committed = true;
       } catch (err) {
-        this.#link.giveUp(branch.gid, kept);
+        this.#link.giveUp(branch.gid, kept.session);
         if (!isServerError(err)) throw err;
         // The server answered: what it means is read on a control connection below.
+      }
+      if (committed) {
+        await this.#releaseBranch(kept);
+        return;
       }
     }
     await this.#resolveElsewhere(branch.gid, xid, 'COMMIT');
@@ -298,12 +310,16 @@ export class MySqlParticipant implements ParticipantAdapter {
     }
     const kept = this.#kept.take(branch.gid);
     if (kept !== undefined) {
+      let rolledBack = false;
       try {
-        await this.#link.send(kept, `XA ROLLBACK ${xidSql(xid)}`);
-        this.#link.sessions.release(kept);
-        return;
+        await this.#link.send(kept.session, `XA ROLLBACK ${xidSql(xid)}`);
+        rolledBack = true;
       } catch {
-        this.#link.giveUp(branch.gid, kept);
+        this.#link.giveUp(branch.gid, kept.session);
+      }
+      if (rolledBack) {
+        await this.#releaseBranch(kept);
+        return;
       }
     }
     await this.#resolveElsewhere(branch.gid, xid, 'ROLLBACK');
@@ -312,7 +328,7 @@ export class MySqlParticipant implements ParticipantAdapter {
   /** Rolls an open branch back on its own connection; false when that connection had to be given up instead. */
   async #rollbackOpen(gid: string, b: OpenBranch): Promise<boolean> {
     if (!b.started) {
-      this.#releaseBranch(b);
+      await this.#releaseBranch(b);
       return true;
     }
     if (b.cancelled || b.session.broken !== undefined) {
@@ -330,7 +346,7 @@ export class MySqlParticipant implements ParticipantAdapter {
       this.#link.giveUp(gid, b.session);
       return false;
     }
-    this.#releaseBranch(b);
+    await this.#releaseBranch(b);
     return true;
   }
 
@@ -387,8 +403,14 @@ export class MySqlParticipant implements ParticipantAdapter {
     this.#link.end();
   }
 
-  #releaseBranch(b: OpenBranch): void {
-    if (b.mustNotBeReused || b.cancelled) this.#link.sessions.destroy(b.session);
+  /**
+   * A connection whose branch transaction has ended on it (no XA state left): back to the pool,
+   * which resets it before its next use; closed at once when a KILL QUERY may still reach it;
+   * reset and closed when its work looked like it leaves state on the session.
+   */
+  async #releaseBranch(b: BranchConnection): Promise<void> {
+    if (b.cancelled) this.#link.sessions.destroy(b.session);
+    else if (b.mustNotBeReused) await this.#link.retire(b.session);
     else this.#link.sessions.release(b.session);
   }
 

@@ -10,7 +10,10 @@
  * accepts the risk (allowVolatile), then recorded as warnings: innodb_flush_log_at_trx_commit
  * other than 1 (or MariaDB's 3), which can lose a prepared branch in a crash, and a default
  * storage engine other than InnoDB (tables created without ENGINE= would ignore the
- * transaction). Always only a warning: a binary log without sync_binlog = 1.
+ * transaction). Always only a warning: a binary log without sync_binlog = 1, and an account
+ * holding FILE or SUPER (SHOW GRANTS, its roles included): the server would read and write files
+ * on its host for it — branches refuse LOAD_FILE and INTO OUTFILE / DUMPFILE
+ * (mysql-operations.ts), but an account without those privileges is the firmer guarantee.
  */
 import { CoordinatorError } from '../errors.js';
 import { ER, serverErrno, type Flavour } from './mysql-connections.js';
@@ -94,7 +97,7 @@ export async function inspectServer(name: string, user: string, server: ServerIn
   const settings =
     (await query(
       'SELECT @@default_storage_engine AS engine, @@innodb_flush_log_at_trx_commit AS flush, @@log_bin AS log_bin, ' +
-        '@@sync_binlog AS sync_binlog, @@read_only AS read_only',
+        '@@sync_binlog AS sync_binlog, @@read_only AS read_only, @@secure_file_priv AS secure_file_priv',
     ))[0] ?? {};
   if (String(settings.read_only) === '1') {
     throw misconfigured(`${who} is read-only (read_only = ON): it cannot take part in transactions. Register the primary.`, {
@@ -137,5 +140,95 @@ export async function inspectServer(name: string, user: string, server: ServerIn
         'prepared or committed branches. Set sync_binlog = 1.',
     );
   }
+  let privileges: FilePrivileges | undefined;
+  try {
+    privileges = await filePrivileges(server.flavour, query);
+  } catch {
+    privileges = undefined;
+  }
+  if (privileges === undefined) {
+    warnings.push(`${who}: the privileges of user ${user} could not be read (SHOW GRANTS) to check that it holds neither FILE nor SUPER.`);
+  } else {
+    const { held, unread } = privileges;
+    if (held.length > 0) {
+      const all = held.includes('ALL PRIVILEGES') ? ' (which include FILE and SUPER)' : '';
+      warnings.push(
+        `${who}: user ${user} holds ${held.join(', ')}${all}: with it the server may read and write files on its host for this account ` +
+          `(LOAD_FILE, SELECT … INTO OUTFILE / DUMPFILE, LOAD DATA${whereFiles(server.flavour, settings.secure_file_priv)}), outside any transaction. ` +
+          'Branches refuse those statements, but an account without these privileges is the firmer guarantee: register one that holds only the row privileges its work needs.',
+      );
+    } else if (unread.length > 0) {
+      warnings.push(
+        `${who}: user ${user} may take role ${unread.join(', ')}, whose privileges could not be read (not active at login): ` +
+          'check that it holds neither FILE nor SUPER, with which the server reads and writes files on its host.',
+      );
+    }
+  }
   return { volatile, warnings };
+}
+
+/** Where secure_file_priv lets the server read and write files, for the warning. */
+function whereFiles(flavour: Flavour, secureFilePriv: unknown): string {
+  if (typeof secureFilePriv === 'string' && secureFilePriv !== '') return `; secure_file_priv limits it to ${secureFilePriv}`;
+  // MySQL: NULL turns file import and export off; '' (and MariaDB's unset) leaves them anywhere the server's process may go.
+  if (flavour === 'mysql' && (secureFilePriv === null || secureFilePriv === undefined)) return '; secure_file_priv = NULL turns it off for now';
+  return '; secure_file_priv does not limit where';
+}
+
+/** Roles followed at most when reading an account's privileges. */
+const MAX_ROLES = 32;
+
+/** A quoted account or role name as SHOW GRANTS prints it (`r`, `u`@`host`): only whole quoted identifiers. */
+const QUOTED_NAME = /`(?:[^`]|``)+`(?:@`(?:[^`]|``)*`)?/g;
+
+interface FilePrivileges {
+  /** FILE, SUPER or ALL PRIVILEGES, held directly or through a role whose grants were read. */
+  readonly held: string[];
+  /** Roles granted to the account whose grants could not be read. */
+  readonly unread: string[];
+}
+
+/**
+ * The file-related global privileges the account holds, directly or through its roles. SHOW
+ * GRANTS lists the grants of the roles active at login (MariaDB) along with the account's; a
+ * granted role whose grants are not among them is read with SHOW GRANTS FOR the role (which
+ * needs read access to the mysql schema) or, on MySQL, SHOW GRANTS … USING the role.
+ */
+async function filePrivileges(flavour: Flavour, query: RowQuery): Promise<FilePrivileges> {
+  const held = new Set<string>();
+  const roles: string[] = [];
+  const grantees = new Set<string>();
+  const read = async (sql: string): Promise<void> => {
+    for (const row of await query(sql)) {
+      const line = String(Object.values(row)[0] ?? '');
+      // Whose grants the line shows (the account's, or an active role's).
+      const grantee = /\sTO\s+(`(?:[^`]|``)+`(?:@`(?:[^`]|``)*`)?)/i.exec(line)?.[1];
+      if (grantee !== undefined) grantees.add(grantee);
+      const global = /^GRANT\s+(.+?)\s+ON\s+\*\.\*\s+TO\s/is.exec(line);
+      if (global !== null) {
+        for (const privilege of (global[1] ?? '').split(',').map((p) => p.trim().toUpperCase().replace(/\s+/g, ' '))) {
+          if (privilege === 'FILE' || privilege === 'SUPER') held.add(privilege);
+          else if (privilege === 'ALL' || privilege === 'ALL PRIVILEGES') held.add('ALL PRIVILEGES');
+        }
+        continue;
+      }
+      const granted = /^GRANT\s+(`.*?`)\s+TO\s/is.exec(line);
+      if (granted === null || (granted[1] ?? '').replace(QUOTED_NAME, '').replace(/[\s,]/g, '') !== '') continue;
+      for (const role of (granted[1] ?? '').match(QUOTED_NAME) ?? []) if (!roles.includes(role)) roles.push(role);
+    }
+  };
+  await read('SHOW GRANTS');
+  const unread: string[] = [];
+  // Roles granted to roles are followed too, up to MAX_ROLES. The names came from the server as
+  // whole quoted identifiers: nothing else goes into the text.
+  for (let i = 0; i < roles.length && i < MAX_ROLES; i++) {
+    const role = roles[i] ?? '';
+    if (grantees.has(role) || grantees.has(`${role}@\`%\``)) continue;
+    const ok = await read(`SHOW GRANTS FOR ${role}`).then(
+      () => true,
+      async () => flavour === 'mysql' && (await read(`SHOW GRANTS FOR CURRENT_USER() USING ${role}`).then(() => true, () => false)),
+    );
+    if (!ok) unread.push(role);
+  }
+  return { held: [...held], unread };
 }

@@ -6,8 +6,16 @@
 import type { Session } from './mysql-connections.js';
 import type { Xid } from './mysql-xid.js';
 
-export interface OpenBranch {
+/** A branch's connection with what decides, once its transaction has ended, whether it may be pooled again. */
+export interface BranchConnection {
   readonly session: Session;
+  /** A KILL QUERY may be in flight to this connection: it must not run anything else. */
+  readonly cancelled: boolean;
+  /** The work left state on the connection beyond the transaction: closed (after a reset) instead of pooled. */
+  readonly mustNotBeReused: boolean;
+}
+
+export interface OpenBranch extends BranchConnection {
   readonly xid: Xid;
   /** XA START answered: the connection holds the branch's XA transaction. */
   started: boolean;
@@ -15,9 +23,8 @@ export interface OpenBranch {
   ended: boolean;
   /** Set when the branch can no longer prepare: a statement failed or the work was cancelled. */
   failure: string | undefined;
-  /** A KILL QUERY may be in flight to this connection: it must not run anything else. */
+  /** Set while the branch runs (see BranchConnection). */
   cancelled: boolean;
-  /** The work left state on the connection beyond the transaction: closed instead of pooled. */
   mustNotBeReused: boolean;
   /** Work running on the connection right now (an abort waits for it before it looks). */
   busy: Promise<unknown> | undefined;
@@ -39,9 +46,11 @@ export interface Unsettled {
  * Connections of prepared branches kept for their phase 2, which follows at once: the XA
  * COMMIT runs on the connection that holds the transaction. One not taken within the bound is
  * handed to `expire` (which closes it: the prepared transaction detaches and stays prepared).
+ * A connection is kept with its branch's flags: after phase 2 they decide, as for an open
+ * branch, whether it is pooled (reset) or closed.
  */
 export class KeptConnections {
-  readonly #kept = new Map<string, { session: Session; since: number }>();
+  readonly #kept = new Map<string, { branch: BranchConnection; since: number }>();
   readonly #boundMs: number;
   readonly #expire: (gid: string, session: Session) => void;
   #sweep: NodeJS.Timeout | undefined;
@@ -59,25 +68,26 @@ export class KeptConnections {
     return this.#kept.has(gid);
   }
 
-  keep(gid: string, session: Session): void {
-    this.#kept.set(gid, { session, since: Date.now() });
+  keep(gid: string, branch: BranchConnection): void {
+    // The branch itself, not a copy: a cancellation that lands after the prepare still counts.
+    this.#kept.set(gid, { branch, since: Date.now() });
     this.#sweep ??= setInterval(() => this.#expireStale(Date.now() - this.#boundMs), Math.max(250, this.#boundMs / 2)).unref();
   }
 
-  take(gid: string): Session | undefined {
+  take(gid: string): BranchConnection | undefined {
     const kept = this.#kept.get(gid);
     if (kept === undefined) return undefined;
     this.#kept.delete(gid);
-    return kept.session;
+    return kept.branch;
   }
 
   /** Hands the oldest kept connection to `expire` (to free a slot); false when none is kept. */
   expireOldest(): boolean {
     const first = this.#kept.entries().next();
     if (first.done === true) return false;
-    const [gid, { session }] = first.value;
+    const [gid, { branch }] = first.value;
     this.#kept.delete(gid);
-    this.#expire(gid, session);
+    this.#expire(gid, branch.session);
     return true;
   }
 
@@ -89,7 +99,7 @@ export class KeptConnections {
     for (const [gid, kept] of this.#kept) {
       if (kept.since > before) continue;
       this.#kept.delete(gid);
-      this.#expire(gid, kept.session);
+      this.#expire(gid, kept.branch.session);
     }
     if (this.#kept.size === 0) {
       clearInterval(this.#sweep);

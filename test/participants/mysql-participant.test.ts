@@ -5,15 +5,18 @@
  * our own XA transactions — and the MariaDB behaviour the adapter is built around.
  */
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import type mysql from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/logger.js';
 import { gidPrefix, makeGid } from '../../src/participants/gid.js';
 import { MySqlParticipant, type MySqlParticipantOptions } from '../../src/participants/mysql-participant.js';
 import { parseConnectionString, sessionSettings } from '../../src/participants/mysql-connections.js';
+import { leaksSessionState, type OperationResult } from '../../src/participants/mysql-operations.js';
 import { inspectServer, parseVersion, type RowQuery } from '../../src/participants/mysql-server.js';
 import { gidOfRecoverRow, TCX_XA_FORMAT_ID, xidOf, xidSql } from '../../src/participants/mysql-xid.js';
-import type { BranchRef } from '../../src/participants/participant.js';
+import type { BranchRef, EnlistResult } from '../../src/participants/participant.js';
 import { getFreePort } from '../support/free-port.js';
 import { MariaDbServer, TEST_PASSWORD } from '../support/mariadb-server.js';
 
@@ -31,6 +34,9 @@ const branch = (): BranchRef => {
 const update = (account: string, delta: number) => [{ sql: 'UPDATE accounts SET balance = balance + ? WHERE id = ?', params: [delta, account] }];
 const balance = async (account: string): Promise<number> =>
   Number((await server.query<{ balance: string }[]>('SELECT balance FROM accounts WHERE id = ?', [account], DB))[0]?.balance);
+/** The rows operation i (negative: from the end) answered. */
+const rowsOf = (result: EnlistResult, i: number): Record<string, unknown>[] =>
+  ((result.results?.at(i) as OperationResult | undefined)?.rows ?? []) as Record<string, unknown>[];
 const recovered = async (): Promise<{ formatID: number; data: Buffer }[]> => server.query('XA RECOVER');
 const participant = (overrides: Partial<MySqlParticipantOptions> = {}): MySqlParticipant =>
   new MySqlParticipant({
@@ -468,7 +474,7 @@ describe('mysql participant registration', () => {
       expect(err.code).toBe('PARTICIPANT_MISCONFIGURED');
       expect(err.message).toMatch(/innodb_flush_log_at_trx_commit = 2/);
       await volatile.verify();
-      expect(volatile.warnings()).toEqual([expect.stringMatching(/innodb_flush_log_at_trx_commit = 2/)]);
+      expect(volatile.warnings()).toEqual([expect.stringMatching(/innodb_flush_log_at_trx_commit = 2/), expect.stringMatching(/holds ALL PRIVILEGES/)]);
     } finally {
       await server.query('SET GLOBAL innodb_flush_log_at_trx_commit = 1');
       await strict.close();
@@ -476,13 +482,13 @@ describe('mysql participant registration', () => {
     }
   });
 
-  it('warns about a binary log without sync_binlog = 1, and otherwise has no warnings', async () => {
-    expect(adapter.warnings()).toEqual([]);
+  it('warns about a binary log without sync_binlog = 1, and otherwise only about the test user\'s FILE privilege', async () => {
+    expect(adapter.warnings()).toEqual([expect.stringMatching(/holds ALL PRIVILEGES/)]);
     await server.query('SET GLOBAL sync_binlog = 0');
     const p = participant();
     try {
       await p.verify();
-      expect(p.warnings()).toEqual([expect.stringMatching(/sync_binlog = 0/)]);
+      expect(p.warnings()).toEqual([expect.stringMatching(/sync_binlog = 0/), expect.stringMatching(/holds ALL PRIVILEGES/)]);
     } finally {
       await server.query('SET GLOBAL sync_binlog = 1');
       await p.close();
@@ -497,6 +503,7 @@ describe('mysql participant registration', () => {
     const stranger = participant({ connectionString: server.url(DB, 'stranger', 'stranger-Pw-1') });
     try {
       await clerk.verify();
+      expect(clerk.warnings()).toEqual([]);
       const before = await balance('carol');
       const ref = branch();
       await clerk.enlist(ref, update('carol', 2));
@@ -511,6 +518,211 @@ describe('mysql participant registration', () => {
     } finally {
       await clerk.close();
       await stranger.close();
+    }
+  });
+});
+
+describe('mysql participant: no session state crosses from one branch to the next through the pool', () => {
+  const LOCK = 'plain-lock';
+  const STATE_PROBE = {
+    sql: `SELECT @leaked AS leaked, @@max_statement_time AS statementBound, @@innodb_lock_wait_timeout AS lockWait, IS_USED_LOCK('${LOCK}') AS lockHolder, CONNECTION_ID() AS connection, ` +
+      "@@character_set_client AS charset, @@collation_connection AS collation, CONCAT('ü', ?) AS text",
+    params: ['€'],
+  };
+  /** What the next branch of the (one-connection) pool sees of its session. */
+  type SessionState = { leaked: unknown; statementBound: number; lockWait: number; lockHolder: unknown; connection: number; charset: unknown; collation: unknown; text: unknown };
+  const nextSession = async (p: MySqlParticipant): Promise<SessionState> => {
+    const ref = branch();
+    const result = await p.enlist(ref, [STATE_PROBE]);
+    await p.abort(ref);
+    const row = rowsOf(result, 0)[0] ?? {};
+    const { leaked, lockHolder, charset, collation, text } = row;
+    return { leaked, statementBound: Number(row.statementBound), lockWait: Number(row.lockWait), lockHolder, connection: Number(row.connection), charset, collation, text };
+  };
+  const clean = { leaked: null, statementBound: 10, lockWait: 10, lockHolder: null, charset: 'utf8mb4', text: 'ü€' };
+  const lockHolderSeenByOthers = async (): Promise<unknown> => (await server.query<{ h: unknown }[]>(`SELECT IS_USED_LOCK('${LOCK}') AS h`))[0]?.h;
+
+  beforeAll(async () => {
+    // What the reviewer's procedure did: no statement bound, a huge lock wait, a user variable.
+    await server.query(
+      "CREATE PROCEDURE leak() BEGIN SET SESSION max_statement_time = 0; SET SESSION innodb_lock_wait_timeout = 1073741824; SET @leaked = 'yes'; END",
+      [],
+      DB,
+    );
+    // The same from a stored function, which no look at the statement's text can tell from a built-in one.
+    await server.query(
+      'CREATE FUNCTION leak_quietly() RETURNS INT NOT DETERMINISTIC NO SQL ' +
+        `BEGIN SET SESSION max_statement_time = 0; SET @leaked = 'quietly'; RETURN GET_LOCK('${LOCK}', 0); END`,
+      [],
+      DB,
+    );
+  });
+
+  const cases: { name: string; work: { sql: string }[]; phase2: 'prepareAfter, commit' | 'prepare (decision follows), commit' | 'prepare (decision follows), abort' | 'abort' }[] = [
+    { name: 'CALL and GET_LOCK', work: [{ sql: 'CALL leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
+    { name: 'CALL and GET_LOCK', work: [{ sql: 'CALL leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
+    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
+    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `DO GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
+    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), abort' },
+    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '-- x\nCALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'abort' },
+    { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'prepareAfter, commit' },
+    { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'prepare (decision follows), commit' },
+    { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'abort' },
+  ];
+  for (const { name, work, phase2 } of cases) {
+    it(`${name}, then ${phase2}: the next branch on a pool of one connection gets a clean session`, async () => {
+      const p = participant({ maxSessions: 1 });
+      try {
+        expect(await nextSession(p)).toMatchObject(clean);
+        const before = await balance('carol');
+        const ref = branch();
+        const ops = [...work, ...update('carol', 1), STATE_PROBE];
+        const result = await p.enlist(ref, ops, undefined, { prepareAfter: phase2 === 'prepareAfter, commit' });
+        const seen = rowsOf(result, -1)[0] ?? {};
+        // The leak happened inside the branch: that is what must not outlive it.
+        expect(seen.leaked).not.toBeNull();
+        expect(Number(seen.statementBound)).toBe(0);
+        expect(Number(seen.lockHolder)).toBe(Number(seen.connection));
+        if (phase2 === 'prepareAfter, commit') expect(result.vote).toEqual({ vote: 'yes' });
+        else if (phase2 !== 'abort') expect((await p.prepare(ref, { decisionFollows: true })).vote).toBe('yes');
+        if (phase2.endsWith('commit')) await p.commit(ref);
+        else await p.abort(ref);
+        expect(await balance('carol')).toBe(phase2.endsWith('commit') ? before + 1 : before);
+        expect(await lockHolderSeenByOthers()).toBeNull();
+        expect(await nextSession(p)).toMatchObject(clean);
+        expect(await recovered()).toEqual([]);
+      } finally {
+        await p.close();
+      }
+    });
+  }
+
+  it('a branch whose statements look plain keeps its connection pooled: reset, not reconnected, and its session bounds applied again', async () => {
+    const p = participant({ maxSessions: 1 });
+    try {
+      const first = await nextSession(p);
+      const ref = branch();
+      await p.enlist(ref, [{ sql: 'SELECT leak_quietly()' }, ...update('carol', 1)], undefined, { prepareAfter: true });
+      await p.commit(ref);
+      const second = await nextSession(p);
+      expect(second).toMatchObject(clean);
+      expect(second.connection).toBe(first.connection);
+      expect(second.collation).toBe(first.collation); // the login's character set and collation, again
+      // A prepared statement of the first branch is prepared again on the reset connection.
+      for (let i = 0; i < 2; i++) expect(await nextSession(p)).toMatchObject({ ...clean, connection: first.connection });
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('tells leak-prone statements on the text the server runs, comments and string literals aside', () => {
+    const leaky = [
+      'CALL leak()', '/* x */ CALL leak()', '-- x\nCALL leak()', '# x\nCALL leak()', `SELECT GET_LOCK/**/('${LOCK}', 0)`, `SELECT get_lock ('${LOCK}', 0)`,
+      `SELECT RELEASE_LOCK(/* x */'${LOCK}')`, 'SELECT RELEASE_ALL_LOCKS()', 'SELECT @a := 1', 'SELECT 1 INTO @a', 'SELECT 1 INTO /* x */ @a',
+      `SELECT \`GET_LOCK\`('${LOCK}', 0)`,
+    ];
+    for (const sql of leaky) expect(leaksSessionState(sql), sql).toBe(true);
+    const plain = ["SELECT 'CALL leak()'", "INSERT INTO scratch VALUES ('GET_LOCK(x)')", 'SELECT 1 /* GET_LOCK( */', "SELECT 1 -- CALL p()\n", 'UPDATE accounts SET balance = 1'];
+    for (const sql of plain) expect(leaksSessionState(sql), sql).toBe(false);
+  });
+});
+
+describe('mysql participant: no file access on the server host through SQL', () => {
+  it('refuses INTO OUTFILE / INTO DUMPFILE / LOAD_FILE( anywhere in a statement, however written, and says why', () => {
+    const refused = [
+      "SELECT 1 INTO OUTFILE '/tmp/x'", "SELECT 1 INTO DUMPFILE '/tmp/x'", "select * from accounts into outfile '/tmp/x'",
+      "SELECT * FROM accounts WHERE id = 'a' INTO OUTFILE '/tmp/x' FIELDS TERMINATED BY ','", "SELECT 1 INTO/* */OUTFILE '/tmp/x'",
+      "SELECT 1 into\n  dumpfile '/tmp/x'", "SELECT 1 INTO -- x\n OUTFILE '/tmp/x'", "SELECT 1 INTO # x\n OUTFILE '/tmp/x'",
+      "TABLE accounts INTO OUTFILE '/tmp/x'", "(SELECT 1) INTO OUTFILE '/tmp/x'", "WITH a AS (SELECT 1) SELECT * FROM a INTO OUTFILE '/tmp/x'",
+      "INSERT INTO scratch SELECT 1 INTO OUTFILE '/tmp/x'",
+      "SELECT LOAD_FILE('/etc/hostname')", "SELECT load_file ('/etc/hostname')", "SELECT LOAD_FILE/**/('/etc/hostname')",
+      "SELECT LOAD_FILE -- x\n('/etc/hostname')", "SELECT `LOAD_FILE`('/etc/hostname')", 'SELECT "LOAD_FILE"(\'/etc/hostname\')',
+      "DO LOAD_FILE('/etc/hostname')", "INSERT INTO scratch (id) SELECT LOAD_FILE('/etc/hostname')",
+      "UPDATE scratch SET id = LOAD_FILE('/etc/hostname')", "SELECT * FROM accounts WHERE id = LOAD_FILE('/etc/hostname')",
+      // A backslash that escapes nothing under NO_BACKSLASH_ESCAPES (or that a multi-byte character swallows): the string ends early.
+      "SELECT 'a\\' , LOAD_FILE('/etc/hostname') -- '", "SELECT \"a\\\" , LOAD_FILE('/etc/hostname') -- \"",
+      // Code in comments: executable comments anywhere, and optimizer hints whose quotes the server reads differently.
+      "SELECT 1 /*!INTO OUTFILE '/tmp/x'*/", "SELECT /*!50000LOAD_FILE('/etc/hostname')*/", "SELECT 1 /*M!100000 INTO DUMPFILE '/tmp/x' */",
+      "SELECT /*+ QB_NAME(`*/ 1 FROM accounts WHERE '`) */ LOAD_FILE('/etc/hostname') -- '`",
+      'SELECT 1\u0000 INTO OUTFILE',
+    ];
+    for (const sql of refused) {
+      expect(() => adapter.validateWork([{ sql }]), sql).toThrow(expect.objectContaining({ code: 'VALIDATION_FAILED', details: { operation: 0 } }));
+    }
+    expect(() => adapter.validateWork([{ sql: "SELECT 1 INTO OUTFILE '/tmp/x'" }])).toThrow(/INTO OUTFILE .*files on the database server's host/);
+    expect(() => adapter.validateWork([{ sql: 'SELECT 1' }, { sql: "SELECT LOAD_FILE('/etc/hostname')" }])).toThrow(
+      expect.objectContaining({ message: expect.stringMatching(/operation 1: LOAD_FILE/), details: { operation: 1 } }),
+    );
+  });
+
+  it('still runs ordinary statements whose string literals, identifiers or comments hold those words', async () => {
+    const accepted = [
+      "INSERT INTO notes VALUES ('see into outfile')", "SELECT 'into dumpfile' AS s", 'SELECT "LOAD_FILE(x)" AS s', "SELECT 'it''s into outfile'",
+      "UPDATE accounts SET balance = 1 WHERE id = 'load_file('", 'SELECT 1 AS outfile', 'SELECT 1 /* INTO OUTFILE */', 'SELECT 1 -- LOAD_FILE(\n',
+      'SELECT * FROM accounts WHERE id = ? INTO @x', "SELECT 'a\\'b' AS s, 'c' AS t",
+    ];
+    for (const sql of accepted) expect(() => adapter.validateWork([{ sql }]), sql).not.toThrow();
+    // The trade-off: a literal whose backslash-escaped quote would end it under NO_BACKSLASH_ESCAPES, followed by one holding
+    // the words, is refused (either reading could be the server's); text passed as a param never is.
+    expect(() => adapter.validateWork([{ sql: "SELECT 'a\\'b' AS s, 'into outfile' AS t" }])).toThrow(expect.objectContaining({ code: 'VALIDATION_FAILED' }));
+    expect(() => adapter.validateWork([{ sql: 'SELECT ? AS s, ? AS t', params: ["a'b", 'into outfile'] }])).not.toThrow();
+    const ref = branch();
+    const result = await adapter.enlist(ref, [
+      { sql: "INSERT INTO scratch (id) VALUES ('see into outfile'), ('load_file(/etc/hostname)'), (\"into dumpfile\")" },
+      { sql: "SELECT id FROM scratch WHERE id LIKE '%into%' OR id LIKE 'load_file(%' ORDER BY id" },
+    ]);
+    expect(rowsOf(result, 1)).toEqual([{ id: 'into dumpfile' }, { id: 'load_file(/etc/hostname)' }, { id: 'see into outfile' }]);
+    await adapter.abort(ref);
+    expect(await server.query("SELECT id FROM scratch WHERE id LIKE '%into%' OR id LIKE 'load_file(%'", [], DB)).toEqual([]);
+  });
+
+  it('on an account with FILE, a branch neither writes a file on the server host nor reads one', async () => {
+    const target = path.join(server.dir, `outfile-${randomBytes(4).toString('hex')}`);
+    for (const sql of [`SELECT * FROM accounts INTO OUTFILE '${target}'`, `SELECT 1 INTO/**/DUMPFILE '${target}'`]) {
+      const ref = branch();
+      const err = await failure(adapter.enlist(ref, [{ sql }], undefined, { prepareAfter: true }));
+      expect(err).toMatchObject({ code: 'VALIDATION_FAILED', details: { operation: 0 } });
+      await adapter.abort(ref);
+      expect(fs.existsSync(target), sql).toBe(false);
+    }
+    for (const sql of ["SELECT LOAD_FILE('/etc/hostname') AS f", "SELECT `load_file`/**/('/etc/hostname') AS f"]) {
+      const ref = branch();
+      const err = await failure(adapter.enlist(ref, [{ sql }]));
+      expect(err).toMatchObject({ code: 'VALIDATION_FAILED', message: expect.stringMatching(/LOAD_FILE/) });
+      await adapter.abort(ref);
+    }
+    expect(await recovered()).toEqual([]);
+  });
+
+  it('registration warns when the account holds FILE or SUPER (directly or through a role), and not otherwise', async () => {
+    // The test user holds ALL PRIVILEGES.
+    expect(adapter.warnings()).toEqual([expect.stringMatching(/user tcx holds ALL PRIVILEGES.*read and write files on its host/)]);
+    await server.query('CREATE ROLE IF NOT EXISTS file_role');
+    await server.query('GRANT FILE ON *.* TO file_role');
+    await server.query('CREATE ROLE IF NOT EXISTS outer_role');
+    await server.query('GRANT file_role TO outer_role');
+    const users: Record<string, { grants: string[]; warned: RegExp | undefined }> = {
+      filer: { grants: ["GRANT FILE ON *.* TO 'filer'@'%'"], warned: /user filer holds FILE: .*read and write files on its host/ },
+      superuser: { grants: ["GRANT SUPER ON *.* TO 'superuser'@'%'"], warned: /user superuser holds SUPER: / },
+      // Through a role active at login, granted to a role.
+      roled: { grants: ["GRANT outer_role TO 'roled'@'%'", "SET DEFAULT ROLE outer_role FOR 'roled'@'%'"], warned: /user roled holds FILE: / },
+      // A role it may take later (SET ROLE), whose grants the account cannot read.
+      mayTake: { grants: ["GRANT file_role TO 'mayTake'@'%'"], warned: /user mayTake may take role `file_role`, whose privileges could not be read/ },
+      plain: { grants: [], warned: undefined },
+    };
+    const made: MySqlParticipant[] = [];
+    try {
+      for (const [user, { grants, warned }] of Object.entries(users)) {
+        await server.createUser(user, `${user}-Pw-1`);
+        await server.query(`GRANT SELECT, UPDATE ON ${DB}.accounts TO '${user}'@'%'`);
+        for (const grant of grants) await server.query(grant);
+        const p = participant({ connectionString: server.url(DB, user, `${user}-Pw-1`) });
+        made.push(p);
+        await p.verify();
+        expect(p.warnings(), user).toEqual(warned === undefined ? [] : [expect.stringMatching(warned)]);
+      }
+    } finally {
+      for (const p of made) await p.close();
     }
   });
 });
