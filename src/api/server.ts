@@ -42,8 +42,8 @@ const MAX_PAGE = 1000;
 
 /** Several instances over one Postgres log (src/cluster): who runs a transaction, and the cluster's view. */
 export interface ClusterRouting {
-  coordinatorFor(transactionId: string): Coordinator;
-  knows(transactionId: string): boolean;
+  coordinatorFor(transactionId: string): Promise<Coordinator>;
+  knows(transactionId: string): Promise<boolean>;
   forward(request: ForwardedRequest): Promise<ForwardResult>;
   /** A transaction no running coordinator answers for, as the shared log holds it (see Cluster.fromLog). */
   fromLog(transactionId: string, unreachable: readonly string[], onlyHere: boolean): Promise<LoggedTransaction | undefined>;
@@ -96,7 +96,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   installDocs(app);
   const tx = coordinator.transactions;
   const cluster = options.cluster;
-  const managerFor = (id: string): Coordinator['transactions'] => cluster?.coordinatorFor(id).transactions ?? tx;
+  const managerFor = async (id: string): Promise<Coordinator['transactions']> => (cluster === undefined ? tx : (await cluster.coordinatorFor(id)).transactions);
   /** Work naming a participant registered through another instance: take the shared registry, then once more. */
   const withSharedRegistry = async <T>(work: () => Promise<T>): Promise<T> => {
     try {
@@ -114,7 +114,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     app.addHook('preHandler', async (request, reply) => {
       const id = (request.params as { id?: unknown } | undefined)?.id;
       const route = request.routeOptions.url;
-      if (typeof id !== 'string' || !route?.startsWith('/v1/transactions/:id') || cluster.knows(id)) return;
+      if (typeof id !== 'string' || !route?.startsWith('/v1/transactions/:id') || (await cluster.knows(id))) return;
       const forwarded = request.headers[FORWARDED_BY] !== undefined;
       let unreachable: readonly string[] = [];
       /** Some instance, or who holds which id, could not be asked: "nobody knows it" is not sure. */
@@ -131,7 +131,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
           if (result.answer.retryAfter !== undefined) void reply.header('retry-after', result.answer.retryAfter);
           return reply.status(result.answer.status).send(result.answer.body);
         }
-        if (cluster.knows(id)) return; // adopted here meanwhile: answered here
+        if (await cluster.knows(id)) return; // adopted here meanwhile: answered here
         unreachable = result.unreachable;
         unsure = unreachable.length > 0 || result.unsure === true;
       }
@@ -210,12 +210,12 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
   app.post('/v1/transactions/:id/branches/:branchId/forget', { schema: { params: branchParams, querystring: noQuery, body: forgetBranchBody } }, async (request) => {
     const { id, branchId } = request.params as { id: string; branchId: string };
     const { reason } = request.body as { reason: string };
-    return managerFor(id).forgetBranch(id, branchId, { reason, actor: actorOf(request) });
+    return (await managerFor(id)).forgetBranch(id, branchId, { reason, actor: actorOf(request) });
   });
 
   app.post('/v1/transactions/:id/retry', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
-    return await managerFor(id).retryNow(id);
+    return await (await managerFor(id)).retryNow(id);
   });
 
   // ---- transactions -------------------------------------------------------------------
@@ -286,31 +286,31 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
 
   app.get('/v1/transactions/:id', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request) => {
     const { id } = request.params as { id: string };
-    return managerFor(id).get(id);
+    return (await managerFor(id)).get(id);
   });
 
   app.post('/v1/transactions/:id/branches', { schema: { params: transactionIdParams, querystring: noQuery, body: branchBody } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const answer = await withSharedRegistry(() => managerFor(id).enlist(id, request.body as BranchInput));
+    const answer = await withSharedRegistry(async () => (await managerFor(id)).enlist(id, request.body as BranchInput));
     return reply.status(201).send(answer);
   });
 
   app.post('/v1/transactions/:id/prepare', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const view = await managerFor(id).prepare(id);
+    const view = await (await managerFor(id)).prepare(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
   app.post('/v1/transactions/:id/commit', { schema: { params: transactionIdParams, querystring: noQuery } }, async (request, reply) => {
     const { id } = request.params as { id: string };
-    const view = await managerFor(id).commit(id);
+    const view = await (await managerFor(id)).commit(id);
     return reply.status(statusOf(view)).send(outcomeBody(view));
   });
 
   app.post('/v1/transactions/:id/abort', { schema: { params: transactionIdParams, querystring: noQuery, body: abortBody } }, async (request) => {
     const { id } = request.params as { id: string };
     const reason = (request.body as { reason?: string } | null | undefined)?.reason;
-    return managerFor(id).abort(id, reason ?? 'aborted by the client');
+    return (await managerFor(id)).abort(id, reason ?? 'aborted by the client');
   });
 
   return app;

@@ -156,8 +156,8 @@ export class Cluster {
   }
 
   /** True when a coordinator run here (its own, or adopted) runs or knows the transaction. */
-  knows(transactionId: string): boolean {
-    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator?.knows(transactionId) === true) return true;
+  async knows(transactionId: string): Promise<boolean> {
+    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined && (await h.coordinator.knows(transactionId))) return true;
     return false;
   }
 
@@ -218,9 +218,9 @@ export class Cluster {
   }
 
   /** The coordinator that runs or knows the transaction: this instance's own, or one it adopted. */
-  coordinatorFor(transactionId: string): Coordinator {
-    if (this.home.knows(transactionId)) return this.home;
-    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined && h.coordinator.knows(transactionId)) return h.coordinator;
+  async coordinatorFor(transactionId: string): Promise<Coordinator> {
+    if (await this.home.knows(transactionId)) return this.home;
+    for (const h of this.#held.values()) if (h.halting !== true && h.coordinator !== undefined && (await h.coordinator.knows(transactionId))) return h.coordinator;
     return this.home;
   }
 

@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import { replayInto } from '../coordinator/coordinator-log.js';
 import { durableView, type TransactionView } from '../coordinator/live-transaction.js';
 import { DurableState } from '../log/durable-state.js';
+import { stateReads, type LogReads } from '../log/log-reads.js';
 import { readLogContent } from '../log/postgres-log.js';
 
 /** A transaction found in a shared log; `view` only when it is decided. */
@@ -48,13 +49,30 @@ export class SharedLogReader {
    */
   async transaction(coordinatorIds: Iterable<string>, transactionId: string): Promise<LoggedTransaction | undefined> {
     for (const id of coordinatorIds) {
-      const state = await this.#state(id);
-      const tx = state.transaction(transactionId);
+      const log = this.reads(id);
+      const tx = await log.transaction(transactionId);
       if (tx === undefined) continue;
       const decided = tx.outcome !== undefined || tx.decision !== undefined;
-      return decided ? { view: durableView(tx, state.forgottenBranches.get(transactionId)) } : {};
+      return decided ? { view: durableView(tx, await log.forgottenBranches(transactionId)) } : {};
     }
     return undefined;
+  }
+
+  /**
+   * One coordinator id's log as the database holds it, through the same reads its owner
+   * answers (src/log/log-reads.ts). Each read uses the id's loaded state (loaded when none is
+   * kept, or when the kept one is older than KEEP_MS).
+   */
+  reads(coordinatorId: string): LogReads {
+    const loaded = async (): Promise<LogReads> => stateReads(await this.#state(coordinatorId));
+    return {
+      coordinatorId: async () => (await loaded()).coordinatorId(),
+      transaction: async (id) => (await loaded()).transaction(id),
+      forgottenBranches: async (id) => (await loaded()).forgottenBranches(id),
+      unfinished: async () => (await loaded()).unfinished(),
+      participants: async () => (await loaded()).participants(),
+      manualResolution: async (c, t) => (await loaded()).manualResolution(c, t),
+    };
   }
 
   /** One load per id at a time; a loaded state serves for KEEP_MS after its load finished. */

@@ -15,7 +15,8 @@ import { FileLog, type LogIo, type LogStats, type SnapshotContent } from '../log
 import { PostgresLog } from '../log/postgres-log.js';
 import { DurableState } from '../log/durable-state.js';
 import { FinishedBucket } from '../log/finished-bucket.js';
-import { isLogRecord, type LogRecord } from '../log/log-records.js';
+import { stateReads, type LogReads, type ManualResolution } from '../log/log-reads.js';
+import { isLogRecord, type DurableTransaction, type ForgottenBranch, type LogRecord, type ParticipantConfig } from '../log/log-records.js';
 
 export interface CoordinatorLogOptions {
   readonly dir: string;
@@ -45,8 +46,14 @@ export interface LogBackend {
 
 type Opened = { log: LogBackend; records: unknown[]; files: Map<string, Uint8Array> };
 
-export class CoordinatorLog {
+export class CoordinatorLog implements LogReads {
+  /**
+   * The owner's replica of what its log says, kept as records are written (forced ones included
+   * before they are durable). Read through the LogReads methods below; the listing pages
+   * through its finished buckets directly.
+   */
   readonly state: DurableState;
+  readonly #reads: LogReads;
   readonly #file: LogBackend;
   readonly #logger: Logger;
   readonly #lock: DirLock | undefined;
@@ -58,6 +65,7 @@ export class CoordinatorLog {
     this.#prune = prune;
     this.#file = file;
     this.state = state;
+    this.#reads = stateReads(state);
     this.#logger = logger;
     this.#lock = lock;
   }
@@ -108,6 +116,32 @@ export class CoordinatorLog {
     return { log: new CoordinatorLog(file, state, options.logger, lock, prune), replayed };
   }
 
+  // ---- reads (LogReads): from the owner's state as of the call ----
+
+  coordinatorId(): Promise<string | undefined> {
+    return this.#reads.coordinatorId();
+  }
+
+  transaction(id: string): Promise<DurableTransaction | undefined> {
+    return this.#reads.transaction(id);
+  }
+
+  forgottenBranches(id: string): Promise<readonly ForgottenBranch[]> {
+    return this.#reads.forgottenBranches(id);
+  }
+
+  unfinished(): Promise<readonly DurableTransaction[]> {
+    return this.#reads.unfinished();
+  }
+
+  participants(): Promise<readonly ParticipantConfig[]> {
+    return this.#reads.participants();
+  }
+
+  manualResolution(coordinatorId: string, transactionId: string): Promise<ManualResolution | undefined> {
+    return this.#reads.manualResolution(coordinatorId, transactionId);
+  }
+
   /**
    * Appends and waits until the record is durable (fsync done). Until then the
    * transaction it names is "pending": the state already shows the record, so whoever
@@ -129,6 +163,11 @@ export class CoordinatorLog {
   }
 
   /** Transactions the log still holds (unfinished, or finished within retention), after dropping the rest from memory. */
+  /** Finished transactions kept for queries (a statistic, for health and metrics). */
+  finishedCount(): number {
+    return this.state.finished.size;
+  }
+
   retained(): number {
     this.#prune();
     return this.state.size;

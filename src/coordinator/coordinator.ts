@@ -156,8 +156,8 @@ export class Coordinator {
     try {
       const coordinatorId = await resolveCoordinatorId(config, log);
       coordinator = new Coordinator(config, log, coordinatorId, logger, internal);
-      coordinator.#registry.loadFromLog();
-      resumed = coordinator.transactions.resumeUnfinished();
+      await coordinator.#registry.loadFromLog();
+      resumed = await coordinator.transactions.resumeUnfinished();
       sweep = await coordinator.#sweeper.sweep();
     } catch (err) {
       // Nothing of a half-started coordinator may go on running: delivery loops, pools, the log.
@@ -200,8 +200,8 @@ export class Coordinator {
 
   /** How a participant was registered here, secrets included (for the shared registry), or undefined. */
   registrationOf(name: string): RegistrationRequest | undefined {
-    const c = this.#log.state.participants.get(name);
-    if (c === undefined || !this.#registry.has(name)) return undefined;
+    const c = this.#registry.config(name);
+    if (c === undefined) return undefined;
     return {
       name: c.name,
       kind: c.kind,
@@ -231,7 +231,7 @@ export class Coordinator {
   }
 
   async #removeParticipant(name: string, unreachable: { reason: string; actor: string } | undefined): Promise<void> {
-    if (this.transactions.participantInUse(name)) {
+    if (await this.transactions.participantInUse(name)) {
       throw new CoordinatorError(
         'PARTICIPANT_IN_USE',
         `participant ${name} has branches in unfinished transactions` +
@@ -305,7 +305,7 @@ export class Coordinator {
 
   /** Finished transactions kept for queries. */
   get retainedTransactions(): number {
-    return this.#log.state.finished.size;
+    return this.#log.finishedCount();
   }
 
   /** Set once the write-ahead log failed (fail-stop): this coordinator decides nothing more. */
@@ -322,8 +322,8 @@ export class Coordinator {
   }
 
   /** True when this coordinator runs or knows the transaction. */
-  knows(transactionId: string): boolean {
-    return this.transactions.isLive(transactionId) || this.#log.state.transaction(transactionId) !== undefined;
+  async knows(transactionId: string): Promise<boolean> {
+    return this.transactions.isLive(transactionId) || (await this.#log.transaction(transactionId)) !== undefined;
   }
 
   /** Stops at once, writing and sending nothing more: the lease on its id passed to another instance, or its log failed. */
@@ -351,7 +351,7 @@ function memory(): Health['memory'] {
 }
 
 async function resolveCoordinatorId(config: Config, log: CoordinatorLog): Promise<string> {
-  const logged = log.state.coordinatorId;
+  const logged = await log.coordinatorId();
   if (logged !== undefined) {
     if (config.coordinatorId !== undefined && config.coordinatorId !== logged) {
       throw new ConfigError(

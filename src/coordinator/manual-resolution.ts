@@ -67,10 +67,10 @@ export class ManualResolver {
       if (err instanceof CoordinatorError) throw err;
       throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot list prepared branches on ${name}: ${errorMessage(err)}`, { cause: err });
     }
-    return gids.map((gid) => {
+    return Promise.all(gids.map(async (gid) => {
       const parsed = parseGid(gid);
       const ours = parsed?.coordinatorId === this.#deps.coordinatorId;
-      const tx = ours && parsed !== undefined ? this.#deps.log.state.transaction(parsed.transactionId) : undefined;
+      const tx = ours && parsed !== undefined ? await this.#deps.log.transaction(parsed.transactionId) : undefined;
       return {
         gid,
         coordinatorId: parsed?.coordinatorId ?? null,
@@ -83,7 +83,7 @@ export class ManualResolver {
           live: parsed !== undefined && this.#deps.transactions.ownsBranch(parsed.transactionId, gid),
         },
       };
-    });
+    }));
   }
 
   /**
@@ -133,7 +133,8 @@ export class ManualResolver {
     if (ours && this.#deps.log.hasPendingForce(parsed.transactionId)) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `a decision for transaction ${parsed.transactionId} is being written; try again`);
     }
-    const logged = ours ? this.#deps.log.state.transaction(parsed.transactionId)?.decision : undefined;
+    // The owner's log answers from its state as of the call: nothing runs between the pending check and the read.
+    const logged = ours ? (await this.#deps.log.transaction(parsed.transactionId))?.decision : undefined;
     // For this coordinator's own branches the log is complete: no decision means abort
     // (presumed abort — recovery may already have rolled siblings back). Only branches of
     // another coordinator id (a lost log) are the operator's to decide.
@@ -147,7 +148,7 @@ export class ManualResolver {
         { details: { logged: logged ?? null } },
       );
     }
-    const earlier = this.#deps.log.state.manualResolutions.get(`${parsed.coordinatorId}:${parsed.transactionId}`);
+    const earlier = await this.#deps.log.manualResolution(parsed.coordinatorId, parsed.transactionId);
     if (earlier !== undefined && earlier.outcome !== request.outcome) {
       throw new CoordinatorError(
         'RESOLUTION_CONTRADICTS_LOG',

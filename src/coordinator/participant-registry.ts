@@ -58,6 +58,8 @@ export function redactUrl(raw: string, options: { loneUserIsSecret?: boolean } =
 
 export class ParticipantRegistry {
   readonly #adapters = new Map<string, ParticipantAdapter>();
+  /** How each participant was registered (as its log record says), by name. */
+  readonly #configs = new Map<string, ParticipantConfig>();
   readonly #removing = new Set<string>();
   readonly #log: CoordinatorLog;
   readonly #settings: AdapterSettings;
@@ -70,10 +72,16 @@ export class ParticipantRegistry {
   }
 
   /** Builds adapters for every participant the log knows (start-up). */
-  loadFromLog(): void {
-    for (const config of this.#log.state.participants.values()) {
+  async loadFromLog(): Promise<void> {
+    for (const config of await this.#log.participants()) {
       this.#adapters.set(config.name, this.#createAdapter(config));
+      this.#configs.set(config.name, config);
     }
+  }
+
+  /** How a participant was registered, secrets included; undefined when it is not. */
+  config(name: string): ParticipantConfig | undefined {
+    return this.#adapters.has(name) ? this.#configs.get(name) : undefined;
   }
 
   #createAdapter(config: ParticipantConfig | RegistrationRequest): ParticipantAdapter {
@@ -107,10 +115,12 @@ export class ParticipantRegistry {
       ...((adapter.warnings?.() ?? []).length === 0 ? {} : { warnings: adapter.warnings?.() ?? [] }),
     };
     this.#adapters.set(request.name, adapter);
+    this.#configs.set(request.name, config);
     try {
       await this.#log.force({ t: 'participant-registered', participant: config });
     } catch (err) {
       this.#adapters.delete(request.name);
+      this.#configs.delete(request.name);
       await adapter.close();
       throw err;
     }
@@ -122,6 +132,7 @@ export class ParticipantRegistry {
   async remove(name: string, forced?: { reason: string; actor: string }): Promise<void> {
     const adapter = this.adapter(name);
     this.#adapters.delete(name);
+    this.#configs.delete(name);
     await this.#log.force({ t: 'participant-removed', name, at: new Date().toISOString(), ...(forced === undefined ? {} : { forced }) });
     await adapter.close();
     if (forced === undefined) this.#logger.info({ participant: name }, 'participant removed');
@@ -158,15 +169,15 @@ export class ParticipantRegistry {
   }
 
   view(name: string): ParticipantView {
-    const config = this.#log.state.participants.get(name);
-    if (config === undefined || !this.#adapters.has(name)) {
+    const config = this.config(name);
+    if (config === undefined) {
       throw new CoordinatorError('UNKNOWN_PARTICIPANT', `no participant named ${name}`);
     }
     return toView(config);
   }
 
   views(): ParticipantView[] {
-    return [...this.#log.state.participants.values()].filter((c) => this.#adapters.has(c.name)).map(toView);
+    return [...this.#configs.values()].filter((c) => this.#adapters.has(c.name)).map(toView);
   }
 
   async close(): Promise<void> {

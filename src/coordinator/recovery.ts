@@ -107,7 +107,8 @@ export class RecoverySweeper {
         if (this.#manager.ownsBranch(parsed.transactionId, gid)) continue;
         // A decision handed to the log but not yet durable is not a decision yet.
         if (this.#log.hasPendingForce(parsed.transactionId)) continue;
-        const known = this.#log.state.transaction(parsed.transactionId);
+        // The owner's log answers from its state as of the call: nothing runs between the check and the read.
+        const known = await this.#log.transaction(parsed.transactionId);
         const decision = known?.decision;
         const commit = decision === 'commit' || decision === 'precommit'; // a durable 3PC pre-commit means commit
         const ref = { transactionId: parsed.transactionId, branchId: `b${parsed.branchNo}`, gid };
@@ -134,7 +135,7 @@ export class RecoverySweeper {
     for (const [transactionId, branches] of unknown) {
       // Still unknown (no record arrived meanwhile): it ended in abort, by presumption.
       // A live one (its other branches still being delivered) writes its own end record.
-      if (this.#log.state.transaction(transactionId) === undefined && !this.#manager.isLive(transactionId)) {
+      if ((await this.#log.transaction(transactionId)) === undefined && !this.#manager.isLive(transactionId)) {
         this.#log.record(presumedAbortRecord(transactionId, branches, at));
       }
     }

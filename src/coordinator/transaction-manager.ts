@@ -141,7 +141,7 @@ export class TransactionManager {
   }
 
   async enlist(id: string, request: EnlistRequest): Promise<EnlistAnswer> {
-    const tx = this.#liveOrThrow(id, 'enlist');
+    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'enlist'));
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
       this.#assertAcceptingWork(tx);
@@ -225,7 +225,7 @@ export class TransactionManager {
   }
 
   async prepare(id: string): Promise<TransactionView> {
-    const tx = this.#liveOrThrow(id, 'prepare');
+    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'prepare'));
     return tx.lock.run(async () => {
       if (tx.state.phase === 'active') {
         this.#assertAcceptingWork(tx);
@@ -277,16 +277,16 @@ export class TransactionManager {
     });
   }
 
-  get(id: string): TransactionView {
+  async get(id: string): Promise<TransactionView> {
     const live = this.#live.get(id);
     if (live !== undefined) return live.view();
-    const durable = this.#log.state.transaction(id);
+    const durable = await this.#log.transaction(id);
     if (durable === undefined) {
       // The coordinator id tells a 3PC participant whether this "no record" (presumed abort)
       // comes from the coordinator that prepared it, or from another instance.
       throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`, { details: { coordinatorId: this.#options.coordinatorId } });
     }
-    return durableView(durable, this.#log.state.forgottenBranches.get(id));
+    return durableView(durable, await this.#log.forgottenBranches(id));
   }
 
   /** A page of transactions, newest first: running ones and finished ones within retention. */
@@ -314,12 +314,11 @@ export class TransactionManager {
   }
 
   /** True while the participant has a branch in a transaction that has not ended. */
-  participantInUse(name: string): boolean {
+  async participantInUse(name: string): Promise<boolean> {
     for (const tx of this.#live.values()) {
       for (const b of tx.branches.values()) if (b.participant === name) return true;
     }
-    for (const tx of this.#log.state.unfinished()) if (tx.branches.some((b) => b.participant === name)) return true;
-    return false;
+    return (await this.#log.unfinished()).some((tx) => tx.branches.some((b) => b.participant === name));
   }
 
   /**
@@ -329,7 +328,7 @@ export class TransactionManager {
   async retryNow(id: string): Promise<TransactionView> {
     const tx = this.#live.get(id);
     if (tx === undefined) {
-      this.get(id); // 404 when unknown
+      await this.get(id); // 404 when unknown
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
     }
     if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
@@ -351,7 +350,7 @@ export class TransactionManager {
    * the transaction can end and the participant can be removed.
    */
   async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
-    const tx = this.#liveOrThrow(id, 'forget a branch of');
+    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'forget a branch of'));
     return tx.lock.run(async () => {
       this.#assertAcceptingWork(tx);
       const branch = tx.branches.get(branchId);
@@ -399,9 +398,9 @@ export class TransactionManager {
    * Re-drives every transaction the log saw start but not end: those with a commit
    * decision are committed, the rest (presumed abort) rolled back.
    */
-  resumeUnfinished(): number {
+  async resumeUnfinished(): Promise<number> {
     let resumed = 0;
-    for (const durable of this.#log.state.unfinished()) {
+    for (const durable of await this.#log.unfinished()) {
       if (this.#live.has(durable.id)) continue;
       const { tx, decision } = resumedTransaction(durable);
       tx.resumed = true;
@@ -464,8 +463,8 @@ export class TransactionManager {
     return view;
   }
 
-  #finished(id: string, wanted: 'commit' | 'abort'): TransactionView {
-    const view = this.get(id);
+  async #finished(id: string, wanted: 'commit' | 'abort'): Promise<TransactionView> {
+    const view = await this.get(id);
     if (view.state === 'committed' && wanted === 'abort') {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is committed and cannot be aborted`, {
         details: { transactionId: id, state: view.state },
@@ -474,10 +473,9 @@ export class TransactionManager {
     return view;
   }
 
-  #liveOrThrow(id: string, what: string): LiveTransaction {
-    const tx = this.#live.get(id);
-    if (tx !== undefined) return tx;
-    const durable = this.#log.state.transaction(id);
+  /** Throws why `what` cannot be done to a transaction that does not run here: unknown, or ended. */
+  async #notLive(id: string, what: string): Promise<never> {
+    const durable = await this.#log.transaction(id);
     if (durable === undefined) throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`);
     const view = durableView(durable);
     throw new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${id}: it is ${view.state}`, {
