@@ -12,6 +12,7 @@
  */
 import mysql from 'mysql2/promise';
 import { CoordinatorError, errorMessage } from '../errors.js';
+import { destroySocket } from './mysql-results.js';
 
 export interface ConnectionTarget {
   readonly host: string;
@@ -267,10 +268,13 @@ export class SessionPool {
     this.#waiters.shift()?.();
   }
 
-  /** Closes the socket at once; whatever the server still runs on it ends when the server notices. */
+  /**
+   * Closes the socket at once (not only our side of it: no more of a result still arriving is
+   * read); whatever the server still runs on it ends when the server notices.
+   */
   destroy(session: Session): void {
     session.broken ??= 'closed';
-    session.conn.destroy();
+    destroySocket(session.conn);
     this.#recycling.delete(session);
     if (!this.#live.delete(session)) return;
     const i = this.#idle.indexOf(session);

@@ -1,8 +1,9 @@
 /**
  * The mysql participant's access to its server: the two pools (branch connections, and a
  * small one for phase 2, recovery and cancellation so that open branches never starve commit
- * delivery), one statement at a time with a client-side deadline, the server's flavour, and
- * the connections given up while they may still hold a branch's XA transaction.
+ * delivery), one statement at a time with a client-side deadline (a branch's operations with
+ * their answers bounded: mysql-results.ts), the server's flavour, the connections given up
+ * while they may still hold a branch's XA transaction, and phase 2 away from them (resolve).
  *
  * Given-up connections matter because XA COMMIT / XA ROLLBACK of an xid that a live connection
  * holds answers XAER_NOTA, exactly as for an unknown xid — also for a moment after we closed
@@ -18,12 +19,13 @@
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import {
-  AUTH_ERRORS, ER, SessionPool, connectionOptions, isServerError, openSession, parseConnectionString, sessionSettings,
+  AUTH_ERRORS, ER, SessionPool, XA_ROLLED_BACK, connectionOptions, isServerError, openSession, parseConnectionString, serverErrno, sessionSettings,
   type ConnectionTarget, type Session,
 } from './mysql-connections.js';
+import { runStatement, type AnswerBudget, type StatementAnswer } from './mysql-results.js';
 import { detectServer, type ServerInfo } from './mysql-server.js';
-import type { Unsettled } from './mysql-session.js';
-import { gidOfRecoverRow, type XaRecoverRow } from './mysql-xid.js';
+import type { BranchConnection, OpenBranch, Unsettled } from './mysql-session.js';
+import { gidOfRecoverRow, xidSql, type Xid, type XaRecoverRow } from './mysql-xid.js';
 
 export interface LinkOptions {
   readonly name: string;
@@ -115,6 +117,16 @@ export class MySqlLink {
     }
   }
 
+  /** One operation of a branch's work, its rows streamed and bounded (mysql-results.ts); a failure that is not the server's answer marks the connection broken. */
+  async run(session: Session, sql: string, values: readonly unknown[], budget: AnswerBudget): Promise<StatementAnswer> {
+    try {
+      return await runStatement(session.conn, sql, values, this.#callTimeoutMs, budget);
+    } catch (err) {
+      if (!isServerError(err)) session.broken ??= `lost: ${errorMessage(err)}`;
+      throw err;
+    }
+  }
+
   async rows(session: Session, sql: string): Promise<Record<string, unknown>[]> {
     const result = await this.send(session, sql);
     return Array.isArray(result) ? (result as Record<string, unknown>[]) : [];
@@ -157,6 +169,72 @@ export class MySqlLink {
   async recover(session: Session): Promise<string[]> {
     const rows = (await this.rows(session, 'XA RECOVER')) as unknown as XaRecoverRow[];
     return rows.map((row) => gidOfRecoverRow(row)).filter((gid): gid is string => gid !== undefined);
+  }
+
+  async isListed(session: Session, gid: string): Promise<boolean> {
+    return (await this.recover(session)).includes(gid);
+  }
+
+  /**
+   * XA COMMIT / XA ROLLBACK on a control connection, once no connection we gave up can still
+   * hold the transaction. XAER_NOTA then means resolved already — unless XA RECOVER still lists
+   * the xid (a connection of someone else's holds it): then it fails and is retried.
+   */
+  async resolve(gid: string, xid: Xid, verb: 'COMMIT' | 'ROLLBACK'): Promise<void> {
+    await this.settle(gid);
+    await this.withControl(async (s) => {
+      try {
+        await this.send(s, `XA ${verb} ${xidSql(xid)}`);
+      } catch (err) {
+        const errno = serverErrno(err);
+        if (errno !== undefined && XA_ROLLED_BACK.has(errno)) {
+          // The server had rolled the prepared branch back (one that wrote nothing, when its connection closed).
+          if (verb === 'COMMIT' && errno !== ER.XA_RBROLLBACK) this.#log.warn({ gid, errno }, 'prepared branch was rolled back by the server');
+          return;
+        }
+        if (errno === ER.XAER_NOTA) {
+          if (await this.isListed(s, gid)) throw new Error(`branch ${gid} is prepared on ${this.name} but held by another connection; retried`);
+          return;
+        }
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * A connection whose branch transaction has ended on it (no XA state left): back to the pool,
+   * which resets it before its next use; closed at once when a KILL QUERY may still reach it;
+   * reset and closed when its work looked like it leaves state on the session.
+   */
+  async releaseBranch(b: BranchConnection): Promise<void> {
+    if (b.cancelled) this.sessions.destroy(b.session);
+    else if (b.mustNotBeReused) await this.retire(b.session);
+    else this.sessions.release(b.session);
+  }
+
+  /** Rolls an open branch back on its own connection; false when that connection had to be given up instead. */
+  async rollbackOpen(gid: string, b: OpenBranch): Promise<boolean> {
+    if (!b.started) {
+      await this.releaseBranch(b);
+      return true;
+    }
+    if (b.cancelled || b.session.broken !== undefined) {
+      this.giveUp(gid, b.session);
+      return false;
+    }
+    const xid = xidSql(b.xid);
+    try {
+      if (!b.ended) {
+        await this.send(b.session, `XA END ${xid}`);
+        b.ended = true;
+      }
+      await this.send(b.session, `XA ROLLBACK ${xid}`);
+    } catch {
+      this.giveUp(gid, b.session);
+      return false;
+    }
+    await this.releaseBranch(b);
+    return true;
   }
 
   /** Interrupts the statement a connection runs (KILL QUERY); failures are logged, not thrown. */

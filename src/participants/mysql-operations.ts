@@ -3,13 +3,25 @@
  * `?` placeholders, run in order inside the branch's XA transaction as server-side prepared
  * statements (the params are bound, never spliced into the text).
  *
- * Only statements that read or change rows are accepted. Everything else is refused before
- * anything runs: transaction control (a COMMIT or XA statement would end the branch outside
- * the protocol), statements that commit implicitly (DDL, LOCK TABLES, GRANT, ANALYZE TABLE,
- * …: MySQL commits the open transaction before running them, which would break the XA
- * branch), and statements that change the pooled session (SET, USE, PREPARE, HANDLER).
- * The server refuses most of these inside an active XA transaction as well (XAER_RMFAIL);
- * this check is the first line and gives the client a clear answer.
+ * Only statements that read or change rows are accepted (first keyword SELECT, INSERT, UPDATE,
+ * DELETE, REPLACE, WITH, VALUES, DO, SHOW, EXPLAIN, DESCRIBE; MySQL 8's TABLE statement is not
+ * accepted, MariaDB has none). Everything else is refused before anything runs: transaction
+ * control (a COMMIT or XA statement would end the branch outside the protocol), statements that
+ * commit implicitly (DDL, LOCK TABLES, GRANT, ANALYZE TABLE, …: MySQL commits the open
+ * transaction before running them, which would break the XA branch), statements that change
+ * the pooled session (SET, USE, PREPARE, HANDLER), and CALL: no look at the text can see what a
+ * procedure does, and one can leave the branch's XA transaction — MariaDB ships
+ * `sys.execute_prepared_stmt` (SQL SECURITY INVOKER), which runs any statement as dynamic SQL:
+ * `XA END` + `XA ROLLBACK` of the branch's own (guessable) xid, after which the branch's next
+ * statements autocommit, or `XA ROLLBACK` of another branch's prepared xid, whose commit then
+ * finds nothing to commit. A stored function cannot run dynamic SQL ("Dynamic SQL is not
+ * allowed in stored function or trigger"), so SELECT and DO stay allowed. One may hold static
+ * XA statements (someone with CREATE ROUTINE wrote them for a known xid): an XA END leaves the
+ * branch IDLE, where every statement and the prepare fail; one that ends the transaction is
+ * caught by the participant's check of the session's transaction status after every statement
+ * (mysql-participant.ts), before a next statement could autocommit.
+ * The server refuses most of the others inside an active XA transaction as well
+ * (XAER_RMFAIL); this check is the first line and gives the client a clear answer.
  *
  * Refused anywhere in a statement: file access on the server's host (`INTO OUTFILE`, `INTO
  * DUMPFILE`, `LOAD_FILE(`) — a file written stays when the branch aborts, outside the atomic
@@ -39,7 +51,7 @@ export const MAX_OPERATIONS = 100;
 export const MAX_PARAMS = 1_000;
 
 /** First keywords of the statements a branch may run. */
-const ALLOWED = new Set(['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'WITH', 'VALUES', 'TABLE', 'DO', 'CALL', 'SHOW', 'EXPLAIN', 'DESCRIBE', 'DESC']);
+const ALLOWED = new Set(['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'WITH', 'VALUES', 'DO', 'SHOW', 'EXPLAIN', 'DESCRIBE', 'DESC']);
 
 /** First keywords that end, nest or escape the branch's transaction. */
 const TRANSACTION_CONTROL = new Set(['BEGIN', 'START', 'COMMIT', 'ROLLBACK', 'SAVEPOINT', 'RELEASE', 'XA', 'SET', 'LOCK', 'UNLOCK', 'END']);
@@ -108,8 +120,15 @@ export function parseMySqlOperations(work: unknown): MySqlOperation[] {
     if (IMPLICIT_COMMIT.has(keyword)) {
       throw invalid(`operation ${index}: ${keyword} commits the open transaction implicitly in MySQL and would break the XA branch`, index);
     }
+    if (keyword === 'CALL') {
+      throw invalid(
+        `operation ${index}: CALL is not allowed in a branch: a stored procedure can run statements that leave the branch's XA transaction ` +
+          '(XA END, XA ROLLBACK, XA COMMIT … ONE PHASE through dynamic SQL, as sys.execute_prepared_stmt does), and the work after them would commit outside the atomic decision',
+        index,
+      );
+    }
     if (!ALLOWED.has(keyword)) {
-      throw invalid(`operation ${index}: only SELECT, INSERT, UPDATE, DELETE, REPLACE, WITH, VALUES, TABLE, DO, CALL, SHOW and EXPLAIN statements may run in a branch`, index);
+      throw invalid(`operation ${index}: only SELECT, INSERT, UPDATE, DELETE, REPLACE, WITH, VALUES, DO, SHOW and EXPLAIN statements may run in a branch`, index);
     }
     const readings = codeReadings(sql, index);
     for (const code of readings) {
@@ -139,8 +158,9 @@ const FILE_ACCESS = /\bINTO\s+(OUTFILE|DUMPFILE)\b|\bLOAD_FILE\s*\(/i;
 
 /**
  * Work that leaves state on the connection beyond its transaction (named locks, user
- * variables, whatever a procedure sets), in the code of a statement. Every connection is reset
- * before it is pooled again (mysql-link.ts); one whose branch ran such work is closed instead.
+ * variables; a CALL, refused anyway), in the code of a statement. Every connection is reset
+ * before it is pooled again (mysql-link.ts) — which also drops what a stored function set, which
+ * no look at the text can see; one whose branch ran such work is closed instead.
  */
 const LEAKS_SESSION_STATE = /\b(GET_LOCK|RELEASE_LOCK|RELEASE_ALL_LOCKS)\s*\(|:=|\bINTO\s+@|\bCALL\b/i;
 
@@ -244,40 +264,4 @@ function codeOf(sql: string, lexing: Lexing, index: number): string {
     }
   }
   return parts.join('');
-}
-
-/** Rows answered per operation; more are dropped from the answer (the statement still ran). */
-export const MAX_ROWS_RETURNED = 10_000;
-
-export interface OperationResult {
-  readonly rows: unknown[];
-  readonly rowCount: number | null;
-  readonly insertId?: number | string;
-  readonly truncated?: boolean;
-}
-
-interface ResultHeader {
-  readonly affectedRows?: unknown;
-  readonly insertId?: unknown;
-}
-
-/**
- * What an operation answers, in the Postgres adapter's shape: the rows a query returned (at
- * most MAX_ROWS_RETURNED) and their count, or for a statement that changes rows the number of
- * rows it matched (and the generated AUTO_INCREMENT id, when there is one).
- */
-export function resultOf(answer: unknown): OperationResult {
-  if (Array.isArray(answer)) {
-    // A query answers its rows; a CALL that selected answers its result sets and a final header.
-    const sets = answer.filter((a): a is unknown[] => Array.isArray(a));
-    const rows = sets.length > 0 ? (sets[0] as unknown[]) : answer;
-    return rows.length > MAX_ROWS_RETURNED
-      ? { rows: rows.slice(0, MAX_ROWS_RETURNED), rowCount: rows.length, truncated: true }
-      : { rows, rowCount: rows.length };
-  }
-  const header = (answer ?? {}) as ResultHeader;
-  const affected = typeof header.affectedRows === 'number' ? header.affectedRows : null;
-  const insertId = header.insertId;
-  const hasId = (typeof insertId === 'number' && insertId !== 0) || (typeof insertId === 'string' && insertId !== '0');
-  return { rows: [], rowCount: affected, ...(hasId ? { insertId: insertId as number | string } : {}) };
 }

@@ -27,6 +27,11 @@
  *     XA COMMIT then answers XA_RBROLLBACK: nothing to commit.
  *   - XA RECOVER, XA COMMIT and XA ROLLBACK need no privilege on MariaDB; MySQL 8 needs
  *     XA_RECOVER_ADMIN for XA RECOVER. Killing one's own connections needs none.
+ *   - A statement leaves the XA transaction only through a stored routine (CALL is refused,
+ *     mysql-operations.ts; a stored function may still run static XA statements, and DO turns
+ *     its error into a warning). Each statement's last packet carries SERVER_STATUS_IN_TRANS:
+ *     one without it fails the branch before a next statement could autocommit. XA END names
+ *     the xid, so at prepare it fails unless the session is in the branch's own XA transaction.
  *
  * Connections, pools and the settling of given-up connections live in mysql-link.ts. Every
  * connection runs with a statement bound, a lock-wait bound and an idle-in-transaction bound
@@ -34,10 +39,10 @@
  *
  * Once a branch's transaction has ended on its connection (committed, rolled back, or detached
  * at prepare), the connection goes back to the pool only through a reset that drops whatever the
- * branch left on the session (user variables, named locks, session variables a procedure set),
+ * branch left on the session (user variables, named locks, session variables a function set),
  * on every path — kept for phase 2 or not. It is closed instead when a KILL QUERY may still be
  * on its way to it (a cancelled branch), and when its work looked like it leaves such state
- * (a CALL, GET_LOCK, a variable assignment: mysql-operations.ts) — reset first, so that its
+ * (GET_LOCK, a variable assignment: mysql-operations.ts) — reset first, so that its
  * named locks are free by the time the commit or abort answers.
  */
 
@@ -45,12 +50,16 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from './gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
-import { ER, XA_ROLLED_BACK, isServerError, serverErrno, type Session } from './mysql-connections.js';
+import { isServerError, type Session } from './mysql-connections.js';
 import { MySqlLink } from './mysql-link.js';
-import { parseMySqlOperations, resultOf, type MySqlOperation, type OperationResult } from './mysql-operations.js';
+import { parseMySqlOperations, type MySqlOperation } from './mysql-operations.js';
+import { ParamCountError, ResultTooLargeError, answerBudget, type OperationResult, type StatementAnswer } from './mysql-results.js';
 import { inspectServer } from './mysql-server.js';
-import { KeptConnections, type BranchConnection, type OpenBranch } from './mysql-session.js';
+import { KeptConnections, type OpenBranch } from './mysql-session.js';
 import { xidOf, xidSql, type Xid } from './mysql-xid.js';
+
+/** SERVER_STATUS_IN_TRANS, in the status flags of an OK packet. */
+const IN_TRANSACTION = 0x0001;
 
 export interface MySqlParticipantOptions {
   readonly name: string;
@@ -132,7 +141,7 @@ export class MySqlParticipant implements ParticipantAdapter {
     let b = existing;
     if (b === undefined) {
       const session = await this.#checkout();
-      b = { session, xid, started: false, ended: false, failure: undefined, cancelled: false, mustNotBeReused: false, busy: undefined };
+      b = { session, xid, started: false, statusShowsTransaction: false, ended: false, failure: undefined, cancelled: false, mustNotBeReused: false, busy: undefined };
       this.#open.set(branch.gid, b);
     }
     const open = b;
@@ -163,8 +172,10 @@ export class MySqlParticipant implements ParticipantAdapter {
   async #runWork(branch: BranchRef, b: OpenBranch, operations: readonly MySqlOperation[], prepares: boolean): Promise<EnlistResult> {
     if (!b.started) {
       try {
-        await this.#link.send(b.session, `XA START ${xidSql(b.xid)}`);
+        const started = (await this.#link.send(b.session, `XA START ${xidSql(b.xid)}`)) as { serverStatus?: unknown } | undefined;
         b.started = true;
+        // A server that reports the open transaction in its status flags (MariaDB and MySQL do) has it checked after every statement.
+        b.statusShowsTransaction = typeof started?.serverStatus === 'number' && (started.serverStatus & IN_TRANSACTION) !== 0;
       } catch (err) {
         this.#open.delete(branch.gid);
         if (isServerError(err)) {
@@ -180,31 +191,49 @@ export class MySqlParticipant implements ParticipantAdapter {
       }
     }
     const results: OperationResult[] = [];
+    const budget = answerBudget();
     for (const [operation, op] of operations.entries()) {
       if (b.failure !== undefined) throw new CoordinatorError('OPERATION_FAILED', b.failure, { details: { participant: this.name, operation } });
-      let answer: unknown;
+      let answer: StatementAnswer;
       try {
-        answer = await this.#link.send(b.session, op.sql, op.params);
+        answer = await this.#link.run(b.session, op.sql, op.params, budget);
       } catch (err) {
-        b.failure ??= `operation ${operation} failed: ${errorMessage(err)}`;
-        if (!isServerError(err)) {
-          // The exchange failed on our side: the server may still run the statement. The
-          // branch's abort first ends that connection, then rolls back whatever is left.
-          this.#open.delete(branch.gid);
-          this.#link.giveUp(branch.gid, b.session);
-          throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `lost the connection to ${this.name} during operation ${operation}: ${errorMessage(err)}`, {
-            cause: err,
-          });
-        }
-        throw new CoordinatorError('OPERATION_FAILED', `operation ${operation} failed on ${this.name}: ${err.message}`, {
-          cause: err,
-          details: { participant: this.name, operation, errno: err.errno, sqlState: err.sqlState },
-        });
+        throw this.#operationFailed(branch.gid, b, operation, err);
       }
-      results.push(resultOf(answer));
+      // Defence in depth: the statement left the transaction (see the module comment).
+      if (b.statusShowsTransaction && answer.inTransaction === false) {
+        b.failure = `operation ${operation} left the branch's XA transaction (the session is in no transaction any more): the branch can no longer commit`;
+        throw new CoordinatorError('OPERATION_FAILED', `${b.failure} on ${this.name}`, { details: { participant: this.name, operation } });
+      }
+      results.push(answer.result);
     }
     if (!prepares) return { results };
     return { results, vote: await this.#prepareOpen(branch, b, { decisionFollows: true }) };
+  }
+
+  /** What an operation's failure answers; the branch can no longer prepare. */
+  #operationFailed(gid: string, b: OpenBranch, operation: number, err: unknown): CoordinatorError {
+    b.failure ??= `operation ${operation} failed: ${errorMessage(err)}`;
+    const details = { participant: this.name, operation };
+    if (err instanceof ParamCountError) return new CoordinatorError('VALIDATION_FAILED', `operation ${operation}: ${err.message}`, { details });
+    if (err instanceof ResultTooLargeError) {
+      // Its connection is closed already; the branch stays open (failed) so that its prepare says why.
+      this.#link.giveUp(gid, b.session);
+      return new CoordinatorError('OPERATION_FAILED', `operation ${operation} on ${this.name}: ${err.message}`, { details });
+    }
+    if (!isServerError(err)) {
+      // The exchange failed on our side: the server may still run the statement. The
+      // branch's abort first ends that connection, then rolls back whatever is left.
+      this.#open.delete(gid);
+      this.#link.giveUp(gid, b.session);
+      return new CoordinatorError('PARTICIPANT_UNREACHABLE', `lost the connection to ${this.name} during operation ${operation}: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+    return new CoordinatorError('OPERATION_FAILED', `operation ${operation} failed on ${this.name}: ${err.message}`, {
+      cause: err,
+      details: { ...details, errno: err.errno, sqlState: err.sqlState },
+    });
   }
 
   /** A branch connection; when all are in use, a kept one (a prepared branch waiting for phase 2) gives its slot up first. */
@@ -237,7 +266,7 @@ export class MySqlParticipant implements ParticipantAdapter {
 
   async #prepareSession(gid: string, b: OpenBranch, options: PrepareOptions): Promise<PrepareResult> {
     if (b.failure !== undefined) {
-      await this.#rollbackOpen(gid, b);
+      await this.#link.rollbackOpen(gid, b);
       return { vote: 'no', reason: b.failure };
     }
     const xid = xidSql(b.xid);
@@ -254,7 +283,7 @@ export class MySqlParticipant implements ParticipantAdapter {
       return { vote: 'no', reason: `prepare failed on ${this.name}: ${errorMessage(err)}` };
     }
     if (options.decisionFollows === true) this.#kept.keep(gid, b);
-    else if (this.#link.detachesOnPrepare) await this.#releaseBranch(b);
+    else if (this.#link.detachesOnPrepare) await this.#link.releaseBranch(b);
     // The connection can do nothing else while it holds the prepared transaction: closing it detaches the transaction.
     else this.#link.giveUp(gid, b.session);
     return { vote: 'yes' };
@@ -269,7 +298,7 @@ export class MySqlParticipant implements ParticipantAdapter {
     if (preparing !== undefined) return preparing;
     if (this.#kept.has(branch.gid)) return { vote: 'yes' };
     try {
-      const listed = await this.#link.withControl((s) => this.#isListed(s, branch.gid));
+      const listed = await this.#link.withControl((s) => this.#link.isListed(s, branch.gid));
       return listed ? { vote: 'yes' } : { vote: 'no', reason: `no open session for branch ${branch.branchId}` };
     } catch (err) {
       return { vote: 'no', reason: `no open session for branch ${branch.branchId}, and whether it is prepared could not be read: ${errorMessage(err)}` };
@@ -290,11 +319,11 @@ export class MySqlParticipant implements ParticipantAdapter {
         // The server answered: what it means is read on a control connection below.
       }
       if (committed) {
-        await this.#releaseBranch(kept);
+        await this.#link.releaseBranch(kept);
         return;
       }
     }
-    await this.#resolveElsewhere(branch.gid, xid, 'COMMIT');
+    await this.#link.resolve(branch.gid, xid, 'COMMIT');
   }
 
   async abort(branch: BranchRef): Promise<void> {
@@ -306,7 +335,7 @@ export class MySqlParticipant implements ParticipantAdapter {
     const open = this.#open.get(branch.gid);
     if (open !== undefined) {
       this.#open.delete(branch.gid);
-      if (await this.#rollbackOpen(branch.gid, open)) return;
+      if (await this.#link.rollbackOpen(branch.gid, open)) return;
     }
     const kept = this.#kept.take(branch.gid);
     if (kept !== undefined) {
@@ -318,66 +347,11 @@ export class MySqlParticipant implements ParticipantAdapter {
         this.#link.giveUp(branch.gid, kept.session);
       }
       if (rolledBack) {
-        await this.#releaseBranch(kept);
+        await this.#link.releaseBranch(kept);
         return;
       }
     }
-    await this.#resolveElsewhere(branch.gid, xid, 'ROLLBACK');
-  }
-
-  /** Rolls an open branch back on its own connection; false when that connection had to be given up instead. */
-  async #rollbackOpen(gid: string, b: OpenBranch): Promise<boolean> {
-    if (!b.started) {
-      await this.#releaseBranch(b);
-      return true;
-    }
-    if (b.cancelled || b.session.broken !== undefined) {
-      this.#link.giveUp(gid, b.session);
-      return false;
-    }
-    const xid = xidSql(b.xid);
-    try {
-      if (!b.ended) {
-        await this.#link.send(b.session, `XA END ${xid}`);
-        b.ended = true;
-      }
-      await this.#link.send(b.session, `XA ROLLBACK ${xid}`);
-    } catch {
-      this.#link.giveUp(gid, b.session);
-      return false;
-    }
-    await this.#releaseBranch(b);
-    return true;
-  }
-
-  /**
-   * XA COMMIT / XA ROLLBACK on a control connection, once no connection we gave up can still
-   * hold the transaction. XAER_NOTA then means resolved already — unless XA RECOVER still lists
-   * the xid (a connection of someone else's holds it): then it fails and is retried.
-   */
-  async #resolveElsewhere(gid: string, xid: Xid, verb: 'COMMIT' | 'ROLLBACK'): Promise<void> {
-    await this.#link.settle(gid);
-    await this.#link.withControl(async (s) => {
-      try {
-        await this.#link.send(s, `XA ${verb} ${xidSql(xid)}`);
-      } catch (err) {
-        const errno = serverErrno(err);
-        if (errno !== undefined && XA_ROLLED_BACK.has(errno)) {
-          // The server had rolled the prepared branch back (one that wrote nothing, when its connection closed).
-          if (verb === 'COMMIT' && errno !== ER.XA_RBROLLBACK) this.#log.warn({ gid, errno }, 'prepared branch was rolled back by the server');
-          return;
-        }
-        if (errno === ER.XAER_NOTA) {
-          if (await this.#isListed(s, gid)) throw new Error(`branch ${gid} is prepared on ${this.name} but held by another connection; retried`);
-          return;
-        }
-        throw err;
-      }
-    });
-  }
-
-  async #isListed(s: Session, gid: string): Promise<boolean> {
-    return (await this.#link.recover(s)).includes(gid);
+    await this.#link.resolve(branch.gid, xid, 'ROLLBACK');
   }
 
   async findPrepared(gidPrefix: string): Promise<string[]> {
@@ -396,22 +370,11 @@ export class MySqlParticipant implements ParticipantAdapter {
     for (const [gid, b] of this.#open) {
       this.#open.delete(gid);
       await b.busy?.catch(() => undefined);
-      await this.#rollbackOpen(gid, b);
+      await this.#link.rollbackOpen(gid, b);
     }
     // Closing a kept connection detaches its prepared transaction: it stays prepared on the server.
     this.#kept.expireAll();
     this.#link.end();
-  }
-
-  /**
-   * A connection whose branch transaction has ended on it (no XA state left): back to the pool,
-   * which resets it before its next use; closed at once when a KILL QUERY may still reach it;
-   * reset and closed when its work looked like it leaves state on the session.
-   */
-  async #releaseBranch(b: BranchConnection): Promise<void> {
-    if (b.cancelled) this.#link.sessions.destroy(b.session);
-    else if (b.mustNotBeReused) await this.#link.retire(b.session);
-    else this.#link.sessions.release(b.session);
   }
 
   #xid(gid: string): Xid {

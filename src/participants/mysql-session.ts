@@ -19,6 +19,8 @@ export interface OpenBranch extends BranchConnection {
   readonly xid: Xid;
   /** XA START answered: the connection holds the branch's XA transaction. */
   started: boolean;
+  /** XA START's answer had SERVER_STATUS_IN_TRANS set: every statement's answer must have it too. */
+  statusShowsTransaction: boolean;
   /** XA END answered (the transaction is IDLE, ready to prepare). */
   ended: boolean;
   /** Set when the branch can no longer prepare: a statement failed or the work was cancelled. */

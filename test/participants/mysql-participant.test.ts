@@ -13,7 +13,8 @@ import { silentLogger } from '../../src/logger.js';
 import { gidPrefix, makeGid } from '../../src/participants/gid.js';
 import { MySqlParticipant, type MySqlParticipantOptions } from '../../src/participants/mysql-participant.js';
 import { parseConnectionString, sessionSettings } from '../../src/participants/mysql-connections.js';
-import { leaksSessionState, type OperationResult } from '../../src/participants/mysql-operations.js';
+import { leaksSessionState } from '../../src/participants/mysql-operations.js';
+import type { OperationResult } from '../../src/participants/mysql-results.js';
 import { inspectServer, parseVersion, type RowQuery } from '../../src/participants/mysql-server.js';
 import { gidOfRecoverRow, TCX_XA_FORMAT_ID, xidOf, xidSql } from '../../src/participants/mysql-xid.js';
 import type { BranchRef, EnlistResult } from '../../src/participants/participant.js';
@@ -198,19 +199,19 @@ describe('mysql participant on MariaDB', () => {
   it('accepts the statements that read or change rows, comments before them included', () => {
     const accepted = [
       'SELECT 1', '  select 1', '(SELECT 1) UNION (SELECT 2)', 'WITH x AS (SELECT 1) SELECT * FROM x', 'INSERT INTO scratch VALUES (?)',
-      'REPLACE INTO scratch VALUES (?)', 'UPDATE accounts SET balance = 1', 'DELETE FROM scratch', 'VALUES (1)', 'TABLE accounts', 'DO 1',
-      'CALL p()', 'SHOW TABLES', 'EXPLAIN SELECT 1', 'DESCRIBE accounts', '/* why */ SELECT 1', '-- why\nSELECT 1', '# why\nSELECT 1',
+      'REPLACE INTO scratch VALUES (?)', 'UPDATE accounts SET balance = 1', 'DELETE FROM scratch', 'VALUES (1)', 'DO 1',
+      'SHOW TABLES', 'EXPLAIN SELECT 1', 'DESCRIBE accounts', '/* why */ SELECT 1', '-- why\nSELECT 1', '# why\nSELECT 1',
       'SELECT /*+ MAX_EXECUTION_TIME(10) */ 1', 'SELECT * FROM accounts FOR UPDATE',
     ];
     for (const sql of accepted) expect(() => adapter.validateWork([{ sql, params: [] }]), sql).not.toThrow();
   });
 
-  it('a procedure that commits is stopped by the server inside the branch (XAER_RMFAIL): the branch votes no', async () => {
+  it('a procedure (CALL) is refused before anything runs, even one the server would stop inside the branch', async () => {
     await server.query('CREATE PROCEDURE sneaky() BEGIN UPDATE accounts SET balance = balance + 1 WHERE id = \'carol\'; COMMIT; END', [], DB);
     const before = await balance('carol');
     const ref = branch();
     const err = await failure(adapter.enlist(ref, [{ sql: 'CALL sneaky()' }]));
-    expect(err).toMatchObject({ code: 'OPERATION_FAILED', details: { errno: 1399 } });
+    expect(err).toMatchObject({ code: 'VALIDATION_FAILED', details: { operation: 0 } });
     expect((await adapter.prepare(ref)).vote).toBe('no');
     await adapter.abort(ref);
     expect(await balance('carol')).toBe(before);
@@ -543,9 +544,10 @@ describe('mysql participant: no session state crosses from one branch to the nex
   const lockHolderSeenByOthers = async (): Promise<unknown> => (await server.query<{ h: unknown }[]>(`SELECT IS_USED_LOCK('${LOCK}') AS h`))[0]?.h;
 
   beforeAll(async () => {
-    // What the reviewer's procedure did: no statement bound, a huge lock wait, a user variable.
+    // What the reviewer's procedure did (CALL is refused now; a stored function does the same): no statement bound, a huge lock wait, a user variable.
     await server.query(
-      "CREATE PROCEDURE leak() BEGIN SET SESSION max_statement_time = 0; SET SESSION innodb_lock_wait_timeout = 1073741824; SET @leaked = 'yes'; END",
+      'CREATE FUNCTION leak() RETURNS INT NOT DETERMINISTIC NO SQL ' +
+        "BEGIN SET SESSION max_statement_time = 0; SET SESSION innodb_lock_wait_timeout = 1073741824; SET @leaked = 'yes'; RETURN 1; END",
       [],
       DB,
     );
@@ -559,12 +561,12 @@ describe('mysql participant: no session state crosses from one branch to the nex
   });
 
   const cases: { name: string; work: { sql: string }[]; phase2: 'prepareAfter, commit' | 'prepare (decision follows), commit' | 'prepare (decision follows), abort' | 'abort' }[] = [
-    { name: 'CALL and GET_LOCK', work: [{ sql: 'CALL leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
-    { name: 'CALL and GET_LOCK', work: [{ sql: 'CALL leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
-    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
-    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `DO GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
-    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ CALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), abort' },
-    { name: 'a CALL behind a comment, GET_LOCK/**/(', work: [{ sql: '-- x\nCALL leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'abort' },
+    { name: 'a function and GET_LOCK', work: [{ sql: 'SELECT leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
+    { name: 'a function and GET_LOCK', work: [{ sql: 'DO leak()' }, { sql: `SELECT GET_LOCK('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
+    { name: 'a function behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ SELECT leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepareAfter, commit' },
+    { name: 'a function behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ DO leak()' }, { sql: `DO GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), commit' },
+    { name: 'a function behind a comment, GET_LOCK/**/(', work: [{ sql: '/* x */ SELECT leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'prepare (decision follows), abort' },
+    { name: 'a function behind a comment, GET_LOCK/**/(', work: [{ sql: '-- x\nSELECT leak()' }, { sql: `SELECT GET_LOCK/**/('${LOCK}', 0)` }], phase2: 'abort' },
     { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'prepareAfter, commit' },
     { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'prepare (decision follows), commit' },
     { name: 'a stored function', work: [{ sql: 'SELECT leak_quietly()' }], phase2: 'abort' },
