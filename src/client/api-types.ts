@@ -660,7 +660,7 @@ export interface components {
             key: string;
         };
         SqlOperation: {
-            /** @description One SQL statement, with `$1`, `$2`, … placeholders for postgres and `?` for mysql; parameters are always bound, never interpolated. Transaction-control and session statements (BEGIN, COMMIT, ROLLBACK, PREPARE, SAVEPOINT, SET, XA, …) are refused, and for mysql statements that commit implicitly (DDL, LOCK TABLES, …). */
+            /** @description One SQL statement, with `$1`, `$2`, … placeholders for postgres and `?` for mysql; parameters are always bound, never interpolated (mysql: their number must match the placeholders). Transaction-control and session statements (BEGIN, COMMIT, ROLLBACK, PREPARE, SAVEPOINT, SET, XA, …) are refused; for mysql also statements that commit implicitly (DDL, LOCK TABLES, …), CALL (a procedure can leave the XA transaction), and INTO OUTFILE/DUMPFILE and LOAD_FILE (files on the database host). */
             sql: string;
             /** @description Values for the placeholders, in order (JSON scalars, or objects/arrays sent as JSON). */
             params?: unknown[];
@@ -819,6 +819,8 @@ export interface components {
         };
         /** @description What one SQL statement answered (postgres and mysql). */
         PostgresResult: {
+            /** @description Set when rows were left out: at most 10,000 rows per statement and 8 MiB of rows per request are answered (rowCount still counts them all). mysql stops reading a result past 1,000,000 rows or 64 MiB: the statement then fails (422). */
+            truncated?: boolean;
             /** @description mysql: the AUTO_INCREMENT value an INSERT generated (a string when it is past 2^53). */
             insertId?: number | string;
             /** @description The rows it returned (a SELECT, or a statement with RETURNING); empty otherwise. */
@@ -830,6 +832,8 @@ export interface components {
          * @description One row: column name → value, as node-postgres converts it and JSON writes it: int2/int4
          *     and floats as numbers, int8 and numeric as strings (exact), booleans, text as strings,
          *     json/jsonb as their JSON value, timestamps as ISO 8601 strings, SQL NULL as null.
+         *     mysql: integers as numbers (BIGINT and DECIMAL as strings), text as strings, JSON
+         *     columns as their JSON value, BLOB/BINARY/BIT as base64 strings, dates as the server's text.
          */
         PostgresRow: {
             [key: string]: unknown;

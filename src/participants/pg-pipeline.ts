@@ -87,11 +87,23 @@ function commandTag(msg: unknown): { command: string | null; rowCount: number | 
   return { command: tag.command, rowCount: tag.rowCount };
 }
 
+/** Row bytes one exchange answers at most (all statements together); the rest is counted, not kept. */
+export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+
+/** The size of a row as the server sent it (text fields), when the message does not say. */
+function rowBytes(fields: readonly unknown[]): number {
+  let n = 0;
+  for (const f of fields) n += typeof f === 'string' ? f.length : f instanceof Uint8Array ? f.byteLength : 0;
+  return n;
+}
+
 class Pipeline {
   /** node-postgres's read timeout for this exchange (it reads it from the submittable). */
   readonly query_timeout: number | undefined;
   readonly #statements: readonly PipelineStatement[];
   readonly #maxRows: number;
+  /** Row bytes still answered in this exchange (all statements together); past it rows are counted, not kept. */
+  #bytesLeft: number;
   readonly #results: StatementResult[] = [];
   #index = 0;
   #parser: PgResult | undefined;
@@ -101,9 +113,10 @@ class Pipeline {
   /** node-postgres calls this (wrapped in its read timeout) exactly like a Query's callback. */
   callback: ((err: Error | null, results?: StatementResult[]) => void) | undefined;
 
-  constructor(statements: readonly PipelineStatement[], maxRows: number, readTimeoutMs: number | undefined) {
+  constructor(statements: readonly PipelineStatement[], maxRows: number, maxBytes: number, readTimeoutMs: number | undefined) {
     this.#statements = statements;
     this.#maxRows = maxRows;
+    this.#bytesLeft = maxBytes;
     this.query_timeout = readTimeoutMs;
   }
 
@@ -131,11 +144,13 @@ class Pipeline {
     this.#parser.addFields(msg.fields);
   }
 
-  handleDataRow(msg: { fields: unknown[] }): void {
-    if (this.#rows.length >= this.#maxRows) {
+  handleDataRow(msg: { fields: unknown[]; length?: number }): void {
+    const size = msg.length ?? rowBytes(msg.fields);
+    if (this.#extraRows > 0 || this.#rows.length >= this.#maxRows || size > this.#bytesLeft) {
       this.#extraRows++;
       return;
     }
+    this.#bytesLeft -= size;
     try {
       this.#rows.push(this.#parser?.parseRow(msg.fields));
     } catch (err) {
@@ -206,10 +221,10 @@ class Pipeline {
 export function runPipeline(
   client: pg.ClientBase,
   statements: readonly PipelineStatement[],
-  options: { maxRows?: number; readTimeoutMs?: number } = {},
+  options: { maxRows?: number; maxBytes?: number; readTimeoutMs?: number } = {},
 ): Promise<StatementResult[]> {
   return new Promise((resolve, reject) => {
-    const pipeline = new Pipeline(statements, options.maxRows ?? 10_000, options.readTimeoutMs);
+    const pipeline = new Pipeline(statements, options.maxRows ?? 10_000, options.maxBytes ?? MAX_ANSWER_BYTES, options.readTimeoutMs);
     pipeline.callback = (err, results) => {
       if (err !== null) {
         reject(err instanceof PipelineError ? err : new PipelineError(err, -1, []));
