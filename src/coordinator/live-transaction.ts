@@ -9,6 +9,7 @@ import type { TransactionEndedEvent } from '../observability/events.js';
 import type { DurableTransaction, ForgottenBranch, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import type { PrepareResult } from '../participants/participant.js';
+import { CoordinatorError } from '../errors.js';
 import { Mutex } from './mutex.js';
 
 export interface LiveBranch {
@@ -177,6 +178,13 @@ export class LiveTransaction {
  * The view of a transaction known only from the log: finished, seen before a restart, or read
  * from a shared log while no instance runs it (decided, phase 2 not finished: in doubt).
  */
+/** The error for a request the transaction's phase does not allow; it names the phase. */
+export function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
+  return new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${tx.id}: it is ${tx.state.phase}`, {
+    details: { transactionId: tx.id, state: tx.state.phase },
+  });
+}
+
 export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).

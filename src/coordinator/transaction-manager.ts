@@ -14,12 +14,13 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { ProtocolName } from '../log/log-records.js';
-import { awaitingDelivery, initialState, isTerminal } from '../protocol/commit-protocol.js';
+import { initialState, isTerminal } from '../protocol/commit-protocol.js';
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
-import { branchForgottenRecord, prepareIntentRecord } from './journal.js';
-import { durableView, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
+import { prepareIntentRecord } from './journal.js';
+import { durableView, invalidState, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
+import { forgetBranch, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
 import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
@@ -321,61 +322,24 @@ export class TransactionManager {
     return (await this.#log.unfinished()).some((tx) => tx.branches.some((b) => b.participant === name));
   }
 
-  /**
-   * Operator's "retry now": every pending phase-2 delivery of the transaction retries at once,
-   * and the answer is the state after that attempt (bounded by TCX_COMMIT_WAIT_MS).
-   */
+  /** Operator's "retry now" (operator-actions.ts). */
   async retryNow(id: string): Promise<TransactionView> {
     const tx = this.#live.get(id);
     if (tx === undefined) {
       await this.get(id); // 404 when unknown
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
     }
-    if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
-    const before = new Map([...tx.branches.values()].map((b) => [b.branchId, b.finishedAttempts]));
-    tx.wakeUp();
-    this.#logger.info({ txId: id }, 'operator: retry now');
-    const attempted = (): boolean =>
-      isTerminal(tx.state.phase) ||
-      awaitingDelivery(tx.state).every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
-    await tx.waitUntil(attempted, this.#options.commitWaitMs);
-    return tx.view();
+    return retryDelivery(tx, this.#operatorDeps());
   }
 
-  /**
-   * Operator's way out for a participant gone for good: gives up on one branch of an
-   * aborting transaction. Never under a commit decision (a prepared branch of a committed
-   * transaction must commit: the participant has to come back). Forced to the log with the
-   * reason and who asked before it takes effect; the branch then counts as acknowledged, so
-   * the transaction can end and the participant can be removed.
-   */
+  /** Operator's way out for a participant gone for good (operator-actions.ts). */
   async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
     const tx = this.#live.get(id) ?? (await this.#notLive(id, 'forget a branch of'));
-    return tx.lock.run(async () => {
-      this.#assertAcceptingWork(tx);
-      const branch = tx.branches.get(branchId);
-      if (branch === undefined) throw new CoordinatorError('UNKNOWN_BRANCH', `transaction ${id} has no branch ${branchId}`);
-      if (tx.state.decision === 'commit') {
-        throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `transaction ${id} has a commit decision: ${branchId} must commit once ${branch.participant} is back`, {
-          details: { logged: 'commit' },
-        });
-      }
-      if (tx.state.phase !== 'aborting') {
-        throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is ${tx.state.phase}: only a branch of an aborting transaction can be forgotten (abort it first)`, {
-          details: { transactionId: id, state: tx.state.phase },
-        });
-      }
-      if (!awaitingDelivery(tx.state).includes(branchId)) {
-        throw new CoordinatorError('INVALID_STATE_TRANSITION', `branch ${branchId} of transaction ${id} has already acknowledged the abort`, {
-          details: { transactionId: id, state: tx.state.phase },
-        });
-      }
-      const audit = { reason: request.reason, actor: request.actor, at: new Date().toISOString() };
-      await this.#log.force(branchForgottenRecord(tx, branch, audit));
-      this.#driver.forget(tx, branchId, audit);
-      this.#logger.warn({ txId: id, branchId, participant: branch.participant, reason: audit.reason, actor: audit.actor }, 'operator: branch forgotten');
-      return tx.view();
-    });
+    return forgetBranch(tx, branchId, request, this.#operatorDeps());
+  }
+
+  #operatorDeps(): OperatorActionDeps {
+    return { log: this.#log, driver: this.#driver, logger: this.#logger, commitWaitMs: this.#options.commitWaitMs, assertAcceptingWork: (tx) => this.#assertAcceptingWork(tx) };
   }
 
   /** True when a running (or resumed) transaction drives the branch with this gid itself. */
@@ -511,8 +475,3 @@ function answered(view: TransactionView, results: readonly EnlistAnswer[], failu
   return failure === undefined ? { view, results: settled } : { view, results: settled, failure };
 }
 
-function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
-  return new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${tx.id}: it is ${tx.state.phase}`, {
-    details: { transactionId: tx.id, state: tx.state.phase },
-  });
-}
