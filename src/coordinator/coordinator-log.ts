@@ -162,12 +162,12 @@ export class CoordinatorLog implements LogReads {
     }
   }
 
-  /** Transactions the log still holds (unfinished, or finished within retention), after dropping the rest from memory. */
   /** Finished transactions kept for queries (a statistic, for health and metrics). */
   finishedCount(): number {
     return this.state.finished.size;
   }
 
+  /** Transactions the log still holds (unfinished, or finished within retention), after dropping the rest from memory. */
   retained(): number {
     this.#prune();
     return this.state.size;
