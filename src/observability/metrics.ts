@@ -5,8 +5,9 @@
  * id or a gid. Node's default process metrics come along unprefixed, as dashboards expect.
  */
 
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { events } from './events.js';
+import { FastHistogram } from './histogram.js';
 
 /** What the gauges read at scrape time. */
 export interface MetricsSource {
@@ -34,20 +35,14 @@ export class CoordinatorMetrics {
     collectDefaultMetrics({ register: this.registry });
 
     const transactions = new Counter({ name: 'tcx_transactions_total', help: 'Transactions ended, by protocol and outcome.', labelNames: ['protocol', 'outcome'], registers });
-    const duration = new Histogram({
-      name: 'tcx_transaction_duration_seconds',
-      help: 'From begin (or resumption by recovery) to the end record.',
-      labelNames: ['protocol', 'outcome'],
-      buckets: LATENCY_BUCKETS,
+    const duration = new FastHistogram('tcx_transaction_duration_seconds', 'From begin (or resumption by recovery) to the end record.', ['protocol', 'outcome'], LATENCY_BUCKETS, registers);
+    const phases = new FastHistogram(
+      'tcx_transaction_phase_duration_seconds',
+      'Per phase: work (running the branches), prepare (until the decision is durable), deliver (phase 2 until every branch acknowledged).',
+      ['protocol', 'phase'],
+      LATENCY_BUCKETS,
       registers,
-    });
-    const phases = new Histogram({
-      name: 'tcx_transaction_phase_duration_seconds',
-      help: 'Per phase: work (running the branches), prepare (until the decision is durable), deliver (phase 2 until every branch acknowledged).',
-      labelNames: ['protocol', 'phase'],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    );
     new Gauge({ name: 'tcx_active_transactions', help: 'Transactions begun and not decided yet.', registers, collect() { this.set(source.activeTransactions()); } });
     new Gauge({ name: 'tcx_live_transactions', help: 'Transactions begun and not ended (phase 2 still under way included).', registers, collect() { this.set(source.liveTransactions()); } });
     new Gauge({
@@ -61,16 +56,16 @@ export class CoordinatorMetrics {
     new Gauge({ name: 'tcx_retained_transactions', help: 'Finished transactions kept for queries (TCX_RETENTION_HOURS).', registers, collect() { this.set(source.retainedTransactions()); } });
     new Gauge({ name: 'tcx_log_healthy', help: '1 while the write-ahead log works; 0 once it failed (fail-stop: nothing more is decided).', registers, collect() { this.set(source.logHealthy() ? 1 : 0); } });
 
-    const fsync = new Histogram({ name: 'tcx_log_fsync_seconds', help: 'Making a batch of log records durable: the fdatasync, or the Postgres commit.', labelNames: ['backend'], buckets: FSYNC_BUCKETS, registers });
-    const batch = new Histogram({ name: 'tcx_log_batch_records', help: 'Records written per log batch (group commit).', labelNames: ['backend', 'forced'], buckets: BATCH_BUCKETS, registers });
+    const fsync = new FastHistogram('tcx_log_fsync_seconds', 'Making a batch of log records durable: the fdatasync, or the Postgres commit.', ['backend'], FSYNC_BUCKETS, registers);
+    const batch = new FastHistogram('tcx_log_batch_records', 'Records written per log batch (group commit).', ['backend', 'forced'], BATCH_BUCKETS, registers);
 
-    const callDuration = new Histogram({
-      name: 'tcx_participant_call_duration_seconds',
-      help: 'Calls into participants: work, prepare, can-commit, pre-commit, commit, abort, find-prepared.',
-      labelNames: ['participant', 'call'],
-      buckets: LATENCY_BUCKETS,
+    const callDuration = new FastHistogram(
+      'tcx_participant_call_duration_seconds',
+      'Calls into participants: work, prepare, can-commit, pre-commit, commit, abort, find-prepared.',
+      ['participant', 'call'],
+      LATENCY_BUCKETS,
       registers,
-    });
+    );
     const callErrors = new Counter({ name: 'tcx_participant_errors_total', help: 'Failed calls into participants, by catalogue error code.', labelNames: ['participant', 'call', 'code'], registers });
 
     const sweeps = new Counter({ name: 'tcx_recovery_sweeps_total', help: 'Recovery sweeps of the participants for prepared branches.', registers });
@@ -86,17 +81,17 @@ export class CoordinatorMetrics {
     this.#unsubscribe.push(
       events.transactionEnded.subscribe((e) => {
         transactions.inc({ protocol: e.protocol, outcome: e.outcome });
-        duration.observe({ protocol: e.protocol, outcome: e.outcome }, e.durationMs / 1000);
-        phases.observe({ protocol: e.protocol, phase: 'work' }, e.workMs / 1000);
-        if (e.prepareMs !== undefined) phases.observe({ protocol: e.protocol, phase: 'prepare' }, e.prepareMs / 1000);
-        if (e.deliverMs !== undefined) phases.observe({ protocol: e.protocol, phase: 'deliver' }, e.deliverMs / 1000);
+        duration.labels(e.protocol, e.outcome).observe(e.durationMs / 1000);
+        phases.labels(e.protocol, 'work').observe(e.workMs / 1000);
+        if (e.prepareMs !== undefined) phases.labels(e.protocol, 'prepare').observe(e.prepareMs / 1000);
+        if (e.deliverMs !== undefined) phases.labels(e.protocol, 'deliver').observe(e.deliverMs / 1000);
       }),
       events.logFlushed.subscribe((e) => {
-        batch.observe({ backend: e.backend, forced: String(e.forced) }, e.records);
-        if (e.forced) fsync.observe({ backend: e.backend }, e.durationMs / 1000);
+        batch.labels(e.backend, String(e.forced)).observe(e.records);
+        if (e.forced) fsync.labels(e.backend).observe(e.durationMs / 1000);
       }),
       events.participantCall.subscribe((e) => {
-        callDuration.observe({ participant: e.participant, call: e.call }, e.durationMs / 1000);
+        callDuration.labels(e.participant, e.call).observe(e.durationMs / 1000);
         if (e.errorCode !== undefined) callErrors.inc({ participant: e.participant, call: e.call, code: e.errorCode });
       }),
       events.recoverySwept.subscribe((e) => {
