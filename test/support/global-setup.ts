@@ -3,6 +3,7 @@
  * and hands their URLs to the tests (`inject('pgUrlA')` etc.); teardown releases them.
  */
 import type { TestProject } from 'vitest/node';
+import { releaseStalePortReservations } from './free-port.js';
 import { acquireServers, type ServerSource } from './servers.js';
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
@@ -18,6 +19,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('pgSource', servers.pgSource);
   return async () => {
     await servers.release();
+    releaseStalePortReservations();
   };
 }
 
