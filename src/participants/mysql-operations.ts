@@ -38,6 +38,7 @@
  */
 
 import { CoordinatorError } from '../errors.js';
+import { mapSqlOperations } from './sql-operations.js';
 
 export interface MySqlOperation {
   readonly sql: string;
@@ -46,8 +47,6 @@ export interface MySqlOperation {
   readonly leaksSessionState: boolean;
 }
 
-export const MAX_SQL_LENGTH = 100_000;
-export const MAX_OPERATIONS = 100;
 export const MAX_PARAMS = 1_000;
 
 /** First keywords of the statements a branch may run. */
@@ -101,15 +100,7 @@ function firstKeyword(statement: string): string {
 }
 
 export function parseMySqlOperations(work: unknown): MySqlOperation[] {
-  if (!Array.isArray(work) || work.length === 0) throw invalid('operations must be a non-empty array of {sql, params}');
-  if (work.length > MAX_OPERATIONS) throw invalid(`at most ${MAX_OPERATIONS} operations per request`);
-  return work.map((op: unknown, index): MySqlOperation => {
-    if (typeof op !== 'object' || op === null || Array.isArray(op)) throw invalid(`operation ${index} must be an object`, index);
-    const { sql, params } = op as { sql?: unknown; params?: unknown };
-    const unknown = Object.keys(op).find((key) => key !== 'sql' && key !== 'params');
-    if (unknown !== undefined) throw invalid(`operation ${index}: unknown field ${JSON.stringify(unknown.slice(0, 40))} (an SQL operation is {sql, params})`, index);
-    if (typeof sql !== 'string' || sql.trim() === '') throw invalid(`operation ${index}: sql must be a non-empty string`, index);
-    if (sql.length > MAX_SQL_LENGTH) throw invalid(`operation ${index}: sql longer than ${MAX_SQL_LENGTH} characters`, index);
+  return mapSqlOperations(work, ({ sql, params }, index): MySqlOperation => {
     if (sql.includes('\0')) throw invalid(`operation ${index}: sql must not contain NUL characters`, index);
     const statement = leadingStatement(sql, index);
     if (statement === '') throw invalid(`operation ${index}: sql holds no statement`, index);

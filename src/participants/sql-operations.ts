@@ -40,16 +40,27 @@ function leadingStatement(sql: string): string {
   }
 }
 
-export function parseSqlOperations(work: unknown): SqlOperation[] {
+/**
+ * The shape every SQL kind's operations share, checked before the dialect looks at the text:
+ * a non-empty array (at most MAX_OPERATIONS) of `{sql, params?}` objects with nothing else,
+ * each sql a non-empty string of at most MAX_SQL_LENGTH characters. Calls `each` per operation.
+ */
+export function mapSqlOperations<T>(work: unknown, each: (op: { sql: string; params: unknown }, index: number) => T): T[] {
   if (!Array.isArray(work) || work.length === 0) throw invalid('operations must be a non-empty array of {sql, params}');
   if (work.length > MAX_OPERATIONS) throw invalid(`at most ${MAX_OPERATIONS} operations per request`);
-  return work.map((op: unknown, index): SqlOperation => {
+  return work.map((op: unknown, index): T => {
     if (typeof op !== 'object' || op === null || Array.isArray(op)) throw invalid(`operation ${index} must be an object`, index);
     const { sql, params } = op as { sql?: unknown; params?: unknown };
     const unknown = Object.keys(op).find((key) => key !== 'sql' && key !== 'params');
     if (unknown !== undefined) throw invalid(`operation ${index}: unknown field ${JSON.stringify(unknown.slice(0, 40))} (an SQL operation is {sql, params})`, index);
     if (typeof sql !== 'string' || sql.trim() === '') throw invalid(`operation ${index}: sql must be a non-empty string`, index);
     if (sql.length > MAX_SQL_LENGTH) throw invalid(`operation ${index}: sql longer than ${MAX_SQL_LENGTH} characters`, index);
+    return each({ sql, params }, index);
+  });
+}
+
+export function parseSqlOperations(work: unknown): SqlOperation[] {
+  return mapSqlOperations(work, ({ sql, params }, index): SqlOperation => {
     const statement = leadingStatement(sql);
     if (statement === '') throw invalid(`operation ${index}: sql holds no statement`, index);
     if (TRANSACTION_CONTROL.test(statement)) {
