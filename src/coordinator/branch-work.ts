@@ -35,6 +35,9 @@ export const MAX_BRANCHES_PER_TRANSACTION = 1_000;
  */
 export const MAX_LOGGED_WORK_BYTES = 16 * 1024 * 1024;
 
+/** The JSON bytes work kept in the log takes there. */
+const loggedBytes = (work: unknown): number => Buffer.byteLength(JSON.stringify(work) ?? '');
+
 export interface EnlistAnswer {
   readonly transactionId: string;
   readonly branchId: string;
@@ -155,14 +158,13 @@ export class BranchWork {
   /** Refuses work that would take the transaction past its branch count or its logged-work bytes. */
   #checkSize(tx: LiveTransaction, checked: readonly { request: EnlistRequest; adapter: ParticipantAdapter; work: unknown }[]): void {
     let branches = tx.branches.size;
-    let bytes = 0;
-    for (const b of tx.branches.values()) if (b.payload !== undefined) bytes += Buffer.byteLength(JSON.stringify(b.payload));
+    let bytes = tx.loggedWorkBytes;
     const joined = new Set<string>();
     for (const { request, adapter, work } of checked) {
       const existing = adapter.oneBranchPerStore && ([...tx.branches.values()].some((b) => b.participant === request.participant) || joined.has(request.participant));
       if (!existing) branches++;
       if (adapter.oneBranchPerStore) joined.add(request.participant);
-      if (adapter.work !== 'operations') bytes += Buffer.byteLength(JSON.stringify(work));
+      if (adapter.work !== 'operations') bytes += loggedBytes(work);
     }
     if (branches > MAX_BRANCHES_PER_TRANSACTION) {
       throw new CoordinatorError('VALIDATION_FAILED', `a transaction has at most ${MAX_BRANCHES_PER_TRANSACTION} branches (transaction ${tx.id})`);
@@ -188,6 +190,7 @@ export class BranchWork {
       attempts: 0,
       ...(adapter.work === 'operations' ? {} : { payload: work }),
     };
+    if (adapter.work !== 'operations') tx.loggedWorkBytes += loggedBytes(work);
     tx.branches.set(branch.branchId, branch);
     this.#deps.driver.apply(tx, { type: 'enlist', branchId: branch.branchId });
     return branch;

@@ -84,6 +84,8 @@ export class LiveTransaction {
   readonly branches = new Map<string, LiveBranch>();
   state: TwoPhaseState = initialState();
   nextBranchNo = 1;
+  /** JSON bytes of the work its branches keep in the log (payloads, messages), bounded by branch-work.ts. */
+  loggedWorkBytes = 0;
   /** How many branches the forced prepare-intent record named (undefined: none forced yet). */
   intentLoggedFor: number | undefined;
   decidedAt: string | undefined;

@@ -93,6 +93,14 @@ export interface ParticipantKindSpec {
 
 const address = (config: KindConfig, field: AddressField): string => config[field] ?? '';
 
+/** What the SQL kinds' branch sessions are bounded by, from the settings. */
+const sqlSessions = (s: AdapterSettings) => ({
+  maxSessions: s.pgMaxSessions,
+  connectTimeoutMs: s.connectTimeoutMs,
+  statementTimeoutMs: s.statementTimeoutMs,
+  idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
+});
+
 const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
   postgres: {
     kind: 'postgres',
@@ -103,15 +111,7 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: false },
     driverHosts: (a) => (parsePgConnectionString(a).host ?? '').split(','),
     create: (config, s, logger) =>
-      new PostgresParticipant({
-        name: config.name,
-        connectionString: address(config, 'connectionString'),
-        maxSessions: s.pgMaxSessions,
-        connectTimeoutMs: s.connectTimeoutMs,
-        statementTimeoutMs: s.statementTimeoutMs,
-        idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
-        logger,
-      }),
+      new PostgresParticipant({ name: config.name, connectionString: address(config, 'connectionString'), ...sqlSessions(s), logger }),
   },
   mysql: {
     kind: 'mysql',
@@ -124,10 +124,7 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
       new MySqlParticipant({
         name: config.name,
         connectionString: address(config, 'connectionString'),
-        maxSessions: s.pgMaxSessions,
-        connectTimeoutMs: s.connectTimeoutMs,
-        statementTimeoutMs: s.statementTimeoutMs,
-        idleInTransactionTimeoutMs: s.idleInTransactionTimeoutMs,
+        ...sqlSessions(s),
         logger,
         allowVolatile: config.options?.allowVolatile === true,
       }),

@@ -18,6 +18,7 @@
  */
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
+import { withTimeout } from '../lib/with-timeout.js';
 import {
   AUTH_ERRORS, ER, SessionPool, XA_ROLLED_BACK, connectionOptions, isServerError, openSession, parseConnectionString, serverErrno, sessionSettings,
   type ConnectionTarget, type Session,
@@ -51,19 +52,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** The character set a connection's login chose (a reset on MySQL falls back to the server's default). */
 const CHARSET_QUERY = 'SELECT @@character_set_client AS client, @@character_set_results AS results, @@collation_connection AS collation';
-
-/** A call the client gives up on after `ms`: it rejects, and the caller closes the connection. */
-async function withDeadline<T>(call: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([call, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export class MySqlLink {
   readonly name: string;
@@ -291,7 +279,7 @@ export class MySqlLink {
    */
   async retire(session: Session): Promise<void> {
     if (session.broken === undefined) {
-      await withDeadline(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset').catch((err: unknown) => {
+      await withTimeout(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset').catch((err: unknown) => {
         session.broken ??= `reset failed: ${errorMessage(err)}`;
       });
     }
@@ -345,7 +333,7 @@ export class MySqlLink {
     const charset = this.#charsets.get(session);
     if (charset === undefined) return false;
     try {
-      await withDeadline(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset');
+      await withTimeout(session.conn.reset(), this.#resetTimeoutMs, 'the connection reset');
       await this.send(session, `${await this.#settings(session)}, ${charset}`);
       return true;
     } catch (err) {

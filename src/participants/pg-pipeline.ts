@@ -90,13 +90,6 @@ function commandTag(msg: unknown): { command: string | null; rowCount: number | 
 /** Row bytes one exchange answers at most (all statements together); the rest is counted, not kept. */
 export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
 
-/** The size of a row as the server sent it (text fields), when the message does not say. */
-function rowBytes(fields: readonly unknown[]): number {
-  let n = 0;
-  for (const f of fields) n += typeof f === 'string' ? f.length : f instanceof Uint8Array ? f.byteLength : 0;
-  return n;
-}
-
 class Pipeline {
   /** node-postgres's read timeout for this exchange (it reads it from the submittable). */
   readonly query_timeout: number | undefined;
@@ -144,8 +137,9 @@ class Pipeline {
     this.#parser.addFields(msg.fields);
   }
 
-  handleDataRow(msg: { fields: unknown[]; length?: number }): void {
-    const size = msg.length ?? rowBytes(msg.fields);
+  /** `length`: the DataRow message's size as the server sent it (pg-protocol sets it). */
+  handleDataRow(msg: { fields: unknown[]; length: number }): void {
+    const size = msg.length;
     if (this.#extraRows > 0 || this.#rows.length >= this.#maxRows || size > this.#bytesLeft) {
       this.#extraRows++;
       return;
