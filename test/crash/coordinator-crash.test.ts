@@ -17,7 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { MemoryBranchStore } from '../../src/participant-kit/branch-store.js';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { crashLogs, reportOnFailure, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
 
 let dbA: string;
@@ -48,12 +48,7 @@ afterEach(async () => {
 
 afterAll(async () => {
   // Leave nothing prepared behind on the shared servers, whatever happened.
-  for (const db of [dbA, dbB]) {
-    if (db === undefined) continue;
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(dbA, dbB);
 });
 
 const START = 100;

@@ -19,7 +19,7 @@ import { Redis } from 'ioredis';
 import { connect, type JetStreamManager, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
-import { createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { MariaDbServer } from '../support/mariadb-server.js';
 import { NatsServer } from '../support/nats-server.js';
 import { allBalances, finalOutcomes, reconcile, runTransferWorkload, sum, type WorkloadStore } from '../support/transfer-workload.js';
@@ -64,11 +64,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (db !== undefined) {
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(db);
   if (redis !== undefined) {
     await redis.del(...Array.from({ length: ACCOUNTS }, (_, i) => redisKey(i))).catch(() => undefined);
     redis.disconnect();

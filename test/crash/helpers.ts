@@ -91,6 +91,17 @@ export async function startCrashCoordinator(participants: readonly object[], env
   return c;
 }
 
+/**
+ * The 2PC fail points and what a transaction killed at each ends as once the coordinator is
+ * restarted: before the decision is durable, aborted (presumed abort); from it on, committed.
+ */
+export const TWO_PHASE_FAIL_POINTS = [
+  { failPoint: 'after-prepare', outcome: 'aborted' },
+  { failPoint: 'after-decision-logged', outcome: 'committed' },
+  { failPoint: 'between-commits', outcome: 'committed' },
+  { failPoint: 'before-end-record', outcome: 'committed' },
+] as const;
+
 /** Resolves with the answer, or with the error when the request failed (the process died). */
 export function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
   return p.then(

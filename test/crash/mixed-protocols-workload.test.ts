@@ -30,7 +30,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess, type ApiAnswer } from '../support/coordinator-process.js';
-import { createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { getFreePort } from '../support/free-port.js';
 import { reportOnFailure, scanKeys, seededRandom, settle, sleep, startFileLedger, transferSql, until, waitSettled, type FileLedger } from './helpers.js';
 
@@ -114,12 +114,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  for (const db of [dbA, dbB]) {
-    if (db === undefined) continue;
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(dbA, dbB);
   if (redis !== undefined) {
     await redis.del(...Array.from({ length: ACCOUNTS }, (_, i) => redisKey(i))).catch(() => undefined);
     redis.disconnect();

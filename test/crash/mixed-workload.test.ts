@@ -26,7 +26,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
-import { createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { allBalances, finalOutcomes, reconcile, runTransferWorkload, sum, type WorkloadStore } from '../support/transfer-workload.js';
 import { reportOnFailure, scanKeys, transferSql, until, waitSettled } from './helpers.js';
 
@@ -56,12 +56,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  for (const db of [dbA, dbB]) {
-    if (db === undefined) continue;
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(dbA, dbB);
   if (redis !== undefined) {
     await redis.del(...Array.from({ length: ACCOUNTS }, (_, i) => redisKey(i))).catch(() => undefined);
     redis.disconnect();

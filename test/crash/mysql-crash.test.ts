@@ -17,9 +17,9 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers } from '../support/databases.js';
 import { MariaDbServer } from '../support/mariadb-server.js';
-import { crashLogs, settle, startCrashCoordinator, transferSql, until, waitSettled } from './helpers.js';
+import { crashLogs, settle, startCrashCoordinator, transferSql, TWO_PHASE_FAIL_POINTS, until, waitSettled } from './helpers.js';
 
 const START = 100;
 const AMOUNT = 30;
@@ -44,11 +44,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (db !== undefined) {
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(db);
   await maria?.destroy();
 });
 
@@ -94,15 +90,8 @@ async function waitAllSettled(c: CoordinatorProcess): Promise<void> {
 const UNTOUCHED = { pg: START, shop: START };
 const TRANSFERRED = { pg: START - AMOUNT, shop: START + AMOUNT };
 
-const CASES = [
-  { failPoint: 'after-prepare', outcome: 'aborted' },
-  { failPoint: 'after-decision-logged', outcome: 'committed' },
-  { failPoint: 'between-commits', outcome: 'committed' },
-  { failPoint: 'before-end-record', outcome: 'committed' },
-] as const;
-
 describe.each(crashLogs(() => inject('pgUrlB')))('coordinator ($log log) killed at a fail point during a Postgres -> MariaDB transfer, then restarted', ({ log, env }) => {
-  for (const tc of CASES) {
+  for (const tc of TWO_PHASE_FAIL_POINTS) {
     it(`${tc.failPoint}: both stores end ${tc.outcome}, money conserved, nothing prepared on either`, async () => {
       const account = await openAccounts(`fp_${log}_${tc.failPoint.replace(/-/g, '_')}`);
       const c = await startCoordinator({ TCX_FAIL_POINT: tc.failPoint, ...(await env(`mysql-${tc.failPoint}`)) });

@@ -18,9 +18,9 @@ import { randomBytes } from 'node:crypto';
 import { connect, type JetStreamManager, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
-import { freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { NatsServer } from '../support/nats-server.js';
-import { crashLogs, settle, startCrashCoordinator, until, waitSettled } from './helpers.js';
+import { crashLogs, settle, startCrashCoordinator, TWO_PHASE_FAIL_POINTS, until, waitSettled } from './helpers.js';
 
 const STREAM = 'ORDERS';
 
@@ -44,11 +44,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (db !== undefined) {
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(db);
   await nc?.close().catch(() => undefined);
   await nats?.destroy();
 });
@@ -116,15 +112,8 @@ function expectPublishedOnce(events: readonly StoredEvent[], orderId: string): v
   expect(ids[1]).toBe(ids[0]?.replace(/:0$/, ':1'));
 }
 
-const CASES = [
-  { failPoint: 'after-prepare', outcome: 'aborted' },
-  { failPoint: 'after-decision-logged', outcome: 'committed' },
-  { failPoint: 'between-commits', outcome: 'committed' },
-  { failPoint: 'before-end-record', outcome: 'committed' },
-] as const;
-
 describe.each(crashLogs(() => inject('pgUrlB')))('coordinator ($log log) killed at a fail point while an order and its events commit', ({ log, env }) => {
-  for (const tc of CASES) {
+  for (const tc of TWO_PHASE_FAIL_POINTS) {
     it(`${tc.failPoint}: the order and its events are ${tc.outcome === 'committed' ? 'both there, each event once' : 'both absent'}`, async () => {
       const orderId = `o-${log}-${tc.failPoint}-${randomBytes(3).toString('hex')}`;
       const c = await startCoordinator({ TCX_FAIL_POINT: tc.failPoint, ...(await env(`nats-${tc.failPoint}`)) });

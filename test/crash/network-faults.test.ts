@@ -23,7 +23,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 import { transferSql, until } from './helpers.js';
@@ -99,11 +99,7 @@ afterAll(async () => {
   await store?.close();
   await pgProxy?.close();
   await ledgerProxy?.close();
-  if (db !== undefined) {
-    await withClient(db, async (client) => {
-      for (const gid of await preparedGids(db)) await client.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(db);
   if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true });
 });
 

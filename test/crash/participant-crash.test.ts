@@ -35,7 +35,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { buildLedger, type Ledger } from '../../src/examples/ledger-service.js';
 import { FileBranchStore } from '../../src/participant-kit/branch-store.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
 import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 import { PostgresServer } from '../support/postgres-server.js';
@@ -90,12 +90,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  for (const db of [dbA, dbB]) {
-    if (db === undefined) continue;
-    await withClient(db, async (client) => {
-      for (const gid of await preparedGids(db)) await client.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(dbA, dbB);
   redis?.disconnect();
   await Promise.all([pgProxy?.close(), redisProxy?.close(), ledgerProxy?.close()]);
   await Promise.all([serverB?.destroy(), redisServer?.destroy()]);

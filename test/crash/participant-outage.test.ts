@@ -7,7 +7,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers } from '../support/databases.js';
 import { PostgresServer } from '../support/postgres-server.js';
 import { reportOnFailure, transferSql, until, waitSettled } from './helpers.js';
 
@@ -44,11 +44,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (dbA !== undefined) {
-    await withClient(dbA, async (c) => {
-      for (const gid of await preparedGids(dbA)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(dbA);
   await serverB?.destroy();
 });
 

@@ -19,10 +19,10 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import { CoordinatorProcess } from '../support/coordinator-process.js';
-import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
+import type { CoordinatorProcess } from '../support/coordinator-process.js';
+import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers } from '../support/databases.js';
 import { RedisServer } from '../support/redis-server.js';
-import { crashLogs, reportOnFailure, scanKeys, settle, transferSql, txIdOfGid, until, waitSettled } from './helpers.js';
+import { crashLogs, scanKeys, settle, startCrashCoordinator, transferSql, TWO_PHASE_FAIL_POINTS, txIdOfGid, until, waitSettled } from './helpers.js';
 
 const START = 100;
 const AMOUNT = 30;
@@ -50,35 +50,18 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
-  if (db !== undefined) {
-    await withClient(db, async (c) => {
-      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
-    }).catch(() => undefined);
-  }
+  await rollBackLeftovers(db);
   redis?.disconnect();
   await server?.destroy();
 });
 
 async function startCoordinator(env: Record<string, string> = {}): Promise<{ c: CoordinatorProcess; coordinatorId: string }> {
-  const c = await CoordinatorProcess.start({
-    env: {
-      TCX_COMMIT_WAIT_MS: String(COMMIT_WAIT_MS),
-      TCX_CONNECT_TIMEOUT_MS: '1000',
-      TCX_PARTICIPANT_TIMEOUT_MS: '1000',
-      // Only start-up recovery and the transactions' own retries may resolve anything here.
-      TCX_RECOVERY_INTERVAL_MS: '600000',
-      ...env,
-    },
-  });
-  coord = c;
-  reportOnFailure(c);
-  for (const p of [
+  const participants = [
     { name: 'bank', kind: 'postgres', connectionString: db },
     { name: 'cache', kind: 'redis', url: server.url },
-  ]) {
-    const res = await c.request('POST', '/v1/participants', p);
-    expect(res.status, JSON.stringify(res.body)).toBe(201);
-  }
+  ];
+  const c = await startCrashCoordinator(participants, { TCX_COMMIT_WAIT_MS: String(COMMIT_WAIT_MS), TCX_PARTICIPANT_TIMEOUT_MS: '1000', ...env });
+  coord = c;
   const health = await c.request('GET', '/healthz');
   const coordinatorId = health.body.coordinatorId as string;
   expect(coordinatorId).toMatch(/^[A-Za-z0-9-]+$/);
@@ -146,15 +129,8 @@ async function observedTxIds(coordinatorId: string): Promise<Set<string>> {
   return ids;
 }
 
-const CASES = [
-  { failPoint: 'after-prepare', outcome: 'aborted' },
-  { failPoint: 'after-decision-logged', outcome: 'committed' },
-  { failPoint: 'between-commits', outcome: 'committed' },
-  { failPoint: 'before-end-record', outcome: 'committed' },
-] as const;
-
 describe.each(crashLogs(() => inject('pgUrlB')))('coordinator ($log log) killed at a fail point during a Postgres -> Redis transfer, then restarted', ({ log, env }) => {
-  for (const tc of CASES) {
+  for (const tc of TWO_PHASE_FAIL_POINTS) {
     it(`${tc.failPoint}: both stores end ${tc.outcome}, money conserved, nothing prepared, staged or locked`, async () => {
       const { account, key } = await openAccounts(`fp_${log}_${tc.failPoint.replace(/-/g, '_')}`);
       const { c, coordinatorId } = await startCoordinator({ TCX_FAIL_POINT: tc.failPoint, ...(await env(`redis-${tc.failPoint}`)) });

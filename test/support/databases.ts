@@ -57,6 +57,19 @@ export async function preparedGids(databaseUrl: string, prefix = 'tcx:'): Promis
 }
 
 /** A branch prepared by hand, as a coordinator would have left it (gid `tcx:<id>:<tx>:<n>`). */
+/**
+ * Best effort, for afterAll: rolls back every tcx branch a test left prepared in these
+ * databases (undefined ones — never created — are skipped), so the shared servers stay clean.
+ */
+export async function rollBackLeftovers(...databases: (string | undefined)[]): Promise<void> {
+  for (const db of databases) {
+    if (db === undefined) continue;
+    await withClient(db, async (c) => {
+      for (const gid of await preparedGids(db)) await c.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined);
+    }).catch(() => undefined);
+  }
+}
+
 export async function prepareByHand(databaseUrl: string, gid: string, account: string, delta: number): Promise<void> {
   await withClient(databaseUrl, async (cl) => {
     await cl.query('BEGIN');
