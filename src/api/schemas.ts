@@ -133,6 +133,7 @@ export const beginTransactionBody = {
     branches: { type: 'array', minItems: 1, maxItems: 64, items: branchBody },
     commit: { type: 'boolean' },
     parallel: { type: 'boolean' },
+    onePhase: { type: 'boolean' },
   },
 } as const;
 
@@ -150,7 +151,7 @@ export const listTransactionsQuery = {
   properties: {
     state: {
       type: 'string',
-      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted'],
+      enum: ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted', 'one-phase'],
     },
     participant: { type: 'string', pattern: NAME_PATTERN },
     since: { type: 'string', maxLength: 40 },

@@ -236,6 +236,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       branches?: BranchInput[];
       commit?: boolean;
       parallel?: boolean;
+      onePhase?: boolean;
     };
     if ((body.commit === true || body.parallel !== undefined) && body.branches === undefined) {
       throw new CoordinatorError('VALIDATION_FAILED', `${body.commit === true ? 'commit: true' : 'parallel'} needs branches`);
@@ -246,6 +247,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
       ...(owner === undefined ? {} : { owner }),
       ...(body.protocol === undefined ? {} : { protocol: body.protocol }),
       ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
+      ...(body.onePhase === undefined ? {} : { onePhase: body.onePhase }),
     };
     if (body.branches === undefined) return reply.status(201).send(tx.begin(begin));
     const answer = await withSharedRegistry(() => tx.run({ ...begin, branches: body.branches!, commit: body.commit === true, parallel: body.parallel === true }));

@@ -3,13 +3,14 @@
  *
  *   200  final: prepared, committed (or read-only everywhere)
  *   202  not final yet: still preparing or deciding, or decided and being
- *        delivered (precommitted, committing) — delivery goes on by itself
+ *        delivered (precommitted, committing) — delivery goes on by itself —
+ *        or a one-phase commit whose outcome the store has not told yet
  *   409  aborted, or aborting: the body says why (TRANSACTION_ABORTED)
  */
 
 import type { TransactionView } from '../coordinator/live-transaction.js';
 
-const NOT_FINAL: ReadonlySet<string> = new Set(['precommitted', 'committing', 'preparing', 'deciding']);
+const NOT_FINAL: ReadonlySet<string> = new Set(['precommitted', 'committing', 'preparing', 'deciding', 'one-phase']);
 
 export function statusOf(view: TransactionView): number {
   if (view.state === 'aborted' || view.state === 'aborting') return 409;

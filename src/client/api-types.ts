@@ -700,6 +700,19 @@ export interface components {
             commit?: boolean;
             /** @description With `branches`: run the work of different participants at the same time instead of one after the other in request order (entries for one participant still run in order). Faster — the transaction then costs about one round trip per participant instead of one per entry — but gives up the lock order that request order provides: two such transactions that update the same rows in two databases can deadlock across them until one times out. Default false. */
             parallel?: boolean;
+            /**
+             * @description Default true: a transaction that has exactly one branch when it commits, on a participant
+             *     kind that can (postgres), commits in one phase — a plain COMMIT on the database, no
+             *     PREPARE TRANSACTION and no forced coordinator log record — and its view says
+             *     `onePhase: true`. It is as atomic as the database's own transaction, and the answer is
+             *     exact even when COMMIT's reply is lost (the coordinator asks the database with
+             *     `txid_status`). What it gives up: should the coordinator itself crash during that
+             *     commit, its log holds nothing about the transaction (`GET` answers 404), and the
+             *     database alone knows whether the work committed — as with a client that commits on
+             *     the database directly. `false` keeps the full protocol for single-branch transactions
+             *     too: prepared, a forced decision, an outcome the coordinator can always tell.
+             */
+            onePhase?: boolean;
         };
         AbortRequest: {
             /** @description Recorded as the transaction's abort reason. */
@@ -738,11 +751,13 @@ export interface components {
          *     round), `prepared` (all voted yes; waiting for commit/abort), `deciding` (decision being
          *     logged), `precommitted` (3PC: the pre-commit decision is durable and being delivered —
          *     the outcome is commit), `committing` / `aborting` (decision durable, delivery in
-         *     progress), `committed`, `aborted`, and `unknown` for a finished transaction the log
-         *     holds no outcome for.
+         *     progress), `committed`, `aborted`, `one-phase` (a one-phase commit: the only branch's
+         *     store is committing it in one step and decides the outcome; `inDoubt` while the
+         *     coordinator is asking the store what a COMMIT whose answer was lost did), and `unknown`
+         *     for a finished transaction the log holds no outcome for.
          * @enum {string}
          */
-        TransactionState: "active" | "preparing" | "prepared" | "deciding" | "precommitted" | "committing" | "aborting" | "committed" | "aborted" | "unknown";
+        TransactionState: "active" | "preparing" | "prepared" | "deciding" | "precommitted" | "committing" | "aborting" | "committed" | "aborted" | "one-phase" | "unknown";
         BranchView: {
             /** @description b1, b2, … in enlistment order. */
             branchId: string;
@@ -802,6 +817,11 @@ export interface components {
              * @description Finished transactions: when every branch had acknowledged.
              */
             endedAt?: string;
+            /**
+             * @description Present (true) when the transaction ran one-phase commit: its only branch committed (or rolled back) on its store in one step, with no prepare and no forced log record. See BeginTransactionRequest.onePhase.
+             * @enum {boolean}
+             */
+            onePhase?: true;
             branches: components["schemas"]["BranchView"][];
         };
         EnlistAnswer: {
@@ -1557,7 +1577,7 @@ export interface operations {
                  * @description Only transactions in this state; `in-doubt` for every in-doubt transaction; `committed` / `aborted` for finished ones.
                  * @example in-doubt
                  */
-                state?: "in-doubt" | "active" | "preparing" | "prepared" | "deciding" | "precommitted" | "committing" | "aborting" | "committed" | "aborted";
+                state?: "in-doubt" | "active" | "preparing" | "prepared" | "deciding" | "precommitted" | "committing" | "aborting" | "committed" | "aborted" | "one-phase";
                 /**
                  * @description Only transactions with a branch on this participant.
                  * @example bank-a

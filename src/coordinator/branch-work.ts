@@ -60,6 +60,8 @@ export interface PlannedWork {
   readonly work: unknown;
   /** Its branch may be prepared right after (or with) this work: the commit follows. */
   prepareAfter: boolean;
+  /** Its branch commits in one phase right after this work. */
+  onePhaseFollows?: boolean;
 }
 
 export class BranchWork {
@@ -199,7 +201,8 @@ export class BranchWork {
   async runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
     const { branch, adapter, work } = planned;
     const ref = this.#deps.driver.ref(tx, branch);
-    const result = await observeCall(adapter, 'work', () => adapter.enlist(ref, work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter }));
+    const result = await observeCall(adapter, 'work', () => adapter.enlist(ref, work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter, onePhaseFollows: planned.onePhaseFollows === true }),
+    );
     if (result.vote !== undefined) {
       branch.prepareSent = true;
       branch.earlyPrepare = Promise.resolve(result.vote);

@@ -8,7 +8,9 @@
  * forced decision — 3PC: the pre-commit — is durable, nothing sent yet),
  * between-precommits (3PC: one pre-commit acknowledged), before-commit-record
  * (3PC: every pre-commit acknowledged, commit not yet logged), between-commits
- * (one commit acknowledged), before-end-record. Unset in production, hit() is
+ * (one commit acknowledged), before-end-record, before-one-phase-commit (a lone branch's
+ * work has run, its one-step commit not yet sent), after-one-phase-commit (the store
+ * answered its outcome, nothing logged yet). Unset in production, hit() is
  * a map lookup.
  */
 
@@ -19,6 +21,8 @@ export const FAIL_POINTS = [
   'before-commit-record',
   'between-commits',
   'before-end-record',
+  'before-one-phase-commit',
+  'after-one-phase-commit',
 ] as const;
 export type FailPoint = (typeof FAIL_POINTS)[number];
 

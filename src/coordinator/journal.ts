@@ -17,6 +17,13 @@
  *   ended           never forced: the outcome, and for an abort the summary the
  *                   view of the finished transaction shows.
  *
+ * A one-phase commit (a lone branch whose store commits in one step) writes only
+ * its ended record, with the summary: the store decided, and nothing needs to be
+ * durable before its COMMIT. That record is the transaction's only one, so for a
+ * commit it takes the decision's place — forced, after the store committed and
+ * before the client is answered, so that an answered commit is never forgotten.
+ * A crash before it leaves the log silent: the store alone knows what it did.
+ *
  * Acknowledgements are not logged: phase 2 is idempotent, so recovery simply
  * delivers the decision to every branch again.
  */
@@ -73,13 +80,14 @@ export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string
 
 export function endedRecord(tx: LiveTransaction, outcome: Decision): LogRecord {
   const at = new Date().toISOString();
-  if (outcome === 'commit') return { t: 'ended', id: tx.id, outcome, at };
-  const reason = tx.state.abortReason;
+  if (outcome === 'commit' && !tx.onePhase) return { t: 'ended', id: tx.id, outcome, at };
+  const reason = outcome === 'abort' ? tx.state.abortReason : undefined;
   return {
     t: 'ended',
     id: tx.id,
     outcome,
     at,
+    ...(tx.onePhase ? { onePhase: true as const } : {}),
     summary: {
       protocol: tx.protocol,
       timeoutMs: tx.timeoutMs,

@@ -67,6 +67,8 @@ export interface TransactionView {
   readonly expiresAt?: string;
   readonly decidedAt?: string;
   readonly endedAt?: string;
+  /** Committed (or rolled back) by its only branch's store in one step: no prepare, no forced record. */
+  readonly onePhase?: true;
   readonly branches: readonly BranchView[];
 }
 
@@ -89,6 +91,12 @@ export class LiveTransaction {
   /** How many branches the forced prepare-intent record named (undefined: none forced yet). */
   intentLoggedFor: number | undefined;
   decidedAt: string | undefined;
+  /** The client allows one-phase commit for it (the default); false keeps the full protocol. */
+  onePhaseAllowed = true;
+  /** It ran one-phase commit (its only branch's store decided). */
+  onePhase = false;
+  /** Its end record is already in the log (a one-phase commit forces it before the answer). */
+  endLogged = false;
   /** Set when forcing the decision failed: the outcome stays undecided until a restart. */
   logFailure: Error | undefined;
   timer: NodeJS.Timeout | undefined;
@@ -144,6 +152,7 @@ export class LiveTransaction {
 
   get inDoubt(): boolean {
     const p = this.state.phase;
+    if (p === 'one-phase') return [...this.branches.values()].some((b) => b.lastError !== undefined); // the outcome is being asked for
     return p === 'precommitted' || p === 'committing' || p === 'aborting' || (p === 'deciding' && this.logFailure !== undefined);
   }
 
@@ -160,6 +169,7 @@ export class LiveTransaction {
       createdAt: this.createdAt,
       expiresAt: new Date(Date.parse(this.createdAt) + this.timeoutMs).toISOString(),
       ...(this.decidedAt === undefined ? {} : { decidedAt: this.decidedAt }),
+      ...(this.onePhase ? { onePhase: true as const } : {}),
       branches: [...this.branches.values()].map((b) => ({
         branchId: b.branchId,
         participant: b.participant,
@@ -210,6 +220,7 @@ export function durableView(tx: DurableTransaction, forgotten: readonly Forgotte
     createdAt: tx.createdAt,
     ...(tx.decidedAt === undefined ? {} : { decidedAt: tx.decidedAt }),
     ...(tx.endedAt === undefined ? {} : { endedAt: tx.endedAt }),
+    ...(tx.onePhase === true ? { onePhase: true as const } : {}),
     branches: tx.branches.map((b) => ({
       branchId: b.branchId,
       participant: b.participant,

@@ -17,8 +17,12 @@
  *                        branch) or `own` (the store takes a can-commit call of its own)
  *   preCommit            the store hears 3PC's pre-commit (otherwise the coordinator's forced
  *                        pre-commit record is the only mark)
- *   onePhase             a lone branch could commit without a prepare (not used yet: every
- *                        transaction runs its full protocol)
+ *   onePhase             a lone branch commits in one step on the store, which can tell the
+ *                        outcome afterwards should the answer be lost (`commitOnePhase`,
+ *                        `onePhaseOutcome`): no prepare, no forced record. Postgres only so
+ *                        far: Redis and MySQL could not say what a lost one-step commit did,
+ *                        an http service has no one-step call, NATS publishes one message at a
+ *                        time.
  */
 
 import { parse as parsePgConnectionString } from 'pg-connection-string';
@@ -108,7 +112,7 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     address: POSTGRES_ADDRESS,
     options: [],
     takesAuth: false,
-    capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: false },
+    capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: true },
     driverHosts: (a) => (parsePgConnectionString(a).host ?? '').split(','),
     create: (config, s, logger) =>
       new PostgresParticipant({ name: config.name, connectionString: address(config, 'connectionString'), ...sqlSessions(s), logger }),

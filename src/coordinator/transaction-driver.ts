@@ -10,6 +10,9 @@
  *   deliver           phase 2 to each branch, retried with backoff until it is
  *                     acknowledged (rule 5); visible as in doubt meanwhile
  *   log-end           the unforced end record; the transaction leaves memory
+ *   commit-one-phase  the lone branch commits on its store in one step; a lost
+ *                     answer is followed by asking the store for the outcome,
+ *                     with backoff, until it can tell (never by a second commit)
  *
  * Each step is synchronous, so no two interleave; the results of I/O come back
  * as new events. Timeouts abort abandoned transactions (rule 7).
@@ -17,7 +20,7 @@
 
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import type { BranchRef } from '../participants/participant.js';
+import type { BranchRef, OnePhaseResult } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
@@ -127,7 +130,64 @@ export class TransactionDriver {
       case 'log-end':
         this.#end(tx, action.outcome);
         return;
+      case 'commit-one-phase':
+        void this.#commitOnePhase(tx, action.branchId);
+        return;
     }
+  }
+
+  /**
+   * One-phase commit: the store decides, nothing is logged before (a crash leaves the log
+   * silent, and the store has committed all of the branch's work or none of it). A lost
+   * answer is not a "no": the store is asked what it did until it can tell, visible as in
+   * doubt meanwhile.
+   */
+  async #commitOnePhase(tx: LiveTransaction, branchId: string): Promise<void> {
+    const branch = tx.branches.get(branchId);
+    if (branch === undefined) return;
+    tx.onePhase = true;
+    tx.preparingMs ??= performance.now();
+    const adapter = this.#registry.adapter(branch.participant);
+    const ref = this.ref(tx, branch);
+    let result: OnePhaseResult | undefined;
+    if (!this.#leaseHeld()) {
+      // No commit leaves once the lease may have gone; the open work is rolled back (or ends with its session).
+      await adapter.abort(ref).catch(() => undefined);
+      result = { outcome: 'abort', reason: "this instance lost its coordinator id's lease" };
+    }
+    hitFailPoint('before-one-phase-commit');
+    for (let attempt = 0; result === undefined; attempt++) {
+      branch.attempts = attempt + 1;
+      branch.lastAttemptAt = new Date().toISOString();
+      try {
+        result =
+          attempt === 0
+            ? await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref))
+            : await observeCall(adapter, 'one-phase-outcome', () => adapter.onePhaseOutcome!(ref));
+      } catch (err) {
+        if (this.#stopping.aborted) return; // the store has decided; the log knows nothing either way
+        branch.lastError = errorMessage(err);
+        const delay = backoffDelay(this.#retry, attempt);
+        this.#logger.warn(
+          { txId: tx.id, branchId, participant: branch.participant, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },
+          'one-phase commit: outcome not known yet; asking the store again',
+        );
+        tx.changed();
+        await sleep(delay, this.#stopping, tx.wakeSignal);
+      }
+    }
+    delete branch.lastError;
+    hitFailPoint('after-one-phase-commit');
+    if (result.outcome === 'commit') await this.#recordOnePhaseCommit(tx);
+    tx.decidedAt ??= new Date().toISOString();
+    tx.decidedMs ??= performance.now();
+    this.applyInternal(tx, {
+      type: 'one-phase-outcome',
+      branchId,
+      outcome: result.outcome,
+      ...(result.reason === undefined ? {} : { reason: result.reason }),
+    });
+    this.#logger.info({ txId: tx.id, decision: result.outcome, branches: 1, onePhase: true, ...(result.reason === undefined ? {} : { reason: result.reason }) }, 'decision');
   }
 
   async #prepareBranch(tx: LiveTransaction, branchId: string): Promise<void> {
@@ -245,9 +305,25 @@ export class TransactionDriver {
     this.applyInternal(tx, { type: 'ack', branchId, verdict: decision });
   }
 
+  /**
+   * The end record of a one-phase commit is its only record, and it is forced before the
+   * client hears "committed" (group commit shares the fsync): an answered commit is never
+   * forgotten by a crash, on this instance or any other reading a shared log. (An abort needs
+   * no force: the log's silence means abort.)
+   */
+  async #recordOnePhaseCommit(tx: LiveTransaction): Promise<void> {
+    try {
+      await this.#log.force(endedRecord(tx, 'commit'));
+      tx.endLogged = true;
+    } catch (err) {
+      // The store committed whatever the log does; the end record is tried again, unforced.
+      this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing its end record failed');
+    }
+  }
+
   #end(tx: LiveTransaction, outcome: Decision): void {
     hitFailPoint('before-end-record');
-    this.#log.record(endedRecord(tx, outcome));
+    if (!tx.endLogged) this.#log.record(endedRecord(tx, outcome));
     clearTimeout(tx.timer);
     this.#hooks.ended(tx);
     if (events.transactionEnded.active) events.transactionEnded.publish(endedEvent(tx, outcome));

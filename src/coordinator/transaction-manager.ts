@@ -50,6 +50,8 @@ export interface BeginRequest {
   readonly timeoutMs?: number;
   /** Who begins it (a fingerprint of the API token): its quotas apply. */
   readonly owner?: string;
+  /** False: never one-phase commit, even with a single branch (the full protocol and its forced decision). */
+  readonly onePhase?: boolean;
 }
 
 export interface RunRequest extends BeginRequest {
@@ -128,6 +130,7 @@ export class TransactionManager {
     // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
     const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
     if (request.owner !== undefined) tx.owner = request.owner;
+    if (request.onePhase === false) tx.onePhaseAllowed = false;
     tx.state = initialState(protocol);
     this.#live.set(tx.id, tx);
     this.#undecided.add(tx);
@@ -173,6 +176,14 @@ export class TransactionManager {
       } catch (err) {
         await this.#abortAndSettle(tx, `the request was refused: ${errorMessage(err)}`);
         throw err;
+      }
+      // A lone branch whose store commits in one step does so right after its work: nothing
+      // to prepare, nothing to force.
+      if (request.commit && this.#onePhaseFits(tx)) {
+        for (const p of planned) {
+          p.onePhaseFollows = p.prepareAfter;
+          p.prepareAfter = false;
+        }
       }
       // With the commit to follow and a branch recovery cannot find on its participant, the
       // prepare-intent goes first: every branch prepared early is then one the log knows too.
@@ -250,8 +261,9 @@ export class TransactionManager {
     const phase = tx.state.phase;
     if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
       this.#assertAcceptingWork(tx);
-      if (phase === 'active') await this.#makeEnlistmentsDurable(tx);
-      this.#driver.apply(tx, { type: 'commit' });
+      const onePhase = phase === 'active' && this.#onePhaseFits(tx);
+      if (phase === 'active' && !onePhase) await this.#makeEnlistmentsDurable(tx);
+      this.#driver.apply(tx, { type: 'commit', onePhase });
     } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
       return this.#viewOrLogFailure(tx);
     }
@@ -407,6 +419,19 @@ export class TransactionManager {
   }
 
   // ---- helpers --------------------------------------------------------------------------
+
+  /**
+   * One-phase commit fits a transaction the client did not keep from it, of exactly one branch
+   * whose store can commit in one step and tell the outcome afterwards (the machine checks
+   * the branch count again).
+   */
+  #onePhaseFits(tx: LiveTransaction): boolean {
+    if (!tx.onePhaseAllowed || tx.branches.size !== 1) return false;
+    const [branch] = tx.branches.values();
+    if (branch === undefined || branch.prepareSent) return false;
+    const adapter = this.#registry.adapter(branch.participant);
+    return adapter.commitOnePhase !== undefined && adapter.onePhaseOutcome !== undefined;
+  }
 
   /** Before any prepare leaves, the branches recovery cannot find by itself must be durable. */
   async #makeEnlistmentsDurable(tx: LiveTransaction): Promise<void> {

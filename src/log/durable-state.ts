@@ -24,6 +24,7 @@ interface MutableTransaction {
   reason?: string;
   outcome?: DurableTransaction['outcome'];
   endedAt?: string;
+  onePhase?: true;
 }
 
 export class DurableState {
@@ -105,6 +106,7 @@ export class DurableState {
         }
         tx.outcome = record.outcome;
         tx.endedAt = record.at;
+        if (record.onePhase === true) tx.onePhase = true;
         this.#transactions.delete(record.id);
         this.finished.add(withoutWork(freeze(tx)));
         return;
@@ -236,5 +238,6 @@ function freeze(tx: MutableTransaction): DurableTransaction {
   if (tx.reason !== undefined) out.reason = tx.reason;
   if (tx.outcome !== undefined) out.outcome = tx.outcome;
   if (tx.endedAt !== undefined) out.endedAt = tx.endedAt;
+  if (tx.onePhase === true) out.onePhase = true;
   return out;
 }

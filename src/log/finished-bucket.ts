@@ -16,7 +16,8 @@
  *   u32 crc32 of everything before it
  *
  * An entry: u8 flags (bit 0: 3pc; bits 1-2: outcome 0 none / 1 commit / 2 abort;
- * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit; bit 6: protocol unknown), f64 createdAt,
+ * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit; bit 6: protocol unknown; bit 7:
+ * one-phase commit), f64 createdAt,
  * f64 decidedAt, f64 endedAt (epoch ms, NaN when absent), u32 timeoutMs,
  * u16 reason length + UTF-8 reason, u8 branch count, and per branch: u8 flags
  * (bits 0-1: vote 0 none / 1 yes / 2 no / 3 read-only; bit 2: the gid is not
@@ -132,7 +133,7 @@ function encodeEntry(tx: DurableTransaction, intern: (s: string) => number): Buf
     1 + 24 + 4 + 2 + reason.length + 1 + branches.reduce((n, x) => n + 1 + 4 + 6 + (x.gid === undefined ? 0 : 2 + x.gid.length), 0);
   const buf = Buffer.alloc(size);
   const flags =
-    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3) | (tx.protocol === 'unknown' ? 64 : 0);
+    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3) | (tx.protocol === 'unknown' ? 64 : 0) | (tx.onePhase === true ? 128 : 0);
   let at = buf.writeUInt8(flags, 0);
   at = buf.writeDoubleLE(time(tx.createdAt), at);
   at = buf.writeDoubleLE(time(tx.decidedAt), at);
@@ -322,6 +323,7 @@ export class FinishedBucket {
       ...(reason === undefined ? {} : { reason }),
       ...(outcome === undefined ? {} : { outcome }),
       ...(endedAt === undefined ? {} : { endedAt }),
+      ...((flags & 128) !== 0 ? { onePhase: true as const } : {}),
     };
   }
 }

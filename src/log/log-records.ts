@@ -100,8 +100,10 @@ export type LogRecord =
       readonly id: string;
       readonly outcome: Decision;
       readonly at: string;
-      /** Aborts (which log no decision): what the view of the finished transaction needs. */
+      /** Aborts and one-phase commits (which log no decision): what the view of the finished transaction needs. */
       readonly summary?: TransactionSummary & { readonly branches: readonly BranchRecord[]; readonly reason?: string };
+      /** Its only branch's store committed or rolled it back in one step (no decision record). */
+      readonly onePhase?: true;
     }
   | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
   | {
@@ -152,6 +154,8 @@ export interface DurableTransaction {
   readonly reason?: string;
   readonly outcome?: Decision;
   readonly endedAt?: string;
+  /** Ended by a one-phase commit. */
+  readonly onePhase?: true;
 }
 
 const RECORD_TYPES: ReadonlySet<string> = new Set([

@@ -37,7 +37,7 @@ export class TypedChannel<T extends object> {
   }
 }
 
-export type ParticipantCallName = 'work' | 'prepare' | 'can-commit' | 'pre-commit' | 'commit' | 'abort' | 'find-prepared';
+export type ParticipantCallName = 'work' | 'prepare' | 'can-commit' | 'pre-commit' | 'commit' | 'abort' | 'find-prepared' | 'commit-one-phase' | 'one-phase-outcome';
 
 export interface ParticipantCallEvent {
   readonly participant: string;

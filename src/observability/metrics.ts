@@ -61,7 +61,7 @@ export class CoordinatorMetrics {
 
     const callDuration = new FastHistogram(
       'tcx_participant_call_duration_seconds',
-      'Calls into participants: work, prepare, can-commit, pre-commit, commit, abort, find-prepared.',
+      'Calls into participants: work, prepare, can-commit, pre-commit, commit, abort, find-prepared, commit-one-phase, one-phase-outcome.',
       ['participant', 'call'],
       LATENCY_BUCKETS,
       registers,

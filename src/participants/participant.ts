@@ -17,12 +17,16 @@
  *     or to a branch that already reached it, succeeds. They throw when the
  *     participant could not be reached or did not confirm; the caller retries.
  *   - `abort` also discards an open, unprepared branch.
+ *   - `commitOnePhase` (optional) commits a transaction's only branch in one step: the
+ *     store decides, nothing is prepared. It answers the store's outcome, and throws only
+ *     when that outcome is not known (the answer was lost); the coordinator then asks
+ *     `onePhaseOutcome` — never the commit again — until the store can tell.
  *   - `findPrepared` lists the gids prepared on the participant that start
  *     with the prefix (recovery). Participants that cannot list return [].
  *   - Adapters never decide outcomes.
  */
 
-import type { Vote } from '../protocol/commit-protocol.js';
+import type { Decision, Vote } from '../protocol/commit-protocol.js';
 import type { ParticipantKind } from '../log/log-records.js';
 
 export interface BranchRef {
@@ -51,6 +55,18 @@ export interface EnlistResult {
 export interface EnlistOptions {
   /** Voting starts right after this work: the adapter may prepare in the same round trip. */
   readonly prepareAfter?: boolean;
+  /**
+   * A one-phase commit follows this work at once: the adapter may fetch, in the same round
+   * trip, what it needs to learn the outcome should the commit's answer be lost.
+   */
+  readonly onePhaseFollows?: boolean;
+}
+
+/** What the store did with a one-phase commit. */
+export interface OnePhaseResult {
+  readonly outcome: Decision;
+  /** Why the store rolled the work back. */
+  readonly reason?: string;
 }
 
 export interface PrepareOptions {
@@ -101,6 +117,14 @@ export interface ParticipantAdapter {
   preCommit?(branch: BranchRef): Promise<void>;
   commit(branch: BranchRef): Promise<void>;
   abort(branch: BranchRef): Promise<void>;
+  /**
+   * One-phase commit of a transaction's only branch, its work still open: the store commits
+   * (or rolls back) on its own. Throws when the outcome is unknown; see `onePhaseOutcome`.
+   * Present exactly when the kind's `onePhase` capability is true.
+   */
+  commitOnePhase?(branch: BranchRef): Promise<OnePhaseResult>;
+  /** The outcome of a one-phase commit whose answer was lost; throws while the store cannot tell yet. */
+  onePhaseOutcome?(branch: BranchRef): Promise<OnePhaseResult>;
   findPrepared(gidPrefix: string): Promise<string[]>;
   /** Branches whose work sits in an open session on this adapter. */
   openBranches(): number;

@@ -13,6 +13,9 @@
  *            any control session (42704, "does not exist", means it was already
  *            committed: the caller only commits after a logged commit decision)
  *   abort    ROLLBACK of the open session, or ROLLBACK PREPARED 'gid'
+ *   one-phase  a lone branch: COMMIT of its open session (postgres-one-phase.ts);
+ *            its transaction id rides along with the work so that a lost
+ *            answer can be resolved with txid_status
  *   recovery pg_prepared_xacts of this database, filtered by gid prefix
  *
  * Two pools: one for branch sessions, one small pool for phase-2 retries and
@@ -25,7 +28,8 @@ import { DatabaseError } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from './gid.js';
-import type { BranchRef, EnlistOptions, EnlistResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
+import type { BranchRef, EnlistOptions, EnlistResult, OnePhaseResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
+import { commitSession, lostCommitOutcome, XID_QUERY, xidOf, type LostCommit } from './postgres-one-phase.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
 import {
@@ -71,6 +75,8 @@ export class PostgresParticipant implements ParticipantAdapter {
   readonly #maxSessions: number;
   /** Prepares in flight, by gid. */
   readonly #preparing = new Map<string, Promise<PrepareResult>>();
+  /** One-phase commits whose answer was lost, by gid: what finding their outcome needs. */
+  readonly #lostCommits = new Map<string, LostCommit>();
   /** Prepared branches whose session is kept for their phase 2. */
   readonly #kept = new KeptSessions(KEEP_FOR_PHASE2_MS);
   readonly #log: Logger;
@@ -145,7 +151,7 @@ export class PostgresParticipant implements ParticipantAdapter {
     };
     signal?.addEventListener('abort', cancel, { once: true });
     // A read-only-looking branch keeps its separate prepare: it may end with a plain COMMIT.
-    const running = this.#runWork(branch, session, operations, begins, options.prepareAfter === true && session.mayWrite);
+    const running = this.#runWork(branch, session, operations, begins, options.prepareAfter === true && session.mayWrite, options.onePhaseFollows === true);
     session.busy = running;
     try {
       return await running;
@@ -156,12 +162,21 @@ export class PostgresParticipant implements ParticipantAdapter {
   }
 
   /** The work (after BEGIN on a new session, and followed by PREPARE when asked) in one round trip. */
-  async #runWork(branch: BranchRef, session: BranchSession, operations: readonly SqlOperation[], begins: boolean, prepares: boolean): Promise<EnlistResult> {
+  async #runWork(
+    branch: BranchRef,
+    session: BranchSession,
+    operations: readonly SqlOperation[],
+    begins: boolean,
+    prepares: boolean,
+    readsXid: boolean,
+  ): Promise<EnlistResult> {
     const statements: PipelineStatement[] = [
       ...(begins ? [{ text: 'BEGIN' }] : []),
       ...operations.map((op) => ({ text: op.sql, values: op.params, rows: true })),
       ...(prepares ? [{ text: `PREPARE TRANSACTION '${branch.gid}'` }] : []),
+      ...(readsXid && !prepares ? [{ text: XID_QUERY, rows: true }] : []),
     ];
+    session.xid = undefined; // read again after this work
     const first = begins ? 1 : 0;
     let answers: StatementResult[];
     try {
@@ -191,6 +206,10 @@ export class PostgresParticipant implements ParticipantAdapter {
         throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `lost the session on ${this.name}: ${errorMessage(err)}`, { cause: err });
       }
       const operation = index - first;
+      if (operation >= operations.length && !prepares) {
+        // The work ran; reading the transaction id after it did not.
+        throw new CoordinatorError('OPERATION_FAILED', `reading the transaction id on ${this.name} failed: ${errorMessage(err)}`, { cause: err });
+      }
       if (operation >= operations.length) {
         // The work ran and PREPARE failed (a failed PREPARE rolls the transaction back): a no vote.
         this.#open.delete(branch.gid);
@@ -205,6 +224,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       });
     }
     const results = resultsOf(answers.slice(first, first + operations.length));
+    if (readsXid && !prepares) session.xid = xidOf(answers.at(-1)?.rows);
     if (!prepares) return { results };
     this.#open.delete(branch.gid);
     const tag = answers.at(-1)?.command;
@@ -307,6 +327,28 @@ export class PostgresParticipant implements ParticipantAdapter {
   async commit(branch: BranchRef): Promise<void> {
     assertSafeGid(branch.gid);
     await this.#resolvePrepared(branch.gid, `COMMIT PREPARED '${branch.gid}'`);
+  }
+
+  async commitOnePhase(branch: BranchRef): Promise<OnePhaseResult> {
+    assertSafeGid(branch.gid);
+    const session = this.#open.get(branch.gid);
+    if (session === undefined) return { outcome: 'abort', reason: `no open session for branch ${branch.branchId} on ${this.name}` };
+    await session.busy?.catch(() => undefined);
+    this.#open.delete(branch.gid);
+    const answer = await commitSession(session, this.name);
+    if ('lost' in answer) {
+      this.#lostCommits.set(branch.gid, answer.lost);
+      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `the answer to COMMIT on ${this.name} was lost: ${errorMessage(answer.error)}`, { cause: answer.error });
+    }
+    return answer;
+  }
+
+  async onePhaseOutcome(branch: BranchRef): Promise<OnePhaseResult> {
+    const lost = this.#lostCommits.get(branch.gid);
+    if (lost === undefined) throw new CoordinatorError('INTERNAL', `no one-phase commit of branch ${branch.branchId} is in doubt on ${this.name}`);
+    const result = await lostCommitOutcome(lost, this.#control, (pid, since) => this.#stopBackend(pid, since), this.name);
+    this.#lostCommits.delete(branch.gid);
+    return result;
   }
 
   async abort(branch: BranchRef): Promise<void> {

@@ -22,6 +22,11 @@ export interface BranchSession {
   mustNotBeReused: boolean;
   /** Work running on the session right now (an abort waits for it before it looks). */
   busy: Promise<unknown> | undefined;
+  /**
+   * The transaction's id as read after the last work (null: it wrote nothing); undefined when
+   * not read since. A one-phase commit needs it to learn its outcome should COMMIT's answer be lost.
+   */
+  xid?: string | null;
 }
 
 /**

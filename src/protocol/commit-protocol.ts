@@ -36,6 +36,14 @@
  *               retried by the runner until each branch acknowledges.
  *   committed   Every branch acknowledged; the end record (never forced) has
  *   aborted     been requested. Terminal.
+ *   one-phase   One-phase commit: the transaction's only branch commits on its
+ *               own store, which decides the outcome — no prepare, no forced
+ *               record (with one participant there is no sibling to agree
+ *               with). The runner asks for it on `commit` (`onePhase`), only
+ *               for a lone branch whose store can commit in one step and tell
+ *               the outcome afterwards; the outcome comes back as
+ *               `one-phase-outcome`. An abort can no longer be honoured, a
+ *               timeout is ignored: the store's answer settles it.
  *
  * An operator may `forget` a branch of an aborting transaction (its participant is gone for
  * good): it counts as that branch's abort acknowledgement. Never under a commit decision.
@@ -60,7 +68,8 @@ export type TransactionPhase =
   | 'committing'
   | 'aborting'
   | 'committed'
-  | 'aborted';
+  | 'aborted'
+  | 'one-phase';
 
 export type BranchPhase =
   | 'active'
@@ -90,20 +99,25 @@ export interface TwoPhaseState {
 export type TwoPhaseEvent =
   | { readonly type: 'enlist'; readonly branchId: string }
   | { readonly type: 'prepare' }
-  | { readonly type: 'commit' }
+  /** `onePhase`: the runner offers one-phase commit (a lone branch whose store can do it). */
+  | { readonly type: 'commit'; readonly onePhase?: boolean }
   | { readonly type: 'abort'; readonly reason: string }
   | { readonly type: 'timeout' }
   | { readonly type: 'vote'; readonly branchId: string; readonly vote: Vote; readonly reason?: string }
   | { readonly type: 'decision-durable'; readonly decision: Verdict }
   | { readonly type: 'ack'; readonly branchId: string; readonly verdict: Verdict }
   /** An operator gave up on a branch of an aborting transaction whose participant is gone for good. */
-  | { readonly type: 'forget'; readonly branchId: string };
+  | { readonly type: 'forget'; readonly branchId: string }
+  /** The store's answer to a one-phase commit: it committed, or rolled the work back. */
+  | { readonly type: 'one-phase-outcome'; readonly branchId: string; readonly outcome: Decision; readonly reason?: string };
 
 export type TwoPhaseAction =
   | { readonly type: 'prepare-branches'; readonly branchIds: readonly string[] }
   | { readonly type: 'log-decision'; readonly decision: Verdict; readonly force: boolean }
   | { readonly type: 'deliver'; readonly decision: Verdict; readonly branchIds: readonly string[] }
-  | { readonly type: 'log-end'; readonly outcome: Decision };
+  | { readonly type: 'log-end'; readonly outcome: Decision }
+  /** Commit the lone branch in one step on its store; its answer comes back as `one-phase-outcome`. */
+  | { readonly type: 'commit-one-phase'; readonly branchId: string };
 
 export interface Step {
   readonly state: TwoPhaseState;
@@ -180,6 +194,30 @@ function settleVotes(state: TwoPhaseState): Step {
   }
   if (state.commitRequested) return startCommitDecision(state);
   return { state: { ...state, phase: 'prepared' }, actions: [] };
+}
+
+/**
+ * One-phase commit: only for a transaction of exactly one branch, still running its work.
+ * With two branches, one store could commit while the other rolls back — so the machine
+ * refuses it there whatever the runner offers.
+ */
+function startOnePhase(state: TwoPhaseState): Step | undefined {
+  const ids = Object.keys(state.branches);
+  if (ids.length !== 1 || state.branches[ids[0]!]?.phase !== 'active') return undefined;
+  return { state: { ...state, phase: 'one-phase', commitRequested: true }, actions: [{ type: 'commit-one-phase', branchId: ids[0]! }] };
+}
+
+function onOnePhaseOutcome(state: TwoPhaseState, event: Extract<TwoPhaseEvent, { type: 'one-phase-outcome' }>): Step {
+  if (isTerminal(state.phase) && state.branches[event.branchId] !== undefined) return { state, actions: [] }; // duplicate
+  if (state.phase !== 'one-phase') throw new InvalidTransitionError(state.phase, 'one-phase-outcome');
+  if (state.branches[event.branchId] === undefined) throw new InvalidTransitionError(state.phase, 'one-phase-outcome', `unknown branch ${event.branchId}`);
+  const committed = event.outcome === 'commit';
+  const next: TwoPhaseState = {
+    ...withBranch(state, event.branchId, committed ? 'committed' : 'aborted'),
+    decision: event.outcome,
+    ...(committed ? {} : { abortReason: state.abortReason ?? event.reason ?? `branch ${event.branchId} could not commit` }),
+  };
+  return finish(next, event.outcome);
 }
 
 function afterDecisionDurable(state: TwoPhaseState, verdict: Verdict): Step {
@@ -295,7 +333,8 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
       throw new InvalidTransitionError(state.phase, 'prepare');
     }
     case 'commit': {
-      if (state.phase === 'active') return startPrepare(state, true);
+      if (state.phase === 'active') return (event.onePhase === true ? startOnePhase(state) : undefined) ?? startPrepare(state, true);
+      if (state.phase === 'one-phase') return { state, actions: [] }; // repeated commit: under way
       if (state.phase === 'preparing') return { state: { ...state, commitRequested: true }, actions: [] };
       if (state.phase === 'prepared') return startCommitDecision({ ...state, commitRequested: true });
       if (state.decision === 'commit') return { state, actions: [] }; // repeated commit: idempotent
@@ -311,6 +350,7 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
       }
       if (state.decision === 'abort') return { state, actions: [] }; // already aborting: idempotent
       if (event.type === 'timeout') return { state, actions: [] }; // a committed decision is never undone
+      if (state.phase === 'one-phase') throw new InvalidTransitionError(state.phase, 'abort', 'the one-phase commit is under way on the store');
       throw new InvalidTransitionError(state.phase, 'abort', 'the commit decision is already durable');
     }
     case 'vote':
@@ -334,5 +374,7 @@ export function step(state: TwoPhaseState, event: TwoPhaseEvent): Step {
       return onAck(state, event.branchId, event.verdict);
     case 'forget':
       return onForget(state, event.branchId);
+    case 'one-phase-outcome':
+      return onOnePhaseOutcome(state, event);
   }
 }

@@ -192,7 +192,7 @@ export function transactionView(tx, { retry, retrying, refresh }) {
     ),
     tx.reason === undefined ? null : h('p', { class: 'reason' }, h('span', { class: 'label' }, 'Reason: '), tx.reason),
     facts([
-      ['Protocol', tx.protocol],
+      ['Protocol', tx.onePhase === true ? `${tx.protocol} (one-phase commit)` : tx.protocol],
       ['Decision', tx.decision ?? 'none yet'],
       ['Timeout', `${number(tx.timeoutMs)} ms`],
       ['Created', when(tx.createdAt)],

@@ -39,9 +39,11 @@ describe('GET /metrics', () => {
     running.push(c);
     const registered = await c.app.inject({ method: 'POST', url: '/v1/participants', headers: auth(ADMIN_TOKEN), payload: { name: 'bank', kind: 'postgres', connectionString: db } });
     expect(registered.statusCode).toBe(201);
-    const transfer = (delta: number) => ({
+    // The full protocol (onePhase: false), so that every phase and call shows; one one-phase commit after.
+    const transfer = (delta: number, onePhase = false) => ({
       branches: [{ participant: 'bank', operations: [{ sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2', params: [delta, 'm1'] }] }],
       commit: true,
+      onePhase,
     });
     const committed = await c.app.inject({ method: 'POST', url: '/v1/transactions', headers: auth(API_TOKEN), payload: transfer(-10) });
     expect(committed.json().state).toBe('committed');
@@ -49,25 +51,28 @@ describe('GET /metrics', () => {
     const refused = await c.app.inject({ method: 'POST', url: '/v1/transactions', headers: auth(API_TOKEN), payload: transfer(-1_000) });
     expect(refused.statusCode).toBe(409);
     expect(refused.json().state).toBe('aborted');
-    expect(await withClient(db, async (q) => Number((await q.query(`SELECT balance FROM accounts WHERE id = 'm1'`)).rows[0].balance))).toBe(90);
+    const onePhase = await c.app.inject({ method: 'POST', url: '/v1/transactions', headers: auth(API_TOKEN), payload: transfer(-1, true) });
+    expect(onePhase.json()).toMatchObject({ state: 'committed', onePhase: true });
+    expect(await withClient(db, async (q) => Number((await q.query(`SELECT balance FROM accounts WHERE id = 'm1'`)).rows[0].balance))).toBe(89);
 
     expect((await c.app.inject({ method: 'GET', url: '/metrics' })).statusCode).toBe(401);
     const res = await c.app.inject({ method: 'GET', url: '/metrics', headers: auth(API_TOKEN) });
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
     const text = res.body;
-    expect(sample(text, 'tcx_transactions_total', { protocol: '2pc', outcome: 'commit' })).toBe(1);
+    expect(sample(text, 'tcx_transactions_total', { protocol: '2pc', outcome: 'commit' })).toBe(2);
     expect(sample(text, 'tcx_transactions_total', { protocol: '2pc', outcome: 'abort' })).toBe(1);
-    expect(sample(text, 'tcx_transaction_duration_seconds_count', { protocol: '2pc', outcome: 'commit' })).toBe(1);
+    expect(sample(text, 'tcx_transaction_duration_seconds_count', { protocol: '2pc', outcome: 'commit' })).toBe(2);
     expect(sample(text, 'tcx_transaction_phase_duration_seconds_count', { protocol: '2pc', phase: 'deliver' })).toBeGreaterThanOrEqual(1);
-    expect(sample(text, 'tcx_participant_call_duration_seconds_count', { participant: 'bank', call: 'work' })).toBe(2);
+    expect(sample(text, 'tcx_participant_call_duration_seconds_count', { participant: 'bank', call: 'work' })).toBe(3);
     expect(sample(text, 'tcx_participant_call_duration_seconds_count', { participant: 'bank', call: 'commit' })).toBe(1);
+    expect(sample(text, 'tcx_participant_call_duration_seconds_count', { participant: 'bank', call: 'commit-one-phase' })).toBe(1);
     expect(sample(text, 'tcx_participant_errors_total', { participant: 'bank', call: 'work' })).toBe(1);
     expect(sample(text, 'tcx_log_fsync_seconds_count', { backend: 'file' })).toBeGreaterThanOrEqual(1);
     expect(sample(text, 'tcx_log_batch_records_count', { backend: 'file', forced: 'true' })).toBeGreaterThanOrEqual(1);
     expect(sample(text, 'tcx_active_transactions')).toBe(0);
     expect(sample(text, 'tcx_in_doubt_transactions')).toBe(0);
-    expect(sample(text, 'tcx_retained_transactions')).toBe(2);
+    expect(sample(text, 'tcx_retained_transactions')).toBe(3);
     expect(sample(text, 'tcx_log_healthy')).toBe(1);
     expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
     // Bounded labels: no transaction id, no gid, no connection string.

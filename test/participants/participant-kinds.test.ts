@@ -57,6 +57,8 @@ describe('the participant-kind registry', () => {
       });
       expect(adapter.canCommit !== undefined).toBe(spec.capabilities.canCommit === 'own');
       expect(adapter.preCommit !== undefined).toBe(spec.capabilities.preCommit);
+      expect(adapter.commitOnePhase !== undefined && adapter.onePhaseOutcome !== undefined).toBe(spec.capabilities.onePhase);
+      expect(adapter.commitOnePhase === undefined && adapter.onePhaseOutcome === undefined).toBe(!spec.capabilities.onePhase);
     } finally {
       await adapter.close();
     }

@@ -341,3 +341,52 @@ describe('3PC specifics', () => {
     expect(step(s, { type: 'timeout' }).actions).toEqual([]);
   });
 });
+
+describe('one-phase commit', () => {
+  const one: TwoPhaseEvent[] = [{ type: 'enlist', branchId: 'b1' }];
+
+  for (const protocol of ['2pc', '3pc'] as const) {
+    it(`${protocol}: a lone branch commits in one step, with no prepare and no decision record`, () => {
+      const started = run([...one, { type: 'commit', onePhase: true }], initialState(protocol));
+      expect(started.state.phase).toBe('one-phase');
+      expect(started.actions).toEqual([{ type: 'commit-one-phase', branchId: 'b1' }]);
+      const done = run([{ type: 'one-phase-outcome', branchId: 'b1', outcome: 'commit' }], started.state);
+      expect(done.state).toMatchObject({ phase: 'committed', decision: 'commit', branches: { b1: { phase: 'committed' } } });
+      expect(done.actions).toEqual([{ type: 'log-end', outcome: 'commit' }]);
+    });
+  }
+
+  it('the store rolling the work back ends the transaction aborted, with its reason', () => {
+    const { state, actions } = run([...one, { type: 'commit', onePhase: true }, { type: 'one-phase-outcome', branchId: 'b1', outcome: 'abort', reason: 'deferred check failed' }]);
+    expect(state).toMatchObject({ phase: 'aborted', decision: 'abort', abortReason: 'deferred check failed', branches: { b1: { phase: 'aborted' } } });
+    expect(actions.filter((a) => a.type === 'deliver' || a.type === 'log-decision')).toEqual([]);
+  });
+
+  it('is refused for two branches whatever the runner offers: they prepare and the decision is forced', () => {
+    const { state, actions } = run([...enlistTwo, { type: 'commit', onePhase: true }]);
+    expect(state.phase).toBe('preparing');
+    expect(actions).toEqual([{ type: 'prepare-branches', branchIds: ['b1', 'b2'] }]);
+  });
+
+  it('is not offered: the lone branch runs the full protocol', () => {
+    const { state, actions } = run([...one, { type: 'commit' }]);
+    expect(state.phase).toBe('preparing');
+    expect(actions).toEqual([{ type: 'prepare-branches', branchIds: ['b1'] }]);
+  });
+
+  it('while the store decides: a timeout changes nothing, an abort is refused, a repeated commit is a no-op', () => {
+    const { state } = run([...one, { type: 'commit', onePhase: true }]);
+    expect(step(state, { type: 'timeout' })).toEqual({ state, actions: [] });
+    expect(step(state, { type: 'commit' })).toEqual({ state, actions: [] });
+    expect(() => step(state, { type: 'abort', reason: 'client' })).toThrow(InvalidTransitionError);
+    expect(() => step(state, { type: 'decision-durable', decision: 'commit' })).toThrow(InvalidTransitionError);
+    expect(() => step(state, { type: 'ack', branchId: 'b1', verdict: 'commit' })).toThrow(InvalidTransitionError);
+  });
+
+  it('an outcome outside a one-phase commit is rejected; a repeated one after the end is a no-op', () => {
+    const active = run(one).state;
+    expect(() => step(active, { type: 'one-phase-outcome', branchId: 'b1', outcome: 'commit' })).toThrow(InvalidTransitionError);
+    const done = run([...one, { type: 'commit', onePhase: true }, { type: 'one-phase-outcome', branchId: 'b1', outcome: 'commit' }]).state;
+    expect(step(done, { type: 'one-phase-outcome', branchId: 'b1', outcome: 'commit' })).toEqual({ state: done, actions: [] });
+  });
+});

@@ -6,7 +6,7 @@ import { json, keyValues, table } from '../output.js';
 
 type ListState = NonNullable<TransactionFilters['state']>;
 /** The `state` filter's values (listTransactions in openapi.yaml); typecheck fails when the spec adds one. */
-const STATES = ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted'] as const satisfies readonly ListState[];
+const STATES = ['in-doubt', 'active', 'preparing', 'prepared', 'deciding', 'precommitted', 'committing', 'aborting', 'committed', 'aborted', 'one-phase'] as const satisfies readonly ListState[];
 const EVERY_STATE_LISTED: Exclude<ListState, (typeof STATES)[number]> extends never ? true : never = true;
 void EVERY_STATE_LISTED;
 
@@ -28,6 +28,7 @@ function describe(t: TransactionView): string {
     ['expires', t.expiresAt],
     ['decided', t.decidedAt],
     ['ended', t.endedAt],
+    ...(t.onePhase === true ? [['one phase', true] as const] : []),
   ]);
   if (t.branches.length === 0) return `${head}\nno branches\n`;
   const branches = table(
