@@ -28,7 +28,7 @@ async function fsyncs(): Promise<number> {
 }
 
 /** The COMMIT of a one-phase branch (simple query protocol: 'Q', length, text). */
-const PLAIN_COMMIT = /Q\u0000\u0000\u0000\u000bCOMMIT\u0000/;
+const PLAIN_COMMIT = 'Q\u0000\u0000\u0000\u000bCOMMIT\u0000';
 
 beforeAll(async () => {
   [dbA, dbB] = await Promise.all([freshDatabase(inject('pgUrlA')), freshDatabase(inject('pgUrlB'))]);
