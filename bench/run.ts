@@ -15,6 +15,10 @@
  *   transfer-pg-log  the transfer with the coordinator's log in a third durable Postgres
  *                    server (TCX_LOG_URL) instead of its data directory
  *   transfer-fast-pg  the same on Postgres with fsync off: the coordinator's own cost stands out
+ *   single-db   a transfer inside one durable Postgres (two UPDATEs):
+ *                 by-hand      BEGIN, UPDATE, UPDATE, COMMIT (no coordinator at all)
+ *                 one-phase    one request to the coordinator (one branch: one-phase commit)
+ *                 2pc          the same with onePhase: false (PREPARE, forced decision, COMMIT PREPARED)
  *   empty-http  two HTTP participants in another process that answer at once:
  *                 baseline  a client making the same four calls (prepare ×2, commit ×2)
  *                 2pc       one request to the coordinator per transaction
@@ -37,13 +41,15 @@ import { restart, type RestartResult } from './perf/restart.js';
 import {
   emptyByHand,
   emptyThroughCoordinator,
+  localTransferByHand,
+  localTransferThroughCoordinator,
   pgPools,
   startHttpParticipants,
   transferByHand,
   transferThroughCoordinator,
 } from './perf/scenarios.js';
 
-const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,transfer-pg-log,transfer-fast-pg,empty-http,restart').split(',').map((s) => s.trim()));
+const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,single-db,transfer-pg-log,transfer-fast-pg,empty-http,restart').split(',').map((s) => s.trim()));
 const CPU_PROF = process.env.TCX_BENCH_CPU_PROF;
 /** Client counts per scenario, e.g. TCX_BENCH_CLIENTS=1 for a profile of the single-client path. */
 const CLIENTS = process.env.TCX_BENCH_CLIENTS?.split(',').map(Number);
@@ -121,6 +127,29 @@ async function transfer(
       // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
       const op = transferThroughCoordinator(coordinator, protocol, variant !== '2pc-ordered');
       for (const clients of levels) rows.push(await coordinatorCell(coordinator, scenario, variant, clients, op));
+    }
+  } finally {
+    await coordinator.stop();
+  }
+}
+
+/** A transfer inside one database: plain commit by hand against the coordinator's one-phase commit (and its full 2PC). */
+async function singleDb(rows: Row[], url: string): Promise<void> {
+  const db = await freshDatabase(url, 'bench');
+  await createAccounts(db, Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`acct${i}`, 1_000_000_000])));
+  const levels = CLIENTS ?? [1, 8, 32];
+  const pools = pgPools(db, db, Math.max(...levels) + 2);
+  const byHand = localTransferByHand(pools.a);
+  for (const clients of levels) rows.push({ scenario: 'single-db', variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
+  await Promise.all([pools.a.end(), pools.b.end()]);
+  const { child: coordinator } = await startCoordinator('single-db');
+  try {
+    const res = await coordinator.request('POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: db });
+    if (res.status !== 201) throw new Error(`registering a: ${res.status} ${JSON.stringify(res.json)}`);
+    await warmUp(localTransferThroughCoordinator(coordinator, true));
+    for (const [variant, onePhase] of [['one-phase', true], ['2pc', false]] as const) {
+      const op = localTransferThroughCoordinator(coordinator, onePhase);
+      for (const clients of levels) rows.push(await coordinatorCell(coordinator, 'single-db', variant, clients, op));
     }
   } finally {
     await coordinator.stop();
@@ -226,6 +255,7 @@ async function main(): Promise<void> {
   let restartResult: RestartResult | undefined;
   if (ONLY.has('log-force')) rows.push(...(await logForce()));
   if (ONLY.has('transfer')) await withPostgresPair(true, (a, b) => transfer(rows, 'transfer', a, b, ['2pc', '2pc-ordered', '3pc']));
+  if (ONLY.has('single-db')) await withPostgresPair(true, (a) => singleDb(rows, a));
   if (ONLY.has('transfer-pg-log')) {
     // The same transfer with the coordinator's log in a third (durable) Postgres server (TCX_LOG_URL).
     const logServer = await PostgresServer.start({ name: 'bench-log', durable: true });

@@ -14,6 +14,7 @@ import { decisionRecord, endedRecord } from '../../src/coordinator/journal.js';
 import { LiveTransaction } from '../../src/coordinator/live-transaction.js';
 import { silentLogger } from '../../src/logger.js';
 import { CoordinatorChild, type Health } from './coordinator-child.js';
+import { collectGarbage, INSPECT_FLAG } from './remote-gc.js';
 
 export interface RestartResult {
   readonly finishedTransactions: number;
@@ -78,12 +79,17 @@ export async function restart(): Promise<RestartResult> {
   await writeHistory(full, total - tail, tail);
   console.error(`  restart: wrote ${total} finished transactions (${tail} after the last compaction) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
-  const empty = await CoordinatorChild.start({ connections: 8 });
-  const emptyHealth = await empty.child.health();
+  // Every memory reading follows a full collection in the coordinator (through its inspector).
+  const settled = async (c: CoordinatorChild): Promise<Health> => {
+    await collectGarbage(c.outputFile);
+    return c.health();
+  };
+  const empty = await CoordinatorChild.start({ connections: 8, nodeFlags: [INSPECT_FLAG] });
+  const emptyHealth = await settled(empty.child);
   // Active transactions: begun, each with an http branch enlisted (nothing is sent before prepare).
   const active = 5_000;
   await empty.child.request('POST', '/v1/participants', { name: 'h', kind: 'http', baseUrl: 'http://127.0.0.1:9' });
-  const beforeActive = await empty.child.health();
+  const beforeActive = await settled(empty.child);
   await Promise.all(
     Array.from({ length: 8 }, async (_, c) => {
       for (let i = c; i < active; i += 8) {
@@ -92,11 +98,11 @@ export async function restart(): Promise<RestartResult> {
       }
     }),
   );
-  const afterActive = await empty.child.health();
+  const afterActive = await settled(empty.child);
   await empty.child.stop();
 
-  const loaded = await CoordinatorChild.start({ dataDir: full, connections: 2 });
-  const health = await loaded.child.health();
+  const loaded = await CoordinatorChild.start({ dataDir: full, connections: 2, nodeFlags: [INSPECT_FLAG] });
+  const health = await settled(loaded.child);
   const logBytes = dirBytes(full);
   await loaded.child.stop();
   if (health.retainedTransactions !== n) throw new Error(`the coordinator retained ${health.retainedTransactions} of ${n} finished transactions`);

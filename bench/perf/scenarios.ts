@@ -49,6 +49,34 @@ export function transferByHand(pools: PgPools): (client: number) => Promise<void
   };
 }
 
+/** A transfer inside one database, by hand: BEGIN, two UPDATEs, COMMIT — what a client does without a coordinator. */
+export function localTransferByHand(pool: pg.Pool): (client: number) => Promise<void> {
+  return async (c) => {
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(UPDATE, [-1, `acct${c}`]);
+      await client.query(UPDATE, [1, `acct${(c + 1) % 64}`]);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+  };
+}
+
+/** The same as one request to the coordinator: one branch, so one-phase unless `onePhase` is false. */
+export function localTransferThroughCoordinator(coordinator: CoordinatorChild, onePhase: boolean): (client: number) => Promise<void> {
+  return async (c) => {
+    const res = await coordinator.request('POST', '/v1/transactions', {
+      onePhase,
+      branches: [{ participant: 'a', operations: [{ sql: UPDATE, params: [-1, `acct${c}`] }, { sql: UPDATE, params: [1, `acct${(c + 1) % 64}`] }] }],
+      commit: true,
+    });
+    const body = res.json as { state?: string; onePhase?: boolean } | null;
+    if (body?.state !== 'committed' || (body.onePhase === true) !== onePhase) throw new Error(`transfer answered ${res.status} ${JSON.stringify(res.json)}`);
+  };
+}
+
 /** The same transfer as one request to the coordinator. */
 export function transferThroughCoordinator(coordinator: CoordinatorChild, protocol: '2pc' | '3pc', parallel: boolean): (client: number) => Promise<void> {
   return async (c) => {

@@ -30,9 +30,11 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from './gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, OnePhaseResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
 import { commitSession, lostCommitOutcome, XID_QUERY, xidOf, type LostCommit } from './postgres-one-phase.js';
+import { controlFailure as failure, stopBackend } from './postgres-control.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
 import {
+  checkoutSession,
   KeptSessions,
   LEAKS_SESSION_STATE,
   looksReadOnly,
@@ -53,9 +55,6 @@ export interface PostgresParticipantOptions {
 }
 
 const UNDEFINED_OBJECT = '42704';
-
-/** How long an abort waits for a lost session's backend to end before it fails (and is retried). */
-const STOP_BACKEND_WAIT_MS = 10_000;
 
 /** How long a prepared branch's session waits for its phase 2 before it goes back to the pool. */
 const KEEP_FOR_PHASE2_MS = 5_000;
@@ -132,7 +131,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       throw new CoordinatorError('OPERATION_FAILED', `branch ${branch.branchId} can no longer run work: ${existing.failure}`);
     }
     if (existing?.busy !== undefined) throw new CoordinatorError('INVALID_STATE_TRANSITION', `branch ${branch.branchId} is still running work`);
-    const session = existing ?? (await this.#checkout());
+    const session = existing ?? (await checkoutSession(this.#sessions, this.#maxSessions, this.name));
     const begins = existing === undefined;
     if (begins) this.#open.set(branch.gid, session);
     if (operations.some((op) => !looksReadOnly(op.sql))) session.mayWrite = true;
@@ -237,40 +236,6 @@ export class PostgresParticipant implements ParticipantAdapter {
     return { results, vote: { vote: 'yes' } };
   }
 
-  /** A pooled session, listening for a dropped connection from the first moment (unheard, 'error' ends the process). */
-  async #checkout(): Promise<BranchSession> {
-    // Every session busy: say so at once rather than queue the request behind the connect
-    // deadline and then call the participant unreachable.
-    const pool = this.#sessions;
-    if ((pool.totalCount >= this.#maxSessions && pool.idleCount === 0) || pool.waitingCount > 0) {
-      throw new CoordinatorError('PARTICIPANT_BUSY', `all ${this.#maxSessions} sessions to ${this.name} are in use (TCX_PG_MAX_SESSIONS); retry shortly`, {
-        details: { participant: this.name },
-        retryAfterSeconds: 1,
-      });
-    }
-    let client: pg.PoolClient;
-    try {
-      client = await this.#sessions.connect();
-    } catch (err) {
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot open a session on ${this.name}: ${errorMessage(err)}`, {
-        cause: err,
-      });
-    }
-    const session: BranchSession = {
-      client,
-      backendPid: (client as unknown as { processID?: number }).processID ?? 0,
-      failure: undefined,
-      mayWrite: false,
-      mustNotBeReused: false,
-      busy: undefined,
-      onError: (err: Error): void => {
-        session.failure = `connection lost: ${errorMessage(err)}`;
-      },
-    };
-    client.on('error', session.onError);
-    return session;
-  }
-
   async prepare(branch: BranchRef, options: PrepareOptions = {}): Promise<PrepareResult> {
     assertSafeGid(branch.gid);
     const session = this.#open.get(branch.gid);
@@ -346,7 +311,7 @@ export class PostgresParticipant implements ParticipantAdapter {
   async onePhaseOutcome(branch: BranchRef): Promise<OnePhaseResult> {
     const lost = this.#lostCommits.get(branch.gid);
     if (lost === undefined) throw new CoordinatorError('INTERNAL', `no one-phase commit of branch ${branch.branchId} is in doubt on ${this.name}`);
-    const result = await lostCommitOutcome(lost, this.#control, (pid, since) => this.#stopBackend(pid, since), this.name);
+    const result = await lostCommitOutcome(lost, this.#control, (pid, since) => stopBackend(this.#control, pid, since, this.name), this.name);
     this.#lostCommits.delete(branch.gid);
     return result;
   }
@@ -359,7 +324,7 @@ export class PostgresParticipant implements ParticipantAdapter {
     await this.#preparing.get(branch.gid)?.catch(() => undefined);
     const unsettled = this.#unsettled.get(branch.gid);
     if (unsettled !== undefined) {
-      await this.#stopBackend(unsettled.pid, unsettled.since);
+      await stopBackend(this.#control, unsettled.pid, unsettled.since, this.name);
       this.#unsettled.delete(branch.gid);
     }
     const session = this.#open.get(branch.gid);
@@ -369,24 +334,6 @@ export class PostgresParticipant implements ParticipantAdapter {
       return;
     }
     await this.#resolvePrepared(branch.gid, `ROLLBACK PREPARED '${branch.gid}'`);
-  }
-
-  /**
-   * Ends a backend whose session we gave up on while it may still be running a branch's work,
-   * and waits (bounded) until it is gone: only then does ROLLBACK PREPARED of a gid that does
-   * not exist mean "never prepared". Only the backend that was there when we lost it is hit
-   * (a pid reused since has a later backend_start).
-   */
-  async #stopBackend(pid: number, since: Date): Promise<void> {
-    if (pid === 0) return;
-    await this.#control.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
-    const deadline = Date.now() + STOP_BACKEND_WAIT_MS;
-    for (;;) {
-      const res = await this.#control.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
-      if (res.rowCount === 0) return;
-      if (Date.now() > deadline) throw new Error(`backend ${pid} on ${this.name} still runs a lost session; the abort is retried`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
   }
 
   async #resolvePrepared(gid: string, statement: string): Promise<void> {
@@ -449,17 +396,4 @@ export class PostgresParticipant implements ParticipantAdapter {
 
 function assertSafeGid(gid: string): void {
   if (!isSafeGid(gid)) throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
-}
-
-/**
- * A control-session call failed: the server refused the credentials (SQLSTATE class 28), or
- * answered with another error, or could not be reached at all — three different things for
- * an operator (and only the last means the participant may be gone).
- */
-function failure(name: string, what: string, err: unknown): CoordinatorError {
-  if (err instanceof DatabaseError) {
-    const code = err.code?.startsWith('28') === true ? 'PARTICIPANT_AUTH_FAILED' : 'OPERATION_FAILED';
-    return new CoordinatorError(code, `postgres participant ${name} refused ${what}: ${err.message}`, { cause: err, details: { sqlState: err.code } });
-  }
-  return new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot reach postgres participant ${name}: ${errorMessage(err)}`, { cause: err });
 }

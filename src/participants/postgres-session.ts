@@ -4,6 +4,7 @@
  * prepared branches kept for their phase 2.
  */
 import type pg from 'pg';
+import { CoordinatorError, errorMessage } from '../errors.js';
 import type { StatementResult } from './pg-pipeline.js';
 
 export interface BranchSession {
@@ -27,6 +28,39 @@ export interface BranchSession {
    * not read since. A one-phase commit needs it to learn its outcome should COMMIT's answer be lost.
    */
   xid?: string | null;
+}
+
+/**
+ * A pooled session for a new branch, listening for a dropped connection from the first moment
+ * (unheard, 'error' ends the process). Every session busy: said at once rather than queueing
+ * the request behind the connect deadline and then calling the participant unreachable.
+ */
+export async function checkoutSession(pool: pg.Pool, maxSessions: number, participant: string): Promise<BranchSession> {
+  if ((pool.totalCount >= maxSessions && pool.idleCount === 0) || pool.waitingCount > 0) {
+    throw new CoordinatorError('PARTICIPANT_BUSY', `all ${maxSessions} sessions to ${participant} are in use (TCX_PG_MAX_SESSIONS); retry shortly`, {
+      details: { participant },
+      retryAfterSeconds: 1,
+    });
+  }
+  let client: pg.PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (err) {
+    throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot open a session on ${participant}: ${errorMessage(err)}`, { cause: err });
+  }
+  const session: BranchSession = {
+    client,
+    backendPid: (client as unknown as { processID?: number }).processID ?? 0,
+    failure: undefined,
+    mayWrite: false,
+    mustNotBeReused: false,
+    busy: undefined,
+    onError: (err: Error): void => {
+      session.failure = `connection lost: ${errorMessage(err)}`;
+    },
+  };
+  client.on('error', session.onError);
+  return session;
 }
 
 /**
