@@ -249,6 +249,15 @@ export interface paths {
          *     prepared there for any other reason — answers 409 `INVALID_STATE_TRANSITION`: nothing is
          *     left to resolve, and nothing is recorded. (Only after a 422 is the same request repeated,
          *     and then the gid is still prepared.)
+         *
+         *     The same call settles a **one-phase commit in doubt** that its store cannot settle (state
+         *     `one-phase`, `inDoubt: true`, e.g. Postgres restarted after a COMMIT whose answer was lost
+         *     and may have given its transaction id to another transaction). Its gid is
+         *     `tcx:<coordinatorId>:<transactionId>:1` (`coordinatorId` from `GET /healthz`); nothing is
+         *     prepared, and nothing is sent to the store: the operator says what it did (check the
+         *     data), the resolution is forced to the log, and the transaction ends with that outcome —
+         *     unless an attempt to ask the store already under way comes back with the store's own
+         *     answer first (the answer's `outcome` is the one the transaction ended with).
          */
         post: operations["resolvePreparedBranch"];
         delete?: never;
@@ -703,14 +712,20 @@ export interface components {
             /**
              * @description Default true: a transaction that has exactly one branch when it commits, on a participant
              *     kind that can (postgres), commits in one phase — a plain COMMIT on the database, no
-             *     PREPARE TRANSACTION and no forced coordinator log record — and its view says
-             *     `onePhase: true`. It is as atomic as the database's own transaction, and the answer is
-             *     exact even when COMMIT's reply is lost (the coordinator asks the database with
-             *     `txid_status`). What it gives up: should the coordinator itself crash during that
-             *     commit, its log holds nothing about the transaction (`GET` answers 404), and the
-             *     database alone knows whether the work committed — as with a client that commits on
-             *     the database directly. `false` keeps the full protocol for single-branch transactions
-             *     too: prepared, a forced decision, an outcome the coordinator can always tell.
+             *     PREPARE TRANSACTION and nothing forced before it (its end record is forced after the
+             *     database committed, before the answer) — and its view says `onePhase: true`. 2PC and
+             *     3PC alike: with one branch there is nothing to block on. It is as atomic as the
+             *     database's own transaction. When COMMIT's reply is lost, the coordinator forces the
+             *     transaction id to its log and asks the database (`txid_status`, after ending the old
+             *     backend) until it can tell — in doubt (state `one-phase`) meanwhile, after a restart
+             *     too; if the database restarted in between, its "committed" cannot be trusted (it may
+             *     reuse the id) and an operator settles it (`POST
+             *     /v1/participants/{name}/prepared/{gid}/resolve`). What it gives up: should the
+             *     coordinator itself crash *during* that COMMIT, its log holds nothing about the
+             *     transaction (`GET` answers 404), and the database alone knows whether the work
+             *     committed — as with a client that commits on the database directly. `false` keeps
+             *     the full protocol for single-branch transactions too: prepared, a forced decision, an
+             *     outcome the coordinator can always tell.
              */
             onePhase?: boolean;
         };
@@ -818,7 +833,7 @@ export interface components {
              */
             endedAt?: string;
             /**
-             * @description Present (true) when the transaction ran one-phase commit: its only branch committed (or rolled back) on its store in one step, with no prepare and no forced log record. See BeginTransactionRequest.onePhase.
+             * @description Present (true) when the transaction ran one-phase commit: its only branch committed (or rolled back) on its store in one step, with no prepare and nothing forced before it. See BeginTransactionRequest.onePhase.
              * @enum {boolean}
              */
             onePhase?: true;
@@ -1008,7 +1023,7 @@ export interface components {
                 "application/json": components["schemas"]["ErrorBody"];
             };
         };
-        /** @description No transaction with that id is known (`UNKNOWN_TRANSACTION`) — never begun, or finished and no longer retained. */
+        /** @description No transaction with that id is known (`UNKNOWN_TRANSACTION`) — never begun, finished and no longer retained, or aborted before anything about it was logged (presumed abort). One exception to "unknown means it did not commit" — a one-phase commit (`onePhase`) interrupted by a coordinator crash during its COMMIT, before any answer; the database alone knows its outcome. */
         UnknownTransaction: {
             headers: {
                 [name: string]: unknown;

@@ -124,7 +124,8 @@ export class TcxClient {
   /**
    * A one-request transaction: begins, runs every branch and commits. Answers `committed` (200)
    * or, when the decision is durable but not yet acknowledged everywhere, `committing` /
-   * `precommitted` (202, in doubt). An abort is a TcxApiError TRANSACTION_ABORTED whose `body`
+   * `precommitted` (202, in doubt) — or `one-phase` (202) while a lone branch's store has not
+   * told the outcome of its one-step commit yet. An abort is a TcxApiError TRANSACTION_ABORTED whose `body`
    * is the view. Never retried once sent: a repeat would be a second transaction.
    */
   async runTransaction(request: RunTransactionRequest): Promise<TransactionWithResults> {

@@ -252,6 +252,7 @@ function transactionOf(record: LogRecord): string | undefined {
     case 'tx-begun':
     case 'branch-acked':
     case 'branch-forgotten':
+    case 'one-phase-in-doubt':
     case 'ended':
       return record.id;
     case 'manual-resolution':

@@ -9,9 +9,10 @@
  * between-precommits (3PC: one pre-commit acknowledged), before-commit-record
  * (3PC: every pre-commit acknowledged, commit not yet logged), between-commits
  * (one commit acknowledged), before-end-record, before-one-phase-commit (a lone branch's
- * work has run, its one-step commit not yet sent), after-one-phase-commit (the store
- * answered its outcome, nothing logged yet). Unset in production, hit() is
- * a map lookup.
+ * work has run, its one-step commit not yet sent), one-phase-answer-lost (its answer was
+ * lost and the evidence is durable, the store not asked yet), after-one-phase-commit (the
+ * store answered its outcome, nothing logged yet). Unset in production, hit() is a map
+ * lookup.
  */
 
 export const FAIL_POINTS = [
@@ -22,6 +23,7 @@ export const FAIL_POINTS = [
   'between-commits',
   'before-end-record',
   'before-one-phase-commit',
+  'one-phase-answer-lost',
   'after-one-phase-commit',
 ] as const;
 export type FailPoint = (typeof FAIL_POINTS)[number];

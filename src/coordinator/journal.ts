@@ -22,13 +22,15 @@
  * durable before its COMMIT. That record is the transaction's only one, so for a
  * commit it takes the decision's place — forced, after the store committed and
  * before the client is answered, so that an answered commit is never forgotten.
- * A crash before it leaves the log silent: the store alone knows what it did.
+ * A crash before it leaves the log silent: the store alone knows what it did. Should
+ * the store's answer be lost, one-phase-in-doubt is forced first: the branch, and the
+ * evidence the adapter needs to ask the store what it did (after a restart too).
  *
  * Acknowledgements are not logged: phase 2 is idempotent, so recovery simply
  * delivers the decision to every branch again.
  */
 
-import type { BranchRecord, LogRecord } from '../log/log-records.js';
+import type { BranchRecord, LogRecord, OnePhaseEvidence } from '../log/log-records.js';
 import type { Decision, Verdict } from '../protocol/commit-protocol.js';
 import type { ForgottenView, LiveBranch, LiveTransaction } from './live-transaction.js';
 
@@ -95,6 +97,21 @@ export function endedRecord(tx: LiveTransaction, outcome: Decision): LogRecord {
       branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: false })),
       ...(reason === undefined ? {} : { reason }),
     },
+  };
+}
+
+/** A one-phase commit whose answer was lost: forced before the store is asked what it did. */
+export function onePhaseInDoubtRecord(tx: LiveTransaction, branch: LiveBranch, evidence: OnePhaseEvidence, reason: string): LogRecord {
+  return {
+    t: 'one-phase-in-doubt',
+    id: tx.id,
+    protocol: tx.protocol,
+    timeoutMs: tx.timeoutMs,
+    createdAt: tx.createdAt,
+    branch: branchRecord(branch, { payload: false }),
+    evidence,
+    reason,
+    at: new Date().toISOString(),
   };
 }
 

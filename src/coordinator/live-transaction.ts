@@ -6,7 +6,7 @@
  */
 
 import type { TransactionEndedEvent } from '../observability/events.js';
-import type { DurableTransaction, ForgottenBranch, LoggedProtocol, ParticipantKind, ProtocolName } from '../log/log-records.js';
+import type { DurableTransaction, ForgottenBranch, LoggedProtocol, OnePhaseEvidence, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
 import type { PrepareResult } from '../participants/participant.js';
 import { CoordinatorError } from '../errors.js';
@@ -67,7 +67,7 @@ export interface TransactionView {
   readonly expiresAt?: string;
   readonly decidedAt?: string;
   readonly endedAt?: string;
-  /** Committed (or rolled back) by its only branch's store in one step: no prepare, no forced record. */
+  /** Committed (or rolled back) by its only branch's store in one step: no prepare, nothing forced before it. */
   readonly onePhase?: true;
   readonly branches: readonly BranchView[];
 }
@@ -95,6 +95,10 @@ export class LiveTransaction {
   onePhaseAllowed = true;
   /** It ran one-phase commit (its only branch's store decided). */
   onePhase = false;
+  /** A one-phase commit whose answer was lost: the store's evidence for asking what it did. */
+  onePhaseEvidence: OnePhaseEvidence | undefined;
+  /** An operator's word on a one-phase commit in doubt whose store cannot tell (forced to the log first). */
+  onePhaseResolution: { readonly outcome: 'commit' | 'abort'; readonly reason: string } | undefined;
   /** Its end record is already in the log (a one-phase commit forces it before the answer). */
   endLogged = false;
   /** Set when forcing the decision failed: the outcome stays undecided until a restart. */
@@ -186,10 +190,6 @@ export class LiveTransaction {
   }
 }
 
-/**
- * The view of a transaction known only from the log: finished, seen before a restart, or read
- * from a shared log while no instance runs it (decided, phase 2 not finished: in doubt).
- */
 /** The error for a request the transaction's phase does not allow; it names the phase. */
 export function invalidState(tx: LiveTransaction, what: string): CoordinatorError {
   return new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${tx.id}: it is ${tx.state.phase}`, {
@@ -197,13 +197,31 @@ export function invalidState(tx: LiveTransaction, what: string): CoordinatorErro
   });
 }
 
+/**
+ * The view of a transaction known only from the log: finished, seen before a restart, or read
+ * from a shared log while no instance runs it (decided, phase 2 not finished — or a one-phase
+ * commit whose answer was lost: in doubt).
+ */
 export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).
   // An abort logs no decision (presumed abort): the outcome stands for it.
   const decision = tx.decision === 'precommit' ? 'commit' : (tx.decision ?? outcome ?? null);
-  const state = outcome === 'commit' ? 'committed' : outcome === 'abort' ? 'aborted' : decision === 'commit' ? 'committing' : decision === 'abort' ? 'aborting' : 'unknown';
+  const onePhaseInDoubt = outcome === undefined ? tx.onePhaseInDoubt : undefined;
+  const state =
+    outcome === 'commit'
+      ? 'committed'
+      : outcome === 'abort'
+        ? 'aborted'
+        : onePhaseInDoubt !== undefined
+          ? 'one-phase'
+          : decision === 'commit'
+            ? 'committing'
+            : decision === 'abort'
+              ? 'aborting'
+              : 'unknown';
   const branchState = (b: DurableTransaction['branches'][number]): string => {
+    if (onePhaseInDoubt !== undefined) return 'active'; // its work is in the store's hands
     if (b.vote === 'read-only') return 'read-only';
     if (outcome !== undefined) return outcome === 'commit' ? 'committed' : 'aborted';
     if (b.ackedAt !== undefined) return decision === 'commit' ? 'committed' : 'aborted';
@@ -214,13 +232,14 @@ export function durableView(tx: DurableTransaction, forgotten: readonly Forgotte
     protocol: tx.protocol,
     state,
     decision,
-    inDoubt: outcome === undefined && decision !== null,
+    inDoubt: outcome === undefined && (decision !== null || onePhaseInDoubt !== undefined),
     ...(tx.reason === undefined ? {} : { reason: tx.reason }),
+    ...(onePhaseInDoubt === undefined ? {} : { reason: onePhaseInDoubt.reason }),
     timeoutMs: tx.timeoutMs,
     createdAt: tx.createdAt,
     ...(tx.decidedAt === undefined ? {} : { decidedAt: tx.decidedAt }),
     ...(tx.endedAt === undefined ? {} : { endedAt: tx.endedAt }),
-    ...(tx.onePhase === true ? { onePhase: true as const } : {}),
+    ...(tx.onePhase === true || onePhaseInDoubt !== undefined ? { onePhase: true as const } : {}),
     branches: tx.branches.map((b) => ({
       branchId: b.branchId,
       participant: b.participant,

@@ -1,7 +1,8 @@
 /**
  * Operator controls over prepared branches: what is prepared on a participant
  * and what the log says of each, and the audited manual resolution of a branch
- * nobody else will resolve (a lost log, a retired coordinator id).
+ * nobody else will resolve (a lost log, a retired coordinator id) — or of the lone
+ * branch of a one-phase commit in doubt that its store cannot settle.
  */
 
 import type { Logger } from 'pino';
@@ -126,6 +127,11 @@ export class ManualResolver {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `coordinator id ${parsed.coordinatorId} is live (instance ${holder} holds its lease): it resolves ${gid} itself`, {
         details: { holder },
       });
+    }
+    if (ours) {
+      // The lone branch of a one-phase commit in doubt: nothing is prepared, the operator says what the store did.
+      const onePhase = await this.#deps.transactions.resolveOnePhaseByHand(name, parsed.transactionId, gid, request);
+      if (onePhase !== undefined) return { gid, participant: name, outcome: onePhase.outcome ?? request.outcome, loggedDecision: null, resolvedAt: onePhase.at };
     }
     if (ours && this.#deps.transactions.ownsBranch(parsed.transactionId, gid)) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);

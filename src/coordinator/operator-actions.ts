@@ -9,7 +9,7 @@ import { CoordinatorError } from '../errors.js';
 import { awaitingDelivery, isTerminal } from '../protocol/commit-protocol.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { branchForgottenRecord } from './journal.js';
-import { invalidState, type LiveTransaction, type TransactionView } from './live-transaction.js';
+import { invalidState, type LiveBranch, type LiveTransaction, type TransactionView } from './live-transaction.js';
 import type { TransactionDriver } from './transaction-driver.js';
 
 export interface OperatorActionDeps {
@@ -22,16 +22,18 @@ export interface OperatorActionDeps {
 }
 
 /**
- * "Retry now": every pending phase-2 delivery of an in-doubt transaction retries at once, and
- * the answer is the state after that attempt (bounded by TCX_COMMIT_WAIT_MS).
+ * "Retry now": every pending phase-2 delivery of an in-doubt transaction retries at once (a
+ * one-phase commit whose answer was lost asks its store again), and the answer is the state
+ * after that attempt (bounded by TCX_COMMIT_WAIT_MS).
  */
 export async function retryDelivery(tx: LiveTransaction, deps: OperatorActionDeps): Promise<TransactionView> {
   if (!tx.inDoubt) throw invalidState(tx, 'retry delivery of');
   const before = new Map([...tx.branches.values()].map((b) => [b.branchId, b.finishedAttempts]));
   tx.wakeUp();
   deps.logger.info({ txId: tx.id }, 'operator: retry now');
+  const pending = (): readonly string[] => (tx.state.phase === 'one-phase' ? [...tx.branches.keys()] : awaitingDelivery(tx.state));
   const attempted = (): boolean =>
-    isTerminal(tx.state.phase) || awaitingDelivery(tx.state).every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
+    isTerminal(tx.state.phase) || pending().every((id) => (tx.branches.get(id)?.finishedAttempts ?? 0) > (before.get(id) ?? 0));
   await tx.waitUntil(attempted, deps.commitWaitMs);
   return tx.view();
 }
@@ -70,4 +72,42 @@ export function forgetBranch(tx: LiveTransaction, branchId: string, request: { r
     deps.logger.warn({ txId: id, branchId, participant: branch.participant, reason: audit.reason, actor: audit.actor }, 'operator: branch forgotten');
     return tx.view();
   });
+}
+
+/**
+ * An operator's word on a one-phase commit in doubt that its store cannot settle (it
+ * restarted and may have reused the transaction id, say): forced to the log (the audit
+ * trail) before it takes effect; the transaction then ends with that outcome, unless an
+ * attempt to ask the store under way comes back with the store's own answer first.
+ */
+export async function resolveOnePhase(
+  tx: LiveTransaction,
+  branch: LiveBranch,
+  request: { outcome: 'commit' | 'abort'; reason: string; actor: string },
+  deps: OperatorActionDeps,
+): Promise<{ outcome: 'commit' | 'abort' | null; at: string }> {
+  const at = new Date().toISOString();
+  await tx.lock.run(async () => {
+    deps.assertAcceptingWork(tx);
+    if (tx.state.phase !== 'one-phase' || !tx.inDoubt) {
+      throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${tx.id} is ${tx.state.phase}${tx.inDoubt ? '' : ' and not in doubt'}: nothing to resolve by hand`, {
+        details: { transactionId: tx.id, state: tx.state.phase },
+      });
+    }
+    await deps.log.force({
+      t: 'manual-resolution',
+      gid: branch.gid,
+      transactionId: tx.id,
+      participant: branch.participant,
+      outcome: request.outcome,
+      reason: request.reason,
+      actor: request.actor,
+      at,
+    });
+    tx.onePhaseResolution = { outcome: request.outcome, reason: `resolved by hand (${request.actor}): ${request.reason}` };
+    deps.logger.warn({ txId: tx.id, gid: branch.gid, participant: branch.participant, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: one-phase commit resolved by hand');
+    tx.wakeUp();
+  });
+  await tx.waitUntil(() => isTerminal(tx.state.phase), deps.commitWaitMs);
+  return { outcome: isTerminal(tx.state.phase) ? (tx.state.decision ?? null) : null, at };
 }

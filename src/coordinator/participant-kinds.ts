@@ -19,7 +19,7 @@
  *                        pre-commit record is the only mark)
  *   onePhase             a lone branch commits in one step on the store, which can tell the
  *                        outcome afterwards should the answer be lost (`commitOnePhase`,
- *                        `onePhaseOutcome`): no prepare, no forced record. Postgres only so
+ *                        `onePhaseOutcome`): no prepare, nothing forced before it. Postgres only so
  *                        far: Redis and MySQL could not say what a lost one-step commit did,
  *                        an http service has no one-step call, NATS publishes one message at a
  *                        time.

@@ -4,7 +4,8 @@
  * decision (or a durable 3PC pre-commit, which means commit) resumes in phase
  * 2 with commit; anything else resumes as an abort (presumed abort). Phase 2
  * goes to every branch again — delivery is idempotent, so a branch that had
- * already acknowledged before the crash just acknowledges once more.
+ * already acknowledged before the crash just acknowledges once more. A
+ * one-phase commit whose answer was lost resumes asking its store what it did.
  */
 
 import type { DurableTransaction } from '../log/log-records.js';
@@ -13,8 +14,12 @@ import { LiveTransaction } from './live-transaction.js';
 
 export const PRESUMED_ABORT = 'presumed abort: the log holds no commit decision for this transaction';
 
-/** The live transaction for an unfinished durable one, and the decision its driver must now carry out. */
-export function resumedTransaction(durable: DurableTransaction): { tx: LiveTransaction; decision: Decision } {
+/**
+ * The live transaction for an unfinished durable one, and the decision its driver must now
+ * carry out ('one-phase': ask the store).
+ */
+export function resumedTransaction(durable: DurableTransaction): { tx: LiveTransaction; decision: Decision | 'one-phase' } {
+  if (durable.onePhaseInDoubt !== undefined && durable.branches.length === 1) return { tx: resumedOnePhase(durable, durable.onePhaseInDoubt), decision: 'one-phase' };
   // ("unknown" only for transactions the sweep ended, which are never unfinished.)
   const protocol = durable.protocol === '3pc' ? '3pc' : '2pc';
   const tx = new LiveTransaction({ id: durable.id, protocol, timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
@@ -53,4 +58,23 @@ export function resumedTransaction(durable: DurableTransaction): { tx: LiveTrans
   };
   tx.decidedAt = durable.decidedAt ?? new Date().toISOString();
   return { tx, decision };
+}
+
+function resumedOnePhase(durable: DurableTransaction, inDoubt: NonNullable<DurableTransaction['onePhaseInDoubt']>): LiveTransaction {
+  const tx = new LiveTransaction({ id: durable.id, protocol: durable.protocol === '3pc' ? '3pc' : '2pc', timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
+  const [b] = durable.branches;
+  if (b === undefined) return tx;
+  tx.nextBranchNo = 2;
+  tx.branches.set(b.branchId, { branchId: b.branchId, participant: b.participant, kind: b.kind, gid: b.gid, prepareSent: false, attempts: 1, lastError: inDoubt.reason });
+  tx.onePhase = true;
+  tx.onePhaseEvidence = inDoubt.evidence;
+  tx.state = {
+    protocol: tx.protocol,
+    phase: 'one-phase',
+    branches: { [b.branchId]: { phase: 'active' } },
+    commitRequested: true,
+    decision: undefined,
+    abortReason: undefined,
+  };
+  return tx;
 }

@@ -11,8 +11,9 @@
  *                     acknowledged (rule 5); visible as in doubt meanwhile
  *   log-end           the unforced end record; the transaction leaves memory
  *   commit-one-phase  the lone branch commits on its store in one step; a lost
- *                     answer is followed by asking the store for the outcome,
- *                     with backoff, until it can tell (never by a second commit)
+ *                     answer forces the store's evidence to the log, then the
+ *                     store is asked for the outcome, with backoff, until it can
+ *                     tell (never by a second commit)
  *
  * Each step is synchronous, so no two interleave; the results of I/O come back
  * as new events. Timeouts abort abandoned transactions (rule 7).
@@ -20,12 +21,12 @@
 
 import type { Logger } from 'pino';
 import { errorMessage } from '../errors.js';
-import type { BranchRef, OnePhaseResult } from '../participants/participant.js';
+import type { BranchRef, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { hitFailPoint } from './fail-points.js';
-import { decisionRecord, endedRecord } from './journal.js';
+import { decisionRecord, endedRecord, onePhaseInDoubtRecord } from './journal.js';
 import { endedEvent, type LiveBranch, type LiveTransaction } from './live-transaction.js';
 import { events, observeCall } from '../observability/events.js';
 import type { ParticipantRegistry } from './participant-registry.js';
@@ -139,8 +140,8 @@ export class TransactionDriver {
   /**
    * One-phase commit: the store decides, nothing is logged before (a crash leaves the log
    * silent, and the store has committed all of the branch's work or none of it). A lost
-   * answer is not a "no": the store is asked what it did until it can tell, visible as in
-   * doubt meanwhile.
+   * answer is not a "no": the store's evidence is forced to the log, and the store is asked
+   * what it did until it can tell (after a restart, by recovery), in doubt meanwhile.
    */
   async #commitOnePhase(tx: LiveTransaction, branchId: string): Promise<void> {
     const branch = tx.branches.get(branchId);
@@ -149,38 +150,99 @@ export class TransactionDriver {
     tx.preparingMs ??= performance.now();
     const adapter = this.#registry.adapter(branch.participant);
     const ref = this.ref(tx, branch);
-    let result: OnePhaseResult | undefined;
     if (!this.#leaseHeld()) {
       // No commit leaves once the lease may have gone; the open work is rolled back (or ends with its session).
       await adapter.abort(ref).catch(() => undefined);
-      result = { outcome: 'abort', reason: "this instance lost its coordinator id's lease" };
+      await this.#finishOnePhase(tx, branchId, { outcome: 'abort', reason: "this instance lost its coordinator id's lease" });
+      return;
     }
     hitFailPoint('before-one-phase-commit');
-    for (let attempt = 0; result === undefined; attempt++) {
-      branch.attempts = attempt + 1;
+    branch.attempts = 1;
+    branch.lastAttemptAt = new Date().toISOString();
+    let answer: OnePhaseResult | OnePhaseUnknown;
+    try {
+      answer = await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref));
+    } catch (err) {
+      // An adapter that broke its contract: whether COMMIT left is not known, and nothing says how to find out.
+      answer = { outcome: 'unknown', evidence: {}, reason: `one-phase commit on ${branch.participant} failed: ${errorMessage(err)}` };
+    }
+    if (answer.outcome === 'unknown') {
+      await this.#recordOnePhaseInDoubt(tx, branch, answer);
+      const asked = await this.#askOnePhaseOutcome(tx, branch);
+      if (asked === undefined) return; // stopping: recovery asks again after the restart
+      answer = asked;
+    }
+    hitFailPoint('after-one-phase-commit');
+    await this.#finishOnePhase(tx, branchId, answer);
+  }
+
+  /** Recovery: a one-phase commit whose answer was lost before a restart; the store is asked what it did. */
+  async resumeOnePhase(tx: LiveTransaction): Promise<void> {
+    const [branch] = tx.branches.values();
+    if (branch === undefined) return;
+    const result = await this.#askOnePhaseOutcome(tx, branch);
+    if (result !== undefined) await this.#finishOnePhase(tx, branch.branchId, result);
+  }
+
+  /**
+   * The answer was lost: no longer undecided for the open-transaction limits (the store has
+   * it), and its evidence forced to the log so that a restart does not forget it.
+   */
+  async #recordOnePhaseInDoubt(tx: LiveTransaction, branch: LiveBranch, unknown: OnePhaseUnknown): Promise<void> {
+    tx.onePhaseEvidence = unknown.evidence;
+    branch.lastError = unknown.reason;
+    this.#hooks.decided(tx);
+    tx.changed();
+    this.#logger.warn({ txId: tx.id, branchId: branch.branchId, participant: branch.participant, err: unknown.reason }, 'one-phase commit: answer lost; asking the store');
+    try {
+      await this.#log.force(onePhaseInDoubtRecord(tx, branch, unknown.evidence, unknown.reason));
+      hitFailPoint('one-phase-answer-lost');
+    } catch (err) {
+      // The log failed (the coordinator is unhealthy now): the store is still asked while this process runs.
+      this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing the lost answer\'s evidence failed');
+    }
+  }
+
+  /** Asks the store, with backoff, until it tells; undefined when the coordinator stops first. */
+  async #askOnePhaseOutcome(tx: LiveTransaction, branch: LiveBranch): Promise<OnePhaseResult | undefined> {
+    const adapter = (): ParticipantAdapter => this.#registry.adapter(branch.participant);
+    const evidence = tx.onePhaseEvidence ?? {};
+    for (let attempt = 0; ; attempt++) {
+      if (this.#stopping.aborted) return undefined;
+      // An operator resolved it by hand (the store could not tell): their word, durable already.
+      if (tx.onePhaseResolution !== undefined) return tx.onePhaseResolution;
+      if (!this.#leaseHeld()) {
+        // The lease may have passed to another instance, which asks (from the logged evidence) now.
+        await sleep(backoffDelay(this.#retry, attempt), this.#stopping, tx.wakeSignal);
+        continue;
+      }
+      branch.attempts += 1;
       branch.lastAttemptAt = new Date().toISOString();
       try {
-        result =
-          attempt === 0
-            ? await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref))
-            : await observeCall(adapter, 'one-phase-outcome', () => adapter.onePhaseOutcome!(ref));
+        const current = adapter();
+        const result = await observeCall(current, 'one-phase-outcome', () => current.onePhaseOutcome!(this.ref(tx, branch), evidence));
+        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
+        return result;
       } catch (err) {
-        if (this.#stopping.aborted) return; // the store has decided; the log knows nothing either way
+        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         branch.lastError = errorMessage(err);
         const delay = backoffDelay(this.#retry, attempt);
         this.#logger.warn(
-          { txId: tx.id, branchId, participant: branch.participant, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },
+          { txId: tx.id, branchId: branch.branchId, participant: branch.participant, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },
           'one-phase commit: outcome not known yet; asking the store again',
         );
         tx.changed();
         await sleep(delay, this.#stopping, tx.wakeSignal);
       }
     }
-    delete branch.lastError;
-    hitFailPoint('after-one-phase-commit');
-    if (result.outcome === 'commit') await this.#recordOnePhaseCommit(tx);
+  }
+
+  async #finishOnePhase(tx: LiveTransaction, branchId: string, result: OnePhaseResult): Promise<void> {
+    const branch = tx.branches.get(branchId);
+    if (branch !== undefined) delete branch.lastError;
     tx.decidedAt ??= new Date().toISOString();
     tx.decidedMs ??= performance.now();
+    if (result.outcome === 'commit') await this.#recordOnePhaseCommit(tx);
     this.applyInternal(tx, {
       type: 'one-phase-outcome',
       branchId,

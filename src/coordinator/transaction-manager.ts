@@ -20,7 +20,7 @@ import type { CoordinatorLog } from './coordinator-log.js';
 import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
 import { prepareIntentRecord } from './journal.js';
 import { durableView, invalidState, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
-import { forgetBranch, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
+import { forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
 import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
@@ -350,6 +350,22 @@ export class TransactionManager {
     return forgetBranch(tx, branchId, request, this.#operatorDeps());
   }
 
+  /**
+   * An operator's resolution of a branch's gid, when it is the lone branch of a one-phase
+   * commit in doubt here (operator-actions.ts); undefined for any other gid.
+   */
+  async resolveOnePhaseByHand(
+    participant: string,
+    transactionId: string,
+    gid: string,
+    request: { outcome: 'commit' | 'abort'; reason: string; actor: string },
+  ): Promise<{ outcome: 'commit' | 'abort' | null; at: string } | undefined> {
+    const tx = this.#live.get(transactionId);
+    const branch = tx === undefined ? undefined : [...tx.branches.values()].find((b) => b.gid === gid && b.participant === participant);
+    if (tx === undefined || branch === undefined || !tx.onePhase) return undefined;
+    return resolveOnePhase(tx, branch, request, this.#operatorDeps());
+  }
+
   #operatorDeps(): OperatorActionDeps {
     return { log: this.#log, driver: this.#driver, logger: this.#logger, commitWaitMs: this.#options.commitWaitMs, assertAcceptingWork: (tx) => this.#assertAcceptingWork(tx) };
   }
@@ -381,9 +397,16 @@ export class TransactionManager {
       const { tx, decision } = resumedTransaction(durable);
       tx.resumed = true;
       this.#live.set(tx.id, tx);
-      if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
       this.#logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
-      this.#driver.applyInternal(tx, { type: 'decision-durable', decision });
+      if (decision === 'one-phase') {
+        // Resolved by hand before the restart, its end record lost: the operator's word stands.
+        const byHand = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
+        if (byHand !== undefined) tx.onePhaseResolution = { outcome: byHand.outcome, reason: `resolved by hand (${byHand.actor}): ${byHand.reason}` };
+        void this.#driver.resumeOnePhase(tx);
+      } else {
+        if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
+        this.#driver.applyInternal(tx, { type: 'decision-durable', decision });
+      }
       resumed++;
     }
     return resumed;

@@ -25,6 +25,7 @@ interface MutableTransaction {
   outcome?: DurableTransaction['outcome'];
   endedAt?: string;
   onePhase?: true;
+  onePhaseInDoubt?: DurableTransaction['onePhaseInDoubt'];
 }
 
 export class DurableState {
@@ -85,6 +86,13 @@ export class DurableState {
         }
         return;
       }
+      case 'one-phase-in-doubt': {
+        const tx = this.#ensure(record.id, record.createdAt, record);
+        if (tx === undefined) return;
+        mergeBranches(tx, [record.branch]);
+        tx.onePhaseInDoubt = { evidence: record.evidence, reason: record.reason, at: record.at };
+        return;
+      }
       case 'branch-acked': {
         const tx = this.#transactions.get(record.id);
         const branch = tx?.branches.get(record.branchId);
@@ -107,6 +115,7 @@ export class DurableState {
         tx.outcome = record.outcome;
         tx.endedAt = record.at;
         if (record.onePhase === true) tx.onePhase = true;
+        delete tx.onePhaseInDoubt;
         this.#transactions.delete(record.id);
         this.finished.add(withoutWork(freeze(tx)));
         return;
@@ -239,5 +248,6 @@ function freeze(tx: MutableTransaction): DurableTransaction {
   if (tx.outcome !== undefined) out.outcome = tx.outcome;
   if (tx.endedAt !== undefined) out.endedAt = tx.endedAt;
   if (tx.onePhase === true) out.onePhase = true;
+  if (tx.onePhaseInDoubt !== undefined) out.onePhaseInDoubt = tx.onePhaseInDoubt;
   return out;
 }

@@ -10,6 +10,8 @@
  *                    (pre-commit) message leaves (rule 2). Never for an abort
  *                    (presumed abort), never a second one after a 3PC pre-commit.
  *   ended            never forced; for an abort it carries the summary
+ *   one-phase-in-doubt  forced, only when a one-phase commit's answer was lost: the
+ *                    branch and the store's evidence for asking its outcome later
  * So a committed transaction over stores that list their own prepared branches
  * writes one forced record and one unforced one; group commit shares the fsync.
  *
@@ -105,6 +107,18 @@ export type LogRecord =
       /** Its only branch's store committed or rolled it back in one step (no decision record). */
       readonly onePhase?: true;
     }
+  | ({
+      /**
+       * A one-phase commit whose answer was lost: the store decided, and the coordinator asks
+       * it what (after a restart too) with this evidence (forced, before it asks).
+       */
+      readonly t: 'one-phase-in-doubt';
+      readonly id: string;
+      readonly branch: BranchRecord;
+      readonly evidence: OnePhaseEvidence;
+      readonly reason: string;
+      readonly at: string;
+    } & TransactionSummary)
   | { readonly t: 'tx-state'; readonly tx: DurableTransaction }
   | {
       /** An operator resolved a prepared branch by hand (forced; the audit trail). */
@@ -156,7 +170,12 @@ export interface DurableTransaction {
   readonly endedAt?: string;
   /** Ended by a one-phase commit. */
   readonly onePhase?: true;
+  /** A one-phase commit whose answer was lost, not ended yet: what asking the store needs. */
+  readonly onePhaseInDoubt?: { readonly evidence: OnePhaseEvidence; readonly reason: string; readonly at: string };
 }
+
+/** A store's evidence for a lost one-phase commit (plain JSON; the adapter reads it). */
+export type OnePhaseEvidence = Readonly<Record<string, string | number | null>>;
 
 const RECORD_TYPES: ReadonlySet<string> = new Set([
   'participant-registered',
@@ -171,6 +190,7 @@ const RECORD_TYPES: ReadonlySet<string> = new Set([
   'coordinator',
   'manual-resolution',
   'branch-forgotten',
+  'one-phase-in-doubt',
 ]);
 
 export function isLogRecord(value: unknown): value is LogRecord {

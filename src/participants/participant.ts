@@ -18,16 +18,18 @@
  *     participant could not be reached or did not confirm; the caller retries.
  *   - `abort` also discards an open, unprepared branch.
  *   - `commitOnePhase` (optional) commits a transaction's only branch in one step: the
- *     store decides, nothing is prepared. It answers the store's outcome, and throws only
- *     when that outcome is not known (the answer was lost); the coordinator then asks
- *     `onePhaseOutcome` — never the commit again — until the store can tell.
+ *     store decides, nothing is prepared. It answers the store's outcome, or `unknown`
+ *     when that outcome is not known (the answer was lost) with the evidence that finding
+ *     it needs; the coordinator forces that evidence to its log and asks
+ *     `onePhaseOutcome` with it — never the commit again — until the store can tell (after
+ *     a restart too).
  *   - `findPrepared` lists the gids prepared on the participant that start
  *     with the prefix (recovery). Participants that cannot list return [].
  *   - Adapters never decide outcomes.
  */
 
 import type { Decision, Vote } from '../protocol/commit-protocol.js';
-import type { ParticipantKind } from '../log/log-records.js';
+import type { OnePhaseEvidence, ParticipantKind } from '../log/log-records.js';
 
 export interface BranchRef {
   readonly transactionId: string;
@@ -67,6 +69,20 @@ export interface OnePhaseResult {
   readonly outcome: Decision;
   /** Why the store rolled the work back. */
   readonly reason?: string;
+}
+
+/**
+ * What an adapter needs to learn a one-phase commit's outcome once its answer was lost
+ * (a Postgres transaction id, say): plain JSON, kept in the coordinator's log.
+ */
+export type { OnePhaseEvidence } from '../log/log-records.js';
+
+/** A one-phase commit whose answer was lost: the outcome is the store's, and not known yet. */
+export interface OnePhaseUnknown {
+  readonly outcome: 'unknown';
+  readonly evidence: OnePhaseEvidence;
+  /** What was lost, for the operator. */
+  readonly reason: string;
 }
 
 export interface PrepareOptions {
@@ -119,12 +135,16 @@ export interface ParticipantAdapter {
   abort(branch: BranchRef): Promise<void>;
   /**
    * One-phase commit of a transaction's only branch, its work still open: the store commits
-   * (or rolls back) on its own. Throws when the outcome is unknown; see `onePhaseOutcome`.
+   * (or rolls back) on its own. `unknown` when the answer was lost; see `onePhaseOutcome`.
    * Present exactly when the kind's `onePhase` capability is true.
    */
-  commitOnePhase?(branch: BranchRef): Promise<OnePhaseResult>;
-  /** The outcome of a one-phase commit whose answer was lost; throws while the store cannot tell yet. */
-  onePhaseOutcome?(branch: BranchRef): Promise<OnePhaseResult>;
+  commitOnePhase?(branch: BranchRef): Promise<OnePhaseResult | OnePhaseUnknown>;
+  /**
+   * The outcome of a one-phase commit whose answer was lost, from the evidence its
+   * `commitOnePhase` gave (on any instance of the adapter: it may come from the log after a
+   * restart); throws while the store cannot tell yet.
+   */
+  onePhaseOutcome?(branch: BranchRef, evidence: OnePhaseEvidence): Promise<OnePhaseResult>;
   findPrepared(gidPrefix: string): Promise<string[]>;
   /** Branches whose work sits in an open session on this adapter. */
   openBranches(): number;

@@ -19,12 +19,34 @@ const STOP_BACKEND_WAIT_MS = 10_000;
  */
 export async function stopBackend(control: pg.Pool, pid: number, since: Date, participant: string): Promise<void> {
   if (pid === 0) return;
-  await control.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
+  await stopMatching(control, 'pid = $1 AND backend_start < $2', [pid, since], participant);
+}
+
+/** Microseconds since the epoch of a server timestamp, exactly (extract answers numeric), as text. */
+export const micros = (expression: string): string => `(extract(epoch from ${expression}) * 1000000)::bigint`;
+
+/**
+ * As stopBackend, for a backend known by the server's own clock: started no later than
+ * `startedByMicros`, under the postmaster that started at `postmasterMicros` — so that nothing
+ * is hit on a server that restarted since (or on another one, after a failover).
+ */
+export async function stopBackendStartedBy(
+  control: pg.Pool,
+  backend: { readonly pid: number; readonly startedByMicros: string; readonly postmasterMicros: string },
+  participant: string,
+): Promise<void> {
+  if (backend.pid === 0) return;
+  const where = `pid = $1 AND ${micros('backend_start')} <= $2::bigint AND ${micros('pg_postmaster_start_time()')} = $3::bigint`;
+  await stopMatching(control, where, [backend.pid, backend.startedByMicros, backend.postmasterMicros], participant);
+}
+
+async function stopMatching(control: pg.Pool, where: string, params: unknown[], participant: string): Promise<void> {
+  await control.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE ${where}`, params);
   const deadline = Date.now() + STOP_BACKEND_WAIT_MS;
   for (;;) {
-    const res = await control.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start < $2', [pid, since]);
+    const res = await control.query(`SELECT 1 FROM pg_stat_activity WHERE ${where}`, params);
     if (res.rowCount === 0) return;
-    if (Date.now() > deadline) throw new Error(`backend ${pid} on ${participant} still runs a lost session; the call is retried`);
+    if (Date.now() > deadline) throw new Error(`backend ${String(params[0])} on ${participant} still runs a lost session; the call is retried`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -2,67 +2,95 @@
  * One-phase commit of a Postgres branch: a plain COMMIT of its open session, no
  * PREPARE TRANSACTION. The server decides; what it decided is known from the
  * COMMIT's answer — or, when that answer was lost (the connection broke, the
- * read timed out), from the transaction's id: it is read before COMMIT is sent
- * (in the work's own round trip when the commit follows at once), and
- * `txid_status` tells afterwards whether that transaction committed, once the
- * backend that ran it is gone. A branch that never wrote holds no transaction
- * id: its COMMIT and a ROLLBACK come to the same.
+ * read timed out), from the evidence read before COMMIT was sent (in the work's
+ * own round trip when the commit follows at once):
+ *
+ *   xid         txid_current(): assigned even to a branch that only read, since
+ *               COMMIT itself can write (a NOTIFY takes its id there)
+ *   pid, since  the backend, and the server's clock when it ran the read
+ *   postmaster  when the server's postmaster started
+ *
+ * Once that backend is gone, `txid_status` tells whether the transaction
+ * committed — but a server that crashed since hands out again the ids whose
+ * records never reached disk, so "committed" may be another transaction's. It
+ * is trusted only while a backend that started before `since` still runs under
+ * the same postmaster (a crash or restart ends every backend). Otherwise only
+ * what a restart cannot fake is taken: an id "in the future", "aborted" or
+ * "in progress" (ours cannot be: its backend is gone) mean the COMMIT never
+ * became durable; "committed" stays in doubt for an operator.
  */
 
 import type pg from 'pg';
 import { DatabaseError } from 'pg-protocol';
 import { errorMessage } from '../errors.js';
-import type { OnePhaseResult } from './participant.js';
+import type { OnePhaseEvidence, OnePhaseResult, OnePhaseUnknown } from './participant.js';
+import { micros, stopBackendStartedBy } from './postgres-control.js';
 import { runSimple } from './pg-pipeline.js';
 import { release, type BranchSession } from './postgres-session.js';
 
-/** Appended to the work when a one-phase commit follows: the transaction's id, or null while it wrote nothing. */
-export const XID_QUERY = 'SELECT txid_current_if_assigned()::text AS xid';
+/** Appended to the work when a one-phase commit follows: what a lost COMMIT answer needs. */
+export const EVIDENCE_QUERY =
+  `SELECT txid_current()::text AS xid, ${micros('statement_timestamp()')}::text AS since, ` +
+  `${micros('pg_postmaster_start_time()')}::text AS postmaster`;
 
-/** A one-phase commit whose answer was lost: what finding its outcome needs. */
-export interface LostCommit {
-  /** The transaction's id; null when it wrote nothing. */
-  readonly xid: string | null;
-  /** The backend that ran it, and when we lost it (a pid reused since has a later backend_start). */
-  readonly pid: number;
-  readonly since: Date;
+/** What finding a lost COMMIT's outcome needs, read on its session before COMMIT. */
+export interface CommitEvidence {
+  readonly xid: string;
+  /** Server clock, microseconds since the epoch. */
+  readonly since: string;
+  readonly postmaster: string;
 }
 
-export type CommitAnswer = OnePhaseResult | { readonly lost: LostCommit; readonly error: unknown };
+const SQLSTATE_INVALID_PARAMETER = '22023';
 
-export function xidOf(rows: readonly unknown[] | undefined): string | null {
-  const xid = (rows?.[0] as { xid?: unknown } | undefined)?.xid;
-  return typeof xid === 'string' ? xid : null;
+export function evidenceOf(rows: readonly unknown[] | undefined): CommitEvidence | undefined {
+  const row = rows?.[0] as Record<string, unknown> | undefined;
+  const { xid, since, postmaster } = row ?? {};
+  return typeof xid === 'string' && typeof since === 'string' && typeof postmaster === 'string' ? { xid, since, postmaster } : undefined;
+}
+
+/** The evidence back from the log, checked (it comes from disk, maybe from an older version). */
+function parseEvidence(evidence: OnePhaseEvidence): (CommitEvidence & { pid: number }) | undefined {
+  const { xid, since, postmaster, pid } = evidence;
+  const digits = (v: unknown): v is string => typeof v === 'string' && /^\d{1,20}$/.test(v);
+  if (!digits(xid) || !digits(since) || !digits(postmaster) || typeof pid !== 'number' || !Number.isInteger(pid)) return undefined;
+  return { xid, since, postmaster, pid };
 }
 
 /** COMMIT of the branch's open session; the session goes back to the pool (or is closed) in every case. */
-export async function commitSession(session: BranchSession, participant: string): Promise<CommitAnswer> {
+export async function commitSession(session: BranchSession, participant: string): Promise<OnePhaseResult | OnePhaseUnknown> {
   if (session.failure !== undefined) {
-    await endQuietly(session, 'ROLLBACK');
+    await endQuietly(session);
     return { outcome: 'abort', reason: session.failure };
   }
-  if (session.xid === undefined) {
+  let evidence = session.evidence;
+  if (evidence === undefined) {
     try {
-      const res = await session.client.query<{ xid: string | null }>(XID_QUERY);
-      session.xid = xidOf(res.rows);
+      evidence = evidenceOf((await session.client.query(EVIDENCE_QUERY)).rows);
+      if (evidence === undefined) throw new Error('the server did not answer the transaction id');
     } catch (err) {
       // No COMMIT was sent: the server rolls the work back, now or when it sees the connection go.
       release(session, err);
       return { outcome: 'abort', reason: `could not read the transaction id on ${participant} before COMMIT: ${errorMessage(err)}` };
     }
   }
-  const xid = session.xid;
   let tag: string | null;
   try {
     tag = await runSimple(session.client, 'COMMIT');
   } catch (err) {
-    if (err instanceof DatabaseError) {
-      // A COMMIT the server refused (a deferred constraint, a serialization failure) rolled back.
+    // A COMMIT the server refused with an ERROR (a deferred constraint, a serialization
+    // failure) rolled back. FATAL or PANIC end the backend, maybe after the commit was
+    // durable (terminated while waiting for a synchronous standby): not known.
+    if (err instanceof DatabaseError && err.severity === 'ERROR') {
       release(session);
       return { outcome: 'abort', reason: `commit failed on ${participant}: ${errorMessage(err)}` };
     }
     release(session, err);
-    return { lost: { xid, pid: session.backendPid, since: new Date() }, error: err };
+    return {
+      outcome: 'unknown',
+      evidence: { ...evidence, pid: session.backendPid },
+      reason: `the answer to COMMIT on ${participant} was lost: ${errorMessage(err)}`,
+    };
   }
   release(session);
   // COMMIT of a transaction that had already failed answers ROLLBACK.
@@ -74,18 +102,50 @@ export async function commitSession(session: BranchSession, participant: string)
  * The outcome of a lost COMMIT, read on a control session once its backend is gone (so the
  * transaction is no longer in progress). Throws while the server cannot say.
  */
-export async function lostCommitOutcome(
-  lost: LostCommit,
-  control: pg.Pool,
-  stopBackend: (pid: number, since: Date) => Promise<void>,
-  participant: string,
-): Promise<OnePhaseResult> {
-  if (lost.xid === null) return { outcome: 'commit' }; // it wrote nothing: committed and rolled back are the same
-  await stopBackend(lost.pid, lost.since);
-  const res = await control.query<{ status: string | null }>('SELECT txid_status($1::bigint) AS status', [lost.xid]);
-  const status = res.rows[0]?.status ?? null;
-  if (status === 'committed') return { outcome: 'commit' };
-  if (status === 'aborted') return { outcome: 'abort', reason: `the connection to ${participant} broke during COMMIT, and the server rolled the transaction back` };
+export async function lostCommitOutcome(raw: OnePhaseEvidence, control: pg.Pool, participant: string): Promise<OnePhaseResult> {
+  const lost = parseEvidence(raw);
+  if (lost === undefined) throw new Error(`the evidence kept for a lost COMMIT on ${participant} cannot be read: check the data and resolve the transaction by hand`);
+  await stopBackendStartedBy(control, { pid: lost.pid, startedByMicros: lost.since, postmasterMicros: lost.postmaster }, participant);
+  const client = await control.connect();
+  // A connection that breaks while checked out says so with an 'error' event: heard here (the
+  // query fails too), else it would end the process.
+  const onError = (): void => undefined;
+  client.on('error', onError);
+  let status: string | null;
+  let unbroken: boolean;
+  let broken: unknown;
+  try {
+    // This session's own backend may be the witness: whatever started before `since` and runs now.
+    const witness = await client.query<{ unbroken: boolean }>(
+      `SELECT ${micros('pg_postmaster_start_time()')} = $1::bigint
+          AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE ${micros('backend_start')} < $2::bigint) AS unbroken`,
+      [lost.postmaster, lost.since],
+    );
+    unbroken = witness.rows[0]?.unbroken === true;
+    try {
+      status = (await client.query<{ status: string | null }>('SELECT txid_status($1::bigint) AS status', [lost.xid])).rows[0]?.status ?? null;
+    } catch (err) {
+      // "transaction ID … is in the future": the server never made it durable (it restarted since).
+      if (err instanceof DatabaseError && err.code === SQLSTATE_INVALID_PARAMETER && /in the future/.test(err.message)) status = 'future';
+      else throw err;
+    }
+  } catch (err) {
+    broken = err instanceof DatabaseError ? undefined : err;
+    throw err;
+  } finally {
+    client.off('error', onError);
+    // A broken connection is closed, not pooled.
+    client.release(broken instanceof Error ? broken : broken === undefined ? undefined : true);
+  }
+  const rolledBack = { outcome: 'abort' as const, reason: `the answer to COMMIT on ${participant} was lost, and the server rolled the transaction back` };
+  if (status === 'committed' && unbroken) return { outcome: 'commit' };
+  if (status === 'aborted' || status === 'future' || (status === 'in progress' && !unbroken)) return rolledBack;
+  if (status === 'committed') {
+    throw new Error(
+      `${participant} restarted (or crashed) after COMMIT of transaction ${lost.xid} was sent, and may have given that id to another ` +
+        'transaction: its "committed" cannot be trusted. Check the data and resolve the transaction by hand',
+    );
+  }
   throw new Error(
     status === null
       ? `${participant} no longer knows transaction ${lost.xid} (too old): its one-phase outcome cannot be read`
@@ -93,9 +153,9 @@ export async function lostCommitOutcome(
   );
 }
 
-async function endQuietly(session: BranchSession, statement: 'ROLLBACK'): Promise<void> {
+async function endQuietly(session: BranchSession): Promise<void> {
   try {
-    await session.client.query(statement);
+    await session.client.query('ROLLBACK');
     release(session);
   } catch (err) {
     release(session, err);

@@ -28,8 +28,8 @@ import { DatabaseError } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from './gid.js';
-import type { BranchRef, EnlistOptions, EnlistResult, OnePhaseResult, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
-import { commitSession, lostCommitOutcome, XID_QUERY, xidOf, type LostCommit } from './postgres-one-phase.js';
+import type { BranchRef, EnlistOptions, EnlistResult, OnePhaseEvidence, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
+import { commitSession, EVIDENCE_QUERY, evidenceOf, lostCommitOutcome } from './postgres-one-phase.js';
 import { controlFailure as failure, stopBackend } from './postgres-control.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
@@ -74,8 +74,6 @@ export class PostgresParticipant implements ParticipantAdapter {
   readonly #maxSessions: number;
   /** Prepares in flight, by gid. */
   readonly #preparing = new Map<string, Promise<PrepareResult>>();
-  /** One-phase commits whose answer was lost, by gid: what finding their outcome needs. */
-  readonly #lostCommits = new Map<string, LostCommit>();
   /** Prepared branches whose session is kept for their phase 2. */
   readonly #kept = new KeptSessions(KEEP_FOR_PHASE2_MS);
   readonly #log: Logger;
@@ -173,9 +171,9 @@ export class PostgresParticipant implements ParticipantAdapter {
       ...(begins ? [{ text: 'BEGIN' }] : []),
       ...operations.map((op) => ({ text: op.sql, values: op.params, rows: true })),
       ...(prepares ? [{ text: `PREPARE TRANSACTION '${branch.gid}'` }] : []),
-      ...(readsXid && !prepares ? [{ text: XID_QUERY, rows: true }] : []),
+      ...(readsXid && !prepares ? [{ text: EVIDENCE_QUERY, rows: true }] : []),
     ];
-    session.xid = undefined; // read again after this work
+    session.evidence = undefined; // read again after this work
     const first = begins ? 1 : 0;
     let answers: StatementResult[];
     try {
@@ -223,7 +221,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       });
     }
     const results = resultsOf(answers.slice(first, first + operations.length));
-    if (readsXid && !prepares) session.xid = xidOf(answers.at(-1)?.rows);
+    if (readsXid && !prepares) session.evidence = evidenceOf(answers.at(-1)?.rows);
     if (!prepares) return { results };
     this.#open.delete(branch.gid);
     const tag = answers.at(-1)?.command;
@@ -294,26 +292,18 @@ export class PostgresParticipant implements ParticipantAdapter {
     await this.#resolvePrepared(branch.gid, `COMMIT PREPARED '${branch.gid}'`);
   }
 
-  async commitOnePhase(branch: BranchRef): Promise<OnePhaseResult> {
+  async commitOnePhase(branch: BranchRef): Promise<OnePhaseResult | OnePhaseUnknown> {
     assertSafeGid(branch.gid);
     const session = this.#open.get(branch.gid);
     if (session === undefined) return { outcome: 'abort', reason: `no open session for branch ${branch.branchId} on ${this.name}` };
-    await session.busy?.catch(() => undefined);
+    // Off the open list before anything is awaited: an abort arriving now finds nothing to roll back.
     this.#open.delete(branch.gid);
-    const answer = await commitSession(session, this.name);
-    if ('lost' in answer) {
-      this.#lostCommits.set(branch.gid, answer.lost);
-      throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `the answer to COMMIT on ${this.name} was lost: ${errorMessage(answer.error)}`, { cause: answer.error });
-    }
-    return answer;
+    await session.busy?.catch(() => undefined);
+    return commitSession(session, this.name);
   }
 
-  async onePhaseOutcome(branch: BranchRef): Promise<OnePhaseResult> {
-    const lost = this.#lostCommits.get(branch.gid);
-    if (lost === undefined) throw new CoordinatorError('INTERNAL', `no one-phase commit of branch ${branch.branchId} is in doubt on ${this.name}`);
-    const result = await lostCommitOutcome(lost, this.#control, (pid, since) => stopBackend(this.#control, pid, since, this.name), this.name);
-    this.#lostCommits.delete(branch.gid);
-    return result;
+  async onePhaseOutcome(_branch: BranchRef, evidence: OnePhaseEvidence): Promise<OnePhaseResult> {
+    return lostCommitOutcome(evidence, this.#control, this.name);
   }
 
   async abort(branch: BranchRef): Promise<void> {

@@ -3,6 +3,7 @@
  * (or closing it when it must not be reused), the read-only guesses, and the sessions of
  * prepared branches kept for their phase 2.
  */
+import type { CommitEvidence } from './postgres-one-phase.js';
 import type pg from 'pg';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { StatementResult } from './pg-pipeline.js';
@@ -24,10 +25,11 @@ export interface BranchSession {
   /** Work running on the session right now (an abort waits for it before it looks). */
   busy: Promise<unknown> | undefined;
   /**
-   * The transaction's id as read after the last work (null: it wrote nothing); undefined when
-   * not read since. A one-phase commit needs it to learn its outcome should COMMIT's answer be lost.
+   * The transaction's id (and when, under which postmaster) as read after the last work;
+   * undefined when not read since. A one-phase commit needs it to learn its outcome should
+   * COMMIT's answer be lost.
    */
-  xid?: string | null;
+  evidence?: CommitEvidence | undefined;
 }
 
 /**

@@ -1,10 +1,11 @@
 /**
  * One-phase commit: a transaction of one Postgres branch commits with a plain COMMIT — no
- * PREPARE TRANSACTION, no forced coordinator record — and says so (`onePhase: true`). Its
+ * PREPARE TRANSACTION, nothing forced before it — and says so (`onePhase: true`). Its
  * safety conditions, each checked on the real database: only a lone branch goes one-phase
  * (two branches keep the full protocol), a COMMIT the database refuses is an abort, and a
  * COMMIT whose answer is lost is resolved from the database (txid_status) to what it did —
- * never guessed, never committed twice.
+ * never guessed, never committed twice; while the database cannot tell, the transaction is
+ * in doubt, and an operator can resolve it by hand.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
@@ -43,7 +44,7 @@ beforeAll(async () => {
   });
   const target = new URL(dbA);
   proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
-  c = await startCoordinator({ TCX_DEFAULT_TIMEOUT_MS: '10000', TCX_RECOVERY_INTERVAL_MS: '3600000' });
+  c = await startCoordinator({ TCX_DEFAULT_TIMEOUT_MS: '10000', TCX_RECOVERY_INTERVAL_MS: '3600000', TCX_COMMIT_WAIT_MS: '2000' });
   expect((await api('POST', '/v1/participants', { name: 'bank-a', kind: 'postgres', connectionString: dbA })).status).toBe(201);
   expect((await api('POST', '/v1/participants', { name: 'bank-b', kind: 'postgres', connectionString: dbB })).status).toBe(201);
   expect((await api('POST', '/v1/participants', { name: 'bank-proxied', kind: 'postgres', connectionString: proxy.rewriteUrl(dbA) })).status).toBe(201);
@@ -140,6 +141,36 @@ describe('one-phase commit', () => {
     expect(res.body).toMatchObject({ state: 'aborted', onePhase: true });
     expect(res.body.reason).toMatch(/rolled the transaction back/);
     expect(await balanceOf(dbA, 'doomed')).toBe(100);
+  });
+
+  it("COMMIT's answer lost and the database cannot tell: in doubt, listed so; an operator resolves it by hand", async () => {
+    const before = await balanceOf(dbA, 'alice');
+    proxy.cutReplies(PLAIN_COMMIT, 1);
+    proxy.cutReplies('AS unbroken', 10_000); // every attempt to read the outcome breaks
+    try {
+      const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank-proxied', operations: [move('alice', 7)] }], commit: true });
+      expect(res.status, JSON.stringify(res.body)).toBe(202);
+      expect(res.body).toMatchObject({ state: 'one-phase', decision: null, inDoubt: true, onePhase: true });
+      expect(res.body.branches[0].lastError).toBeDefined();
+      const id = res.body.id as string;
+      const listed = await api('GET', '/v1/transactions?state=in-doubt');
+      expect((listed.body.transactions as { id: string }[]).map((t) => t.id)).toContain(id);
+      // Asking again (the operator's retry) still cannot tell.
+      expect((await api('POST', `/v1/transactions/${id}/retry`)).body).toMatchObject({ state: 'one-phase', inDoubt: true });
+
+      const coordinatorId = ((await api('GET', '/healthz')).body as { coordinatorId: string }).coordinatorId;
+      const gid = `tcx:${coordinatorId}:${id}:1`;
+      const resolved = await api('POST', `/v1/participants/bank-proxied/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'the ledger shows the deposit' });
+      expect(resolved.status, JSON.stringify(resolved.body)).toBe(200);
+      expect(resolved.body).toMatchObject({ gid, participant: 'bank-proxied', outcome: 'commit' });
+      const got = await api('GET', `/v1/transactions/${id}`);
+      expect(got.body).toMatchObject({ state: 'committed', decision: 'commit', inDoubt: false, onePhase: true });
+      expect(await balanceOf(dbA, 'alice')).toBe(before + 7);
+      // A second resolution finds nothing in doubt.
+      expect((await api('POST', `/v1/participants/bank-proxied/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'again' })).status).toBe(409);
+    } finally {
+      proxy.reset();
+    }
   });
 
   it('a read-only branch commits one-phase too', async () => {

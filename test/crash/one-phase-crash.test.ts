@@ -10,15 +10,22 @@
  * Either way nothing is left prepared, the rows are free, and the restarted coordinator says
  * it does not know the transaction (404) rather than claiming an outcome it cannot know.
  * A one-phase commit the client was told about is never forgotten: its end record is forced
- * before the answer.
+ * before the answer. One whose COMMIT answer was lost is not forgotten either: the store's
+ * evidence (the transaction id) is forced before the store is asked, so a coordinator killed
+ * right then asks again after its restart and reports what the database did.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
+import { FaultProxy } from '../support/fault-proxy.js';
 import { crashLogs, settle, startCrashCoordinator, transferSql, waitSettled } from './helpers.js';
 
 let db: string;
 let coord: CoordinatorProcess | undefined;
+let proxy: FaultProxy;
+
+/** The COMMIT of a one-phase branch (simple query protocol: 'Q', length, text). */
+const PLAIN_COMMIT = 'Q\u0000\u0000\u0000\u000bCOMMIT\u0000';
 
 const START = 100;
 const AMOUNT = 10;
@@ -26,6 +33,8 @@ const AMOUNT = 10;
 beforeAll(async () => {
   db = await freshDatabase(inject('pgUrlA'), 'onephase');
   await createAccounts(db, {});
+  const target = new URL(db);
+  proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
 });
 
 afterEach(async () => {
@@ -34,6 +43,7 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
+  await proxy?.close();
   await rollBackLeftovers(db);
 });
 
@@ -55,6 +65,38 @@ describe.each(crashLogs(() => inject('pgUrlB')))('coordinator ($log log) killed 
     expect(got.status, JSON.stringify(got.body)).toBe(200);
     expect(got.body).toMatchObject({ state: 'committed', onePhase: true });
     expect({ from: await balanceOf(db, from), to: await balanceOf(db, to) }).toEqual({ from: START - AMOUNT, to: START + AMOUNT });
+  });
+
+  it("COMMIT's answer lost, the coordinator killed before it asked the database: after the restart it asks, and reports committed", async () => {
+    const [from, to] = [`${log}_lost_from`, `${log}_lost_to`];
+    await createAccounts(db, { [from]: START, [to]: START });
+    coord = await startCrashCoordinator([{ name: 'bank', kind: 'postgres', connectionString: proxy.rewriteUrl(db) }], {
+      TCX_FAIL_POINT: 'one-phase-answer-lost',
+      ...(await env('one-phase-lost')),
+    });
+    const begun = await coord.request('POST', '/v1/transactions', { timeoutMs: 20_000 });
+    const id = begun.body.id as string;
+    const enlisted = await coord.request('POST', `/v1/transactions/${id}/branches`, { participant: 'bank', operations: [transferSql(from, -AMOUNT), transferSql(to, AMOUNT)] });
+    expect(enlisted.status, JSON.stringify(enlisted.body)).toBe(201);
+    const cut = proxy.counters().repliesCut;
+    proxy.cutReplies(PLAIN_COMMIT, 1);
+    const answer = await settle(coord.request('POST', `/v1/transactions/${id}/commit`));
+    expect(answer.ok, 'the coordinator died before answering').toBe(false);
+    expect((await coord.waitExit()).signal).toBe('SIGKILL');
+    expect(proxy.counters().repliesCut).toBe(cut + 1);
+    // The database committed; only its answer was lost.
+    expect({ from: await balanceOf(db, from), to: await balanceOf(db, to) }).toEqual({ from: START - AMOUNT, to: START + AMOUNT });
+
+    await coord.restart();
+    let got = await coord.request('GET', `/v1/transactions/${id}`);
+    for (let i = 0; i < 100 && got.body?.state !== 'committed'; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      got = await coord.request('GET', `/v1/transactions/${id}`);
+    }
+    expect(got.status, JSON.stringify(got.body)).toBe(200);
+    expect(got.body).toMatchObject({ state: 'committed', decision: 'commit', onePhase: true, inDoubt: false });
+    expect({ from: await balanceOf(db, from), to: await balanceOf(db, to) }, 'applied once').toEqual({ from: START - AMOUNT, to: START + AMOUNT });
+    expect(await preparedGids(db)).toEqual([]);
   });
 
   for (const tc of CASES) {

@@ -61,3 +61,34 @@ describe('DurableState: work kept in the log', () => {
     expect(old.finished.get('t3')?.branches.some((b) => b.payload !== undefined)).toBe(false);
   });
 });
+
+describe('DurableState: a one-phase commit whose answer was lost', () => {
+  const branch: BranchRecord = { branchId: 'b1', participant: 'db', kind: 'postgres', gid: 'tcx:c1:t4:1' };
+  const evidence = { xid: '1234', since: '1767225600000000', postmaster: '1767225500000000', pid: 42 };
+  const lost: LogRecord = { t: 'one-phase-in-doubt', id: 't4', branch, evidence, reason: 'the answer to COMMIT was lost', at, protocol: '2pc', timeoutMs: 1000, createdAt: at };
+
+  it('is unfinished, with its evidence, also through a snapshot: recovery asks the store after a restart', () => {
+    const state = new DurableState();
+    state.apply(lost);
+    const copy = new DurableState();
+    for (const record of state.snapshot().records) copy.apply(record);
+    for (const s of [state, copy]) {
+      const [tx] = s.unfinished();
+      expect(tx).toMatchObject({ id: 't4', branches: [branch], onePhaseInDoubt: { evidence, reason: 'the answer to COMMIT was lost', at } });
+      expect(tx?.decision).toBeUndefined();
+    }
+  });
+
+  it('ends with its end record: finished, one-phase, without the evidence', () => {
+    const state = new DurableState();
+    state.apply(lost);
+    state.apply({ t: 'ended', id: 't4', outcome: 'commit', at, onePhase: true, summary: { protocol: '2pc', timeoutMs: 1000, createdAt: at, branches: [branch] } });
+    expect(state.unfinished()).toEqual([]);
+    const finished = state.transaction('t4');
+    expect(finished).toMatchObject({ outcome: 'commit', onePhase: true });
+    expect(finished?.onePhaseInDoubt).toBeUndefined();
+    // A late copy of the record (a replayed segment) does not revive it.
+    state.apply(lost);
+    expect(state.unfinished()).toEqual([]);
+  });
+});
