@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   initialState,
   InvalidTransitionError,
+  isTerminal,
   step,
   type Protocol,
   type TwoPhaseAction,
@@ -121,8 +122,9 @@ describe('2PC state machine', () => {
  * requests, votes (yes, no, read-only), duplicated and late votes and acks
  * (including acks of an earlier round), a timeout and the durable decisions,
  * for up to three branches. The environment answers each action the machine
- * emitted at any later moment, possibly twice. Every reachable state is
- * checked against the rules.
+ * emitted at any later moment, possibly twice. The client may ask for a
+ * one-phase commit instead, whose store answers its outcome (possibly twice).
+ * Every reachable state is checked against the rules.
  */
 describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (protocol: Protocol) => {
   interface World {
@@ -136,6 +138,9 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
     readonly clientAsked: boolean;
     readonly timedOut: boolean;
     readonly ended: Verdict | null;
+    /** The one-phase commit was sent to the store, and what the store answered. */
+    readonly onePhaseSent: boolean;
+    readonly onePhaseOutcome: 'commit' | 'abort' | null;
   }
   const yesBranches = (w: World): string[] => Object.entries(w.votes).filter(([, v]) => v === 'yes').map(([id]) => id);
 
@@ -143,11 +148,19 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
     let w = world;
     for (const a of actions) {
       switch (a.type) {
+        case 'commit-one-phase':
+          expect(Object.keys(w.state.branches), 'one-phase commit of more than one branch').toHaveLength(1);
+          expect(w.preparesSent, 'one-phase commit after a prepare').toEqual([]);
+          expect(w.onePhaseSent, 'one-phase commit sent twice').toBe(false);
+          w = { ...w, onePhaseSent: true };
+          break;
         case 'prepare-branches':
+          expect(w.onePhaseSent, 'prepare after a one-phase commit').toBe(false);
           for (const id of a.branchIds) expect(w.preparesSent, `prepare sent twice to ${id}`).not.toContain(id);
           w = { ...w, preparesSent: [...w.preparesSent, ...a.branchIds] };
           break;
         case 'log-decision': {
+          expect(w.onePhaseSent, 'a decision logged for a one-phase commit').toBe(false);
           const first = w.logged.length === 0;
           if (first) {
             if (a.decision !== 'abort') {
@@ -171,6 +184,7 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
           break;
         }
         case 'deliver':
+          expect(w.onePhaseSent, 'phase 2 after a one-phase commit').toBe(false);
           expect(w.durable, `${a.decision} delivered before it was durable`).toContain(a.decision);
           if (a.decision === 'commit' && protocol === '3pc') expect(w.durable).toContain('precommit');
           for (const id of a.branchIds) {
@@ -192,7 +206,8 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
           break;
         case 'log-end':
           expect(w.ended).toBeNull();
-          expect(a.outcome).toBe(w.logged.at(-1));
+          // A one-phase commit ends with what its store did; any other with its logged decision.
+          expect(a.outcome).toBe(w.onePhaseSent ? w.onePhaseOutcome : w.logged.at(-1));
           if (a.outcome === 'commit') for (const id of yesBranches(w)) expect(w.acked[id] ?? [], `ended before ${id} committed`).toContain('commit');
           w = { ...w, ended: a.outcome };
           break;
@@ -203,7 +218,15 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
 
   function events(w: World): TwoPhaseEvent[] {
     const out: TwoPhaseEvent[] = [];
-    if (!w.clientAsked) out.push({ type: 'commit' }, { type: 'prepare' }, { type: 'abort', reason: 'client' });
+    if (!w.clientAsked) out.push({ type: 'commit' }, { type: 'commit', onePhase: true }, { type: 'prepare' }, { type: 'abort', reason: 'client' });
+    if (w.state.phase === 'one-phase') out.push({ type: 'abort', reason: 'client' }, { type: 'commit' });
+    if (w.onePhaseSent) {
+      const [only] = Object.keys(w.state.branches);
+      // The store answers once; a late copy repeats that answer.
+      for (const outcome of w.onePhaseOutcome === null ? (['commit', 'abort'] as const) : [w.onePhaseOutcome]) {
+        out.push({ type: 'one-phase-outcome', branchId: only as string, outcome });
+      }
+    }
     if (w.state.phase === 'prepared') out.push({ type: 'commit' }, { type: 'abort', reason: 'client' });
     if (!w.timedOut) out.push({ type: 'timeout' });
     for (const id of w.preparesSent) {
@@ -238,11 +261,16 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
     if (e.type === 'timeout') n = { ...n, timedOut: true };
     if (e.type === 'vote' && w.votes[e.branchId] === undefined) n = { ...n, votes: { ...n.votes, [e.branchId]: e.vote } };
     if (e.type === 'decision-durable') n = { ...n, durable: [...n.durable, e.decision] };
+    if (e.type === 'one-phase-outcome' && n.onePhaseOutcome === null) n = { ...n, onePhaseOutcome: e.outcome };
     if (e.type === 'ack' && !(n.acked[e.branchId] ?? []).includes(e.verdict)) {
       n = { ...n, acked: { ...n.acked, [e.branchId]: [...(n.acked[e.branchId] ?? []), e.verdict] } };
     }
     n = applyActions(n, result.actions);
     if (n.state.phase === 'committed') for (const id of yesBranches(n)) expect(n.delivered[id]).toContain('commit');
+    if (n.onePhaseSent && isTerminal(n.state.phase)) {
+      // Sent to the store, the outcome is the store's: no abort or timeout may override it.
+      expect(n.state.phase, 'a one-phase commit ended otherwise than its store decided').toBe(n.onePhaseOutcome === 'commit' ? 'committed' : 'aborted');
+    }
     return n;
   }
 
@@ -261,6 +289,8 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
         clientAsked: false,
         timedOut: false,
         ended: null,
+        onePhaseSent: false,
+        onePhaseOutcome: null,
       };
       const seen = new Set<string>();
       const stack: World[] = [start];
@@ -284,6 +314,7 @@ describe.each(['2pc', '3pc'] as const)('%s state machine, every interleaving', (
           expect(['committed', 'aborted', 'active', 'prepared']).toContain(w.state.phase);
         }
       }
+      if (branchCount === 1) expect([...seen].some((k) => k.includes('"onePhaseOutcome":"commit"')), 'one-phase commit explored').toBe(true);
       expect(seen.size).toBeGreaterThan(10);
       expect(quiescent).toBeGreaterThan(0);
     });
