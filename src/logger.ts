@@ -1,5 +1,6 @@
+import { createRequire } from 'node:module';
 import { destination as pinoDestination, pino, stdTimeFunctions, type DestinationStream, type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import type PinoPretty from 'pino-pretty';
 
 export type { Logger };
 
@@ -36,6 +37,8 @@ export function createLogger(options: { level?: string; name?: string; destinati
   const format = options.format ?? (process.env.TCX_LOG_FORMAT === 'pretty' ? 'pretty' : 'json');
   if (format === 'pretty') {
     const destination = options.destination ?? pinoDestination({ dest: 1, sync: true });
+    // Loaded only for a terminal: JSON logging (production) never pays for it at start-up.
+    const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
     return pino(pinoOptions, pretty({ destination, sync: true, colorize: process.stdout.isTTY, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l', ignore: 'pid,hostname,name' }));
   }
   return options.destination === undefined ? pino(pinoOptions) : pino(pinoOptions, options.destination);

@@ -12,6 +12,7 @@ import { checkRegistrationShape } from '../coordinator/participant-kinds.js';
 import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
+import { lazyValidators } from './lazy-validators.js';
 import { installDashboard } from '../ui/dashboard.js';
 import { coordinatorMetrics, installDocs, installMetricsRoute } from './operator-routes.js';
 import type { CoordinatorMetrics } from '../observability/metrics.js';
@@ -78,6 +79,7 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.bodyLimitBytes ?? 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    schemaController: { compilersFactory: { buildValidator: lazyValidators } },
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors,
   });

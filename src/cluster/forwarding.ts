@@ -4,9 +4,10 @@
  * client's own Authorization header (instances share their tokens) and a
  * marker so that a forwarded request is never forwarded again. Every hop is
  * bounded; the first answer that is not "unknown transaction" is the answer.
+ * undici is loaded on the first hop: a lone instance never needs it.
  */
 
-import { Agent, request } from 'undici';
+import type { Agent, request as undiciRequest } from 'undici';
 
 export interface Peer {
   readonly holder: string;
@@ -44,14 +45,21 @@ export const FORWARDED_BY = 'x-tcx-forwarded-by';
 export class Forwarder {
   readonly #me: string;
   readonly #deadlines: { readonly readMs: number; readonly changeMs: number };
-  readonly #agent: Agent;
+  #client: Promise<{ agent: Agent; request: typeof undiciRequest }> | undefined;
+  #closed = false;
 
   /** `readMs`: a hop's deadline for a read; `changeMs`: for a state change (it may wait for votes and acknowledgements). */
   constructor(me: string, deadlines: { readMs: number; changeMs: number }) {
     this.#me = me;
     this.#deadlines = deadlines;
-    const longest = Math.max(deadlines.readMs, deadlines.changeMs);
-    this.#agent = new Agent({ connectTimeout: deadlines.readMs, headersTimeout: longest, bodyTimeout: longest, connections: 16 });
+  }
+
+  #undici(): Promise<{ agent: Agent; request: typeof undiciRequest }> {
+    this.#client ??= import('undici').then(({ Agent, request }) => {
+      const longest = Math.max(this.#deadlines.readMs, this.#deadlines.changeMs);
+      return { agent: new Agent({ connectTimeout: this.#deadlines.readMs, headersTimeout: longest, bodyTimeout: longest, connections: 16 }), request };
+    });
+    return this.#client;
   }
 
   /** The first peer's answer that knows the transaction; none when no peer does (or could be asked). */
@@ -95,8 +103,10 @@ export class Forwarder {
 
   /** One hop: the request as the client made it, marked as forwarded, with the client's token. */
   async #send(peer: Peer, req: ForwardedRequest, timeoutMs: number): Promise<ForwardedAnswer> {
+    if (this.#closed) throw new Error('the forwarder is closed');
+    const { agent, request } = await this.#undici();
     const res = await request(`${peer.publicUrl}${req.url}`, {
-      dispatcher: this.#agent,
+      dispatcher: agent,
       method: req.method as 'GET' | 'POST' | 'DELETE',
       headers: {
         [FORWARDED_BY]: this.#me,
@@ -117,6 +127,7 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
-    await this.#agent.close();
+    this.#closed = true;
+    if (this.#client !== undefined) await (await this.#client).agent.close();
   }
 }

@@ -77,8 +77,8 @@ export function forgetBranch(tx: LiveTransaction, branchId: string, request: { r
 /**
  * An operator's word on a one-phase commit in doubt that its store cannot settle (it
  * restarted and may have reused the transaction id, say): forced to the log (the audit
- * trail) before it takes effect; the transaction then ends with that outcome, unless an
- * attempt to ask the store under way comes back with the store's own answer first.
+ * trail) before it takes effect. The store is asked once more; only if it still cannot tell
+ * does the transaction end with the operator's outcome (the store's own answer wins).
  */
 export async function resolveOnePhase(
   tx: LiveTransaction,

@@ -29,12 +29,8 @@ import { parse as parsePgConnectionString } from 'pg-connection-string';
 import type { Logger } from 'pino';
 import { CoordinatorError } from '../errors.js';
 import type { ParticipantAuth, ParticipantKind } from '../log/log-records.js';
-import { HttpParticipant } from '../participants/http-participant.js';
-import { MySqlParticipant } from '../participants/mysql-participant.js';
-import { NatsParticipant } from '../participants/nats-participant.js';
 import type { ParticipantAdapter } from '../participants/participant.js';
 import { PostgresParticipant } from '../participants/postgres-participant.js';
-import { RedisParticipant } from '../participants/redis-participant.js';
 import {
   ADDRESS_FIELDS,
   HTTP_ADDRESS,
@@ -92,7 +88,11 @@ export interface ParticipantKindSpec {
   readonly capabilities: KindCapabilities;
   /** Hosts its driver may connect to besides the URL's own (the allowlist checks them all). */
   driverHosts?(address: string): string[];
-  create(config: KindConfig, settings: AdapterSettings, logger: Logger): ParticipantAdapter;
+  /**
+   * The adapter. Kinds other than Postgres load their driver on first use (dynamic import): a
+   * coordinator that never sees one does not pay for it at start-up.
+   */
+  create(config: KindConfig, settings: AdapterSettings, logger: Logger): Promise<ParticipantAdapter>;
 }
 
 const address = (config: KindConfig, field: AddressField): string => config[field] ?? '';
@@ -114,7 +114,7 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     takesAuth: false,
     capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: true },
     driverHosts: (a) => (parsePgConnectionString(a).host ?? '').split(','),
-    create: (config, s, logger) =>
+    create: async (config, s, logger) =>
       new PostgresParticipant({ name: config.name, connectionString: address(config, 'connectionString'), ...sqlSessions(s), logger }),
   },
   mysql: {
@@ -124,8 +124,8 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     options: ['allowVolatile'],
     takesAuth: false,
     capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: false },
-    create: (config, s, logger) =>
-      new MySqlParticipant({
+    create: async (config, s, logger) =>
+      new (await import('../participants/mysql-participant.js')).MySqlParticipant({
         name: config.name,
         connectionString: address(config, 'connectionString'),
         ...sqlSessions(s),
@@ -140,8 +140,8 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     options: ['allowVolatile'],
     takesAuth: false,
     capabilities: { work: 'operations', oneBranchPerStore: true, listsPreparedBranches: true, canCommit: 'prepare', preCommit: true, onePhase: false },
-    create: (config, s, logger) =>
-      new RedisParticipant({
+    create: async (config, s, logger) =>
+      new (await import('../participants/redis-participant.js')).RedisParticipant({
         name: config.name,
         url: address(config, 'url'),
         connectTimeoutMs: s.connectTimeoutMs,
@@ -157,8 +157,8 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     options: [],
     takesAuth: true,
     capabilities: { work: 'payload', oneBranchPerStore: false, listsPreparedBranches: false, canCommit: 'own', preCommit: true, onePhase: false },
-    create: (config, s) =>
-      new HttpParticipant({
+    create: async (config, s) =>
+      new (await import('../participants/http-participant.js')).HttpParticipant({
         name: config.name,
         baseUrl: address(config, 'baseUrl'),
         ...(config.auth === undefined ? {} : { auth: config.auth }),
@@ -176,8 +176,8 @@ const KINDS: Readonly<Record<ParticipantKind, ParticipantKindSpec>> = {
     takesAuth: false,
     loneUserIsSecret: true,
     capabilities: { work: 'messages', oneBranchPerStore: false, listsPreparedBranches: true, canCommit: 'prepare', preCommit: false, onePhase: false },
-    create: (config, s, logger) =>
-      new NatsParticipant({
+    create: async (config, s, logger) =>
+      new (await import('../participants/nats-participant.js')).NatsParticipant({
         name: config.name,
         url: address(config, 'url'),
         connectTimeoutMs: s.connectTimeoutMs,

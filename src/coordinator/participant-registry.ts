@@ -74,7 +74,7 @@ export class ParticipantRegistry {
   /** Builds adapters for every participant the log knows (start-up). */
   async loadFromLog(): Promise<void> {
     for (const config of await this.#log.participants()) {
-      this.#adapters.set(config.name, this.#createAdapter(config));
+      this.#adapters.set(config.name, await this.#createAdapter(config));
       this.#configs.set(config.name, config);
     }
   }
@@ -84,7 +84,7 @@ export class ParticipantRegistry {
     return this.#adapters.has(name) ? this.#configs.get(name) : undefined;
   }
 
-  #createAdapter(config: ParticipantConfig | RegistrationRequest): ParticipantAdapter {
+  #createAdapter(config: ParticipantConfig | RegistrationRequest): Promise<ParticipantAdapter> {
     return kindSpec(config.kind).create(config, this.#settings, this.#logger);
   }
 
@@ -92,7 +92,7 @@ export class ParticipantRegistry {
     if (this.#adapters.has(request.name)) {
       throw new CoordinatorError('PARTICIPANT_EXISTS', `participant ${request.name} is already registered`);
     }
-    const adapter = this.#createAdapter(request);
+    const adapter = await this.#createAdapter(request);
     try {
       await adapter.verify();
     } catch (err) {

@@ -209,8 +209,6 @@ export class TransactionDriver {
     const evidence = tx.onePhaseEvidence ?? {};
     for (let attempt = 0; ; attempt++) {
       if (this.#stopping.aborted) return undefined;
-      // An operator resolved it by hand (the store could not tell): their word, durable already.
-      if (tx.onePhaseResolution !== undefined) return tx.onePhaseResolution;
       if (!this.#leaseHeld()) {
         // The lease may have passed to another instance, which asks (from the logged evidence) now.
         await sleep(backoffDelay(this.#retry, attempt), this.#stopping, tx.wakeSignal);
@@ -226,6 +224,8 @@ export class TransactionDriver {
       } catch (err) {
         branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
         branch.lastError = errorMessage(err);
+        // An operator resolved it by hand (durable already), and the store still cannot tell: their word.
+        if (tx.onePhaseResolution !== undefined) return tx.onePhaseResolution;
         const delay = backoffDelay(this.#retry, attempt);
         this.#logger.warn(
           { txId: tx.id, branchId: branch.branchId, participant: branch.participant, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },

@@ -186,8 +186,12 @@ export class FileLog {
     // 4. The files the base snapshot names; any other is garbage of an older or unfinished one.
     const baseHeader = chain.length > 0 ? scans.get(chain[0]!)?.header : undefined;
     const files = new Map<string, Uint8Array>();
-    for (const ref of baseHeader?.snapshot === true ? baseHeader.files : []) {
-      const data = await readSnapshotFile(io, dir, ref);
+    const refs = baseHeader?.snapshot === true ? baseHeader.files : [];
+    // Read at once (the thread pool overlaps them), checked in order.
+    const reads = refs.map((ref) => readSnapshotFile(io, dir, ref));
+    await Promise.allSettled(reads);
+    for (const [i, ref] of refs.entries()) {
+      const data = await reads[i]!;
       if (typeof data === 'string') throw new LogCorruptedError(join(dir, ref.name), 0, data);
       files.set(ref.name, data);
       log.files.set(ref.name, ref);

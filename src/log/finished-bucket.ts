@@ -156,16 +156,19 @@ function encodeEntry(tx: DurableTransaction, intern: (s: string) => number): Buf
   return buf;
 }
 
+interface BucketTimes {
+  readonly newestEnded: number;
+  readonly newestCreated: number;
+  readonly oldestCreated: number;
+}
+
 /** A sealed bucket, searched in place. */
 export class FinishedBucket {
   readonly count: number;
   readonly bytes: number;
-  /** The latest end time in the bucket (epoch ms): it can be pruned once this is past retention. */
-  readonly newestEndedAt: number;
-  /** The latest and earliest creation times in the bucket (epoch ms): listings skip buckets outside their range. */
-  readonly newestCreatedAt: number;
-  readonly oldestCreatedAt: number;
   readonly #buf: Buffer;
+  /** Read on first use, not at start-up (a scan of every entry; pruning asks only the oldest bucket). */
+  #times: BucketTimes | undefined;
   readonly #keysAt: number;
   readonly #offsetsAt: number;
   readonly #dataAt: number;
@@ -193,20 +196,38 @@ export class FinishedBucket {
       s += 2 + len;
     }
     this.bytes = buf.length;
-    let newest = Number.NEGATIVE_INFINITY;
+  }
+
+  /** The latest end time in the bucket (epoch ms): it can be pruned once this is past retention. */
+  get newestEndedAt(): number {
+    return this.#scanTimes().newestEnded;
+  }
+
+  /** The latest and earliest creation times in the bucket (epoch ms): listings skip buckets outside their range. */
+  get newestCreatedAt(): number {
+    return this.#scanTimes().newestCreated;
+  }
+
+  get oldestCreatedAt(): number {
+    return this.#scanTimes().oldestCreated;
+  }
+
+  #scanTimes(): BucketTimes {
+    if (this.#times !== undefined) return this.#times;
+    const buf = this.#buf;
+    let newestEnded = Number.NEGATIVE_INFINITY;
     let newestCreated = Number.NEGATIVE_INFINITY;
     let oldestCreated = Number.POSITIVE_INFINITY;
     for (let i = 0; i < this.count; i++) {
       const entry = this.#dataAt + buf.readUInt32LE(this.#offsetsAt + 4 * i);
       const ended = buf.readDoubleLE(entry + 17);
-      if (ended > newest) newest = ended;
+      if (ended > newestEnded) newestEnded = ended;
       const created = buf.readDoubleLE(entry + 1);
       if (created > newestCreated) newestCreated = created;
       if (created < oldestCreated) oldestCreated = created;
     }
-    this.newestEndedAt = newest;
-    this.newestCreatedAt = newestCreated;
-    this.oldestCreatedAt = oldestCreated;
+    this.#times = { newestEnded, newestCreated, oldestCreated };
+    return this.#times;
   }
 
   /** The index of `s` in the bucket's string table, or -1: a participant no entry names. */

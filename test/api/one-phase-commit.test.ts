@@ -44,7 +44,7 @@ beforeAll(async () => {
   });
   const target = new URL(dbA);
   proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
-  c = await startCoordinator({ TCX_DEFAULT_TIMEOUT_MS: '10000', TCX_RECOVERY_INTERVAL_MS: '3600000', TCX_COMMIT_WAIT_MS: '2000' });
+  c = await startCoordinator({ TCX_DEFAULT_TIMEOUT_MS: '10000', TCX_RECOVERY_INTERVAL_MS: '3600000', TCX_COMMIT_WAIT_MS: '2000', TCX_RETRY_INITIAL_MS: '3000', TCX_RETRY_MAX_MS: '10000' });
   expect((await api('POST', '/v1/participants', { name: 'bank-a', kind: 'postgres', connectionString: dbA })).status).toBe(201);
   expect((await api('POST', '/v1/participants', { name: 'bank-b', kind: 'postgres', connectionString: dbB })).status).toBe(201);
   expect((await api('POST', '/v1/participants', { name: 'bank-proxied', kind: 'postgres', connectionString: proxy.rewriteUrl(dbA) })).status).toBe(201);
@@ -171,6 +171,27 @@ describe('one-phase commit', () => {
     } finally {
       proxy.reset();
     }
+  });
+
+  it("an operator's resolution against a store that can tell again: the store's answer wins", async () => {
+    const before = await balanceOf(dbA, 'alice');
+    proxy.cutReplies(PLAIN_COMMIT, 1);
+    proxy.cutReplies('AS unbroken', 10_000);
+    let id: string;
+    try {
+      const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank-proxied', operations: [move('alice', 3)] }], commit: true });
+      expect(res.status, JSON.stringify(res.body)).toBe(202);
+      id = res.body.id as string;
+    } finally {
+      proxy.reset(); // the database can be asked again; the next attempt is seconds away
+    }
+    const coordinatorId = ((await api('GET', '/healthz')).body as { coordinatorId: string }).coordinatorId;
+    const gid = `tcx:${coordinatorId}:${id}:1`;
+    const resolved = await api('POST', `/v1/participants/bank-proxied/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'abort', reason: 'a wrong guess' });
+    expect(resolved.status, JSON.stringify(resolved.body)).toBe(200);
+    expect(resolved.body).toMatchObject({ gid, outcome: 'commit' });
+    expect((await api('GET', `/v1/transactions/${id}`)).body).toMatchObject({ state: 'committed', onePhase: true });
+    expect(await balanceOf(dbA, 'alice')).toBe(before + 3);
   });
 
   it('a read-only branch commits one-phase too', async () => {

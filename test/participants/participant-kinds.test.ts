@@ -47,7 +47,7 @@ describe('the participant-kind registry', () => {
 
   it.each(PARTICIPANT_KIND_NAMES)('%s: the adapter it builds declares the capabilities of its entry', async (kind) => {
     const spec = kindSpec(kind);
-    const adapter = spec.create(configOf(kind), SETTINGS, silentLogger());
+    const adapter = await spec.create(configOf(kind), SETTINGS, silentLogger());
     try {
       expect(adapter.kind).toBe(kind);
       expect({ work: adapter.work, oneBranchPerStore: adapter.oneBranchPerStore, listsPreparedBranches: adapter.listsPreparedBranches }).toEqual({
