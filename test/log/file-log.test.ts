@@ -397,8 +397,11 @@ describe('FileLog: compaction', () => {
   });
 });
 
-/** Wraps node:fs/promises so a test can make writes, syncs or segment creation fail. */
-function faultyIo(): { io: LogIo; fail: { write: boolean; datasync: boolean; create: boolean } } {
+/**
+ * Wraps node:fs/promises so a test can make writes, syncs or segment creation fail; with
+ * `syncWrites`, segment writes go through writeSync (on the event loop) as on a real file.
+ */
+function faultyIo(options: { syncWrites?: boolean } = {}): { io: LogIo; fail: { write: boolean; datasync: boolean; create: boolean } } {
   const fail = { write: false, datasync: false, create: false };
   const eio = (): Promise<never> => Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
   const io: LogIo = {
@@ -413,15 +416,25 @@ function faultyIo(): { io: LogIo; fail: { write: boolean; datasync: boolean; cre
         truncate: (n) => h.truncate(n),
         close: () => h.close(),
       };
+      const writeSync = h.writeSync?.bind(h);
+      if (options.syncWrites === true && writeSync !== undefined) {
+        wrapped.writeSync = (b, o, l, p) => {
+          if (fail.write) throw Object.assign(new Error('EIO: i/o error'), { code: 'EIO' });
+          return writeSync(b, o, l, p);
+        };
+      }
       return wrapped;
     },
   };
   return { io, fail };
 }
 
-describe('FileLog: fail-stop', () => {
+describe.each([
+  { writes: 'through the thread pool', syncWrites: false },
+  { writes: 'on the event loop (writeSync)', syncWrites: true },
+])('FileLog: fail-stop, segment writes $writes', ({ syncWrites }) => {
   it('never resolves a forced append whose fdatasync failed, and refuses everything after', async () => {
-    const { io, fail } = faultyIo();
+    const { io, fail } = faultyIo({ syncWrites });
     const { log } = await open({ io, lazyFlushDelayMs: 60_000 });
     await log.append('durable', { force: true });
     fail.datasync = true;
@@ -443,7 +456,7 @@ describe('FileLog: fail-stop', () => {
   });
 
   it('fails stop when a write fails', async () => {
-    const { io, fail } = faultyIo();
+    const { io, fail } = faultyIo({ syncWrites });
     const { log } = await open({ io });
     fail.write = true;
     const a = log.append('a', { force: false });
@@ -455,7 +468,7 @@ describe('FileLog: fail-stop', () => {
   });
 
   it('fails stop when rotation cannot create the next segment, keeping the old one authoritative', async () => {
-    const { io, fail } = faultyIo();
+    const { io, fail } = faultyIo({ syncWrites });
     const { log } = await open({ io, snapshot: () => ['snap'] });
     await log.append('a', { force: true });
     fail.create = true;
