@@ -255,9 +255,9 @@ export interface paths {
          *     and may have given its transaction id to another transaction). Its gid is
          *     `tcx:<coordinatorId>:<transactionId>:1` (`coordinatorId` from `GET /healthz`); nothing is
          *     prepared, and nothing is sent to the store: the operator says what it did (check the
-         *     data), the resolution is forced to the log, and the transaction ends with that outcome —
-         *     unless an attempt to ask the store already under way comes back with the store's own
-         *     answer first (the answer's `outcome` is the one the transaction ended with).
+         *     data), the resolution is forced to the log, the store is asked once more, and only if it
+         *     still cannot tell does the transaction end with the operator's outcome (the store's own
+         *     answer wins; the answer's `outcome` is the one the transaction ended with).
          */
         post: operations["resolvePreparedBranch"];
         delete?: never;
