@@ -55,10 +55,16 @@ export class Forwarder {
   }
 
   #undici(): Promise<{ agent: Agent; request: typeof undiciRequest }> {
-    this.#client ??= import('undici').then(({ Agent, request }) => {
-      const longest = Math.max(this.#deadlines.readMs, this.#deadlines.changeMs);
-      return { agent: new Agent({ connectTimeout: this.#deadlines.readMs, headersTimeout: longest, bodyTimeout: longest, connections: 16 }), request };
-    });
+    this.#client ??= import('undici').then(
+      ({ Agent, request }) => {
+        const longest = Math.max(this.#deadlines.readMs, this.#deadlines.changeMs);
+        return { agent: new Agent({ connectTimeout: this.#deadlines.readMs, headersTimeout: longest, bodyTimeout: longest, connections: 16 }), request };
+      },
+      (err: unknown) => {
+        this.#client = undefined; // tried again on the next hop
+        throw err;
+      },
+    );
     return this.#client;
   }
 
@@ -128,6 +134,7 @@ export class Forwarder {
 
   async close(): Promise<void> {
     this.#closed = true;
-    if (this.#client !== undefined) await (await this.#client).agent.close();
+    const client = await this.#client?.catch(() => undefined);
+    await client?.agent.close();
   }
 }

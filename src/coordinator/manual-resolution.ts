@@ -131,7 +131,7 @@ export class ManualResolver {
     if (ours) {
       // The lone branch of a one-phase commit in doubt: nothing is prepared, the operator says what the store did.
       const onePhase = await this.#deps.transactions.resolveOnePhaseByHand(name, parsed.transactionId, gid, request);
-      if (onePhase !== undefined) return { gid, participant: name, outcome: onePhase.outcome ?? request.outcome, loggedDecision: null, resolvedAt: onePhase.at };
+      if (onePhase !== undefined) return { gid, participant: name, outcome: onePhase.outcome, loggedDecision: null, resolvedAt: onePhase.at };
     }
     if (ours && this.#deps.transactions.ownsBranch(parsed.transactionId, gid)) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `a running transaction drives ${gid}; use POST /v1/transactions/${parsed.transactionId}/retry`);

@@ -85,15 +85,22 @@ export async function resolveOnePhase(
   branch: LiveBranch,
   request: { outcome: 'commit' | 'abort'; reason: string; actor: string },
   deps: OperatorActionDeps,
-): Promise<{ outcome: 'commit' | 'abort' | null; at: string }> {
+): Promise<{ outcome: 'commit' | 'abort'; at: string }> {
   const at = new Date().toISOString();
   await tx.lock.run(async () => {
     deps.assertAcceptingWork(tx);
+    const earlier = tx.onePhaseResolution;
+    if (earlier !== undefined && earlier.outcome !== request.outcome) {
+      throw new CoordinatorError('RESOLUTION_CONTRADICTS_LOG', `transaction ${tx.id} was already resolved to ${earlier.outcome} by hand`, {
+        details: { logged: `manual ${earlier.outcome}` },
+      });
+    }
     if (tx.state.phase !== 'one-phase' || !tx.inDoubt) {
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${tx.id} is ${tx.state.phase}${tx.inDoubt ? '' : ' and not in doubt'}: nothing to resolve by hand`, {
         details: { transactionId: tx.id, state: tx.state.phase },
       });
     }
+    if (earlier !== undefined) return; // the same resolution again: recorded already
     await deps.log.force({
       t: 'manual-resolution',
       gid: branch.gid,
@@ -106,8 +113,13 @@ export async function resolveOnePhase(
     });
     tx.onePhaseResolution = { outcome: request.outcome, reason: `resolved by hand (${request.actor}): ${request.reason}` };
     deps.logger.warn({ txId: tx.id, gid: branch.gid, participant: branch.participant, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: one-phase commit resolved by hand');
-    tx.wakeUp();
   });
+  tx.wakeUp();
   await tx.waitUntil(() => isTerminal(tx.state.phase), deps.commitWaitMs);
-  return { outcome: isTerminal(tx.state.phase) ? (tx.state.decision ?? null) : null, at };
+  const outcome = isTerminal(tx.state.phase) ? tx.state.decision : undefined;
+  if (outcome === undefined) {
+    // An attempt to ask the store is still under way (its answer wins): not ended yet.
+    throw new CoordinatorError('PARTICIPANT_UNREACHABLE', `resolution recorded; ${branch.participant} is asked once more before it takes effect: GET /v1/transactions/${tx.id} for the outcome`);
+  }
+  return { outcome, at };
 }

@@ -185,22 +185,24 @@ export class TransactionDriver {
   }
 
   /**
-   * The answer was lost: no longer undecided for the open-transaction limits (the store has
-   * it), and its evidence forced to the log so that a restart does not forget it.
+   * The answer was lost: its evidence forced to the log so that a restart does not forget it,
+   * then no longer undecided for the open-transaction limits (the store has it). Should the
+   * force fail, the client hears LOG_UNAVAILABLE: a restart would not know the transaction.
    */
   async #recordOnePhaseInDoubt(tx: LiveTransaction, branch: LiveBranch, unknown: OnePhaseUnknown): Promise<void> {
     tx.onePhaseEvidence = unknown.evidence;
     branch.lastError = unknown.reason;
-    this.#hooks.decided(tx);
-    tx.changed();
     this.#logger.warn({ txId: tx.id, branchId: branch.branchId, participant: branch.participant, err: unknown.reason }, 'one-phase commit: answer lost; asking the store');
     try {
       await this.#log.force(onePhaseInDoubtRecord(tx, branch, unknown.evidence, unknown.reason));
       hitFailPoint('one-phase-answer-lost');
     } catch (err) {
       // The log failed (the coordinator is unhealthy now): the store is still asked while this process runs.
+      tx.logFailure = err instanceof Error ? err : new Error(String(err));
       this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing the lost answer\'s evidence failed');
     }
+    this.#hooks.decided(tx);
+    tx.changed();
   }
 
   /** Asks the store, with backoff, until it tells; undefined when the coordinator stops first. */
@@ -242,7 +244,10 @@ export class TransactionDriver {
     if (branch !== undefined) delete branch.lastError;
     tx.decidedAt ??= new Date().toISOString();
     tx.decidedMs ??= performance.now();
-    if (result.outcome === 'commit') await this.#recordOnePhaseCommit(tx);
+    // A commit's end record is its only record; after a lost answer the in-doubt record would
+    // bring the transaction back, to be asked again (maybe answered otherwise): forced too.
+    const inDoubtBefore = tx.onePhaseEvidence !== undefined || tx.onePhaseResolution !== undefined;
+    if (result.outcome === 'commit' || inDoubtBefore) await this.#forceOnePhaseEnd(tx, result.outcome);
     this.applyInternal(tx, {
       type: 'one-phase-outcome',
       branchId,
@@ -371,15 +376,17 @@ export class TransactionDriver {
    * The end record of a one-phase commit is its only record, and it is forced before the
    * client hears "committed" (group commit shares the fsync): an answered commit is never
    * forgotten by a crash, on this instance or any other reading a shared log. (An abort needs
-   * no force: the log's silence means abort.)
+   * no force — the log's silence means abort — unless an in-doubt record precedes it.)
    */
-  async #recordOnePhaseCommit(tx: LiveTransaction): Promise<void> {
+  async #forceOnePhaseEnd(tx: LiveTransaction, outcome: Decision): Promise<void> {
+    const record = endedRecord(tx, outcome);
     try {
-      await this.#log.force(endedRecord(tx, 'commit'));
+      await this.#log.force(record);
       tx.endLogged = true;
     } catch (err) {
-      // The store committed whatever the log does; the end record is tried again, unforced.
-      this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing its end record failed');
+      // The store decided whatever the log does: the client hears LOG_UNAVAILABLE with the outcome.
+      tx.logFailure = err instanceof Error ? err : new Error(String(err));
+      this.#logger.error({ txId: tx.id, outcome, err: errorMessage(err) }, 'one-phase commit: forcing its end record failed');
     }
   }
 

@@ -359,7 +359,7 @@ export class TransactionManager {
     transactionId: string,
     gid: string,
     request: { outcome: 'commit' | 'abort'; reason: string; actor: string },
-  ): Promise<{ outcome: 'commit' | 'abort' | null; at: string } | undefined> {
+  ): Promise<{ outcome: 'commit' | 'abort'; at: string } | undefined> {
     const tx = this.#live.get(transactionId);
     const branch = tx === undefined ? undefined : [...tx.branches.values()].find((b) => b.gid === gid && b.participant === participant);
     if (tx === undefined || branch === undefined || !tx.onePhase) return undefined;
@@ -396,12 +396,16 @@ export class TransactionManager {
       if (this.#live.has(durable.id)) continue;
       const { tx, decision } = resumedTransaction(durable);
       tx.resumed = true;
+      if (decision === 'one-phase') {
+        // Resolved by hand before the restart, its end record lost: the operator's word stands
+        // (set before anyone can reach the transaction).
+        const byHand = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
+        if (byHand !== undefined) tx.onePhaseResolution = { outcome: byHand.outcome, reason: `resolved by hand (${byHand.actor}): ${byHand.reason}` };
+        if (this.#live.has(durable.id)) continue;
+      }
       this.#live.set(tx.id, tx);
       this.#logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
       if (decision === 'one-phase') {
-        // Resolved by hand before the restart, its end record lost: the operator's word stands.
-        const byHand = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
-        if (byHand !== undefined) tx.onePhaseResolution = { outcome: byHand.outcome, reason: `resolved by hand (${byHand.actor}): ${byHand.reason}` };
         void this.#driver.resumeOnePhase(tx);
       } else {
         if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
@@ -468,7 +472,10 @@ export class TransactionManager {
   #viewOrLogFailure(tx: LiveTransaction): TransactionView {
     const view = tx.view();
     if (tx.logFailure !== undefined) {
-      throw new CoordinatorError('LOG_UNAVAILABLE', `the commit decision could not be made durable: ${tx.logFailure.message}`, {
+      const what = tx.onePhase
+        ? `the one-phase commit (the database's outcome: ${view.state}) could not be recorded in the coordinator's log`
+        : 'the commit decision could not be made durable';
+      throw new CoordinatorError('LOG_UNAVAILABLE', `${what}: ${tx.logFailure.message}`, {
         details: { transactionId: tx.id, state: view.state },
       });
     }

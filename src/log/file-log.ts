@@ -47,10 +47,12 @@ import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } 
 import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
 import { deleteUnreferencedFiles, fileRef, readSnapshotFile, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
 import { events } from '../observability/events.js';
-
 export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
 export type { SnapshotFile } from './snapshot-files.js';
+
+/** Snapshot files read at once at start-up (the thread pool has four threads). */
+const SNAPSHOT_READS_AT_ONCE = 8;
 
 export interface FileLogOptions {
   dir: string;
@@ -187,14 +189,16 @@ export class FileLog {
     const baseHeader = chain.length > 0 ? scans.get(chain[0]!)?.header : undefined;
     const files = new Map<string, Uint8Array>();
     const refs = baseHeader?.snapshot === true ? baseHeader.files : [];
-    // Read at once (the thread pool overlaps them), checked in order.
-    const reads = refs.map((ref) => readSnapshotFile(io, dir, ref));
-    await Promise.allSettled(reads);
-    for (const [i, ref] of refs.entries()) {
-      const data = await reads[i]!;
-      if (typeof data === 'string') throw new LogCorruptedError(join(dir, ref.name), 0, data);
-      files.set(ref.name, data);
-      log.files.set(ref.name, ref);
+    // Read a few at a time (the thread pool overlaps them), checked in order.
+    for (let from = 0; from < refs.length; from += SNAPSHOT_READS_AT_ONCE) {
+      const group = refs.slice(from, from + SNAPSHOT_READS_AT_ONCE);
+      const reads = await Promise.all(group.map((ref) => readSnapshotFile(io, dir, ref)));
+      for (const [i, ref] of group.entries()) {
+        const data = reads[i]!;
+        if (typeof data === 'string') throw new LogCorruptedError(join(dir, ref.name), 0, data);
+        files.set(ref.name, data);
+        log.files.set(ref.name, ref);
+      }
     }
     await deleteUnreferencedFiles(io, dir, new Set(log.files.keys()));
 

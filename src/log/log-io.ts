@@ -82,10 +82,15 @@ export async function fsyncDir(io: LogIo, dir: string): Promise<void> {
   }
 }
 
+/** Writes up to this size go through writeSync when the file has it (group-commit batches); larger ones (snapshots) through the thread pool. */
+const SYNC_WRITE_MAX_BYTES = 64 * 1024;
+
 export async function writeFully(file: LogFile, buf: Uint8Array, position: number): Promise<void> {
+  const writeSync = buf.length <= SYNC_WRITE_MAX_BYTES ? file.writeSync?.bind(file) : undefined;
   let done = 0;
   while (done < buf.length) {
-    const { bytesWritten } = file.writeSync !== undefined ? { bytesWritten: file.writeSync(buf, done, buf.length - done, position + done) } : await file.write(buf, done, buf.length - done, position + done);
+    const { bytesWritten } =
+      writeSync !== undefined ? { bytesWritten: writeSync(buf, done, buf.length - done, position + done) } : await file.write(buf, done, buf.length - done, position + done);
     if (bytesWritten <= 0) throw new Error('write made no progress');
     done += bytesWritten;
   }

@@ -37,11 +37,14 @@ export async function stopBackendStartedBy(
 ): Promise<void> {
   if (backend.pid === 0) return;
   const where = `pid = $1 AND ${micros('backend_start')} <= $2::bigint AND ${micros('pg_postmaster_start_time()')} = $3::bigint`;
-  await stopMatching(control, where, [backend.pid, backend.startedByMicros, backend.postmasterMicros], participant);
+  // A COMMIT waiting for its synchronous standby is not ended (that would commit it locally
+  // without the standby): it is waited for.
+  await stopMatching(control, where, [backend.pid, backend.startedByMicros, backend.postmasterMicros], participant, { spareSyncRep: true });
 }
 
-async function stopMatching(control: pg.Pool, where: string, params: unknown[], participant: string): Promise<void> {
-  await control.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE ${where}`, params);
+async function stopMatching(control: pg.Pool, where: string, params: unknown[], participant: string, options: { spareSyncRep?: boolean } = {}): Promise<void> {
+  const spare = options.spareSyncRep === true ? " AND wait_event IS DISTINCT FROM 'SyncRep'" : '';
+  await control.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE ${where}${spare}`, params);
   const deadline = Date.now() + STOP_BACKEND_WAIT_MS;
   for (;;) {
     const res = await control.query(`SELECT 1 FROM pg_stat_activity WHERE ${where}`, params);

@@ -6,18 +6,22 @@
  * own round trip when the commit follows at once):
  *
  *   xid         txid_current(): assigned even to a branch that only read, since
- *               COMMIT itself can write (a NOTIFY takes its id there)
+ *               COMMIT itself can write (a NOTIFY takes its id there); null only
+ *               on a standby, where nothing can be written
  *   pid, since  the backend, and the server's clock when it ran the read
  *   postmaster  when the server's postmaster started
+ *   system      the cluster's system identifier
  *
- * Once that backend is gone, `txid_status` tells whether the transaction
- * committed — but a server that crashed since hands out again the ids whose
- * records never reached disk, so "committed" may be another transaction's. It
- * is trusted only while a backend that started before `since` still runs under
- * the same postmaster (a crash or restart ends every backend). Otherwise only
- * what a restart cannot fake is taken: an id "in the future", "aborted" or
- * "in progress" (ours cannot be: its backend is gone) mean the COMMIT never
- * became durable; "committed" stays in doubt for an operator.
+ * Once that backend is gone, `txid_status` on the same cluster's primary tells
+ * what happened — with one trap: a server that crashed since hands out again
+ * the ids whose records never reached disk, so "committed" may be another
+ * transaction's. It is trusted only while a backend that started before
+ * `since` still runs under the same postmaster (a crash or restart ends every
+ * backend). "aborted", or an id "in the future", mean the COMMIT never became
+ * durable, whatever happened since. Nothing is concluded from a standby or
+ * from another cluster, nor from "in progress" (the backend may still be
+ * committing: behind a pooler its pid is not the server's); "committed" that
+ * cannot be trusted stays in doubt for an operator.
  */
 
 import type pg from 'pg';
@@ -30,31 +34,34 @@ import { release, type BranchSession } from './postgres-session.js';
 
 /** Appended to the work when a one-phase commit follows: what a lost COMMIT answer needs. */
 export const EVIDENCE_QUERY =
-  `SELECT txid_current()::text AS xid, ${micros('statement_timestamp()')}::text AS since, ` +
-  `${micros('pg_postmaster_start_time()')}::text AS postmaster`;
+  `SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current()::text END AS xid, ${micros('statement_timestamp()')}::text AS since, ` +
+  `${micros('pg_postmaster_start_time()')}::text AS postmaster, (SELECT system_identifier FROM pg_control_system())::text AS system`;
 
 /** What finding a lost COMMIT's outcome needs, read on its session before COMMIT. */
 export interface CommitEvidence {
-  readonly xid: string;
+  /** Null on a standby (nothing written, nothing to commit). */
+  readonly xid: string | null;
   /** Server clock, microseconds since the epoch. */
   readonly since: string;
   readonly postmaster: string;
+  readonly system: string;
 }
 
 const SQLSTATE_INVALID_PARAMETER = '22023';
 
 export function evidenceOf(rows: readonly unknown[] | undefined): CommitEvidence | undefined {
   const row = rows?.[0] as Record<string, unknown> | undefined;
-  const { xid, since, postmaster } = row ?? {};
-  return typeof xid === 'string' && typeof since === 'string' && typeof postmaster === 'string' ? { xid, since, postmaster } : undefined;
+  const { xid, since, postmaster, system } = row ?? {};
+  if ((typeof xid !== 'string' && xid !== null) || typeof since !== 'string' || typeof postmaster !== 'string' || typeof system !== 'string') return undefined;
+  return { xid, since, postmaster, system };
 }
 
 /** The evidence back from the log, checked (it comes from disk, maybe from an older version). */
 function parseEvidence(evidence: OnePhaseEvidence): (CommitEvidence & { pid: number }) | undefined {
-  const { xid, since, postmaster, pid } = evidence;
+  const { xid, since, postmaster, system, pid } = evidence;
   const digits = (v: unknown): v is string => typeof v === 'string' && /^\d{1,20}$/.test(v);
-  if (!digits(xid) || !digits(since) || !digits(postmaster) || typeof pid !== 'number' || !Number.isInteger(pid)) return undefined;
-  return { xid, since, postmaster, pid };
+  if (!(xid === null || digits(xid)) || !digits(since) || !digits(postmaster) || !digits(system) || typeof pid !== 'number' || !Number.isInteger(pid)) return undefined;
+  return { xid, since, postmaster, system, pid };
 }
 
 /** COMMIT of the branch's open session; the session goes back to the pool (or is closed) in every case. */
@@ -105,6 +112,8 @@ export async function commitSession(session: BranchSession, participant: string)
 export async function lostCommitOutcome(raw: OnePhaseEvidence, control: pg.Pool, participant: string): Promise<OnePhaseResult> {
   const lost = parseEvidence(raw);
   if (lost === undefined) throw new Error(`the evidence kept for a lost COMMIT on ${participant} cannot be read: check the data and resolve the transaction by hand`);
+  if (lost.xid === null) return { outcome: 'commit' }; // read on a standby: nothing was written, committed and rolled back are the same
+  const xid = lost.xid;
   await stopBackendStartedBy(control, { pid: lost.pid, startedByMicros: lost.since, postmasterMicros: lost.postmaster }, participant);
   const client = await control.connect();
   // A connection that breaks while checked out says so with an 'error' event: heard here (the
@@ -112,21 +121,27 @@ export async function lostCommitOutcome(raw: OnePhaseEvidence, control: pg.Pool,
   const onError = (): void => undefined;
   client.on('error', onError);
   let status: string | null;
-  let unbroken: boolean;
+  let server: { standby: boolean; sameSystem: boolean; unbroken: boolean } | undefined;
   let broken: unknown;
   try {
     // This session's own backend may be the witness: whatever started before `since` and runs now.
-    const witness = await client.query<{ unbroken: boolean }>(
-      `SELECT ${micros('pg_postmaster_start_time()')} = $1::bigint
-          AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE ${micros('backend_start')} < $2::bigint) AS unbroken`,
-      [lost.postmaster, lost.since],
-    );
-    unbroken = witness.rows[0]?.unbroken === true;
+    server = (
+      await client.query<{ standby: boolean; sameSystem: boolean; unbroken: boolean }>(
+        `SELECT pg_is_in_recovery() AS standby,
+                (SELECT system_identifier FROM pg_control_system())::text = $3 AS "sameSystem",
+                ${micros('pg_postmaster_start_time()')} = $1::bigint
+                  AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE ${micros('backend_start')} < $2::bigint) AS unbroken`,
+        [lost.postmaster, lost.since, lost.system],
+      )
+    ).rows[0];
+    if (server === undefined || server.standby || !server.sameSystem) {
+      throw new Error(`${participant} answered from ${server?.standby === true ? 'a standby' : 'another cluster'}: the outcome of transaction ${xid} is asked again`);
+    }
     try {
-      status = (await client.query<{ status: string | null }>('SELECT txid_status($1::bigint) AS status', [lost.xid])).rows[0]?.status ?? null;
+      status = (await client.query<{ status: string | null }>('SELECT txid_status($1::bigint) AS status', [xid])).rows[0]?.status ?? null;
     } catch (err) {
-      // "transaction ID … is in the future": the server never made it durable (it restarted since).
-      if (err instanceof DatabaseError && err.code === SQLSTATE_INVALID_PARAMETER && /in the future/.test(err.message)) status = 'future';
+      // 22023 from txid_status: the id is "in the future" — the primary never made it durable (it restarted since).
+      if (err instanceof DatabaseError && err.code === SQLSTATE_INVALID_PARAMETER) status = 'future';
       else throw err;
     }
   } catch (err) {
@@ -137,19 +152,20 @@ export async function lostCommitOutcome(raw: OnePhaseEvidence, control: pg.Pool,
     // A broken connection is closed, not pooled.
     client.release(broken instanceof Error ? broken : broken === undefined ? undefined : true);
   }
-  const rolledBack = { outcome: 'abort' as const, reason: `the answer to COMMIT on ${participant} was lost, and the server rolled the transaction back` };
-  if (status === 'committed' && unbroken) return { outcome: 'commit' };
-  if (status === 'aborted' || status === 'future' || (status === 'in progress' && !unbroken)) return rolledBack;
+  if (status === 'committed' && server.unbroken) return { outcome: 'commit' };
+  if (status === 'aborted' || status === 'future') {
+    return { outcome: 'abort', reason: `the answer to COMMIT on ${participant} was lost, and the server rolled the transaction back` };
+  }
   if (status === 'committed') {
     throw new Error(
-      `${participant} restarted (or crashed) after COMMIT of transaction ${lost.xid} was sent, and may have given that id to another ` +
-        'transaction: its "committed" cannot be trusted. Check the data and resolve the transaction by hand',
+      `${participant} cannot prove it did not restart (or crash) since COMMIT of transaction ${xid} was sent — after one it may have given that id to ` +
+        'another transaction, so its "committed" cannot be trusted. Check the data and resolve the transaction by hand (a role with pg_read_all_stats lets the coordinator see that no crash happened)',
     );
   }
   throw new Error(
     status === null
-      ? `${participant} no longer knows transaction ${lost.xid} (too old): its one-phase outcome cannot be read`
-      : `transaction ${lost.xid} on ${participant} is still ${status}`,
+      ? `${participant} no longer knows transaction ${xid} (too old): its one-phase outcome cannot be read`
+      : `transaction ${xid} on ${participant} is still ${status}`,
   );
 }
 

@@ -4,7 +4,7 @@
  * start). The safety condition: a server that restarted since may have handed the id to
  * another transaction, so its "committed" is trusted only while a backend older than the
  * evidence still runs under the same postmaster; "aborted" and "in the future" are safe to
- * take either way.
+ * take either way — but only from the same cluster's primary.
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -15,7 +15,7 @@ let db: string;
 let control: pg.Pool;
 
 /** Runs an update in a transaction that ends with `end`, and answers its evidence as the adapter reads it. */
-async function transactionEnding(end: 'COMMIT' | 'ROLLBACK'): Promise<Record<string, string | number>> {
+async function transactionEnding(end: 'COMMIT' | 'ROLLBACK'): Promise<Record<string, string | number | null>> {
   const client = new pg.Client({ connectionString: db });
   await client.connect();
   try {
@@ -78,7 +78,34 @@ describe('one-phase COMMIT outcome after a lost answer', () => {
     expect((await lostCommitOutcome(future, control, 'bank')).outcome).toBe('abort');
   });
 
+  it('an answer from another cluster (its system identifier differs): nothing concluded, not even "aborted"', async () => {
+    for (const end of ['COMMIT', 'ROLLBACK'] as const) {
+      const evidence = await transactionEnding(end);
+      const elsewhere = { ...evidence, system: String(BigInt(evidence.system as string) + 1n) };
+      await expect(lostCommitOutcome(elsewhere, control, 'bank')).rejects.toThrow(/another cluster/);
+    }
+  });
+
+  it('a transaction still in progress: asked again, never taken for an abort', async () => {
+    const client = new pg.Client({ connectionString: db });
+    await client.connect();
+    try {
+      await client.query('BEGIN');
+      const evidence = evidenceOf((await client.query(EVIDENCE_QUERY)).rows);
+      // Another pid (a pooler's): the adapter cannot end that backend, and must not conclude anything.
+      await expect(lostCommitOutcome({ ...evidence!, pid: 1 }, control, 'bank')).rejects.toThrow(/still in progress/);
+      await client.query('ROLLBACK');
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('evidence read on a standby has no transaction id (nothing could be written): commit', async () => {
+    const evidence = await transactionEnding('COMMIT');
+    expect(await lostCommitOutcome({ ...evidence, xid: null }, control, 'bank')).toEqual({ outcome: 'commit' });
+  });
+
   it('evidence that cannot be read (a damaged or foreign record): stays in doubt', async () => {
-    await expect(lostCommitOutcome({ xid: 'x; DROP TABLE accounts', since: '1', postmaster: '1', pid: 1 }, control, 'bank')).rejects.toThrow(/cannot be read/);
+    await expect(lostCommitOutcome({ xid: 'x; DROP TABLE accounts', since: '1', postmaster: '1', system: '1', pid: 1 }, control, 'bank')).rejects.toThrow(/cannot be read/);
   });
 });
