@@ -257,7 +257,10 @@ export interface paths {
          *     prepared, and nothing is sent to the store: the operator says what it did (check the
          *     data), the resolution is forced to the log, the store is asked once more, and only if it
          *     still cannot tell does the transaction end with the operator's outcome (the store's own
-         *     answer wins; the answer's `outcome` is the one the transaction ended with).
+         *     answer wins; the answer's `outcome` is the one the transaction ended with). Not ended
+         *     within TCX_COMMIT_WAIT_MS: 422 `PARTICIPANT_UNREACHABLE`, the resolution recorded
+         *     (`GET /v1/transactions/{id}` tells the outcome; the same request again is not recorded
+         *     twice). A contradicting second resolution: 409 `RESOLUTION_CONTRADICTS_LOG`.
          */
         post: operations["resolvePreparedBranch"];
         delete?: never;
