@@ -26,7 +26,8 @@ afterAll(async () => {
 });
 
 const ID = 'reads-1';
-const at = '2026-12-02T10:00:00.000Z';
+// Recent (whole seconds): finished transactions older than the retention window would be pruned at compaction.
+const at = new Date(Math.floor(Date.now() / 1000) * 1000 - 60_000).toISOString();
 const summary = { protocol: '2pc' as const, timeoutMs: 30_000, createdAt: at };
 const messages = [{ subject: 'orders.created', data: { id: 1 } }];
 const branch = (tx: string, n: number, extra: Partial<BranchRecord> = {}): BranchRecord => ({
