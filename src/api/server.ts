@@ -13,6 +13,7 @@ import { actorOf, installAuth, tokenOf } from './auth.js';
 import { frameworkErrors, installErrorHandling, MAX_PARAM_LENGTH } from './error-handler.js';
 import { installJsonBodyParser } from './json-body.js';
 import { lazyValidators } from './lazy-validators.js';
+import { parseGid } from '../participants/gid.js';
 import { installDashboard } from '../ui/dashboard.js';
 import { coordinatorMetrics, installDocs, installMetricsRoute } from './operator-routes.js';
 import type { CoordinatorMetrics } from '../observability/metrics.js';
@@ -44,6 +45,8 @@ const MAX_PAGE = 1000;
 /** Several instances over one Postgres log (src/cluster): who runs a transaction, and the cluster's view. */
 export interface ClusterRouting {
   coordinatorFor(transactionId: string): Promise<Coordinator>;
+  /** The coordinator run here for a coordinator id (own or adopted); undefined when none is. */
+  coordinatorOfId(coordinatorId: string): Coordinator | undefined;
   knows(transactionId: string): Promise<boolean>;
   forward(request: ForwardedRequest): Promise<ForwardResult>;
   /** A transaction no running coordinator answers for, as the shared log holds it (see Cluster.fromLog). */
@@ -205,7 +208,10 @@ export function buildServer(coordinator: Coordinator, logger: Logger, options: S
     async (request) => {
       const { name, gid } = request.params as { name: string; gid: string };
       const body = request.body as { outcome: 'commit' | 'abort'; reason: string };
-      return coordinator.resolveManually(name, gid, { ...body, actor: actorOf(request) });
+      // A gid of a coordinator id this instance adopted is that coordinator's to resolve (its log, its transactions).
+      const owner = parseGid(gid)?.coordinatorId;
+      const resolver = (owner === undefined ? undefined : cluster?.coordinatorOfId(owner)) ?? coordinator;
+      return resolver.resolveManually(name, gid, { ...body, actor: actorOf(request) });
     },
   );
 

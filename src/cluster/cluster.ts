@@ -224,6 +224,13 @@ export class Cluster {
     return this.home;
   }
 
+  /** The coordinator run here for a coordinator id: this instance's own, or one it adopted (and still holds). */
+  coordinatorOfId(coordinatorId: string): Coordinator | undefined {
+    if (coordinatorId === this.#me) return this.home;
+    const h = this.#held.get(coordinatorId);
+    return h === undefined || h.halting === true ? undefined : h.coordinator;
+  }
+
   async view(): Promise<ClusterView> {
     const leases = await this.#leases.list();
     const adopted = [...this.#held].filter(([id, h]) => id !== this.#me && h.halting !== true).map(([id]) => id);

@@ -186,6 +186,38 @@ describe('an instance gone for good', () => {
   }, 60_000);
 });
 
+describe('a one-phase commit in doubt on an instance that died', () => {
+  it('is asked by the adopter from the shared log, and an operator resolves it there', async () => {
+    const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
+    const db = await freshDatabase(inject('pgUrlA'), 'bank');
+    databases.push(db);
+    await createAccounts(db, { o1: 100 });
+    const target = new URL(db);
+    const proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
+    proxies.push(proxy);
+    // Killed once the lost answer's evidence is durable, before it asked the database.
+    const gone = await instance('gone', logUrl, { TCX_FAIL_POINT: 'one-phase-answer-lost' });
+    const survivor = await instance('stays', logUrl);
+    await register(gone, [{ name: 'bank', url: proxy.rewriteUrl(db) }]);
+    proxy.cutReplies('Q\u0000\u0000\u0000\u000bCOMMIT\u0000', 1);
+    proxy.cutReplies('AS unbroken', 10_000); // nobody can read the outcome from the database
+    const lost = await gone.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('o1', 5)] }], commit: true }).catch(() => undefined);
+    expect(lost, 'the instance died before answering').toBeUndefined();
+    const [row] = await withClient(db, (c) => c.query<{ balance: string }>("SELECT balance FROM accounts WHERE id = 'o1'")).then((r) => r.rows);
+    expect(Number(row?.balance)).toBe(105); // the database committed; its answer was lost
+
+    const inDoubt = async () => ((await survivor.request('GET', '/v1/transactions?state=in-doubt')).body.transactions as { id: string; onePhase?: boolean }[]).find((t) => t.onePhase === true);
+    await eventually(async () => (await inDoubt()) !== undefined, 20_000);
+    const id = (await inDoubt())!.id;
+    const gid = `tcx:gone:${id}:1`;
+    const resolved = await survivor.request('POST', `/v1/participants/bank/prepared/${encodeURIComponent(gid)}/resolve`, { outcome: 'commit', reason: 'the balance shows the deposit' });
+    expect(resolved.status, JSON.stringify(resolved.body)).toBe(200);
+    expect(resolved.body).toMatchObject({ gid, outcome: 'commit' });
+    expect((await survivor.request('GET', `/v1/transactions/${id}`)).body).toMatchObject({ state: 'committed', onePhase: true, inDoubt: false });
+    proxy.reset();
+  }, 60_000);
+});
+
 describe('a zombie', () => {
   it('paused past its lease while its id is adopted writes nothing and delivers nothing once it runs again, and steps down', async () => {
     const logUrl = await freshDatabase(inject('pgUrlB'), 'cluster');
