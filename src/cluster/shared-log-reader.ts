@@ -17,6 +17,7 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { replayInto } from '../coordinator/coordinator-log.js';
 import { durableView, type TransactionView } from '../coordinator/live-transaction.js';
+import { asError } from '../errors.js';
 import { DurableState } from '../log/durable-state.js';
 import { stateReads, type LogReads } from '../log/log-reads.js';
 import { readLogContent } from '../log/postgres-log.js';
@@ -105,7 +106,7 @@ export class SharedLogReader {
       replayInto(state, content.records, content.files, this.#logger);
       return state;
     } catch (err) {
-      failed = err instanceof Error ? err : new Error(String(err));
+      failed = asError(err);
       throw err;
     } finally {
       client.release(failed); // a failed session is closed, not pooled (its transaction may still be open)

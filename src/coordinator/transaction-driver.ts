@@ -20,7 +20,7 @@
  */
 
 import type { Logger } from 'pino';
-import { errorMessage } from '../errors.js';
+import { asError, errorMessage } from '../errors.js';
 import type { BranchRef, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
@@ -198,7 +198,7 @@ export class TransactionDriver {
       hitFailPoint('one-phase-answer-lost');
     } catch (err) {
       // The log failed (the coordinator is unhealthy now): the store is still asked while this process runs.
-      tx.logFailure = err instanceof Error ? err : new Error(String(err));
+      tx.logFailure = asError(err);
       this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing the lost answer\'s evidence failed');
     }
     this.#hooks.decided(tx);
@@ -305,7 +305,7 @@ export class TransactionDriver {
       } catch (err) {
         // Fail-stop: without a durable decision no commit may leave. The branches stay
         // prepared; recovery after a restart rolls them back (presumed abort).
-        tx.logFailure = err instanceof Error ? err : new Error(String(err));
+        tx.logFailure = asError(err);
         this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'forcing the commit decision failed; transaction left undecided');
         tx.changed();
         return;
@@ -385,7 +385,7 @@ export class TransactionDriver {
       tx.endLogged = true;
     } catch (err) {
       // The store decided whatever the log does: the client hears LOG_UNAVAILABLE with the outcome.
-      tx.logFailure = err instanceof Error ? err : new Error(String(err));
+      tx.logFailure = asError(err);
       this.#logger.error({ txId: tx.id, outcome, err: errorMessage(err) }, 'one-phase commit: forcing its end record failed');
     }
   }

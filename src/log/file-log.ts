@@ -41,7 +41,7 @@
  */
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { LogFailedError, errorMessage } from '../errors.js';
+import { LogFailedError, asError, errorMessage } from '../errors.js';
 import { encodeFrame } from './frame-codec.js';
 import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
 import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
@@ -222,7 +222,7 @@ export class FileLog {
     try {
       frame = encodeFrame(encodeJson(payload));
     } catch (err) {
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      return Promise.reject(asError(err));
     }
     return new Promise<void>((resolve, reject) => {
       const b = this.batch;
@@ -431,7 +431,7 @@ export class FileLog {
     } catch (err) {
       this.compactionPostponedTo = this.position + this.segmentMaxBytes;
       this.logger?.error({ err }, 'the snapshot callback failed; compaction postponed');
-      for (const w of waiters) w.reject(err instanceof Error ? err : new Error(String(err)));
+      for (const w of waiters) w.reject(asError(err));
       return;
     }
     const before = this.takeBatch();

@@ -36,7 +36,7 @@
 
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { LogFailedError, errorMessage } from '../errors.js';
+import { LogFailedError, asError, errorMessage } from '../errors.js';
 import type { LogStats, SnapshotContent } from './file-log.js';
 import { migrate } from './postgres-log-schema.js';
 import { events } from '../observability/events.js';
@@ -179,7 +179,7 @@ export class PostgresLog {
     try {
       text = JSON.stringify(payload);
     } catch (err) {
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      return Promise.reject(asError(err));
     }
     return new Promise<void>((resolve, reject) => {
       const b = this.#batch;
@@ -371,7 +371,7 @@ export class PostgresLog {
       this.#sinceSnapshot = 0; // postponed: try again after as many records
       this.#logger?.error({ err }, 'the snapshot callback failed; compaction postponed');
       this.#compacting = [];
-      for (const w of waiters) w.reject(err instanceof Error ? err : new Error(String(err)));
+      for (const w of waiters) w.reject(asError(err));
       return;
     }
     const b = this.#takeBatch();
