@@ -74,6 +74,11 @@ export function forgetBranch(tx: LiveTransaction, branchId: string, request: { r
   });
 }
 
+/** An operator's resolution as the one-phase commit in doubt takes it (from the request, or from the log after a restart). */
+export function byHand(resolution: { outcome: 'commit' | 'abort'; reason: string; actor: string }): NonNullable<LiveTransaction['onePhaseResolution']> {
+  return { outcome: resolution.outcome, reason: `resolved by hand (${resolution.actor}): ${resolution.reason}` };
+}
+
 /**
  * An operator's word on a one-phase commit in doubt that its store cannot settle (it
  * restarted and may have reused the transaction id, say): forced to the log (the audit
@@ -111,7 +116,7 @@ export async function resolveOnePhase(
       actor: request.actor,
       at,
     });
-    tx.onePhaseResolution = { outcome: request.outcome, reason: `resolved by hand (${request.actor}): ${request.reason}` };
+    tx.onePhaseResolution = byHand(request);
     deps.logger.warn({ txId: tx.id, gid: branch.gid, participant: branch.participant, outcome: request.outcome, reason: request.reason, actor: request.actor }, 'operator: one-phase commit resolved by hand');
   });
   tx.wakeUp();

@@ -19,10 +19,14 @@ export const PRESUMED_ABORT = 'presumed abort: the log holds no commit decision 
  * carry out ('one-phase': ask the store).
  */
 export function resumedTransaction(durable: DurableTransaction): { tx: LiveTransaction; decision: Decision | 'one-phase' } {
-  if (durable.onePhaseInDoubt !== undefined && durable.branches.length === 1) return { tx: resumedOnePhase(durable, durable.onePhaseInDoubt), decision: 'one-phase' };
   // ("unknown" only for transactions the sweep ended, which are never unfinished.)
   const protocol = durable.protocol === '3pc' ? '3pc' : '2pc';
   const tx = new LiveTransaction({ id: durable.id, protocol, timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
+  const [only] = durable.branches;
+  if (durable.onePhaseInDoubt !== undefined && durable.branches.length === 1 && only !== undefined) {
+    resumeOnePhaseInto(tx, only, durable.onePhaseInDoubt);
+    return { tx, decision: 'one-phase' };
+  }
   const decision: Decision = durable.decision === 'commit' || durable.decision === 'precommit' ? 'commit' : 'abort';
   const reason = durable.reason ?? PRESUMED_ABORT;
   const is3pc = protocol === '3pc';
@@ -60,10 +64,8 @@ export function resumedTransaction(durable: DurableTransaction): { tx: LiveTrans
   return { tx, decision };
 }
 
-function resumedOnePhase(durable: DurableTransaction, inDoubt: NonNullable<DurableTransaction['onePhaseInDoubt']>): LiveTransaction {
-  const tx = new LiveTransaction({ id: durable.id, protocol: durable.protocol === '3pc' ? '3pc' : '2pc', timeoutMs: durable.timeoutMs, createdAt: durable.createdAt });
-  const [b] = durable.branches;
-  if (b === undefined) return tx;
+/** A one-phase commit whose answer was lost: its lone branch, still in the store's hands, and the evidence to ask with. */
+function resumeOnePhaseInto(tx: LiveTransaction, b: DurableTransaction['branches'][number], inDoubt: NonNullable<DurableTransaction['onePhaseInDoubt']>): void {
   tx.nextBranchNo = 2;
   tx.branches.set(b.branchId, { branchId: b.branchId, participant: b.participant, kind: b.kind, gid: b.gid, prepareSent: false, attempts: 1, lastError: inDoubt.reason });
   tx.onePhase = true;
@@ -76,5 +78,4 @@ function resumedOnePhase(durable: DurableTransaction, inDoubt: NonNullable<Durab
     decision: undefined,
     abortReason: undefined,
   };
-  return tx;
 }

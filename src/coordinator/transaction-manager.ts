@@ -20,7 +20,7 @@ import type { CoordinatorLog } from './coordinator-log.js';
 import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
 import { prepareIntentRecord } from './journal.js';
 import { durableView, invalidState, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
-import { forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
+import { byHand, forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumedTransaction } from './resume.js';
 import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
@@ -399,8 +399,8 @@ export class TransactionManager {
       if (decision === 'one-phase') {
         // Resolved by hand before the restart, its end record lost: the operator's word stands
         // (set before anyone can reach the transaction).
-        const byHand = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
-        if (byHand !== undefined) tx.onePhaseResolution = { outcome: byHand.outcome, reason: `resolved by hand (${byHand.actor}): ${byHand.reason}` };
+        const logged = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
+        if (logged !== undefined) tx.onePhaseResolution = byHand(logged);
         if (this.#live.has(durable.id)) continue;
       }
       this.#live.set(tx.id, tx);
