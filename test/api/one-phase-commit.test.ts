@@ -10,6 +10,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
+import { OUTCOME_QUERY, PLAIN_COMMIT } from '../support/one-phase-faults.js';
 import { startCoordinator, type InProcessCoordinator } from '../support/in-process-coordinator.js';
 
 let c: InProcessCoordinator;
@@ -28,8 +29,6 @@ async function fsyncs(): Promise<number> {
   return ((await api('GET', '/healthz')).body as { log: { fsyncs: number } }).log.fsyncs;
 }
 
-/** The COMMIT of a one-phase branch (simple query protocol: 'Q', length, text). */
-const PLAIN_COMMIT = 'Q\u0000\u0000\u0000\u000bCOMMIT\u0000';
 
 beforeAll(async () => {
   [dbA, dbB] = await Promise.all([freshDatabase(inject('pgUrlA')), freshDatabase(inject('pgUrlB'))]);
@@ -146,7 +145,7 @@ describe('one-phase commit', () => {
   it("COMMIT's answer lost and the database cannot tell: in doubt, listed so; an operator resolves it by hand", async () => {
     const before = await balanceOf(dbA, 'alice');
     proxy.cutReplies(PLAIN_COMMIT, 1);
-    proxy.cutReplies('AS unbroken', 10_000); // every attempt to read the outcome breaks
+    proxy.cutReplies(OUTCOME_QUERY, 10_000); // every attempt to read the outcome breaks
     try {
       const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank-proxied', operations: [move('alice', 7)] }], commit: true });
       expect(res.status, JSON.stringify(res.body)).toBe(202);
@@ -176,7 +175,7 @@ describe('one-phase commit', () => {
   it("an operator's resolution against a store that can tell again: the store's answer wins", async () => {
     const before = await balanceOf(dbA, 'alice');
     proxy.cutReplies(PLAIN_COMMIT, 1);
-    proxy.cutReplies('AS unbroken', 10_000);
+    proxy.cutReplies(OUTCOME_QUERY, 10_000);
     let id: string;
     try {
       const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank-proxied', operations: [move('alice', 3)] }], commit: true });

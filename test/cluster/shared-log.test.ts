@@ -8,6 +8,7 @@ import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
 import { CoordinatorProcess } from '../support/coordinator-process.js';
 import { createAccounts, eventually, freshDatabase, preparedGids, totalBalance, withClient } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
+import { OUTCOME_QUERY, PLAIN_COMMIT } from '../support/one-phase-faults.js';
 
 const LEASE_MS = 1_500;
 const started: CoordinatorProcess[] = [];
@@ -199,8 +200,8 @@ describe('a one-phase commit in doubt on an instance that died', () => {
     const gone = await instance('gone', logUrl, { TCX_FAIL_POINT: 'one-phase-answer-lost' });
     const survivor = await instance('stays', logUrl);
     await register(gone, [{ name: 'bank', url: proxy.rewriteUrl(db) }]);
-    proxy.cutReplies('Q\u0000\u0000\u0000\u000bCOMMIT\u0000', 1);
-    proxy.cutReplies('AS unbroken', 10_000); // nobody can read the outcome from the database
+    proxy.cutReplies(PLAIN_COMMIT, 1);
+    proxy.cutReplies(OUTCOME_QUERY, 10_000); // nobody can read the outcome from the database
     const lost = await gone.request('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [transferSql('o1', 5)] }], commit: true }).catch(() => undefined);
     expect(lost, 'the instance died before answering').toBeUndefined();
     const [row] = await withClient(db, (c) => c.query<{ balance: string }>("SELECT balance FROM accounts WHERE id = 'o1'")).then((r) => r.rows);

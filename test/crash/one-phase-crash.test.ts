@@ -18,14 +18,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type { CoordinatorProcess } from '../support/coordinator-process.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, rollBackLeftovers, withClient } from '../support/databases.js';
 import { FaultProxy } from '../support/fault-proxy.js';
+import { PLAIN_COMMIT } from '../support/one-phase-faults.js';
 import { crashLogs, settle, startCrashCoordinator, transferSql, waitSettled } from './helpers.js';
 
 let db: string;
 let coord: CoordinatorProcess | undefined;
 let proxy: FaultProxy;
 
-/** The COMMIT of a one-phase branch (simple query protocol: 'Q', length, text). */
-const PLAIN_COMMIT = 'Q\u0000\u0000\u0000\u000bCOMMIT\u0000';
 
 const START = 100;
 const AMOUNT = 10;
