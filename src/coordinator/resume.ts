@@ -8,11 +8,57 @@
  * one-phase commit whose answer was lost resumes asking its store what it did.
  */
 
+import type { Logger } from 'pino';
 import type { DurableTransaction } from '../log/log-records.js';
+import { events } from '../observability/events.js';
 import type { Decision, TwoPhaseState } from '../protocol/commit-protocol.js';
+import type { CoordinatorLog } from './coordinator-log.js';
 import { LiveTransaction } from './live-transaction.js';
+import { byHand } from './operator-actions.js';
+import type { TransactionDriver } from './transaction-driver.js';
+import type { TransactionTable } from './transaction-table.js';
 
 export const PRESUMED_ABORT = 'presumed abort: the log holds no commit decision for this transaction';
+
+export interface ResumeDeps {
+  readonly log: CoordinatorLog;
+  readonly table: TransactionTable;
+  readonly driver: TransactionDriver;
+  readonly logger: Logger;
+  readonly coordinatorId: string;
+}
+
+/**
+ * Re-drives every transaction the log saw start but not end and that does not run here yet:
+ * those with a commit decision are committed, the rest (presumed abort) rolled back, a lost
+ * one-phase answer asked for again. Returns how many it resumed.
+ */
+export async function resumeUnfinished(deps: ResumeDeps): Promise<number> {
+  const { log, table, driver, logger } = deps;
+  let resumed = 0;
+  for (const durable of await log.unfinished()) {
+    if (table.has(durable.id)) continue;
+    const { tx, decision } = resumedTransaction(durable);
+    tx.resumed = true;
+    if (decision === 'one-phase') {
+      // Resolved by hand before the restart, its end record lost: the operator's word stands
+      // (set before anyone can reach the transaction).
+      const logged = await log.manualResolution(deps.coordinatorId, tx.id);
+      if (logged !== undefined) tx.onePhaseResolution = byHand(logged);
+      if (table.has(durable.id)) continue;
+    }
+    table.add(tx);
+    logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
+    if (decision === 'one-phase') {
+      void driver.resumeOnePhase(tx);
+    } else {
+      if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
+      driver.applyInternal(tx, { type: 'decision-durable', decision });
+    }
+    resumed++;
+  }
+  return resumed;
+}
 
 /**
  * The live transaction for an unfinished durable one, and the decision its driver must now

@@ -26,6 +26,7 @@ import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { hitFailPoint } from './fail-points.js';
+import { flatLineLogger } from '../logger.js';
 import { decisionRecord, endedRecord, onePhaseInDoubtRecord } from './journal.js';
 import { endedEvent, type LiveBranch, type LiveTransaction } from './live-transaction.js';
 import { events, observeCall } from '../observability/events.js';
@@ -43,6 +44,8 @@ export class TransactionDriver {
   readonly #registry: ParticipantRegistry;
   readonly #retry: BackoffPolicy;
   readonly #logger: Logger;
+  /** For the decision line of every transaction: flat fields, so the cheap redaction (logger.ts). */
+  readonly #decisionLogger: Logger;
   readonly #hooks: DriverHooks;
   readonly #stopping: AbortSignal;
   readonly #leaseHeld: () => boolean;
@@ -62,6 +65,7 @@ export class TransactionDriver {
     this.#registry = deps.registry;
     this.#retry = deps.retry;
     this.#logger = deps.logger;
+    this.#decisionLogger = flatLineLogger(deps.logger);
     this.#hooks = deps.hooks;
     this.#stopping = deps.stopping;
   }
@@ -254,7 +258,7 @@ export class TransactionDriver {
       outcome: result.outcome,
       ...(result.reason === undefined ? {} : { reason: result.reason }),
     });
-    this.#logger.info({ txId: tx.id, decision: result.outcome, branches: 1, onePhase: true, ...(result.reason === undefined ? {} : { reason: result.reason }) }, 'decision');
+    this.#decisionLogger.info({ txId: tx.id, decision: result.outcome, branches: 1, onePhase: true, ...(result.reason === undefined ? {} : { reason: result.reason }) }, 'decision');
   }
 
   async #prepareBranch(tx: LiveTransaction, branchId: string): Promise<void> {
@@ -320,7 +324,7 @@ export class TransactionDriver {
     // Phase 2 leaves first; the log line follows.
     this.applyInternal(tx, { type: 'decision-durable', decision: verdict });
     const reason = verdict === 'abort' ? tx.state.abortReason : undefined;
-    this.#logger.info({ txId: tx.id, decision: verdict, branches: tx.branches.size, ...(reason === undefined ? {} : { reason }) }, 'decision');
+    this.#decisionLogger.info({ txId: tx.id, decision: verdict, branches: tx.branches.size, ...(reason === undefined ? {} : { reason }) }, 'decision');
   }
 
   async #deliver(tx: LiveTransaction, branchId: string, decision: Verdict): Promise<void> {

@@ -1,8 +1,9 @@
 /**
  * Takes client requests on transactions — begin, enlist work, prepare, commit,
- * abort, or all of it in one request — checks them, and hands the protocol to
- * the TransactionDriver. Holds the transactions that are running (or, after a
- * restart, being finished); finished ones live on in the log's DurableState.
+ * abort, or all of it in one request — and hands the protocol to the
+ * TransactionDriver. Who may begin is transaction-admission.ts's; the live
+ * transactions and the lookups that fall through to the log are
+ * transaction-table.ts's; recovery's resumption is resume.ts's.
  *
  * Client requests on one transaction run one at a time (its mutex). In a
  * one-request transaction that commits, a branch whose store can prepare without
@@ -10,23 +11,22 @@
  * round trip as its work: voting follows the work immediately anyway.
  */
 
-import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
-import type { ProtocolName } from '../log/log-records.js';
-import { initialState, isTerminal } from '../protocol/commit-protocol.js';
+import { isTerminal } from '../protocol/commit-protocol.js';
 import type { BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
 import { prepareIntentRecord } from './journal.js';
-import { durableView, invalidState, LiveTransaction, type LiveBranch, type TransactionView } from './live-transaction.js';
-import { byHand, forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
+import { invalidState, type LiveBranch, type LiveTransaction, type TransactionView } from './live-transaction.js';
+import { forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
 import type { ParticipantRegistry } from './participant-registry.js';
-import { resumedTransaction } from './resume.js';
-import { TokenQuotas, type TokenQuotaOptions } from './token-quotas.js';
-import { listTransactions, type ListFilter, type ListPage } from './transaction-listing.js';
+import { resumeUnfinished } from './resume.js';
+import type { TokenQuotaOptions } from './token-quotas.js';
+import { TransactionAdmission, type BeginRequest } from './transaction-admission.js';
+import type { ListFilter, ListPage } from './transaction-listing.js';
 import { TransactionDriver } from './transaction-driver.js';
-import { events } from '../observability/events.js';
+import { TransactionTable } from './transaction-table.js';
 
 export interface TransactionManagerOptions {
   readonly coordinatorId: string;
@@ -44,15 +44,7 @@ export interface TransactionManagerOptions {
 }
 
 export type { EnlistAnswer, EnlistRequest } from './branch-work.js';
-
-export interface BeginRequest {
-  readonly protocol?: ProtocolName;
-  readonly timeoutMs?: number;
-  /** Who begins it (a fingerprint of the API token): its quotas apply. */
-  readonly owner?: string;
-  /** False: never one-phase commit, even with a single branch (the full protocol and its forced decision). */
-  readonly onePhase?: boolean;
-}
+export type { BeginRequest } from './transaction-admission.js';
 
 export interface RunRequest extends BeginRequest {
   readonly branches: readonly EnlistRequest[];
@@ -70,10 +62,8 @@ export interface RunAnswer {
 }
 
 export class TransactionManager {
-  readonly #live = new Map<string, LiveTransaction>();
-  /** Live transactions without a decision yet: what TCX_MAX_ACTIVE_TRANSACTIONS bounds. */
-  readonly #undecided = new Set<LiveTransaction>();
-  readonly #quotas: TokenQuotas;
+  readonly #table: TransactionTable;
+  readonly #admission: TransactionAdmission;
   readonly #log: CoordinatorLog;
   readonly #registry: ParticipantRegistry;
   readonly #options: TransactionManagerOptions;
@@ -81,14 +71,14 @@ export class TransactionManager {
   readonly #stopping = new AbortController();
   readonly #driver: TransactionDriver;
   readonly #work: BranchWork;
-  #accepting = true;
 
   constructor(log: CoordinatorLog, registry: ParticipantRegistry, options: TransactionManagerOptions, logger: Logger) {
     this.#log = log;
     this.#registry = registry;
     this.#options = options;
     this.#logger = logger;
-    this.#quotas = new TokenQuotas(options.tokenQuotas);
+    this.#table = new TransactionTable(log, options.coordinatorId);
+    this.#admission = new TransactionAdmission(options, log);
     this.#driver = new TransactionDriver({
       log,
       registry,
@@ -97,10 +87,10 @@ export class TransactionManager {
       stopping: this.#stopping.signal,
       ...(options.leaseHeld === undefined ? {} : { leaseHeld: options.leaseHeld }),
       hooks: {
-        decided: (tx) => this.#settled(tx),
+        decided: (tx) => this.#admission.settled(tx),
         ended: (tx) => {
-          this.#settled(tx);
-          this.#live.delete(tx.id);
+          this.#admission.settled(tx);
+          this.#table.remove(tx.id);
         },
       },
     });
@@ -114,41 +104,19 @@ export class TransactionManager {
   }
 
   #begin(request: BeginRequest): LiveTransaction {
-    this.#assertAcceptingWork();
-    const protocol = request.protocol ?? '2pc';
-    if (protocol !== '2pc' && protocol !== '3pc') throw new CoordinatorError('VALIDATION_FAILED', `protocol ${String(protocol)} is not supported`);
-    const timeoutMs = request.timeoutMs ?? this.#options.defaultTimeoutMs;
-    if (timeoutMs > this.#options.maxTimeoutMs) {
-      throw new CoordinatorError('VALIDATION_FAILED', `timeoutMs must not exceed ${this.#options.maxTimeoutMs}`);
-    }
-    if (this.#undecided.size >= this.#options.maxActiveTransactions) {
-      throw new CoordinatorError('TOO_MANY_TRANSACTIONS', `at most ${this.#options.maxActiveTransactions} transactions may be open at once`, {
-        retryAfterSeconds: 1,
-      });
-    }
-    if (request.owner !== undefined) this.#quotas.admit(request.owner);
     // Nothing is logged yet: until a prepare-intent or decision record, the log's silence means abort.
-    const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
-    if (request.owner !== undefined) tx.owner = request.owner;
-    if (request.onePhase === false) tx.onePhaseAllowed = false;
-    tx.state = initialState(protocol);
-    this.#live.set(tx.id, tx);
-    this.#undecided.add(tx);
-    tx.timer = setTimeout(() => void this.#driver.onTimeout(tx), timeoutMs);
+    const tx = this.#admission.admit(request);
+    this.#table.add(tx);
+    tx.timer = setTimeout(() => void this.#driver.onTimeout(tx), tx.timeoutMs);
     tx.timer.unref();
     return tx;
   }
 
-  /** A transaction is decided (or ended): it no longer counts against the open-transaction limits. */
-  #settled(tx: LiveTransaction): void {
-    if (this.#undecided.delete(tx) && tx.owner !== undefined) this.#quotas.release(tx.owner);
-  }
-
   async enlist(id: string, request: EnlistRequest): Promise<EnlistAnswer> {
-    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'enlist'));
+    const tx = this.#table.live(id) ?? (await this.#table.notLive(id, 'enlist'));
     return tx.lock.run(async () => {
       if (tx.state.phase !== 'active') throw invalidState(tx, 'enlist a branch in');
-      this.#assertAcceptingWork(tx);
+      this.#admission.assertAcceptingWork(tx);
       const [planned] = this.#work.plan(tx, [request], false);
       try {
         return await this.#work.runWork(tx, planned!);
@@ -237,10 +205,10 @@ export class TransactionManager {
   }
 
   async prepare(id: string): Promise<TransactionView> {
-    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'prepare'));
+    const tx = this.#table.live(id) ?? (await this.#table.notLive(id, 'prepare'));
     return tx.lock.run(async () => {
       if (tx.state.phase === 'active') {
-        this.#assertAcceptingWork(tx);
+        this.#admission.assertAcceptingWork(tx);
         await this.#makeEnlistmentsDurable(tx);
         this.#driver.apply(tx, { type: 'prepare' });
       } else if (tx.state.phase !== 'preparing' && tx.state.phase !== 'prepared') {
@@ -252,15 +220,15 @@ export class TransactionManager {
   }
 
   async commit(id: string): Promise<TransactionView> {
-    const tx = this.#live.get(id);
-    if (tx === undefined) return this.#finished(id, 'commit');
+    const tx = this.#table.live(id);
+    if (tx === undefined) return this.#table.finished(id, 'commit');
     return tx.lock.run(() => this.#commitLocked(tx));
   }
 
   async #commitLocked(tx: LiveTransaction): Promise<TransactionView> {
     const phase = tx.state.phase;
     if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
-      this.#assertAcceptingWork(tx);
+      this.#admission.assertAcceptingWork(tx);
       const onePhase = phase === 'active' && this.#onePhaseFits(tx);
       if (phase === 'active' && !onePhase) await this.#makeEnlistmentsDurable(tx);
       this.#driver.apply(tx, { type: 'commit', onePhase });
@@ -276,8 +244,8 @@ export class TransactionManager {
   }
 
   async abort(id: string, reason = 'aborted by the client'): Promise<TransactionView> {
-    const tx = this.#live.get(id);
-    if (tx === undefined) return this.#finished(id, 'abort');
+    const tx = this.#table.live(id);
+    if (tx === undefined) return this.#table.finished(id, 'abort');
     if (tx.state.decision === undefined) tx.cancelWork.abort(new Error(reason));
     return tx.lock.run(async () => {
       if (tx.state.decision === 'commit' && tx.state.phase !== 'deciding') throw invalidState(tx, 'abort');
@@ -290,53 +258,45 @@ export class TransactionManager {
     });
   }
 
-  async get(id: string): Promise<TransactionView> {
-    const live = this.#live.get(id);
-    if (live !== undefined) return live.view();
-    const durable = await this.#log.transaction(id);
-    if (durable === undefined) {
-      // The coordinator id tells a 3PC participant whether this "no record" (presumed abort)
-      // comes from the coordinator that prepared it, or from another instance.
-      throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`, { details: { coordinatorId: this.#options.coordinatorId } });
-    }
-    return durableView(durable, await this.#log.forgottenBranches(id));
+  get(id: string): Promise<TransactionView> {
+    return this.#table.view(id);
   }
 
   /** A page of transactions, newest first: running ones and finished ones within retention. */
   list(filter: ListFilter): ListPage {
-    return listTransactions(this.#live, this.#log.state, filter);
+    return this.#table.list(filter);
   }
 
   /** True while the transaction runs here (or is being finished after a restart). */
   isLive(id: string): boolean {
-    return this.#live.has(id);
+    return this.#table.has(id);
   }
 
   inDoubtCount(): number {
-    let n = 0;
-    for (const tx of this.#live.values()) if (tx.inDoubt) n++;
-    return n;
+    return this.#table.inDoubtCount();
   }
 
   activeCount(): number {
-    return this.#undecided.size;
+    return this.#admission.openCount;
   }
 
   liveCount(): number {
-    return this.#live.size;
+    return this.#table.size;
   }
 
   /** True while the participant has a branch in a transaction that has not ended. */
-  async participantInUse(name: string): Promise<boolean> {
-    for (const tx of this.#live.values()) {
-      for (const b of tx.branches.values()) if (b.participant === name) return true;
-    }
-    return (await this.#log.unfinished()).some((tx) => tx.branches.some((b) => b.participant === name));
+  participantInUse(name: string): Promise<boolean> {
+    return this.#table.participantInUse(name);
+  }
+
+  /** True when a running (or resumed) transaction drives the branch with this gid itself. */
+  ownsBranch(transactionId: string, gid: string): boolean {
+    return this.#table.ownsBranch(transactionId, gid);
   }
 
   /** Operator's "retry now" (operator-actions.ts). */
   async retryNow(id: string): Promise<TransactionView> {
-    const tx = this.#live.get(id);
+    const tx = this.#table.live(id);
     if (tx === undefined) {
       await this.get(id); // 404 when unknown
       throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} has ended; there is nothing to retry`);
@@ -346,7 +306,7 @@ export class TransactionManager {
 
   /** Operator's way out for a participant gone for good (operator-actions.ts). */
   async forgetBranch(id: string, branchId: string, request: { reason: string; actor: string }): Promise<TransactionView> {
-    const tx = this.#live.get(id) ?? (await this.#notLive(id, 'forget a branch of'));
+    const tx = this.#table.live(id) ?? (await this.#table.notLive(id, 'forget a branch of'));
     return forgetBranch(tx, branchId, request, this.#operatorDeps());
   }
 
@@ -360,28 +320,14 @@ export class TransactionManager {
     gid: string,
     request: { outcome: 'commit' | 'abort'; reason: string; actor: string },
   ): Promise<{ outcome: 'commit' | 'abort'; at: string } | undefined> {
-    const tx = this.#live.get(transactionId);
+    const tx = this.#table.live(transactionId);
     const branch = tx === undefined ? undefined : [...tx.branches.values()].find((b) => b.gid === gid && b.participant === participant);
     if (tx === undefined || branch === undefined || !tx.onePhase) return undefined;
     return resolveOnePhase(tx, branch, request, this.#operatorDeps());
   }
 
   #operatorDeps(): OperatorActionDeps {
-    return { log: this.#log, driver: this.#driver, logger: this.#logger, commitWaitMs: this.#options.commitWaitMs, assertAcceptingWork: (tx) => this.#assertAcceptingWork(tx) };
-  }
-
-  /** True when a running (or resumed) transaction drives the branch with this gid itself. */
-  ownsBranch(transactionId: string, gid: string): boolean {
-    const tx = this.#live.get(transactionId);
-    if (tx === undefined) return false;
-    for (const b of tx.branches.values()) {
-      if (b.gid !== gid) continue;
-      // Driven only while its phase 2 is pending. A branch that voted no (a PREPARE that
-      // broke, then landed late) or already finished is left to the sweep and the log.
-      const phase = tx.state.branches[b.branchId]?.phase;
-      return phase === 'active' || phase === 'preparing' || phase === 'prepared' || phase === 'precommitted';
-    }
-    return false;
+    return { log: this.#log, driver: this.#driver, logger: this.#logger, commitWaitMs: this.#options.commitWaitMs, assertAcceptingWork: (tx) => this.#admission.assertAcceptingWork(tx) };
   }
 
   // ---- recovery -------------------------------------------------------------------------
@@ -390,59 +336,38 @@ export class TransactionManager {
    * Re-drives every transaction the log saw start but not end: those with a commit
    * decision are committed, the rest (presumed abort) rolled back.
    */
-  async resumeUnfinished(): Promise<number> {
-    let resumed = 0;
-    for (const durable of await this.#log.unfinished()) {
-      if (this.#live.has(durable.id)) continue;
-      const { tx, decision } = resumedTransaction(durable);
-      tx.resumed = true;
-      if (decision === 'one-phase') {
-        // Resolved by hand before the restart, its end record lost: the operator's word stands
-        // (set before anyone can reach the transaction).
-        const logged = await this.#log.manualResolution(this.#options.coordinatorId, tx.id);
-        if (logged !== undefined) tx.onePhaseResolution = byHand(logged);
-        if (this.#live.has(durable.id)) continue;
-      }
-      this.#live.set(tx.id, tx);
-      this.#logger.info({ txId: tx.id, decision, branches: durable.branches.length }, 'recovery: resuming transaction');
-      if (decision === 'one-phase') {
-        void this.#driver.resumeOnePhase(tx);
-      } else {
-        if (events.transactionResumed.active) events.transactionResumed.publish({ decision: decision === 'abort' ? 'abort' : 'commit' });
-        this.#driver.applyInternal(tx, { type: 'decision-durable', decision });
-      }
-      resumed++;
-    }
-    return resumed;
+  resumeUnfinished(): Promise<number> {
+    return resumeUnfinished({ log: this.#log, table: this.#table, driver: this.#driver, logger: this.#logger, coordinatorId: this.#options.coordinatorId });
   }
 
   // ---- shutdown -------------------------------------------------------------------------
 
-  /** Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. */
   /** Stops at once without another word to anyone: the lease passed to another instance. */
   halt(): void {
-    this.#accepting = false;
+    this.#admission.stopAccepting();
     this.#stopping.abort();
-    for (const tx of this.#live.values()) clearTimeout(tx.timer);
+    for (const tx of this.#table.all()) clearTimeout(tx.timer);
   }
 
+  /** Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. */
   async drain(deadlineMs: number): Promise<void> {
-    this.#accepting = false;
+    this.#admission.stopAccepting();
     const deadline = Date.now() + deadlineMs;
     // Every undecided transaction aborts at once; none waits for another, and none past the deadline.
-    const aborts = [...this.#live.values()]
+    const aborts = this.#table
+      .all()
       .filter((tx) => tx.state.decision === undefined && tx.state.phase !== 'preparing')
       .map((tx) => this.abort(tx.id, 'coordinator shutting down').catch(() => undefined));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([Promise.all(aborts), new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
     clearTimeout(timer);
-    for (const tx of [...this.#live.values()]) {
+    for (const tx of this.#table.all()) {
       const left = deadline - Date.now();
       if (left <= 0) break;
       await tx.waitUntil(() => isTerminal(tx.state.phase), left);
     }
     this.#stopping.abort();
-    for (const tx of this.#live.values()) clearTimeout(tx.timer);
+    for (const tx of this.#table.all()) clearTimeout(tx.timer);
   }
 
   // ---- helpers --------------------------------------------------------------------------
@@ -480,37 +405,6 @@ export class TransactionManager {
       });
     }
     return view;
-  }
-
-  async #finished(id: string, wanted: 'commit' | 'abort'): Promise<TransactionView> {
-    const view = await this.get(id);
-    if (view.state === 'committed' && wanted === 'abort') {
-      throw new CoordinatorError('INVALID_STATE_TRANSITION', `transaction ${id} is committed and cannot be aborted`, {
-        details: { transactionId: id, state: view.state },
-      });
-    }
-    return view;
-  }
-
-  /** Throws why `what` cannot be done to a transaction that does not run here: unknown, or ended. */
-  async #notLive(id: string, what: string): Promise<never> {
-    const durable = await this.#log.transaction(id);
-    if (durable === undefined) throw new CoordinatorError('UNKNOWN_TRANSACTION', `no transaction ${id}`);
-    const view = durableView(durable);
-    throw new CoordinatorError('INVALID_STATE_TRANSITION', `cannot ${what} transaction ${id}: it is ${view.state}`, {
-      details: { transactionId: id, state: view.state },
-    });
-  }
-
-  /** Refuses new work; about a transaction, the error says where it stands (the answer's `state`). */
-  #assertAcceptingWork(tx?: LiveTransaction): void {
-    const about = tx === undefined ? {} : { details: { transactionId: tx.id, state: tx.view().state } };
-    if (!this.#accepting) throw new CoordinatorError('SHUTTING_DOWN', undefined, about);
-    if (this.#options.leaseHeld?.() === false) {
-      throw new CoordinatorError('SHUTTING_DOWN', "this instance may no longer hold its coordinator id's lease; retry against another instance", { ...about, retryAfterSeconds: 1 });
-    }
-    const failed = this.#log.failed;
-    if (failed !== undefined) throw new CoordinatorError('LOG_UNAVAILABLE', `the write-ahead log failed: ${failed.message}`, about);
   }
 }
 

@@ -18,7 +18,7 @@
  * a service cannot be asked what it prepared; the log is the source.
  */
 
-import { Agent, request } from 'undici';
+import { Pool } from 'undici';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import type { ParticipantAuth } from '../log/log-records.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
@@ -53,8 +53,12 @@ export class HttpParticipant implements ParticipantAdapter {
   readonly listsPreparedBranches = false;
   readonly name: string;
   readonly #baseUrl: string;
+  /** The base URL's path, without a trailing slash: each verb's path is this plus `/<verb>` (and the base URL's query). */
+  readonly #basePath: string;
+  readonly #query: string;
   readonly #headers: Record<string, string>;
-  readonly #agent: Agent;
+  /** One keep-alive pool to the service's origin (its calls skip parsing a URL and finding a pool each time). */
+  readonly #pool: Pool;
   readonly #options: HttpParticipantOptions;
 
   constructor(options: HttpParticipantOptions) {
@@ -71,7 +75,9 @@ export class HttpParticipant implements ParticipantAdapter {
       'content-type': 'application/json',
       ...(auth === undefined ? {} : { authorization: authorizationHeader(auth) }),
     };
-    this.#agent = new Agent({
+    this.#basePath = url.pathname.replace(/\/+$/, '');
+    this.#query = url.search;
+    this.#pool = new Pool(url.origin, {
       connect: { timeout: options.connectTimeoutMs },
       headersTimeout: options.requestTimeoutMs,
       bodyTimeout: options.requestTimeoutMs,
@@ -152,16 +158,16 @@ export class HttpParticipant implements ParticipantAdapter {
   }
 
   async close(): Promise<void> {
-    await this.#agent.close();
+    await this.#pool.close();
   }
 
   async #call(verb: Verb, branch: BranchRef): Promise<HttpAnswer> {
     // Bounded without a timer per call: the agent's connect and headers timeouts bound the
     // request, and the deadline (with the agent's idle timeout between chunks) the answer.
     const deadline = Date.now() + this.#options.requestTimeoutMs;
-    const res = await request(`${this.#baseUrl}/${verb}`, {
+    const res = await this.#pool.request({
       method: 'POST',
-      dispatcher: this.#agent,
+      path: `${this.#basePath}/${verb}${this.#query}`,
       headers: this.#headers,
       body: JSON.stringify({
         transactionId: branch.transactionId,
