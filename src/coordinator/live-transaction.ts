@@ -97,6 +97,8 @@ export class LiveTransaction {
   onePhase = false;
   /** A one-phase commit whose answer was lost: the store's evidence for asking what it did. */
   onePhaseEvidence: OnePhaseEvidence | undefined;
+  /** That evidence is durable (its `one-phase-in-doubt` record was forced): a restart asks the store again. */
+  onePhaseInDoubtLogged = false;
   /** An operator's word on a one-phase commit in doubt whose store cannot tell (forced to the log first). */
   onePhaseResolution: { readonly outcome: 'commit' | 'abort'; readonly reason: string } | undefined;
   /** Its end record is already in the log (a one-phase commit forces it before the answer). */

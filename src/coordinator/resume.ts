@@ -116,6 +116,7 @@ function resumeOnePhaseInto(tx: LiveTransaction, b: DurableTransaction['branches
   tx.branches.set(b.branchId, { branchId: b.branchId, participant: b.participant, kind: b.kind, gid: b.gid, prepareSent: false, attempts: 1, lastError: inDoubt.reason });
   tx.onePhase = true;
   tx.onePhaseEvidence = inDoubt.evidence;
+  tx.onePhaseInDoubtLogged = true;
   tx.state = {
     protocol: tx.protocol,
     phase: 'one-phase',

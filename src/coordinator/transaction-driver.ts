@@ -48,6 +48,8 @@ export class TransactionDriver {
   readonly #decisionLogger: Logger;
   readonly #hooks: DriverHooks;
   readonly #stopping: AbortSignal;
+  /** Aborted when a graceful stop no longer waits for one-phase COMMIT answers (abandonOnePhaseAnswers). */
+  readonly #answersAbandoned = new AbortController();
   readonly #leaseHeld: () => boolean;
 
   constructor(deps: {
@@ -68,6 +70,16 @@ export class TransactionDriver {
     this.#decisionLogger = flatLineLogger(deps.logger);
     this.#hooks = deps.hooks;
     this.#stopping = deps.stopping;
+  }
+
+  /**
+   * A graceful stop's deadline is near: a one-phase COMMIT still waiting for its answer stops
+   * waiting, and its evidence is forced as for a lost answer (the log is still open), so that
+   * recovery asks the store after the restart instead of forgetting the transaction. No COMMIT
+   * leaves after this; nobody is asked until the restart.
+   */
+  abandonOnePhaseAnswers(): void {
+    this.#answersAbandoned.abort();
   }
 
   /** A client's event: a rejected transition throws (the API answers 409). */
@@ -165,7 +177,7 @@ export class TransactionDriver {
     branch.lastAttemptAt = new Date().toISOString();
     let answer: OnePhaseResult | OnePhaseUnknown;
     try {
-      answer = await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref));
+      answer = await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref, this.#answersAbandoned.signal));
     } catch (err) {
       // An adapter that broke its contract: whether COMMIT left is not known, and nothing says how to find out.
       answer = { outcome: 'unknown', evidence: {}, reason: `one-phase commit on ${branch.participant} failed: ${errorMessage(err)}` };
@@ -199,6 +211,7 @@ export class TransactionDriver {
     this.#logger.warn({ txId: tx.id, branchId: branch.branchId, participant: branch.participant, err: unknown.reason }, 'one-phase commit: answer lost; asking the store');
     try {
       await this.#log.force(onePhaseInDoubtRecord(tx, branch, unknown.evidence, unknown.reason));
+      tx.onePhaseInDoubtLogged = true;
       hitFailPoint('one-phase-answer-lost');
     } catch (err) {
       // The log failed (the coordinator is unhealthy now): the store is still asked while this process runs.
@@ -214,7 +227,7 @@ export class TransactionDriver {
     const adapter = (): ParticipantAdapter => this.#registry.adapter(branch.participant);
     const evidence = tx.onePhaseEvidence ?? {};
     for (let attempt = 0; ; attempt++) {
-      if (this.#stopping.aborted) return undefined;
+      if (this.#stopping.aborted || this.#answersAbandoned.signal.aborted) return undefined;
       if (!this.#leaseHeld()) {
         // The lease may have passed to another instance, which asks (from the logged evidence) now.
         await sleep(backoffDelay(this.#retry, attempt), this.#stopping, tx.wakeSignal);

@@ -349,25 +349,39 @@ export class TransactionManager {
     for (const tx of this.#table.all()) clearTimeout(tx.timer);
   }
 
-  /** Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. */
+  /**
+   * Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. Near the
+   * deadline a one-phase COMMIT still unanswered is no longer waited for: its evidence is
+   * forced while the log is open, and recovery asks its store after the restart.
+   */
   async drain(deadlineMs: number): Promise<void> {
     this.#admission.stopAccepting();
     const deadline = Date.now() + deadlineMs;
-    // Every undecided transaction aborts at once; none waits for another, and none past the deadline.
+    // Kept at the end for forcing the evidence of unanswered one-phase COMMITs.
+    const phase2Deadline = deadline - Math.min(1_000, Math.floor(deadlineMs / 4));
+    // Every undecided transaction aborts at once; none waits for another, and none past the
+    // deadline. A one-phase commit cannot be aborted: its COMMIT is with the store.
     const aborts = this.#table
       .all()
-      .filter((tx) => tx.state.decision === undefined && tx.state.phase !== 'preparing')
+      .filter((tx) => tx.state.decision === undefined && tx.state.phase !== 'preparing' && tx.state.phase !== 'one-phase')
       .map((tx) => this.abort(tx.id, 'coordinator shutting down').catch(() => undefined));
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(aborts), new Promise<void>((resolve) => (timer = setTimeout(resolve, deadlineMs)))]);
+    await Promise.race([Promise.all(aborts), new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, phase2Deadline - Date.now()))))]);
     clearTimeout(timer);
-    for (const tx of this.#table.all()) {
-      const left = deadline - Date.now();
-      if (left <= 0) break;
-      await tx.waitUntil(() => isTerminal(tx.state.phase), left);
-    }
+    await this.#waitForEach((tx) => isTerminal(tx.state.phase), phase2Deadline);
+    this.#driver.abandonOnePhaseAnswers();
+    await this.#waitForEach((tx) => tx.state.phase !== 'one-phase' || tx.onePhaseInDoubtLogged || tx.logFailure !== undefined, deadline);
     this.#stopping.abort();
     for (const tx of this.#table.all()) clearTimeout(tx.timer);
+  }
+
+  /** Waits until `done` holds for every live transaction, or until `deadline` (epoch ms). */
+  async #waitForEach(done: (tx: LiveTransaction) => boolean, deadline: number): Promise<void> {
+    for (const tx of this.#table.all()) {
+      const left = deadline - Date.now();
+      if (left <= 0) return;
+      await tx.waitUntil(() => done(tx), left);
+    }
   }
 
   // ---- helpers --------------------------------------------------------------------------

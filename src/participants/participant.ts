@@ -137,8 +137,13 @@ export interface ParticipantAdapter {
    * One-phase commit of a transaction's only branch, its work still open: the store commits
    * (or rolls back) on its own. `unknown` when the answer was lost; see `onePhaseOutcome`.
    * Present exactly when the kind's `onePhase` capability is true.
+   *
+   * `stopWaiting` (the coordinator is shutting down): once it aborts, the call answers
+   * `unknown` with the evidence at once instead of waiting for the store's answer — the
+   * commit goes on there, and the coordinator asks after its restart; aborted before anything
+   * was sent, nothing is: the work is rolled back (`abort`).
    */
-  commitOnePhase?(branch: BranchRef): Promise<OnePhaseResult | OnePhaseUnknown>;
+  commitOnePhase?(branch: BranchRef, stopWaiting?: AbortSignal): Promise<OnePhaseResult | OnePhaseUnknown>;
   /**
    * The outcome of a one-phase commit whose answer was lost, from the evidence its
    * `commitOnePhase` gave (on any instance of the adapter: it may come from the log after a

@@ -64,8 +64,11 @@ function parseEvidence(evidence: OnePhaseEvidence): (CommitEvidence & { pid: num
   return { xid, since, postmaster, system, pid };
 }
 
-/** COMMIT of the branch's open session; the session goes back to the pool (or is closed) in every case. */
-export async function commitSession(session: BranchSession, participant: string): Promise<OnePhaseResult | OnePhaseUnknown> {
+/**
+ * COMMIT of the branch's open session; the session goes back to the pool (or is closed) in
+ * every case — once COMMIT answers, even when `stopWaiting` stopped the wait for it.
+ */
+export async function commitSession(session: BranchSession, participant: string, stopWaiting?: AbortSignal): Promise<OnePhaseResult | OnePhaseUnknown> {
   if (session.failure !== undefined) {
     await endQuietly(session);
     return { outcome: 'abort', reason: session.failure };
@@ -81,9 +84,26 @@ export async function commitSession(session: BranchSession, participant: string)
       return { outcome: 'abort', reason: `could not read the transaction id on ${participant} before COMMIT: ${errorMessage(err)}` };
     }
   }
+  if (stopWaiting?.aborted === true) {
+    await endQuietly(session);
+    return { outcome: 'abort', reason: `the coordinator is shutting down: no COMMIT was sent to ${participant}` };
+  }
   let tag: string | null;
   try {
-    tag = await runSimple(session.client, 'COMMIT');
+    const committing = runSimple(session.client, 'COMMIT');
+    const answer = await answerUnlessStopped(committing, stopWaiting);
+    if (answer === ABANDONED) {
+      committing.then(
+        () => release(session),
+        (err: unknown) => release(session, err),
+      );
+      return {
+        outcome: 'unknown',
+        evidence: { ...evidence, pid: session.backendPid },
+        reason: `the coordinator shut down before COMMIT on ${participant} answered`,
+      };
+    }
+    tag = answer;
   } catch (err) {
     // A COMMIT the server refused with an ERROR (a deferred constraint, a serialization
     // failure) rolled back. FATAL or PANIC end the backend, maybe after the commit was
@@ -103,6 +123,26 @@ export async function commitSession(session: BranchSession, participant: string)
   // COMMIT of a transaction that had already failed answers ROLLBACK.
   if (tag !== 'COMMIT') return { outcome: 'abort', reason: `commit on ${participant} answered ${tag ?? 'nothing'}: the transaction had failed` };
   return { outcome: 'commit' };
+}
+
+const ABANDONED = Symbol('abandoned');
+
+/**
+ * COMMIT's answer, or ABANDONED once `stopWaiting` aborts first. An abandoned COMMIT still
+ * runs on the server; its session is released when the answer comes (or the connection ends).
+ */
+async function answerUnlessStopped(committing: Promise<string | null>, stopWaiting: AbortSignal | undefined): Promise<string | null | typeof ABANDONED> {
+  if (stopWaiting === undefined) return committing;
+  let onStop: (() => void) | undefined;
+  const stopped = new Promise<typeof ABANDONED>((resolve) => {
+    onStop = () => resolve(ABANDONED);
+    stopWaiting.addEventListener('abort', onStop, { once: true });
+  });
+  try {
+    return await Promise.race([committing, stopped]);
+  } finally {
+    stopWaiting.removeEventListener('abort', onStop!);
+  }
 }
 
 /**

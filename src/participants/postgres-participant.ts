@@ -292,14 +292,14 @@ export class PostgresParticipant implements ParticipantAdapter {
     await this.#resolvePrepared(branch.gid, `COMMIT PREPARED '${branch.gid}'`);
   }
 
-  async commitOnePhase(branch: BranchRef): Promise<OnePhaseResult | OnePhaseUnknown> {
+  async commitOnePhase(branch: BranchRef, stopWaiting?: AbortSignal): Promise<OnePhaseResult | OnePhaseUnknown> {
     assertSafeGid(branch.gid);
     const session = this.#open.get(branch.gid);
     if (session === undefined) return { outcome: 'abort', reason: `no open session for branch ${branch.branchId} on ${this.name}` };
     // Off the open list before anything is awaited: an abort arriving now finds nothing to roll back.
     this.#open.delete(branch.gid);
     await session.busy?.catch(() => undefined);
-    return commitSession(session, this.name);
+    return commitSession(session, this.name, stopWaiting);
   }
 
   async onePhaseOutcome(_branch: BranchRef, evidence: OnePhaseEvidence): Promise<OnePhaseResult> {

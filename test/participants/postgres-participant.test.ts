@@ -177,4 +177,16 @@ describe('postgres participant: a session lost on our side while the server stil
       await proxy.close();
     }
   });
+
+  it('one-phase commit once the coordinator stopped waiting (a graceful stop): no COMMIT is sent, the work is rolled back', async () => {
+    const ref = branch();
+    await pgp.enlist(ref, update('bob', 7), undefined, { onePhaseFollows: true });
+    const stopped = new AbortController();
+    stopped.abort();
+    const result = await pgp.commitOnePhase(ref, stopped.signal);
+    expect(result.outcome).toBe('abort');
+    expect(result.outcome === 'abort' ? result.reason : '').toMatch(/shutting down: no COMMIT was sent/);
+    expect(pgp.openBranches()).toBe(0);
+    expect(await balanceOf(db, 'bob')).toBe(0);
+  });
 });
