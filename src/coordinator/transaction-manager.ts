@@ -147,7 +147,7 @@ export class TransactionManager {
       }
       // A lone branch whose store commits in one step does so right after its work: nothing
       // to prepare, nothing to force.
-      if (request.commit && this.#onePhaseFits(tx)) {
+      if (request.commit && (await this.#onePhaseFits(tx))) {
         for (const p of planned) {
           p.onePhaseFollows = p.prepareAfter;
           p.prepareAfter = false;
@@ -226,10 +226,11 @@ export class TransactionManager {
   }
 
   async #commitLocked(tx: LiveTransaction): Promise<TransactionView> {
+    const fits = tx.state.phase === 'active' && (await this.#onePhaseFits(tx));
     const phase = tx.state.phase;
     if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
       this.#admission.assertAcceptingWork(tx);
-      const onePhase = phase === 'active' && this.#onePhaseFits(tx);
+      const onePhase = phase === 'active' && fits;
       if (phase === 'active' && !onePhase) await this.#makeEnlistmentsDurable(tx);
       this.#driver.apply(tx, { type: 'commit', onePhase });
     } else if (tx.state.decision !== 'commit' || tx.logFailure !== undefined) {
@@ -388,15 +389,16 @@ export class TransactionManager {
 
   /**
    * One-phase commit fits a transaction the client did not keep from it, of exactly one branch
-   * whose store can commit in one step and tell the outcome afterwards (the machine checks
-   * the branch count again).
+   * whose store can commit in one step and tell the outcome afterwards, and may now (asked
+   * once after a restart; the machine checks the branch count again).
    */
-  #onePhaseFits(tx: LiveTransaction): boolean {
+  async #onePhaseFits(tx: LiveTransaction): Promise<boolean> {
     if (!tx.onePhaseAllowed || tx.branches.size !== 1) return false;
     const [branch] = tx.branches.values();
     if (branch === undefined || branch.prepareSent) return false;
     const adapter = this.#registry.adapter(branch.participant);
-    return adapter.commitOnePhase !== undefined && adapter.onePhaseOutcome !== undefined;
+    if (adapter.commitOnePhase === undefined || adapter.onePhaseOutcome === undefined) return false;
+    return (await adapter.onePhaseUsable?.()) ?? true;
   }
 
   /** Before any prepare leaves, the branches recovery cannot find by itself must be durable. */

@@ -150,6 +150,13 @@ export interface ParticipantAdapter {
    * restart); throws while the store cannot tell yet.
    */
   onePhaseOutcome?(branch: BranchRef, evidence: OnePhaseEvidence): Promise<OnePhaseResult>;
+  /**
+   * Whether one-phase commit may be used on this store (with `commitOnePhase`; absent: yes).
+   * False when the server keeps from the coordinator's role what a lost answer's evidence
+   * needs: its single-branch transactions then take the full protocol. Checked once — at
+   * registration, or at first use after a restart — and a plain boolean once known.
+   */
+  onePhaseUsable?(): boolean | Promise<boolean>;
   findPrepared(gidPrefix: string): Promise<string[]>;
   /** Branches whose work sits in an open session on this adapter. */
   openBranches(): number;

@@ -37,6 +37,28 @@ export const EVIDENCE_QUERY =
   `SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current()::text END AS xid, ${micros('statement_timestamp()')}::text AS since, ` +
   `${micros('pg_postmaster_start_time()')}::text AS postmaster, (SELECT system_identifier FROM pg_control_system())::text AS system`;
 
+const INSUFFICIENT_PRIVILEGE = '42501';
+
+/**
+ * Whether the role may read what EVIDENCE_QUERY reads (pg_control_system() can be revoked
+ * from PUBLIC): true or false, or undefined when the server could not be asked (ask again).
+ */
+export async function evidenceReadable(control: pg.Pool): Promise<boolean | undefined> {
+  try {
+    await control.query('SELECT (SELECT system_identifier FROM pg_control_system())::text AS system, pg_postmaster_start_time() AS postmaster');
+    return true;
+  } catch (err) {
+    return (err as { code?: unknown }).code === INSUFFICIENT_PRIVILEGE ? false : undefined;
+  }
+}
+
+export function evidenceUnreadableWarning(participant: string): string {
+  return (
+    `one-phase commit is off for ${participant}: its role may not execute pg_control_system(), which a lost COMMIT's evidence needs ` +
+    '(GRANT EXECUTE ON FUNCTION pg_control_system() TO the role, then register the participant again); its single-branch transactions take the full protocol'
+  );
+}
+
 /** What finding a lost COMMIT's outcome needs, read on its session before COMMIT. */
 export interface CommitEvidence {
   /** Null on a standby (nothing written, nothing to commit). */

@@ -29,7 +29,7 @@ import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid } from './gid.js';
 import type { BranchRef, EnlistOptions, EnlistResult, OnePhaseEvidence, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter, PrepareOptions, PrepareResult } from './participant.js';
-import { commitSession, EVIDENCE_QUERY, evidenceOf, lostCommitOutcome } from './postgres-one-phase.js';
+import { commitSession, EVIDENCE_QUERY, evidenceOf, evidenceReadable, evidenceUnreadableWarning, lostCommitOutcome } from './postgres-one-phase.js';
 import { controlFailure as failure, stopBackend } from './postgres-control.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
@@ -77,6 +77,9 @@ export class PostgresParticipant implements ParticipantAdapter {
   /** Prepared branches whose session is kept for their phase 2. */
   readonly #kept = new KeptSessions(KEEP_FOR_PHASE2_MS);
   readonly #log: Logger;
+  /** Whether one-phase commit's evidence can be read here (onePhaseUsable); undefined until the server said. */
+  #onePhaseUsable: boolean | undefined;
+  #onePhaseCheck: Promise<boolean> | undefined;
 
   constructor(options: PostgresParticipantOptions) {
     this.name = options.name;
@@ -115,10 +118,34 @@ export class PostgresParticipant implements ParticipantAdapter {
         { details: { setting: 'max_prepared_transactions', value } },
       );
     }
+    await this.#checkOnePhase();
   }
 
   validateWork(work: unknown): void {
     parseSqlOperations(work);
+  }
+
+  onePhaseUsable(): boolean | Promise<boolean> {
+    return this.#onePhaseUsable ?? this.#checkOnePhase();
+  }
+
+  warnings(): string[] {
+    return this.#onePhaseUsable === false ? [evidenceUnreadableWarning(this.name)] : [];
+  }
+
+  /** Asks the server once whether the evidence can be read; while it cannot answer, no (ask again next time). */
+  #checkOnePhase(): Promise<boolean> {
+    this.#onePhaseCheck ??= evidenceReadable(this.#control)
+      .then((readable) => {
+        if (readable === undefined) return false;
+        if (!readable) this.#log.warn(evidenceUnreadableWarning(this.name));
+        this.#onePhaseUsable = readable;
+        return readable;
+      })
+      .finally(() => {
+        this.#onePhaseCheck = undefined;
+      });
+    return this.#onePhaseCheck;
   }
 
   async enlist(branch: BranchRef, work: unknown, signal?: AbortSignal, options: EnlistOptions = {}): Promise<EnlistResult> {
