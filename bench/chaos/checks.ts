@@ -250,7 +250,7 @@ export async function logRecordsOf(env: ChaosEnvironment, txId: string): Promise
 export async function finalOutcomes(
   env: ChaosEnvironment,
   transfers: readonly Transfer[],
-  notes: { readonly odd: string[]; readonly disagreements: string[] } = { odd: [], disagreements: [] },
+  notes: { readonly odd: string[]; readonly disagreements: string[]; readonly unknownToAll?: Set<string> } = { odd: [], disagreements: [] },
 ): Promise<Map<string, Final | string>> {
   const out = new Map<string, Final | string>();
   const queue = transfers.filter((t) => t.id !== undefined).map((t) => t.id as string);
@@ -265,8 +265,10 @@ export async function finalOutcomes(
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
         if (!cluster) {
           const got = await (env.instances[0] as ChaosInstance).proc.request('GET', `/v1/transactions/${id}`, undefined, 10_000);
-          if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') out.set(id, 'aborted');
-          else if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) out.set(id, got.body.state as Final);
+          if (got.status === 404 && got.body?.error?.code === 'UNKNOWN_TRANSACTION') {
+            out.set(id, 'aborted');
+            notes.unknownToAll?.add(id);
+          } else if (got.status === 200 && (got.body.state === 'committed' || got.body.state === 'aborted')) out.set(id, got.body.state as Final);
           else out.set(id, `GET ${got.status} ${String(got.body?.state ?? JSON.stringify(got.body))}`);
           continue;
         }
@@ -278,6 +280,7 @@ export async function finalOutcomes(
           continue;
         }
         out.set(id, definite.has('committed') ? 'committed' : 'aborted');
+        if (answers.every((a) => a.said.startsWith('404 '))) notes.unknownToAll?.add(id);
         if (definite.size > 1) disagreed.push({ id, said: show(answers), at });
         else if (answers.some((a) => a.final === undefined)) notes.odd.push(`tx ${id}: ${show(answers)}`);
       }
@@ -297,12 +300,26 @@ export interface CheckResult {
   readonly committed: number;
   readonly aborted: number;
   readonly unresolved: number;
+  /** One-phase commits no instance knows (killed before the end record): the store's evidence decides. */
+  readonly onePhaseUnknown: number;
   readonly totals: Record<Store, { actual: number; expected: number }>;
 }
 
 const sum = (xs: readonly number[]): number => xs.reduce((s, x) => s + x, 0);
 
-export function checkInvariants(transfers: readonly Transfer[], finals: Map<string, Final | string>, evidence: Evidence): CheckResult {
+/**
+ * `unknownToAll`: transactions no instance knows (404 everywhere). For 2PC and 3PC that is
+ * presumed abort. A one-phase commit cut short by a coordinator kill (before its end record)
+ * is unknown too, and its store alone knows what it did (README, known limits): its outcome is
+ * the store's evidence, and every other check holds against that — a client told "committed"
+ * still needs it applied, one told "aborted" needs it not applied.
+ */
+export function checkInvariants(
+  transfers: readonly Transfer[],
+  finals: Map<string, Final | string>,
+  evidence: Evidence,
+  unknownToAll: ReadonlySet<string> = new Set(),
+): CheckResult {
   const violations: string[] = [];
   const expected: Record<Store, number[]> = {
     A: Array<number>(ACCOUNTS).fill(START_BALANCE),
@@ -313,12 +330,16 @@ export function checkInvariants(transfers: readonly Transfer[], finals: Map<stri
   let committed = 0;
   let aborted = 0;
   let unresolved = 0;
+  let onePhaseUnknown = 0;
   const known = new Set<string>();
   for (const t of transfers) {
     if (t.id === undefined) continue;
     const id = t.id;
     known.add(id);
-    const final = finals.get(id) ?? 'missing';
+    const applied = t.legs.filter((l) => evidence.committed[l.store].has(id)).map((l) => l.store);
+    const storeDecides = t.onePhase === true && unknownToAll.has(id);
+    if (storeDecides) onePhaseUnknown++;
+    const final = storeDecides ? (applied.length > 0 ? 'committed' : 'aborted') : (finals.get(id) ?? 'missing');
     const label = `tx ${id} (${t.begunOn === undefined ? '' : `begun on ${t.begunOn} at ${t.begunAt ?? '?'}${t.via === undefined ? '' : ` via ${t.via}`}${t.answeredAt === undefined ? '' : `, answered at ${t.answeredAt}`}, `}${t.protocol}, ${t.legs.map((l) => `${l.store}${l.delta > 0 ? '+' : ''}${l.delta}`).join(' ')}; client saw ${t.seen ?? 'nothing'}${t.detail === undefined ? '' : `: ${t.detail}`})`;
     if (final !== 'committed' && final !== 'aborted') {
       unresolved++;
@@ -327,7 +348,6 @@ export function checkInvariants(transfers: readonly Transfer[], finals: Map<stri
     }
     if (final === 'committed') committed++;
     else aborted++;
-    const applied = t.legs.filter((l) => evidence.committed[l.store].has(id)).map((l) => l.store);
     if (applied.length > 0 && applied.length < t.legs.length) {
       violations.push(`different outcomes on different branches: ${label}: applied on ${applied.join(',')} only; coordinator ${final}`);
     } else if (final === 'committed' && applied.length === 0) {
@@ -364,7 +384,7 @@ export function checkInvariants(transfers: readonly Transfer[], finals: Map<stri
   if (grand !== STORES.length * ACCOUNTS * START_BALANCE) {
     violations.push(`money not conserved: total over the four stores is ${grand}, expected ${STORES.length * ACCOUNTS * START_BALANCE}`);
   }
-  return { violations, committed, aborted, unresolved, totals };
+  return { violations, committed, aborted, unresolved, onePhaseUnknown, totals };
 }
 
 /** Violations for what settle() left behind, with what the coordinator says about each transaction. */

@@ -51,6 +51,8 @@ export interface ChaosSummary {
     /** What the clients were told. */
     readonly seen: Record<string, number>;
     readonly byProtocol: Record<'2pc' | '3pc', { attempted: number; committed: number }>;
+    /** Transfers within one Postgres store (a lone branch: one-phase commit); unknownToCoordinator: killed before the end record, decided by the store's evidence. */
+    readonly onePhase: { attempted: number; committed: number; unknownToCoordinator: number };
   };
   readonly kills: ScheduleStats['coordinatorKills'];
   /** Several instances only. */
@@ -129,21 +131,27 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
     monitor = undefined;
     const oddAnswers: string[] = [];
     const disagreements: string[] = [];
-    const finals = await finalOutcomes(env, transfers, { odd: oddAnswers, disagreements });
+    const unknownToAll = new Set<string>();
+    const finals = await finalOutcomes(env, transfers, { odd: oddAnswers, disagreements, unknownToAll });
     violations.push(...disagreements.map((d) => `instances disagree about a transaction (one reports it committed, another aborted or unknown): ${d}`));
     const evidence = await collectEvidence(env);
-    const checked = checkInvariants(transfers, finals, evidence);
+    const checked = checkInvariants(transfers, finals, evidence, unknownToAll);
     violations.push(...checked.violations);
 
     const seen: Record<string, number> = {};
     const unknownResolved = { committed: 0, aborted: 0 };
     const why = new Map<string, number>();
     const byProtocol = { '2pc': { attempted: 0, committed: 0 }, '3pc': { attempted: 0, committed: 0 } };
+    const onePhase = { attempted: 0, committed: 0, unknownToCoordinator: checked.onePhaseUnknown };
     for (const t of transfers) {
       seen[t.seen ?? 'none'] = (seen[t.seen ?? 'none'] ?? 0) + 1;
       const final = t.id === undefined ? undefined : finals.get(t.id);
       byProtocol[t.protocol].attempted++;
       if (final === 'committed') byProtocol[t.protocol].committed++;
+      if (t.onePhase === true) {
+        onePhase.attempted++;
+        if (final === 'committed') onePhase.committed++;
+      }
       if (t.seen === 'unknown' && (final === 'committed' || final === 'aborted')) unknownResolved[final]++;
       if (t.seen === 'unknown') {
         const key = `${t.via === undefined ? '' : 'via another instance: '}${(t.detail ?? '?').replace(/[0-9a-f]{8}-[0-9a-f-]{27}/g, '<id>').replace(/\d+/g, 'N')}`;
@@ -166,6 +174,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosSummary> {
         unknownWhy: [...why].sort((a, b) => b[1] - a[1]).map(([w, count]) => ({ why: w, count })),
         seen,
         byProtocol,
+        onePhase,
       },
       kills: stats.coordinatorKills,
       ...(takeover === undefined
@@ -213,6 +222,7 @@ export function formatSummary(s: ChaosSummary): string {
     `    attempted (begun)            ${pad(t.attempted, 9)}`,
     `    committed                    ${pad(t.committed, 9)}    2pc ${t.byProtocol['2pc'].committed}/${t.byProtocol['2pc'].attempted}, 3pc ${t.byProtocol['3pc'].committed}/${t.byProtocol['3pc'].attempted}`,
     `    aborted                      ${pad(t.aborted, 9)}`,
+    `    one-phase (one store)        ${pad(t.onePhase.attempted, 9)}    committed ${t.onePhase.committed}, unknown to the coordinator (404) ${t.onePhase.unknownToCoordinator}: the store's evidence decides`,
     `    unknown to the client        ${pad(t.unknown, 9)}    resolved: ${t.unknownResolved.committed} committed, ${t.unknownResolved.aborted} aborted`,
     ...t.unknownWhy.slice(0, 4).map((w) => `      ${pad(w.count, 4)} × ${w.why.slice(0, 140)}`),
     `    client saw                   ${Object.entries(t.seen)

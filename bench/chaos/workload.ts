@@ -1,9 +1,11 @@
 /**
  * The transfer workload: C clients, each moving an amount between two of the four stores
  * (A, B: UPDATE with CHECK balance >= 0; R: incrby with min 0; L: the ledger's reserve and
- * apply), 2PC or 3PC at random. Every leg also leaves the store's own evidence of its
- * outcome — a row in chaos_marks (Postgres), a mark key (Redis), the branch status in the
- * ledger's store — so the checks can compare outcomes branch by branch.
+ * apply), 2PC or 3PC at random. One transfer in six moves money between two accounts of
+ * one Postgres store instead: a lone branch, so a one-phase commit. Every leg also leaves the
+ * store's own evidence of its outcome — a row in chaos_marks (Postgres, one per branch), a
+ * mark key (Redis), the branch status in the ledger's store — so the checks can compare
+ * outcomes branch by branch.
  *
  * Transfers run step by step (begin, enlist in the fixed order A, B, R, L, commit), so the
  * client knows every transaction id, also of a transfer whose request died with the
@@ -36,8 +38,10 @@ export interface Transfer {
   readonly client: number;
   readonly seq: number;
   readonly protocol: '2pc' | '3pc';
-  /** Ordered A, B, R, L. */
+  /** Ordered A, B, R, L (within one store by account: a consistent lock order). */
   readonly legs: readonly Leg[];
+  /** Both legs on one Postgres store: one branch, committed one-phase. */
+  readonly onePhase?: true;
   id?: string;
   /** Several instances: the instance it was begun on, and the one its later requests went through when another. */
   begunOn?: string;
@@ -54,6 +58,17 @@ export interface Transfer {
 }
 
 export function planTransfer(r: Rng, client: number, seq: number): Transfer {
+  if (r() < 1 / 6) {
+    const store = choose(r, ['A', 'B'] as const);
+    const from = pick(r, ACCOUNTS);
+    const to = (from + 1 + pick(r, ACCOUNTS - 1)) % ACCOUNTS;
+    const amount = r() < 1 / 7 ? between(r, 60, 150) : between(r, 1, 40);
+    const legs: Leg[] = [
+      { store, account: from, delta: -amount },
+      { store, account: to, delta: amount },
+    ].sort((x, y) => x.account - y.account);
+    return { client, seq, protocol: r() < 0.5 ? '2pc' : '3pc', legs, onePhase: true, branchIds: {}, commitSent: false };
+  }
   const from = choose(r, STORES);
   const to = choose(
     r,
@@ -68,7 +83,8 @@ export function planTransfer(r: Rng, client: number, seq: number): Transfer {
   return { client, seq, protocol: r() < 0.5 ? '2pc' : '3pc', legs, branchIds: {}, commitSent: false };
 }
 
-export function branchBody(runId: string, txId: string, leg: Leg): unknown {
+/** The enlist of one leg; `marked`: its store's evidence row is already part of the branch (a second leg on one Postgres store). */
+export function branchBody(runId: string, txId: string, leg: Leg, marked = false): unknown {
   switch (leg.store) {
     case 'A':
     case 'B':
@@ -76,7 +92,7 @@ export function branchBody(runId: string, txId: string, leg: Leg): unknown {
         participant: PARTICIPANT[leg.store],
         operations: [
           { sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance', params: [leg.delta, account(leg.account)] },
-          { sql: 'INSERT INTO chaos_marks (tx, delta) VALUES ($1, $2)', params: [txId, leg.delta] },
+          ...(marked ? [] : [{ sql: 'INSERT INTO chaos_marks (tx, delta) VALUES ($1, $2)', params: [txId, leg.delta] }]),
         ],
       };
     case 'R':
@@ -197,8 +213,10 @@ export async function runWorkload(options: WorkloadOptions): Promise<Transfer[]>
         await waitUp(via);
       }
     };
+    const marked = new Set<Store>();
     for (const leg of t.legs) {
-      const res = await call(at, 'POST', `/v1/transactions/${id}/branches`, branchBody(runId, id, leg));
+      const res = await call(at, 'POST', `/v1/transactions/${id}/branches`, branchBody(runId, id, leg, marked.has(leg.store)));
+      marked.add(leg.store);
       if (!res.ok) {
         t.seen = 'unknown';
         t.detail = `enlist ${leg.store}: ${errorText(res.error)}`;

@@ -41,8 +41,7 @@ beforeAll(async () => {
     await client.query(`CREATE CONSTRAINT TRIGGER refuse_doomed AFTER UPDATE ON accounts
       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_doomed()`);
   });
-  const target = new URL(dbA);
-  proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
+  proxy = await FaultProxy.forUrl(dbA, { name: 'pg' });
   c = await startCoordinator({ TCX_DEFAULT_TIMEOUT_MS: '10000', TCX_RECOVERY_INTERVAL_MS: '3600000', TCX_COMMIT_WAIT_MS: '2000', TCX_RETRY_INITIAL_MS: '3000', TCX_RETRY_MAX_MS: '10000' });
   expect((await api('POST', '/v1/participants', { name: 'bank-a', kind: 'postgres', connectionString: dbA })).status).toBe(201);
   expect((await api('POST', '/v1/participants', { name: 'bank-b', kind: 'postgres', connectionString: dbB })).status).toBe(201);

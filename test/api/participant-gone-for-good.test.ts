@@ -30,9 +30,8 @@ beforeAll(async () => {
   dbB = await freshDatabase(inject('pgUrlB'));
   await createAccounts(dbA, { alice: 100 });
   await createAccounts(dbB, { bob: 100, carol: 100 });
-  const target = (db: string) => ({ host: new URL(db).hostname, port: Number(new URL(db).port) });
-  goneA = await FaultProxy.start({ name: 'gone-a', target: target(dbA) });
-  goneB = await FaultProxy.start({ name: 'gone-b', target: target(dbB) });
+  goneA = await FaultProxy.forUrl(dbA, { name: 'gone-a' });
+  goneB = await FaultProxy.forUrl(dbB, { name: 'gone-b' });
   c = await startCoordinator({
     TCX_API_TOKENS: API,
     TCX_ADMIN_TOKENS: ADMIN,
@@ -126,8 +125,7 @@ describe('a participant gone for good', () => {
   it('a forgotten branch found prepared by the sweep is rolled back without ending its still-running transaction', async () => {
     await createAccounts(dbA, { dave: 100 });
     await createAccounts(dbB, { erin: 100 });
-    const target = (db: string) => ({ host: new URL(db).hostname, port: Number(new URL(db).port) });
-    const [flakyA, flakyB] = [await FaultProxy.start({ name: 'flaky-a', target: target(dbA) }), await FaultProxy.start({ name: 'flaky-b', target: target(dbB) })];
+    const [flakyA, flakyB] = [await FaultProxy.forUrl(dbA, { name: 'flaky-a' }), await FaultProxy.forUrl(dbB, { name: 'flaky-b' })];
     try {
       for (const [name, proxy, db] of [['flaky-a', flakyA, dbA], ['flaky-b', flakyB, dbB]] as const) {
         expect((await call('POST', '/v1/participants', { name, kind: 'postgres', connectionString: proxy.rewriteUrl(db) })).status).toBe(201);

@@ -193,8 +193,7 @@ describe('a one-phase commit in doubt on an instance that died', () => {
     const db = await freshDatabase(inject('pgUrlA'), 'bank');
     databases.push(db);
     await createAccounts(db, { o1: 100 });
-    const target = new URL(db);
-    const proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
+    const proxy = await FaultProxy.forUrl(db, { name: 'pg' });
     proxies.push(proxy);
     // Killed once the lost answer's evidence is durable, before it asked the database.
     const gone = await instance('gone', logUrl, { TCX_FAIL_POINT: 'one-phase-answer-lost' });
@@ -225,8 +224,7 @@ describe('a zombie', () => {
     const db = await freshDatabase(inject('pgUrlA'), 'bank');
     databases.push(db);
     await createAccounts(db, { z1: 100, z2: 100 });
-    const target = new URL(db);
-    const proxy = await FaultProxy.start({ name: 'zombie-bank', target: { host: target.hostname, port: Number(target.port) } });
+    const proxy = await FaultProxy.forUrl(db, { name: 'zombie-bank' });
     proxies.push(proxy);
     const zombie = await instance('zombie', logUrl);
     const survivor = await instance('survivor', logUrl);
@@ -277,8 +275,7 @@ describe('a dead instance before its lease lapses', () => {
     const db = await freshDatabase(inject('pgUrlA'), 'bank');
     databases.push(db);
     await createAccounts(db, { d1: 100, d2: 100, d3: 100 });
-    const target = new URL(db);
-    const proxy = await FaultProxy.start({ name: 'dead-bank', target: { host: target.hostname, port: Number(target.port) } });
+    const proxy = await FaultProxy.forUrl(db, { name: 'dead-bank' });
     proxies.push(proxy);
     // A lease long enough that the dead instance's id is still held while the survivor is asked.
     const leaseMs = { TCX_LEASE_MS: '8000' };

@@ -1,6 +1,7 @@
 /**
  * The chaos program's core (bench/chaos/run.ts) for 45 s with a fixed seed: the mixed
  * transfer workload over two Postgres servers, a Redis and the ledger (HTTP), 2PC and 3PC,
+ * and one-phase commits of transfers within one Postgres store,
  * each participant behind a fault proxy, while the seeded schedule SIGKILLs the coordinator
  * (plainly and at fail points), kills and restarts Postgres and Redis, closes and reopens the
  * ledger, and delays, drops, cuts and blackholes connections. After healing: nothing in
@@ -36,6 +37,7 @@ describe('chaos: coordinator kills, participant restarts and network faults unde
     expect(summary.transactions.aborted).toBeGreaterThan(0);
     expect(summary.transactions.byProtocol['2pc'].committed).toBeGreaterThan(0);
     expect(summary.transactions.byProtocol['3pc'].committed).toBeGreaterThan(0);
+    expect(summary.transactions.onePhase.committed).toBeGreaterThan(0);
     const planned = (kind: string): number => plan.filter((e) => e.kind === kind).length;
     expect(summary.kills.total).toBeGreaterThanOrEqual(planned('coordinator-kill'));
     expect(Object.values(summary.participantRestarts).reduce((a, b) => a + b, 0)).toBe(planned('participant-restart'));

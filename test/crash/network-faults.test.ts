@@ -65,8 +65,7 @@ beforeAll(async () => {
   });
   await ledger.app.listen({ host: '127.0.0.1', port: 0 });
   const ledgerPort = (ledger.app.server.address() as { port: number }).port;
-  const pgTarget = new URL(db);
-  pgProxy = await FaultProxy.start({ name: 'pg', target: { host: pgTarget.hostname, port: Number(pgTarget.port) } });
+  pgProxy = await FaultProxy.forUrl(db, { name: 'pg' });
   ledgerProxy = await FaultProxy.start({ name: 'ledger', target: { host: '127.0.0.1', port: ledgerPort } });
   c = await startCoordinator({
     TCX_PARTICIPANT_TIMEOUT_MS: String(PARTICIPANT_TIMEOUT_MS),

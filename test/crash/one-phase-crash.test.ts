@@ -32,8 +32,7 @@ const AMOUNT = 10;
 beforeAll(async () => {
   db = await freshDatabase(inject('pgUrlA'), 'onephase');
   await createAccounts(db, {});
-  const target = new URL(db);
-  proxy = await FaultProxy.start({ name: 'pg', target: { host: target.hostname, port: Number(target.port) } });
+  proxy = await FaultProxy.forUrl(db, { name: 'pg' });
 });
 
 afterEach(async () => {

@@ -20,8 +20,7 @@ async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
 beforeAll(async () => {
   db = await freshDatabase(inject('pgUrlA'), 'retry');
   await createAccounts(db, { alice: 100 });
-  const target = new URL(db);
-  proxy = await FaultProxy.start({ target: { host: target.hostname, port: Number(target.port) } });
+  proxy = await FaultProxy.forUrl(db);
   c = await startCoordinator({
     // Backoff so long that without "retry now" the test would time out.
     TCX_RETRY_INITIAL_MS: '60000',

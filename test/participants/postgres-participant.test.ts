@@ -137,8 +137,7 @@ describe('postgres participant: phase 2 on the branch session', () => {
 
 describe('postgres participant: a session lost on our side while the server still runs it', () => {
   it('the abort stops the backend first: a PREPARE that was still to run never lands', async () => {
-    const url = new URL(db);
-    const proxy = await FaultProxy.start({ target: { host: url.hostname, port: Number(url.port) }, name: 'pg' });
+    const proxy = await FaultProxy.forUrl(db, { name: 'pg' });
     const viaProxy = new PostgresParticipant({
       name: 'bank-via-proxy',
       connectionString: proxy.rewriteUrl(db),

@@ -261,6 +261,12 @@ export class FaultProxy {
     this.#server.on('error', () => undefined);
   }
 
+  /** A proxy in front of the server a URL names (postgres://…, redis://…, http://…): its host and port. */
+  static forUrl(url: string, options: Omit<FaultProxyOptions, 'target'> = {}): Promise<FaultProxy> {
+    const { hostname, port } = new URL(url);
+    return FaultProxy.start({ ...options, target: { host: hostname, port: Number(port) } });
+  }
+
   /** Listens on 127.0.0.1 (a free port unless `port` is given) and forwards to `target`. */
   static async start(options: FaultProxyOptions & { readonly port?: number }): Promise<FaultProxy> {
     if (!Number.isInteger(options.target.port) || options.target.port <= 0 || options.target.port > 65535) {

@@ -78,8 +78,7 @@ beforeAll(async () => {
   dbB = await freshDatabase(inject('pgUrlB'), 'ui');
   await createAccounts(dbA, { alice: 100 });
   await createAccounts(dbB, { bob: 100 });
-  const target = new URL(dbB);
-  proxy = await FaultProxy.start({ target: { host: target.hostname, port: Number(target.port) }, name: 'bank-b' });
+  proxy = await FaultProxy.forUrl(dbB, { name: 'bank-b' });
   coord = await CoordinatorProcess.start({
     env: {
       TCX_API_TOKENS: API_TOKEN,
