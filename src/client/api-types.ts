@@ -640,7 +640,7 @@ export interface components {
             kind: "postgres" | "mysql" | "redis" | "http" | "nats";
             /** @description postgres: a postgres:// or postgresql:// URL (the key=value form is refused, and so are parameters that read files on the coordinator host). mysql: mysql://user:password@host:port/database without query parameters. Stored durably; the password is redacted in every answer. */
             connectionString?: string;
-            /** @description http only: absolute http(s) URL; the coordinator POSTs to `{baseUrl}/prepare`, `/commit` and `/abort`. */
+            /** @description http only: absolute http(s) URL; the coordinator POSTs to `{baseUrl}/prepare`, `/commit` and `/abort` (the verb after the path, a query string kept after the verb). */
             baseUrl?: string;
             /** @description nats: `nats://[user:password@]host:port`. redis: `redis://` or `rediss://` URL. Registration refuses a server without `appendonly yes` and `appendfsync always` (staged, prepared writes would be lost on a Redis restart) unless `options.allowVolatile` is true; the password is redacted in every answer. */
             url?: string;

@@ -25,9 +25,10 @@ export async function startAuthCheckingService(): Promise<AuthCheckingService> {
   const refused: string[] = [];
   const served: string[] = [];
   const server = http.createServer((req, res) => {
-    const url = req.url ?? '/';
-    const prefix = url.split(/[/?]/)[1] ?? '';
-    const verb = url.split('/').pop() ?? ''; // the verb follows the base URL, query included
+    // The verb follows the base URL's path; the base URL's query comes after it.
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const prefix = path.split('/')[1] ?? '';
+    const verb = path.split('/').pop() ?? '';
     req.resume();
     req.on('end', () => {
       if (expected.get(prefix) !== req.headers.authorization) {
