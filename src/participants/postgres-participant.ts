@@ -33,6 +33,7 @@ import { commitSession, EVIDENCE_QUERY, evidenceOf, evidenceReadable, evidenceUn
 import { controlFailure as failure, stopBackend } from './postgres-control.js';
 import { PipelineError, runPipeline, runSimple, type PipelineStatement, type StatementResult } from './pg-pipeline.js';
 import { parseSqlOperations, type SqlOperation } from './sql-operations.js';
+import { WitnessSession } from './postgres-witness.js';
 import {
   checkoutSession,
   KeptSessions,
@@ -80,6 +81,8 @@ export class PostgresParticipant implements ParticipantAdapter {
   /** Whether one-phase commit's evidence can be read here (onePhaseUsable); undefined until the server said. */
   #onePhaseUsable: boolean | undefined;
   #onePhaseCheck: Promise<boolean> | undefined;
+  /** Outlives one-phase COMMITs: the witness that the server did not crash since (postgres-witness.ts). */
+  readonly #witness: WitnessSession;
 
   constructor(options: PostgresParticipantOptions) {
     this.name = options.name;
@@ -95,6 +98,10 @@ export class PostgresParticipant implements ParticipantAdapter {
       application_name: 'tx-coordinator',
     };
     this.#sessions = new pg.Pool({ ...base, max: options.maxSessions });
+    this.#witness = new WitnessSession(
+      { connectionString: base.connectionString, connectionTimeoutMillis: base.connectionTimeoutMillis, options: base.options, application_name: 'tx-coordinator witness' },
+      this.#log,
+    );
     this.#control = new pg.Pool({ ...base, max: 4 });
     // An idle client that loses its connection emits 'error' on the pool; unhandled, it would end the process.
     for (const pool of [this.#sessions, this.#control]) {
@@ -118,7 +125,7 @@ export class PostgresParticipant implements ParticipantAdapter {
         { details: { setting: 'max_prepared_transactions', value } },
       );
     }
-    await this.#checkOnePhase();
+    if (await this.#checkOnePhase()) this.#witness.hold();
   }
 
   validateWork(work: unknown): void {
@@ -321,6 +328,7 @@ export class PostgresParticipant implements ParticipantAdapter {
 
   async commitOnePhase(branch: BranchRef, stopWaiting?: AbortSignal): Promise<OnePhaseResult | OnePhaseUnknown> {
     assertSafeGid(branch.gid);
+    this.#witness.hold(); // for later COMMITs: one opened now starts after this one's evidence
     const session = this.#open.get(branch.gid);
     if (session === undefined) return { outcome: 'abort', reason: `no open session for branch ${branch.branchId} on ${this.name}` };
     // Off the open list before anything is awaited: an abort arriving now finds nothing to roll back.
@@ -407,7 +415,7 @@ export class PostgresParticipant implements ParticipantAdapter {
       await this.#endSession(session, 'ROLLBACK');
     }
     this.#kept.releaseAll();
-    await Promise.allSettled([this.#sessions.end(), this.#control.end()]);
+    await Promise.allSettled([this.#sessions.end(), this.#control.end(), this.#witness.close()]);
   }
 }
 
