@@ -112,9 +112,6 @@ async function transfer(
   const levels = CLIENTS ?? [1, 8, 32];
   const pools = pgPools(dbA, dbB, Math.max(...levels) + 2);
   const byHand = transferByHand(pools);
-  for (const clients of levels) rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
-  await Promise.all([pools.a.end(), pools.b.end()]);
-
   const { child: coordinator } = await startCoordinator(scenario, coordinatorEnv);
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
@@ -122,14 +119,30 @@ async function transfer(
       if (res.status !== 201) throw new Error(`registering ${name}: ${res.status} ${JSON.stringify(res.json)}`);
     }
     await warmUp(transferThroughCoordinator(coordinator, '2pc', true));
-    for (const variant of variants) {
-      const protocol = variant === '3pc' ? '3pc' : '2pc';
-      // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
-      const op = transferThroughCoordinator(coordinator, protocol, variant !== '2pc-ordered');
-      for (const clients of levels) rows.push(await coordinatorCell(coordinator, scenario, variant, clients, op));
-    }
+    // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
+    const ops = variants.map((variant) => ({ variant, op: transferThroughCoordinator(coordinator, variant === '3pc' ? '3pc' : '2pc', variant !== '2pc-ordered') }));
+    await interleaved(rows, scenario, levels, byHand, ops.map(({ variant, op }) => ({ variant, run: (clients: number) => coordinatorCell(coordinator, scenario, variant, clients, op) })));
   } finally {
     await coordinator.stop();
+    await Promise.all([pools.a.end(), pools.b.end()]);
+  }
+}
+
+/**
+ * Per client count, the baseline's cell and then each coordinator variant's, so that every
+ * ratio compares cells measured within seconds of each other: this VM's speed drifts over a
+ * run by more than the differences measured.
+ */
+async function interleaved(
+  rows: Row[],
+  scenario: string,
+  levels: readonly number[],
+  byHand: (client: number) => Promise<void>,
+  variants: readonly { variant: string; run: (clients: number) => Promise<Row> }[],
+): Promise<void> {
+  for (const clients of levels) {
+    rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
+    for (const v of variants) rows.push(await v.run(clients));
   }
 }
 
@@ -140,19 +153,24 @@ async function singleDb(rows: Row[], url: string): Promise<void> {
   const levels = CLIENTS ?? [1, 8, 32];
   const pools = pgPools(db, db, Math.max(...levels) + 2);
   const byHand = localTransferByHand(pools.a);
-  for (const clients of levels) rows.push({ scenario: 'single-db', variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
-  await Promise.all([pools.a.end(), pools.b.end()]);
   const { child: coordinator } = await startCoordinator('single-db');
   try {
     const res = await coordinator.request('POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: db });
     if (res.status !== 201) throw new Error(`registering a: ${res.status} ${JSON.stringify(res.json)}`);
     await warmUp(localTransferThroughCoordinator(coordinator, true));
-    for (const [variant, onePhase] of [['one-phase', true], ['2pc', false]] as const) {
+    const variants = (
+      [
+        ['one-phase', true],
+        ['2pc', false],
+      ] as const
+    ).map(([variant, onePhase]) => {
       const op = localTransferThroughCoordinator(coordinator, onePhase);
-      for (const clients of levels) rows.push(await coordinatorCell(coordinator, 'single-db', variant, clients, op));
-    }
+      return { variant, run: (clients: number) => coordinatorCell(coordinator, 'single-db', variant, clients, op) };
+    });
+    await interleaved(rows, 'single-db', levels, byHand, variants);
   } finally {
     await coordinator.stop();
+    await Promise.all([pools.a.end(), pools.b.end()]);
   }
 }
 
@@ -176,11 +194,6 @@ async function emptyHttp(rows: Row[]): Promise<void> {
   const participants = await startHttpParticipants();
   const levels = CLIENTS ?? [1, 16, 64];
   try {
-    for (const clients of levels) {
-      const baseline = emptyByHand(participants.ports, clients);
-      rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
-      await baseline.close();
-    }
     const { child: coordinator } = await startCoordinator('empty-http');
     try {
       for (const [i, port] of participants.ports.entries()) {
@@ -188,7 +201,13 @@ async function emptyHttp(rows: Row[]): Promise<void> {
         if (res.status !== 201) throw new Error(`registering h${i + 1}: ${res.status} ${JSON.stringify(res.json)}`);
       }
       await warmUp(emptyThroughCoordinator(coordinator));
-      for (const clients of levels) rows.push(await coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)));
+      for (const clients of levels) {
+        // The baseline's pools are sized per client count: made and closed around its cell.
+        const baseline = emptyByHand(participants.ports, clients);
+        rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
+        await baseline.close();
+        rows.push(await coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)));
+      }
     } finally {
       await coordinator.stop();
     }
