@@ -311,8 +311,9 @@ const sum = (xs: readonly number[]): number => xs.reduce((s, x) => s + x, 0);
  * `unknownToAll`: transactions no instance knows (404 everywhere). For 2PC and 3PC that is
  * presumed abort. A one-phase commit cut short by a coordinator kill (before its end record)
  * is unknown too, and its store alone knows what it did (README, known limits): its outcome is
- * the store's evidence, and every other check holds against that — a client told "committed"
- * still needs it applied, one told "aborted" needs it not applied.
+ * the store's evidence, and every other check holds against that — a client told "aborted"
+ * needs it not applied; one told "committed" needs the coordinator to know it (its end record
+ * is forced before that answer).
  */
 export function checkInvariants(
   transfers: readonly Transfer[],
@@ -354,6 +355,10 @@ export function checkInvariants(
       violations.push(`committed but applied nowhere: ${label}`);
     } else if (final === 'aborted' && applied.length > 0) {
       violations.push(`aborted but applied: ${label}: applied on ${applied.join(',')}`);
+    }
+    if (storeDecides && t.seen === 'committed') {
+      // Its end record is forced before the answer: a commit the client heard is never forgotten.
+      violations.push(`client saw committed but no instance knows the transaction (404): ${label}`);
     }
     if ((t.seen === 'committed' || t.seen === 'committing') && final !== 'committed') {
       violations.push(`client saw ${t.seen} but the transaction is ${final}: ${label}`);
