@@ -94,10 +94,20 @@ for (const [id, us] of selfUs) {
   const key = chain.slice(1, 3).map((n) => n.callFrame.functionName || '(anonymous)').join(' > ');
   entries.set(key, (entries.get(key) ?? 0) + us);
 }
-const print = (title: string, map: Map<string, number>, n: number): void => {
+// JavaScript alone (frames with a source URL): a wall-time profile charges a system call with
+// the time the process was preempted in it, so the native share can mislead; this cannot.
+const jsSelf = new Map<string, number>();
+let jsTotal = 0;
+for (const [id, us] of selfUs) {
+  const n = byId.get(id)!;
+  if (n.callFrame.url === '') continue;
+  jsTotal += us;
+  jsSelf.set(where(n), (jsSelf.get(where(n)) ?? 0) + us);
+}
+const print = (title: string, map: Map<string, number>, n: number, of = total): void => {
   console.log(`\n${title}`);
   for (const [k, us] of [...map].sort((a, b) => b[1] - a[1]).slice(0, n)) {
-    console.log(`${((100 * us) / total).toFixed(1).padStart(6)} %  ${(us / 1000).toFixed(0).padStart(7)} ms  ${k}`);
+    console.log(`${((100 * us) / of).toFixed(1).padStart(6)} %  ${(us / 1000).toFixed(0).padStart(7)} ms  ${k}`);
   }
 };
 console.log(`profile ${file}: ${(total / 1e6).toFixed(2)} s sampled`);
@@ -106,3 +116,4 @@ print('time by the package or file that caused it (innermost own frame on the st
 print('self time by function', self, top);
 print('inclusive time by event-loop entry point (two levels below the root)', entries, top);
 print('inclusive time of the coordinator\'s own functions', inclusive, top);
+print(`self time of JavaScript alone (${(jsTotal / 1e6).toFixed(2)} s), by function, as a share of it`, jsSelf, top, jsTotal);
