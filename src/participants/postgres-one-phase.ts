@@ -32,10 +32,18 @@ import { micros, stopBackendStartedBy } from './postgres-control.js';
 import { runSimple } from './pg-pipeline.js';
 import { release, type BranchSession } from './postgres-session.js';
 
-/** Appended to the work when a one-phase commit follows: what a lost COMMIT answer needs. */
+/**
+ * Appended to the work when a one-phase commit follows: what a lost COMMIT answer needs.
+ *
+ * It also makes the COMMIT as durable as COMMIT PREPARED: Postgres always flushes a prepared
+ * transaction's commit, but a plain COMMIT under `synchronous_commit = off` answers before
+ * its WAL is written, and a server killed then loses a commit the client was told of. For
+ * this transaction only (SET LOCAL), `off` becomes `local`; every stronger setting stays.
+ */
 export const EVIDENCE_QUERY =
   `SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current()::text END AS xid, ${micros('statement_timestamp()')}::text AS since, ` +
-  `${micros('pg_postmaster_start_time()')}::text AS postmaster, (SELECT system_identifier FROM pg_control_system())::text AS system`;
+  `${micros('pg_postmaster_start_time()')}::text AS postmaster, (SELECT system_identifier FROM pg_control_system())::text AS system, ` +
+  `set_config('synchronous_commit', CASE current_setting('synchronous_commit') WHEN 'off' THEN 'local' ELSE current_setting('synchronous_commit') END, true) AS durability`;
 
 const INSUFFICIENT_PRIVILEGE = '42501';
 
