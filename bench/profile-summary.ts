@@ -67,9 +67,17 @@ const self = new Map<string, number>();
 const groups = new Map<string, number>();
 const owners = new Map<string, number>();
 const inclusive = new Map<string, number>();
+// JavaScript alone (frames with a source URL): a wall-time profile charges a system call with
+// the time the process was preempted in it, so the native share can mislead; this cannot.
+const jsSelf = new Map<string, number>();
+let jsTotal = 0;
 for (const [id, us] of selfUs) {
   const n = byId.get(id)!;
   self.set(where(n), (self.get(where(n)) ?? 0) + us);
+  if (n.callFrame.url !== '') {
+    jsTotal += us;
+    jsSelf.set(where(n), (jsSelf.get(where(n)) ?? 0) + us);
+  }
   groups.set(group(n), (groups.get(group(n)) ?? 0) + us);
   const o = owner(id);
   owners.set(o, (owners.get(o) ?? 0) + us);
@@ -93,16 +101,6 @@ for (const [id, us] of selfUs) {
   for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) chain.unshift(byId.get(cur)!);
   const key = chain.slice(1, 3).map((n) => n.callFrame.functionName || '(anonymous)').join(' > ');
   entries.set(key, (entries.get(key) ?? 0) + us);
-}
-// JavaScript alone (frames with a source URL): a wall-time profile charges a system call with
-// the time the process was preempted in it, so the native share can mislead; this cannot.
-const jsSelf = new Map<string, number>();
-let jsTotal = 0;
-for (const [id, us] of selfUs) {
-  const n = byId.get(id)!;
-  if (n.callFrame.url === '') continue;
-  jsTotal += us;
-  jsSelf.set(where(n), (jsSelf.get(where(n)) ?? 0) + us);
 }
 const print = (title: string, map: Map<string, number>, n: number, of = total): void => {
   console.log(`\n${title}`);

@@ -57,12 +57,17 @@ export interface Transfer {
   detail?: string;
 }
 
+/** Mostly affordable amounts; one in seven is large enough to be refused often. */
+function plannedAmount(r: Rng): number {
+  return r() < 1 / 7 ? between(r, 60, 150) : between(r, 1, 40);
+}
+
 export function planTransfer(r: Rng, client: number, seq: number): Transfer {
   if (r() < 1 / 6) {
     const store = choose(r, ['A', 'B'] as const);
     const from = pick(r, ACCOUNTS);
     const to = (from + 1 + pick(r, ACCOUNTS - 1)) % ACCOUNTS;
-    const amount = r() < 1 / 7 ? between(r, 60, 150) : between(r, 1, 40);
+    const amount = plannedAmount(r);
     const legs: Leg[] = [
       { store, account: from, delta: -amount },
       { store, account: to, delta: amount },
@@ -74,8 +79,7 @@ export function planTransfer(r: Rng, client: number, seq: number): Transfer {
     r,
     STORES.filter((s) => s !== from),
   );
-  // Mostly affordable amounts; one in seven is large enough to be refused often.
-  const amount = r() < 1 / 7 ? between(r, 60, 150) : between(r, 1, 40);
+  const amount = plannedAmount(r);
   const legs: Leg[] = [
     { store: from, account: pick(r, ACCOUNTS), delta: -amount },
     { store: to, account: pick(r, ACCOUNTS), delta: amount },

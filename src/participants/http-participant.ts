@@ -1,6 +1,7 @@
 /**
  * HTTP participant: a remote service that implements the participant side of
- * the protocol. Every call is `POST {baseUrl}/<verb>` with the JSON body
+ * the protocol. Every call is `POST {baseUrl}/<verb>` (the verb after the base URL's path,
+ * its query string after the verb) with the JSON body
  * `{ transactionId, branchId, gid, payload }`.
  *
  *   prepare  2xx with `{"vote":"yes"|"no"|"read-only"}` — anything else
@@ -162,8 +163,8 @@ export class HttpParticipant implements ParticipantAdapter {
   }
 
   async #call(verb: Verb, branch: BranchRef): Promise<HttpAnswer> {
-    // Bounded without a timer per call: the agent's connect and headers timeouts bound the
-    // request, and the deadline (with the agent's idle timeout between chunks) the answer.
+    // Bounded without a timer per call: the pool's connect and headers timeouts bound the
+    // request, and the deadline (with the pool's idle timeout between chunks) the answer.
     const deadline = Date.now() + this.#options.requestTimeoutMs;
     const res = await this.#pool.request({
       method: 'POST',

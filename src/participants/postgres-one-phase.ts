@@ -63,7 +63,7 @@ export async function evidenceReadable(control: pg.Pool): Promise<boolean | unde
 export function evidenceUnreadableWarning(participant: string): string {
   return (
     `one-phase commit is off for ${participant}: its role may not execute pg_control_system(), which a lost COMMIT's evidence needs ` +
-    '(GRANT EXECUTE ON FUNCTION pg_control_system() TO the role, then register the participant again); its single-branch transactions take the full protocol'
+    '(GRANT EXECUTE ON FUNCTION pg_control_system() TO the role; it is checked again at the next restart); its single-branch transactions take the full protocol'
   );
 }
 

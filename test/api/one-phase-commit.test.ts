@@ -20,10 +20,7 @@ let proxy: FaultProxy;
 
 const move = (account: string, delta: number) => ({ sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2', params: [delta, account] });
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 async function fsyncs(): Promise<number> {
   return ((await api('GET', '/healthz')).body as { log: { fsyncs: number } }).log.fsyncs;

@@ -17,10 +17,7 @@ const transferSql = (account: string, delta: number) => ({
   params: [delta, account],
 });
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 beforeAll(async () => {
   [dbA, dbB] = await Promise.all([freshDatabase(inject('pgUrlA')), freshDatabase(inject('pgUrlB'))]);

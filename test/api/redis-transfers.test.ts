@@ -11,10 +11,7 @@ let redis: Redis;
 const k = (name: string): string => `test:${prefix}:${name}`;
 const prefix = randomBytes(4).toString('hex');
 
-async function api(method: 'GET' | 'POST' | 'DELETE', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 const debitPg = (account: string, amount: number) => ({
   participant: 'bank',

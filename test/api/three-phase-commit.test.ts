@@ -13,10 +13,7 @@ let ledger: Ledger;
 const prefix = randomBytes(4).toString('hex');
 const wallet = `test:${prefix}:wallet`;
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 const pgDelta = (participant: string, account: string, delta: number) => ({
   participant,

@@ -12,10 +12,7 @@ import { startCoordinator, type InProcessCoordinator } from '../support/in-proce
 
 let c: InProcessCoordinator;
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as Record<string, unknown> }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 beforeAll(async () => {
   c = await startCoordinator();

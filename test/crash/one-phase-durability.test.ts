@@ -15,10 +15,7 @@ let server: PostgresServer;
 let db: string;
 let c: InProcessCoordinator | undefined;
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c!.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c!.api(method, url, payload);
 
 beforeAll(async () => {
   server = await PostgresServer.start({ name: 'onephase-async' }); // synchronous_commit = off

@@ -12,10 +12,7 @@ let db: string;
 let proxy: FaultProxy;
 let c: InProcessCoordinator;
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
 
 beforeAll(async () => {
   db = await freshDatabase(inject('pgUrlA'), 'retry');

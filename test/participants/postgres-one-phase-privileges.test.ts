@@ -18,10 +18,7 @@ const dataDir = tempDataDir();
 
 const move = (account: string, delta: number) => ({ sql: 'UPDATE accounts SET balance = balance + $1 WHERE id = $2', params: [delta, account] });
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c!.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
-}
+const api: InProcessCoordinator['api'] = (method, url, payload) => c!.api(method, url, payload);
 
 async function transfer(participant: string) {
   const res = await api('POST', '/v1/transactions', { branches: [{ participant, operations: [move('alice', -1), move('bob', 1)] }], commit: true });

@@ -17,9 +17,19 @@ let db: string;
 let proxy: FaultProxy;
 let c: InProcessCoordinator;
 
-async function api(method: 'GET' | 'POST', url: string, payload?: unknown) {
-  const res = await c.app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
-  return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
+const api: InProcessCoordinator['api'] = (method, url, payload) => c.api(method, url, payload);
+
+/** A one-phase deposit of 5 to alice whose COMMIT answer the proxy drops. */
+async function depositWithCommitAnswerLost() {
+  proxy.cutReplies(PLAIN_COMMIT, 1);
+  try {
+    return await api('POST', '/v1/transactions', {
+      branches: [{ participant: 'bank', operations: [{ sql: 'UPDATE accounts SET balance = balance + 5 WHERE id = $1', params: ['alice'] }] }],
+      commit: true,
+    });
+  } finally {
+    proxy.reset();
+  }
 }
 
 beforeAll(async () => {
@@ -59,14 +69,9 @@ describe('one-phase commit: the witness session', () => {
       await client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'tx-coordinator'", [ROLE]);
     });
 
-    proxy.cutReplies(PLAIN_COMMIT, 1);
-    try {
-      const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [{ sql: 'UPDATE accounts SET balance = balance + 5 WHERE id = $1', params: ['alice'] }] }], commit: true });
-      expect(res.status, JSON.stringify(res.body)).toBe(200);
-      expect(res.body).toMatchObject({ state: 'committed', onePhase: true, inDoubt: false });
-    } finally {
-      proxy.reset();
-    }
+    const res = await depositWithCommitAnswerLost();
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body).toMatchObject({ state: 'committed', onePhase: true, inDoubt: false });
     expect(await balanceOf(db, 'alice')).toBe(105);
   });
 
@@ -74,14 +79,9 @@ describe('one-phase commit: the witness session', () => {
     await withClient(db, async (client) => {
       await client.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [ROLE]);
     });
-    proxy.cutReplies(PLAIN_COMMIT, 1);
-    try {
-      const res = await api('POST', '/v1/transactions', { branches: [{ participant: 'bank', operations: [{ sql: 'UPDATE accounts SET balance = balance + 5 WHERE id = $1', params: ['alice'] }] }], commit: true });
-      expect(res.status, JSON.stringify(res.body)).toBe(202);
-      expect(res.body).toMatchObject({ state: 'one-phase', onePhase: true, inDoubt: true });
-    } finally {
-      proxy.reset();
-    }
+    const res = await depositWithCommitAnswerLost();
+    expect(res.status, JSON.stringify(res.body)).toBe(202);
+    expect(res.body).toMatchObject({ state: 'one-phase', onePhase: true, inDoubt: true });
     expect(await balanceOf(db, 'alice')).toBe(110); // committed all the same: the coordinator cannot prove it
   });
 });

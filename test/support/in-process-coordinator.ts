@@ -14,10 +14,19 @@ import type { LogIo } from '../../src/log/file-log.js';
 import { createLogger } from '../../src/logger.js';
 import { installResponseValidation } from './response-contract.js';
 
+/** An answer through `app.inject`: its status, and its JSON body (undefined when empty). */
+export interface ApiAnswer {
+  readonly status: number;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON answers are inspected freely
+  readonly body: any;
+}
+
 export interface InProcessCoordinator {
   readonly coordinator: Coordinator;
   readonly app: FastifyInstance;
   readonly dataDir: string;
+  /** One request to the API, in process (no socket): `payload` is sent as JSON. */
+  api(method: 'GET' | 'POST' | 'DELETE', url: string, payload?: unknown): Promise<ApiAnswer>;
   /** Stops the coordinator (graceful) but keeps the data dir. */
   stop(): Promise<void>;
   /** Stops and removes the data dir. */
@@ -62,6 +71,10 @@ export async function startCoordinator(
     coordinator,
     app,
     dataDir,
+    api: async (method, url, payload) => {
+      const res = await app.inject({ method, url, ...(payload === undefined ? {} : { payload: payload as object }) });
+      return { status: res.statusCode, body: res.body === '' ? undefined : res.json() };
+    },
     stop,
     destroy: async () => {
       await stop();
