@@ -12,6 +12,10 @@
  *                 2pc, 3pc     one request to the coordinator per transfer (`parallel: true`:
  *                              both databases at once, like the hand-written client)
  *                 2pc-ordered  the same in request order (the default: a consistent lock order)
+ *                 wire-floor   reference, not a product: a minimal HTTP service doing the same wire
+ *                              and disk work (pipelined BEGIN/UPDATE/PREPARE, a group-committed
+ *                              decision record, COMMIT PREPARED) and nothing else — what the
+ *                              coordinator's own layers cost is the gap between it and 2pc
  *   transfer-pg-log  the transfer with the coordinator's log in a third durable Postgres
  *                    server (TCX_LOG_URL) instead of its data directory
  *   transfer-fast-pg  the same on Postgres with fsync off: the coordinator's own cost stands out
@@ -38,6 +42,7 @@ import { CoordinatorChild, type Health } from './perf/coordinator-child.js';
 import { logForce } from './perf/log-force.js';
 import { measure, processCpuSeconds, round2, SECONDS, type Cell } from './perf/measure.js';
 import { restart, type RestartResult } from './perf/restart.js';
+import { WireFloorChild } from './perf/wire-floor.js';
 import {
   emptyByHand,
   emptyThroughCoordinator,
@@ -94,6 +99,17 @@ async function coordinatorCell(
   };
 }
 
+/** The wire floor's cell: its CPU per transaction like a coordinator's (it has no health endpoint to count fsyncs). */
+async function wireFloorCell(floor: WireFloorChild, scenario: string, clients: number, op: (c: number) => Promise<void>): Promise<Row> {
+  let cpuBefore: number | undefined;
+  const cell = await measure(clients, op, { afterWarmup: () => Promise.resolve(void (cpuBefore = processCpuSeconds(floor.pid))) });
+  const cpuAfter = processCpuSeconds(floor.pid);
+  const cpu = cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / Math.max(1, cell.ops)) };
+  return { scenario, variant: 'wire-floor', clients, ...cell, ...cpu, note: WIRE_FLOOR_NOTE };
+}
+
+const WIRE_FLOOR_NOTE = 'reference, not a product: the same wire and disk work with nothing else (bench/perf/wire-floor-process.ts)';
+
 type TransferVariant = '2pc' | '2pc-ordered' | '3pc';
 
 async function transfer(
@@ -102,7 +118,7 @@ async function transfer(
   urlA: string,
   urlB: string,
   variants: readonly TransferVariant[],
-  coordinatorEnv: Record<string, string> = {},
+  options: { coordinatorEnv?: Record<string, string>; wireFloor?: boolean } = {},
 ): Promise<void> {
   const dbA = await freshDatabase(urlA, 'bench');
   const dbB = await freshDatabase(urlB, 'bench');
@@ -112,7 +128,8 @@ async function transfer(
   const levels = CLIENTS ?? [1, 8, 32];
   const pools = pgPools(dbA, dbB, Math.max(...levels) + 2);
   const byHand = transferByHand(pools);
-  const { child: coordinator } = await startCoordinator(scenario, coordinatorEnv);
+  const { child: coordinator } = await startCoordinator(scenario, options.coordinatorEnv);
+  const floor = options.wireFloor === true ? await WireFloorChild.start(dbA, dbB) : undefined;
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
@@ -121,8 +138,18 @@ async function transfer(
     await warmUp(transferThroughCoordinator(coordinator, '2pc', true));
     // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
     const ops = variants.map((variant) => ({ variant, op: transferThroughCoordinator(coordinator, variant === '3pc' ? '3pc' : '2pc', variant !== '2pc-ordered') }));
-    await interleaved(rows, scenario, levels, byHand, ops.map(({ variant, op }) => ({ variant, run: (clients: number) => coordinatorCell(coordinator, scenario, variant, clients, op) })));
+    const cells: { variant: string; run: (clients: number) => Promise<Row> }[] = ops.map(({ variant, op }) => ({
+      variant,
+      run: (clients: number) => coordinatorCell(coordinator, scenario, variant, clients, op),
+    }));
+    if (floor !== undefined) {
+      const op = transferThroughCoordinator(floor, '2pc', true);
+      await warmUp(op);
+      cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(floor, scenario, clients, op) });
+    }
+    await interleaved(rows, scenario, levels, byHand, cells);
   } finally {
+    await floor?.stop();
     await coordinator.stop();
     await Promise.all([pools.a.end(), pools.b.end()]);
   }
@@ -273,14 +300,14 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   let restartResult: RestartResult | undefined;
   if (ONLY.has('log-force')) rows.push(...(await logForce()));
-  if (ONLY.has('transfer')) await withPostgresPair(true, (a, b) => transfer(rows, 'transfer', a, b, ['2pc', '2pc-ordered', '3pc']));
+  if (ONLY.has('transfer')) await withPostgresPair(true, (a, b) => transfer(rows, 'transfer', a, b, ['2pc', '2pc-ordered', '3pc'], { wireFloor: true }));
   if (ONLY.has('single-db')) await withPostgresPair(true, (a) => singleDb(rows, a));
   if (ONLY.has('transfer-pg-log')) {
     // The same transfer with the coordinator's log in a third (durable) Postgres server (TCX_LOG_URL).
     const logServer = await PostgresServer.start({ name: 'bench-log', durable: true });
     try {
       const logUrl = await freshDatabase(logServer.url(), 'wal');
-      await withPostgresPair(true, (a, b) => transfer(rows, 'transfer-pg-log', a, b, ['2pc'], { TCX_LOG_URL: logUrl, TCX_COORDINATOR_ID: 'bench' }));
+      await withPostgresPair(true, (a, b) => transfer(rows, 'transfer-pg-log', a, b, ['2pc'], { coordinatorEnv: { TCX_LOG_URL: logUrl, TCX_COORDINATOR_ID: 'bench' } }));
     } finally {
       await logServer.destroy();
     }

@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
-import { destination as pinoDestination, pino, stdTimeFunctions, type DestinationStream, type Logger } from 'pino';
+import { destination as pinoDestination, pino, type DestinationStream, type Logger } from 'pino';
 import type PinoPretty from 'pino-pretty';
+import { pinoIsoTime } from './lib/iso-clock.js';
 
 export type { Logger };
 
@@ -43,8 +44,9 @@ export function createLogger(options: { level?: string; name?: string; destinati
     name: options.name ?? 'tx-coordinator',
     level: options.level ?? process.env.TCX_LOG_LEVEL ?? 'info',
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-    // ISO 8601 UTC timestamps: readable as they are, and parsed by every log collector.
-    timestamp: stdTimeFunctions.isoTime,
+    // ISO 8601 UTC timestamps: readable as they are, and parsed by every log collector
+    // (pino's isoTime, formatted once per millisecond).
+    timestamp: pinoIsoTime,
   };
   const format = options.format ?? (process.env.TCX_LOG_FORMAT === 'pretty' ? 'pretty' : 'json');
   if (format === 'pretty') {

@@ -20,7 +20,7 @@ export interface Health {
   readonly memory?: { readonly rssBytes: number; readonly heapUsedBytes: number; readonly externalBytes: number };
 }
 
-export class CoordinatorChild {
+export class CoordinatorChild implements JsonService {
   readonly url: string;
   readonly dataDir: string;
   readonly outputFile: string;
@@ -77,17 +77,8 @@ export class CoordinatorChild {
     return this.#child.pid ?? -1;
   }
 
-  async request(method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<{ status: number; json: unknown }> {
-    const res = await this.pool.request({
-      method,
-      path: urlPath,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      headersTimeout: 30_000,
-      bodyTimeout: 30_000,
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) };
+  request(method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+    return requestJson(this.pool, method, urlPath, body);
   }
 
   async health(): Promise<Health> {
@@ -106,4 +97,22 @@ export class CoordinatorChild {
     if (options.keepDataDir !== true) fs.rmSync(this.dataDir, { recursive: true, force: true });
     fs.rmSync(this.outputFile, { force: true });
   }
+}
+
+/** What a bench client sends the coordinator (or the wire floor): a JSON request, its status and JSON answer. */
+export interface JsonService {
+  request(method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<{ status: number; json: unknown }>;
+}
+
+export async function requestJson(pool: Pool, method: 'GET' | 'POST', urlPath: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await pool.request({
+    method,
+    path: urlPath,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    headersTimeout: 30_000,
+    bodyTimeout: 30_000,
+  });
+  const text = await res.body.text();
+  return { status: res.statusCode, json: text === '' ? null : JSON.parse(text) };
 }

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { Pool } from 'undici';
-import type { CoordinatorChild } from './coordinator-child.js';
+import type { CoordinatorChild, JsonService } from './coordinator-child.js';
 
 export const UPDATE = 'UPDATE accounts SET balance = balance + $1 WHERE id = $2';
 
@@ -78,7 +78,7 @@ export function localTransferThroughCoordinator(coordinator: CoordinatorChild, o
 }
 
 /** The same transfer as one request to the coordinator. */
-export function transferThroughCoordinator(coordinator: CoordinatorChild, protocol: '2pc' | '3pc', parallel: boolean): (client: number) => Promise<void> {
+export function transferThroughCoordinator(coordinator: JsonService, protocol: '2pc' | '3pc', parallel: boolean): (client: number) => Promise<void> {
   return async (c) => {
     const account = `acct${c}`;
     const res = await coordinator.request('POST', '/v1/transactions', {

@@ -25,14 +25,20 @@ function invalid(message: string): CoordinatorError {
 
 /** Throws VALIDATION_FAILED when the value nests deeper than `maxDepth` or carries a poisoning key. */
 export function checkJsonShape(value: unknown, maxDepth = MAX_JSON_DEPTH): void {
-  const stack: [unknown, number][] = [[value, 1]];
-  while (stack.length > 0) {
-    const [v, depth] = stack.pop()!;
+  // Two parallel stacks (values, their depths): no pair allocated per value.
+  const values: unknown[] = [value];
+  const depths: number[] = [1];
+  while (values.length > 0) {
+    const v = values.pop();
+    const depth = depths.pop()!;
     if (typeof v === 'number' && !Number.isFinite(v)) throw invalid('the body holds a number out of range: JSON numbers must fit a double (send large values as strings)');
     if (typeof v !== 'object' || v === null) continue;
     if (depth > maxDepth) throw invalid(`the body is nested deeper than ${maxDepth} levels`);
     if (Array.isArray(v)) {
-      for (const item of v) stack.push([item, depth + 1]);
+      for (const item of v) {
+        values.push(item);
+        depths.push(depth + 1);
+      }
       continue;
     }
     for (const key of Object.keys(v)) {
@@ -41,7 +47,8 @@ export function checkJsonShape(value: unknown, maxDepth = MAX_JSON_DEPTH): void 
       if (key === 'constructor' && typeof child === 'object' && child !== null && Object.hasOwn(child, 'prototype')) {
         throw invalid('the body holds a "constructor.prototype" key, which is not accepted');
       }
-      stack.push([child, depth + 1]);
+      values.push(child);
+      depths.push(depth + 1);
     }
   }
 }

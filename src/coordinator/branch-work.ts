@@ -92,7 +92,11 @@ export class BranchWork {
   /** Every branch's entries in order, different branches at once; each may prepare with its last entry. */
   async runAtOnce(tx: LiveTransaction, planned: readonly PlannedWork[]): Promise<WorkOutcome> {
     const byBranch = new Map<string, PlannedWork[]>();
-    for (const p of planned) byBranch.set(p.branch.branchId, [...(byBranch.get(p.branch.branchId) ?? []), p]);
+    for (const p of planned) {
+      const entries = byBranch.get(p.branch.branchId);
+      if (entries === undefined) byBranch.set(p.branch.branchId, [p]);
+      else entries.push(p);
+    }
     const answers = new Map<PlannedWork, EnlistAnswer>();
     const errors = new Map<PlannedWork, unknown>();
     await Promise.all(
@@ -107,10 +111,14 @@ export class BranchWork {
         }
       }),
     );
-    const failed = planned.find((p) => errors.has(p));
-    const upTo = failed === undefined ? planned.length : planned.indexOf(failed);
-    const results = planned.slice(0, upTo).flatMap((p) => answers.get(p) ?? []);
-    return failed === undefined ? { results } : { results, failed, error: errors.get(failed) };
+    // The answers in request order, up to the first entry (in that order) that failed.
+    const results: EnlistAnswer[] = [];
+    for (const p of planned) {
+      if (errors.has(p)) return { results, failed: p, error: errors.get(p) };
+      const answer = answers.get(p);
+      if (answer !== undefined) results.push(answer);
+    }
+    return { results };
   }
 
   /** Starts the branch's prepare now; the driver takes its vote when the machine asks for it. */

@@ -30,6 +30,7 @@
  * delivers the decision to every branch again.
  */
 
+import { isoNow } from '../lib/iso-clock.js';
 import type { BranchRecord, LogRecord, OnePhaseEvidence } from '../log/log-records.js';
 import type { Decision, Verdict } from '../protocol/commit-protocol.js';
 import type { ForgottenView, LiveBranch, LiveTransaction } from './live-transaction.js';
@@ -54,7 +55,7 @@ export function prepareIntentRecord(tx: LiveTransaction): LogRecord {
     timeoutMs: tx.timeoutMs,
     createdAt: tx.createdAt,
     branches: [...tx.branches.values()].map((b) => branchRecord(b, { payload: true })),
-    at: new Date().toISOString(),
+    at: isoNow(),
   };
 }
 
@@ -81,7 +82,7 @@ export function decisionRecord(tx: LiveTransaction, verdict: Verdict, at: string
 }
 
 export function endedRecord(tx: LiveTransaction, outcome: Decision): LogRecord {
-  const at = new Date().toISOString();
+  const at = isoNow();
   if (outcome === 'commit' && !tx.onePhase) return { t: 'ended', id: tx.id, outcome, at };
   const reason = outcome === 'abort' ? tx.state.abortReason : undefined;
   return {
@@ -111,7 +112,7 @@ export function onePhaseInDoubtRecord(tx: LiveTransaction, branch: LiveBranch, e
     branch: branchRecord(branch, { payload: false }),
     evidence,
     reason,
-    at: new Date().toISOString(),
+    at: isoNow(),
   };
 }
 

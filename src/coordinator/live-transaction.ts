@@ -113,6 +113,8 @@ export class LiveTransaction {
   /** Resumed by recovery (after a restart or a takeover): its marks start there. */
   resumed = false;
   readonly #listeners = new Set<() => void>();
+  /** createdAt + timeoutMs, both fixed: formatted once, at the first view. */
+  #expiresAt: string | undefined;
 
   constructor(init: { id: string; protocol: ProtocolName; timeoutMs: number; createdAt: string }) {
     this.id = init.id;
@@ -173,7 +175,7 @@ export class LiveTransaction {
       ...(this.state.abortReason === undefined ? {} : { reason: this.state.abortReason }),
       timeoutMs: this.timeoutMs,
       createdAt: this.createdAt,
-      expiresAt: new Date(Date.parse(this.createdAt) + this.timeoutMs).toISOString(),
+      expiresAt: this.#expiresAt ??= new Date(Date.parse(this.createdAt) + this.timeoutMs).toISOString(),
       ...(this.decidedAt === undefined ? {} : { decidedAt: this.decidedAt }),
       ...(this.onePhase ? { onePhase: true as const } : {}),
       branches: [...this.branches.values()].map((b) => ({

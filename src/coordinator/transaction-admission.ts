@@ -8,6 +8,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { CoordinatorError } from '../errors.js';
+import { isoNow } from '../lib/iso-clock.js';
 import type { ProtocolName } from '../log/log-records.js';
 import { initialState } from '../protocol/commit-protocol.js';
 import { LiveTransaction } from './live-transaction.js';
@@ -61,7 +62,7 @@ export class TransactionAdmission {
       });
     }
     if (request.owner !== undefined) this.#quotas.admit(request.owner);
-    const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: new Date().toISOString() });
+    const tx = new LiveTransaction({ id: randomUUID(), protocol, timeoutMs, createdAt: isoNow() });
     if (request.owner !== undefined) tx.owner = request.owner;
     if (request.onePhase === false) tx.onePhaseAllowed = false;
     tx.state = initialState(protocol);

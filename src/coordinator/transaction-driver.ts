@@ -20,6 +20,7 @@
  */
 
 import type { Logger } from 'pino';
+import { isoNow } from '../lib/iso-clock.js';
 import { asError, errorMessage } from '../errors.js';
 import type { BranchRef, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
@@ -174,7 +175,7 @@ export class TransactionDriver {
     }
     hitFailPoint('before-one-phase-commit');
     branch.attempts = 1;
-    branch.lastAttemptAt = new Date().toISOString();
+    branch.lastAttemptAt = isoNow();
     let answer: OnePhaseResult | OnePhaseUnknown;
     try {
       answer = await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref, this.#answersAbandoned.signal));
@@ -234,7 +235,7 @@ export class TransactionDriver {
         continue;
       }
       branch.attempts += 1;
-      branch.lastAttemptAt = new Date().toISOString();
+      branch.lastAttemptAt = isoNow();
       try {
         const current = adapter();
         const result = await observeCall(current, 'one-phase-outcome', () => current.onePhaseOutcome!(this.ref(tx, branch), evidence));
@@ -259,7 +260,7 @@ export class TransactionDriver {
   async #finishOnePhase(tx: LiveTransaction, branchId: string, result: OnePhaseResult): Promise<void> {
     const branch = tx.branches.get(branchId);
     if (branch !== undefined) delete branch.lastError;
-    tx.decidedAt ??= new Date().toISOString();
+    tx.decidedAt ??= isoNow();
     tx.decidedMs ??= performance.now();
     // A commit's end record is its only record; after a lost answer the in-doubt record would
     // bring the transaction back, to be asked again (maybe answered otherwise): forced too.
@@ -314,7 +315,7 @@ export class TransactionDriver {
   }
 
   async #logDecision(tx: LiveTransaction, verdict: Verdict, force: boolean): Promise<void> {
-    const at = new Date().toISOString();
+    const at = isoNow();
     const record = decisionRecord(tx, verdict, at);
     if (force && record !== undefined) {
       try {
@@ -358,7 +359,7 @@ export class TransactionDriver {
         continue;
       }
       branch.attempts = attempt + 1;
-      branch.lastAttemptAt = new Date().toISOString();
+      branch.lastAttemptAt = isoNow();
       try {
         const current = this.#registry.adapter(branch.participant);
         const ref = this.ref(tx, branch);

@@ -69,8 +69,9 @@ export function parseSqlOperations(work: unknown): SqlOperation[] {
     if (params !== undefined && !Array.isArray(params)) throw invalid(`operation ${index}: params must be an array`, index);
     const list = params ?? [];
     if (list.length > MAX_PARAMS) throw invalid(`operation ${index}: at most ${MAX_PARAMS} params`, index);
-    for (const [i, p] of list.entries()) {
-      const ok = p === null || ['string', 'number', 'boolean'].includes(typeof p) || typeof p === 'object';
+    for (let i = 0; i < list.length; i++) {
+      const type = typeof list[i];
+      const ok = type === 'string' || type === 'number' || type === 'boolean' || type === 'object'; // null is an 'object'
       if (!ok) throw invalid(`operation ${index}: param ${i} has an unsupported type`, index);
     }
     return { sql, params: list };

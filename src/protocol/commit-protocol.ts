@@ -166,7 +166,7 @@ function withBranch(state: TwoPhaseState, branchId: string, phase: BranchPhase):
 
 function branchIdsIn(state: TwoPhaseState, phases: readonly BranchPhase[]): string[] {
   const ids: string[] = [];
-  for (const [id, b] of Object.entries(state.branches)) if (phases.includes(b.phase)) ids.push(id);
+  for (const id of Object.keys(state.branches)) if (phases.includes(state.branches[id]!.phase)) ids.push(id);
   return ids;
 }
 

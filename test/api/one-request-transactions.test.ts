@@ -55,6 +55,8 @@ describe('one-request transactions', () => {
       });
       expect(res.status).toBe(409);
       expect(res.body.state).toBe('aborted');
+      // The answer holds the work that ran before the entry that failed (in request order), not the failed one's.
+      expect((res.body.results as { participant: string }[]).map((r) => r.participant)).toEqual(['bank-a']);
       // No sweep runs; once the slow PREPARE would have finished, the branch is rolled back, not prepared.
       await new Promise((r) => setTimeout(r, 600));
       expect(await preparedGids(dbA)).toEqual([]);
