@@ -24,8 +24,9 @@
  *                 one-phase    one request to the coordinator (one branch: one-phase commit)
  *                 2pc          the same with onePhase: false (PREPARE, forced decision, COMMIT PREPARED)
  *   empty-http  two HTTP participants in another process that answer at once:
- *                 baseline  a client making the same four calls (prepare ×2, commit ×2)
- *                 2pc       one request to the coordinator per transaction
+ *                 baseline    a client making the same four calls (prepare ×2, commit ×2)
+ *                 2pc         one request to the coordinator per transaction
+ *                 wire-floor  reference: the same four calls and two forced records, nothing else
  *   restart     start-up time and memory with many finished transactions in the log
  *
  * Environment: TCX_BENCH_SECONDS (per cell, default 5), TCX_BENCH_ONLY (comma list of
@@ -129,7 +130,7 @@ async function transfer(
   const pools = pgPools(dbA, dbB, Math.max(...levels) + 2);
   const byHand = transferByHand(pools);
   const { child: coordinator } = await startCoordinator(scenario, options.coordinatorEnv);
-  const floor = options.wireFloor === true ? await WireFloorChild.start(dbA, dbB) : undefined;
+  const floor = options.wireFloor === true ? await WireFloorChild.start({ postgres: [dbA, dbB] }) : undefined;
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
@@ -228,12 +229,20 @@ async function emptyHttp(rows: Row[]): Promise<void> {
         if (res.status !== 201) throw new Error(`registering h${i + 1}: ${res.status} ${JSON.stringify(res.json)}`);
       }
       await warmUp(emptyThroughCoordinator(coordinator));
-      for (const clients of levels) {
-        // The baseline's pools are sized per client count: made and closed around its cell.
-        const baseline = emptyByHand(participants.ports, clients);
-        rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
-        await baseline.close();
-        rows.push(await coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)));
+      const floor = await WireFloorChild.start({ http: [participants.ports[0]!, participants.ports[1]!] });
+      try {
+        const floorOp = emptyThroughCoordinator(floor);
+        await warmUp(floorOp);
+        for (const clients of levels) {
+          // The baseline's pools are sized per client count: made and closed around its cell.
+          const baseline = emptyByHand(participants.ports, clients);
+          rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
+          await baseline.close();
+          rows.push(await coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)));
+          rows.push(await wireFloorCell(floor, 'empty-http', clients, floorOp));
+        }
+      } finally {
+        await floor.stop();
       }
     } finally {
       await coordinator.stop();

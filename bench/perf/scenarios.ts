@@ -139,7 +139,7 @@ export function emptyByHand(ports: number[], connections: number): { op: () => P
   };
 }
 
-export function emptyThroughCoordinator(coordinator: CoordinatorChild): () => Promise<void> {
+export function emptyThroughCoordinator(coordinator: JsonService): () => Promise<void> {
   return async () => {
     const res = await coordinator.request('POST', '/v1/transactions', {
       branches: [

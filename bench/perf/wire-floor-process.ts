@@ -1,22 +1,32 @@
 /**
- * The bench's "wire floor": the least a coordinator of the transfer scenario must do on the
- * wire and the disk, and nothing else — to say what the coordinator's own layers cost on top.
- * It is a reference row, not a product: it checks nothing, keeps nothing in memory, cannot
- * recover, logs no lines and exports no metrics.
+ * The bench's "wire floor": the least a coordinator must do on the wire and the disk for one
+ * of the bench's scenarios, and nothing else — to say what the coordinator's own layers cost
+ * on top. It is a reference row, not a product: it checks nothing, keeps nothing in memory,
+ * cannot recover, logs no lines and exports no metrics.
  *
- * Per `POST /v1/transactions` (the transfer's body: branches on participants `a` and `b`):
- * BEGIN + the operations + PREPARE TRANSACTION in one round trip on each database at once
- * (the coordinator's pipeline), a decision record appended to a file and fdatasynced with
- * whatever else is waiting (group commit), COMMIT PREPARED on both at once, an end record
- * written without a sync, and the answer `{"id":…,"state":"committed"}`. Any failure: 500.
+ * Per `POST /v1/transactions`, with the scenario's body:
  *
- *   node dist-bench/bench/perf/wire-floor-process.js <urlA> <urlB> <logFile>
+ *   postgres  (the transfer: branches on participants `a` and `b`) BEGIN + the operations +
+ *             PREPARE TRANSACTION in one round trip on each database at once (the
+ *             coordinator's pipeline), a decision record appended to a file and fdatasynced
+ *             with whatever else is waiting (group commit), COMMIT PREPARED on both at once,
+ *             an end record written without a sync.
+ *   http      (empty-http: branches on `h1` and `h2`) a forced record of the branches (the
+ *             coordinator's prepare-intent: an HTTP participant cannot list what it
+ *             prepared), prepare on both at once, the forced decision, commit on both at
+ *             once, the unforced end record.
+ *
+ * The answer is `{"id":…,"state":"committed"}`; any failure, 500.
+ *
+ *   node dist-bench/bench/perf/wire-floor-process.js postgres <urlA> <urlB> <logFile>
+ *   node dist-bench/bench/perf/wire-floor-process.js http <portA> <portB> <logFile>
  *
  * Prints `{"port":N}` on stdout once it listens on 127.0.0.1. For the bench only.
  */
 import fs from 'node:fs';
 import http from 'node:http';
 import pg from 'pg';
+import { Pool } from 'undici';
 import { runPipeline, runSimple, type PipelineStatement } from '../../src/participants/pg-pipeline.js';
 
 interface Operation {
@@ -24,14 +34,14 @@ interface Operation {
   readonly params?: readonly unknown[];
 }
 
-interface TransferBody {
-  readonly branches: readonly { readonly participant: 'a' | 'b'; readonly operations: readonly Operation[] }[];
+interface TransactionBody {
+  readonly branches: readonly { readonly participant: string; readonly operations?: readonly Operation[] }[];
 }
 
-const [urlA, urlB, logFile] = process.argv.slice(2);
-if (urlA === undefined || urlB === undefined || logFile === undefined) throw new Error('usage: wire-floor-process <urlA> <urlB> <logFile>');
-const pools = { a: new pg.Pool({ connectionString: urlA, max: 40 }), b: new pg.Pool({ connectionString: urlB, max: 40 }) };
-for (const pool of Object.values(pools)) pool.on('error', () => undefined); // servers stopping at the end
+const [mode, targetA, targetB, logFile] = process.argv.slice(2);
+if ((mode !== 'postgres' && mode !== 'http') || targetA === undefined || targetB === undefined || logFile === undefined) {
+  throw new Error('usage: wire-floor-process postgres <urlA> <urlB> <logFile> | http <portA> <portB> <logFile>');
+}
 const fd = fs.openSync(logFile, 'a');
 
 /** Group commit: one writev and one fdatasync for every record appended while the last ones were written. */
@@ -72,38 +82,81 @@ class GroupLog {
 const log = new GroupLog();
 let transactionNo = 0;
 
-async function transfer(body: TransferBody): Promise<string> {
-  const id = `floor-${process.pid}-${transactionNo++}`;
-  const gids = body.branches.map((_, i) => `tcx:${id}:${i}`);
-  await Promise.all(
-    body.branches.map(async (branch, i) => {
-      const client = await pools[branch.participant].connect();
-      try {
-        const statements: PipelineStatement[] = [
-          { text: 'BEGIN' },
-          ...branch.operations.map((op) => ({ text: op.sql, values: op.params ?? [] })),
-          { text: `PREPARE TRANSACTION '${gids[i]!}'` },
-        ];
-        await runPipeline(client, statements, { readTimeoutMs: 30_000 });
-      } finally {
-        client.release();
-      }
-    }),
-  );
-  await log.append({ t: 'decision', id, decision: 'commit', branches: body.branches.map((b, i) => ({ participant: b.participant, gid: gids[i] })) }, true);
-  await Promise.all(
-    body.branches.map(async (branch, i) => {
-      const client = await pools[branch.participant].connect();
-      try {
-        await runSimple(client, `COMMIT PREPARED '${gids[i]!}'`);
-      } finally {
-        client.release();
-      }
-    }),
-  );
-  void log.append({ t: 'ended', id }, false);
-  return JSON.stringify({ id, state: 'committed' });
+/** The transfer's wire work: one pipelined round trip per database to prepare, one to commit. */
+function postgresTransfer(urlA: string, urlB: string): (body: TransactionBody) => Promise<string> {
+  const pools: Record<string, pg.Pool> = { a: new pg.Pool({ connectionString: urlA, max: 40 }), b: new pg.Pool({ connectionString: urlB, max: 40 }) };
+  for (const pool of Object.values(pools)) pool.on('error', () => undefined); // servers stopping at the end
+  const poolOf = (participant: string): pg.Pool => {
+    const pool = pools[participant];
+    if (pool === undefined) throw new Error(`no participant ${participant}`);
+    return pool;
+  };
+  const onSession = async <T>(participant: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
+    const client = await poolOf(participant).connect();
+    try {
+      return await work(client);
+    } finally {
+      client.release();
+    }
+  };
+  return async (body) => {
+    const id = `floor-${process.pid}-${transactionNo++}`;
+    const gids = body.branches.map((_, i) => `tcx:${id}:${i}`);
+    await Promise.all(
+      body.branches.map((branch, i) =>
+        onSession(branch.participant, (client) => {
+          const statements: PipelineStatement[] = [
+            { text: 'BEGIN' },
+            ...(branch.operations ?? []).map((op) => ({ text: op.sql, values: op.params ?? [] })),
+            { text: `PREPARE TRANSACTION '${gids[i]!}'` },
+          ];
+          return runPipeline(client, statements, { readTimeoutMs: 30_000 });
+        }),
+      ),
+    );
+    await log.append({ t: 'decision', id, decision: 'commit', branches: body.branches.map((b, i) => ({ participant: b.participant, gid: gids[i] })) }, true);
+    await Promise.all(body.branches.map((branch, i) => onSession(branch.participant, (client) => runSimple(client, `COMMIT PREPARED '${gids[i]!}'`))));
+    void log.append({ t: 'ended', id }, false);
+    return JSON.stringify({ id, state: 'committed' });
+  };
 }
+
+/** empty-http's wire work: the participants' prepare and commit calls around two forced records. */
+function httpTransaction(portA: string, portB: string): (body: TransactionBody) => Promise<string> {
+  const pools: Record<string, Pool> = Object.fromEntries(
+    [
+      ['h1', portA],
+      ['h2', portB],
+    ].map(([name, port]) => [name, new Pool(`http://127.0.0.1:${port!}`, { connections: 64, pipelining: 1 })]),
+  );
+  const call = async (participant: string, verb: 'prepare' | 'commit', transactionId: string, branchNo: number): Promise<void> => {
+    const pool = pools[participant];
+    if (pool === undefined) throw new Error(`no participant ${participant}`);
+    const res = await pool.request({
+      method: 'POST',
+      path: `/${verb}`,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ transactionId, branchId: `b${branchNo}`, gid: `tcx:floor:${transactionId}:${branchNo}`, payload: {}, protocol: '2pc' }),
+      headersTimeout: 30_000,
+      bodyTimeout: 30_000,
+    });
+    const text = await res.body.text();
+    if (res.statusCode !== 200) throw new Error(`${verb} answered ${res.statusCode}`);
+    if (verb === 'prepare' && (JSON.parse(text) as { vote?: string }).vote !== 'yes') throw new Error('prepare did not vote yes');
+  };
+  return async (body) => {
+    const id = `floor-${process.pid}-${transactionNo++}`;
+    const participants = body.branches.map((b) => b.participant);
+    await log.append({ t: 'prepare-intent', id, branches: participants }, true);
+    await Promise.all(participants.map((p, i) => call(p, 'prepare', id, i + 1)));
+    await log.append({ t: 'decision', id, decision: 'commit' }, true);
+    await Promise.all(participants.map((p, i) => call(p, 'commit', id, i + 1)));
+    void log.append({ t: 'ended', id }, false);
+    return JSON.stringify({ id, state: 'committed' });
+  };
+}
+
+const transaction = mode === 'postgres' ? postgresTransfer(targetA, targetB) : httpTransaction(targetA, targetB);
 
 const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
   let text = '';
@@ -111,7 +164,7 @@ const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
   req.on('data', (chunk: string) => (text += chunk));
   req.on('end', () => {
     Promise.resolve()
-      .then(() => transfer(JSON.parse(text) as TransferBody))
+      .then(() => transaction(JSON.parse(text) as TransactionBody))
       .then(
       (answer) => {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });

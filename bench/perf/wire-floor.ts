@@ -23,9 +23,11 @@ export class WireFloorChild implements JsonService {
     this.#pool = new Pool(`http://127.0.0.1:${port}`, { connections, pipelining: 1, keepAliveTimeout: 30_000 });
   }
 
-  static async start(urlA: string, urlB: string, connections = 64): Promise<WireFloorChild> {
+  /** `postgres` with the two databases' URLs (the transfer), or `http` with the two participants' ports (empty-http). */
+  static async start(target: { postgres: readonly [string, string] } | { http: readonly [number, number] }, connections = 64): Promise<WireFloorChild> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcx-bench-floor-'));
-    const child = spawn(process.execPath, [PROCESS_JS, urlA, urlB, path.join(dir, 'decisions.log')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const args = 'postgres' in target ? ['postgres', ...target.postgres] : ['http', ...target.http.map(String)];
+    const child = spawn(process.execPath, [PROCESS_JS, ...args, path.join(dir, 'decisions.log')], { stdio: ['ignore', 'pipe', 'inherit'] });
     const port = await new Promise<number>((resolve, reject) => {
       let text = '';
       const timer = setTimeout(() => reject(new Error('the wire floor did not start within 30 s')), 30_000);
