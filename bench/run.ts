@@ -103,7 +103,12 @@ async function coordinatorCell(
 /** The wire floor's cell: its CPU per transaction like a coordinator's (it has no health endpoint to count fsyncs). */
 async function wireFloorCell(floor: WireFloorChild, scenario: string, clients: number, op: (c: number) => Promise<void>): Promise<Row> {
   let cpuBefore: number | undefined;
-  const cell = await measure(clients, op, { afterWarmup: () => Promise.resolve(void (cpuBefore = processCpuSeconds(floor.pid))) });
+  const cell = await measure(clients, op, {
+    afterWarmup: () => {
+      cpuBefore = processCpuSeconds(floor.pid);
+      return Promise.resolve();
+    },
+  });
   const cpuAfter = processCpuSeconds(floor.pid);
   const cpu = cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / Math.max(1, cell.ops)) };
   return { scenario, variant: 'wire-floor', clients, ...cell, ...cpu, note: WIRE_FLOOR_NOTE };
@@ -130,7 +135,7 @@ async function transfer(
   const pools = pgPools(dbA, dbB, Math.max(...levels) + 2);
   const byHand = transferByHand(pools);
   const { child: coordinator } = await startCoordinator(scenario, options.coordinatorEnv);
-  const floor = options.wireFloor === true ? await WireFloorChild.start({ postgres: [dbA, dbB] }) : undefined;
+  let floor: WireFloorChild | undefined;
   try {
     for (const [name, connectionString] of [['a', dbA], ['b', dbB]] as const) {
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
@@ -143,10 +148,11 @@ async function transfer(
       variant,
       run: (clients: number) => coordinatorCell(coordinator, scenario, variant, clients, op),
     }));
-    if (floor !== undefined) {
-      const op = transferThroughCoordinator(floor, '2pc', true);
+    if (options.wireFloor === true) {
+      const started = (floor = await WireFloorChild.start({ postgres: [dbA, dbB] }));
+      const op = transferThroughCoordinator(started, '2pc', true);
       await warmUp(op);
-      cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(floor, scenario, clients, op) });
+      cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(started, scenario, clients, op) });
     }
     await interleaved(rows, scenario, levels, byHand, cells);
   } finally {
@@ -159,7 +165,9 @@ async function transfer(
 /**
  * Per client count, the baseline's cell and then each coordinator variant's, so that every
  * ratio compares cells measured within seconds of each other: this VM's speed drifts over a
- * run by more than the differences measured.
+ * run by more than the differences measured. The variants take turns at going first (the
+ * order rotates with the client count), so that none is always the one measured right after
+ * the baseline; the rows keep the variants' order.
  */
 async function interleaved(
   rows: Row[],
@@ -168,9 +176,14 @@ async function interleaved(
   byHand: (client: number) => Promise<void>,
   variants: readonly { variant: string; run: (clients: number) => Promise<Row> }[],
 ): Promise<void> {
-  for (const clients of levels) {
+  for (const [level, clients] of levels.entries()) {
     rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
-    for (const v of variants) rows.push(await v.run(clients));
+    const measured = new Map<string, Row>();
+    for (let i = 0; i < variants.length; i++) {
+      const v = variants[(i + level) % variants.length]!;
+      measured.set(v.variant, await v.run(clients));
+    }
+    for (const v of variants) rows.push(measured.get(v.variant)!);
   }
 }
 

@@ -10,7 +10,7 @@
  *             PREPARE TRANSACTION in one round trip on each database at once (the
  *             coordinator's pipeline), a decision record appended to a file and fdatasynced
  *             with whatever else is waiting (group commit), COMMIT PREPARED on both at once,
- *             an end record written without a sync.
+ *             an end record appended without a sync (written with the next batch).
  *   http      (empty-http: branches on `h1` and `h2`) a forced record of the branches (the
  *             coordinator's prepare-intent: an HTTP participant cannot list what it
  *             prepared), prepare on both at once, the forced decision, commit on both at
@@ -163,19 +163,16 @@ const server = http.createServer({ keepAliveTimeout: 30_000 }, (req, res) => {
   req.setEncoding('utf8');
   req.on('data', (chunk: string) => (text += chunk));
   req.on('end', () => {
+    const answered = (status: number, answer: string): void => {
+      res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
+      res.end(answer);
+    };
     Promise.resolve()
       .then(() => transaction(JSON.parse(text) as TransactionBody))
       .then(
-      (answer) => {
-        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
-        res.end(answer);
-      },
-      (err: unknown) => {
-        const answer = JSON.stringify({ error: { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err) } });
-        res.writeHead(500, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
-        res.end(answer);
-      },
-    );
+        (answer) => answered(200, answer),
+        (err: unknown) => answered(500, JSON.stringify({ error: { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err) } })),
+      );
   });
 });
 server.listen(0, '127.0.0.1', () => {
