@@ -163,11 +163,12 @@ async function transfer(
 }
 
 /**
- * Per client count, the baseline's cell and then each coordinator variant's, so that every
- * ratio compares cells measured within seconds of each other: this VM's speed drifts over a
- * run by more than the differences measured. The variants take turns at going first (the
- * order rotates with the client count), so that none is always the one measured right after
- * the baseline; the rows keep the variants' order.
+ * Per client count, the baseline's cell and then each variant's, so that every ratio
+ * compares cells measured within seconds of each other: this VM's speed drifts over a run by
+ * more than the differences measured. The order of the variants rotates with the client
+ * count, so that the one measured right after the baseline (which tends to come out lowest)
+ * changes from level to level — with more variants than levels, not every one gets a turn
+ * (the transfer's wire floor, listed last, never does); the rows keep the variants' order.
  */
 async function interleaved(
   rows: Row[],
@@ -246,13 +247,19 @@ async function emptyHttp(rows: Row[]): Promise<void> {
       try {
         const floorOp = emptyThroughCoordinator(floor);
         await warmUp(floorOp);
-        for (const clients of levels) {
+        for (const [level, clients] of levels.entries()) {
           // The baseline's pools are sized per client count: made and closed around its cell.
           const baseline = emptyByHand(participants.ports, clients);
           rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
           await baseline.close();
-          rows.push(await coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)));
-          rows.push(await wireFloorCell(floor, 'empty-http', clients, floorOp));
+          // Like interleaved(): the two take turns at being measured right after the baseline.
+          const cells = [
+            () => coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)),
+            () => wireFloorCell(floor, 'empty-http', clients, floorOp),
+          ];
+          const measured: Row[] = [];
+          for (let i = 0; i < cells.length; i++) measured[(i + level) % cells.length] = await cells[(i + level) % cells.length]!();
+          rows.push(...measured);
         }
       } finally {
         await floor.stop();

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { Pool } from 'undici';
+import { firstJsonLine } from './child-handshake.js';
 import type { CoordinatorChild, JsonService } from './coordinator-child.js';
 
 export const UPDATE = 'UPDATE accounts SET balance = balance + $1 WHERE id = $2';
@@ -100,16 +101,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** Starts the two instant HTTP participants in their own process. */
 export async function startHttpParticipants(): Promise<{ ports: number[]; stop: () => void }> {
   const child = spawn(process.execPath, [path.join(here, 'http-participants-process.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const ports = await new Promise<number[]>((resolve, reject) => {
-    let text = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk: string) => {
-      text += chunk;
-      const nl = text.indexOf('\n');
-      if (nl >= 0) resolve((JSON.parse(text.slice(0, nl)) as { ports: number[] }).ports);
-    });
-    child.once('exit', (code) => reject(new Error(`http participants exited with ${code}`)));
-  });
+  const { ports } = (await firstJsonLine(child, 'the http participants')) as { ports: number[] };
   return { ports, stop: () => child.kill('SIGTERM') };
 }
 

@@ -67,6 +67,7 @@ class GroupLog {
     this.#pending = [];
     this.#waiters = [];
     this.#syncRequested = false;
+    // A failed write or sync ends the process (uncaught): a reference with a broken log has nothing left to measure.
     fs.writev(fd, buffers, (err) => {
       if (err !== null) throw err;
       fs.fdatasync(fd, (syncErr) => {
@@ -91,18 +92,22 @@ function postgresTransfer(urlA: string, urlB: string): (body: TransactionBody) =
     if (pool === undefined) throw new Error(`no participant ${participant}`);
     return pool;
   };
+  /** A pooled session for `work`; a session whose work failed is closed, not reused (it may sit in a failed block). */
   const onSession = async <T>(participant: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
     const client = await poolOf(participant).connect();
     try {
-      return await work(client);
-    } finally {
+      const result = await work(client);
       client.release();
+      return result;
+    } catch (err) {
+      client.release(err instanceof Error ? err : true);
+      throw err;
     }
   };
   return async (body) => {
     const id = `floor-${process.pid}-${transactionNo++}`;
     const gids = body.branches.map((_, i) => `tcx:${id}:${i}`);
-    await Promise.all(
+    const prepared = await Promise.allSettled(
       body.branches.map((branch, i) =>
         onSession(branch.participant, (client) => {
           const statements: PipelineStatement[] = [
@@ -114,6 +119,16 @@ function postgresTransfer(urlA: string, urlB: string): (body: TransactionBody) =
         }),
       ),
     );
+    const failed = prepared.find((p) => p.status === 'rejected');
+    if (failed !== undefined) {
+      // What did prepare must not keep its locks: rolled back (best effort), then the 500.
+      await Promise.all(
+        body.branches.map((branch, i) =>
+          prepared[i]!.status === 'fulfilled' ? onSession(branch.participant, (client) => runSimple(client, `ROLLBACK PREPARED '${gids[i]!}'`)).catch(() => undefined) : undefined,
+        ),
+      );
+      throw failed.reason;
+    }
     await log.append({ t: 'decision', id, decision: 'commit', branches: body.branches.map((b, i) => ({ participant: b.participant, gid: gids[i] })) }, true);
     await Promise.all(body.branches.map((branch, i) => onSession(branch.participant, (client) => runSimple(client, `COMMIT PREPARED '${gids[i]!}'`))));
     void log.append({ t: 'ended', id }, false);

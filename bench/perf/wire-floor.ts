@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
+import { firstJsonLine } from './child-handshake.js';
 import { requestJson, type JsonService } from './coordinator-child.js';
 
 const PROCESS_JS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'wire-floor-process.js');
@@ -28,22 +29,13 @@ export class WireFloorChild implements JsonService {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcx-bench-floor-'));
     const args = 'postgres' in target ? ['postgres', ...target.postgres] : ['http', ...target.http.map(String)];
     const child = spawn(process.execPath, [PROCESS_JS, ...args, path.join(dir, 'decisions.log')], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const port = await new Promise<number>((resolve, reject) => {
-      let text = '';
-      const timer = setTimeout(() => reject(new Error('the wire floor did not start within 30 s')), 30_000);
-      child.stdout!.setEncoding('utf8');
-      child.stdout!.on('data', (chunk: string) => {
-        text += chunk;
-        const nl = text.indexOf('\n');
-        if (nl < 0) return;
-        clearTimeout(timer);
-        resolve((JSON.parse(text.slice(0, nl)) as { port: number }).port);
-      });
-      child.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`the wire floor exited with ${code}`));
-      });
-    });
+    let port: number;
+    try {
+      port = ((await firstJsonLine(child, 'the wire floor')) as { port: number }).port;
+    } catch (err) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
     return new WireFloorChild(child, port, dir, connections);
   }
 
