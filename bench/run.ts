@@ -166,9 +166,9 @@ async function transfer(
  * Per client count, the baseline's cell and then each variant's, so that every ratio
  * compares cells measured within seconds of each other: this VM's speed drifts over a run by
  * more than the differences measured. The order of the variants rotates with the client
- * count, so that the one measured right after the baseline (which tends to come out lowest)
- * changes from level to level — with more variants than levels, not every one gets a turn
- * (the transfer's wire floor, listed last, never does); the rows keep the variants' order.
+ * count, so that the one measured right after the baseline changes from level to level —
+ * with more variants than levels, not every one gets a turn (the transfer's wire floor,
+ * listed last, never does); the rows keep the variants' order.
  */
 async function interleaved(
   rows: Row[],
