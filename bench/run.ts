@@ -71,6 +71,25 @@ export interface Row extends Cell {
   readonly note?: string;
 }
 
+/** A cell of load on the process `pid`, with that process's CPU time (user + system) per transaction, in ms. */
+async function cellWithCpu(
+  pid: number,
+  clients: number,
+  op: (c: number) => Promise<void>,
+  afterWarmup: () => Promise<void> = () => Promise.resolve(),
+): Promise<{ cell: Cell; cpu: { coordinatorCpuMsPerTx?: number } }> {
+  let cpuBefore: number | undefined;
+  const cell = await measure(clients, op, {
+    afterWarmup: async () => {
+      await afterWarmup();
+      cpuBefore = processCpuSeconds(pid);
+    },
+  });
+  const cpuAfter = processCpuSeconds(pid);
+  const cpu = cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / Math.max(1, cell.ops)) };
+  return { cell, cpu };
+}
+
 async function coordinatorCell(
   coordinator: CoordinatorChild,
   scenario: string,
@@ -79,38 +98,17 @@ async function coordinatorCell(
   op: (c: number) => Promise<void>,
 ): Promise<Row> {
   let before: Health | undefined;
-  let cpuBefore: number | undefined;
-  const cell = await measure(clients, op, {
-    afterWarmup: async () => {
-      before = await coordinator.health();
-      cpuBefore = processCpuSeconds(coordinator.pid);
-    },
+  const { cell, cpu } = await cellWithCpu(coordinator.pid, clients, op, async () => {
+    before = await coordinator.health();
   });
-  const cpuAfter = processCpuSeconds(coordinator.pid);
   const after = await coordinator.health();
   const fsyncs = after.log.fsyncs - (before?.log.fsyncs ?? 0);
-  const ops = Math.max(1, cell.ops);
-  return {
-    scenario,
-    variant,
-    clients,
-    ...cell,
-    fsyncsPerTx: round2(fsyncs / ops),
-    ...(cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / ops) }),
-  };
+  return { scenario, variant, clients, ...cell, fsyncsPerTx: round2(fsyncs / Math.max(1, cell.ops)), ...cpu };
 }
 
 /** The wire floor's cell: its CPU per transaction like a coordinator's (it has no health endpoint to count fsyncs). */
 async function wireFloorCell(floor: WireFloorChild, scenario: string, clients: number, op: (c: number) => Promise<void>): Promise<Row> {
-  let cpuBefore: number | undefined;
-  const cell = await measure(clients, op, {
-    afterWarmup: () => {
-      cpuBefore = processCpuSeconds(floor.pid);
-      return Promise.resolve();
-    },
-  });
-  const cpuAfter = processCpuSeconds(floor.pid);
-  const cpu = cpuBefore === undefined || cpuAfter === undefined ? {} : { coordinatorCpuMsPerTx: round2(((cpuAfter - cpuBefore) * 1000) / Math.max(1, cell.ops)) };
+  const { cell, cpu } = await cellWithCpu(floor.pid, clients, op);
   return { scenario, variant: 'wire-floor', clients, ...cell, ...cpu, note: WIRE_FLOOR_NOTE };
 }
 
@@ -154,7 +152,7 @@ async function transfer(
       await warmUp(op);
       cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(started, scenario, clients, op) });
     }
-    await interleaved(rows, scenario, levels, byHand, cells);
+    await interleaved(rows, scenario, levels, (clients) => measure(clients, byHand), cells);
   } finally {
     await floor?.stop();
     await coordinator.stop();
@@ -174,11 +172,11 @@ async function interleaved(
   rows: Row[],
   scenario: string,
   levels: readonly number[],
-  byHand: (client: number) => Promise<void>,
+  baseline: (clients: number) => Promise<Cell>,
   variants: readonly { variant: string; run: (clients: number) => Promise<Row> }[],
 ): Promise<void> {
   for (const [level, clients] of levels.entries()) {
-    rows.push({ scenario, variant: 'by-hand', clients, ...(await measure(clients, byHand)) });
+    rows.push({ scenario, variant: 'by-hand', clients, ...(await baseline(clients)) });
     const measured = new Map<string, Row>();
     for (let i = 0; i < variants.length; i++) {
       const v = variants[(i + level) % variants.length]!;
@@ -209,7 +207,7 @@ async function singleDb(rows: Row[], url: string): Promise<void> {
       const op = localTransferThroughCoordinator(coordinator, onePhase);
       return { variant, run: (clients: number) => coordinatorCell(coordinator, 'single-db', variant, clients, op) };
     });
-    await interleaved(rows, 'single-db', levels, byHand, variants);
+    await interleaved(rows, 'single-db', levels, (clients) => measure(clients, byHand), variants);
   } finally {
     await coordinator.stop();
     await Promise.all([pools.a.end(), pools.b.end()]);
@@ -247,20 +245,20 @@ async function emptyHttp(rows: Row[]): Promise<void> {
       try {
         const floorOp = emptyThroughCoordinator(floor);
         await warmUp(floorOp);
-        for (const [level, clients] of levels.entries()) {
-          // The baseline's pools are sized per client count: made and closed around its cell.
+        // The baseline's pools are sized per client count: made and closed around its cell.
+        const byHand = async (clients: number): Promise<Cell> => {
           const baseline = emptyByHand(participants.ports, clients);
-          rows.push({ scenario: 'empty-http', variant: 'by-hand', clients, ...(await measure(clients, baseline.op)) });
-          await baseline.close();
-          // Like interleaved(): the two take turns at being measured right after the baseline.
-          const cells = [
-            () => coordinatorCell(coordinator, 'empty-http', '2pc', clients, emptyThroughCoordinator(coordinator)),
-            () => wireFloorCell(floor, 'empty-http', clients, floorOp),
-          ];
-          const measured: Row[] = [];
-          for (let i = 0; i < cells.length; i++) measured[(i + level) % cells.length] = await cells[(i + level) % cells.length]!();
-          rows.push(...measured);
-        }
+          try {
+            return await measure(clients, baseline.op);
+          } finally {
+            await baseline.close();
+          }
+        };
+        const coordinatorOp = emptyThroughCoordinator(coordinator);
+        await interleaved(rows, 'empty-http', levels, byHand, [
+          { variant: '2pc', run: (clients) => coordinatorCell(coordinator, 'empty-http', '2pc', clients, coordinatorOp) },
+          { variant: 'wire-floor', run: (clients) => wireFloorCell(floor, 'empty-http', clients, floorOp) },
+        ]);
       } finally {
         await floor.stop();
       }

@@ -105,25 +105,29 @@ export async function startHttpParticipants(): Promise<{ ports: number[]; stop: 
   return { ports, stop: () => child.kill('SIGTERM') };
 }
 
+/** One protocol call to an instant HTTP participant, as the coordinator makes it; throws unless it answers 200 (and a yes vote to prepare). */
+export async function callHttpParticipant(pool: Pool, verb: 'prepare' | 'commit', transactionId: string, branchNo: number): Promise<void> {
+  const res = await pool.request({
+    method: 'POST',
+    path: `/${verb}`,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ transactionId, branchId: `b${branchNo}`, gid: `tcx:bench:${transactionId}:${branchNo}`, payload: {}, protocol: '2pc' }),
+    headersTimeout: 30_000,
+    bodyTimeout: 30_000,
+  });
+  const text = await res.body.text();
+  if (res.statusCode !== 200) throw new Error(`${verb} answered ${res.statusCode}`);
+  if (verb === 'prepare' && (JSON.parse(text) as { vote?: string }).vote !== 'yes') throw new Error('prepare did not vote yes');
+}
+
 /** A client doing the coordinator's four calls itself: prepare on both, then commit on both. */
 export function emptyByHand(ports: number[], connections: number): { op: () => Promise<void>; close: () => Promise<void> } {
   const pools = ports.map((port) => new Pool(`http://127.0.0.1:${port}`, { connections, pipelining: 1 }));
-  const call = async (pool: Pool, verb: string, transactionId: string, branchNo: number): Promise<void> => {
-    const res = await pool.request({
-      method: 'POST',
-      path: `/${verb}`,
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ transactionId, branchId: `b${branchNo}`, gid: `tcx:bench:${transactionId}:${branchNo}`, payload: {}, protocol: '2pc' }),
-    });
-    const text = await res.body.text();
-    if (res.statusCode !== 200) throw new Error(`${verb} answered ${res.statusCode}`);
-    if (verb === 'prepare' && (JSON.parse(text) as { vote?: string }).vote !== 'yes') throw new Error('prepare did not vote yes');
-  };
   return {
     op: async () => {
       const id = randomUUID();
-      await Promise.all(pools.map((p, i) => call(p, 'prepare', id, i + 1)));
-      await Promise.all(pools.map((p, i) => call(p, 'commit', id, i + 1)));
+      await Promise.all(pools.map((p, i) => callHttpParticipant(p, 'prepare', id, i + 1)));
+      await Promise.all(pools.map((p, i) => callHttpParticipant(p, 'commit', id, i + 1)));
     },
     close: async () => {
       await Promise.all(pools.map((p) => p.close()));

@@ -28,6 +28,7 @@ import http from 'node:http';
 import pg from 'pg';
 import { Pool } from 'undici';
 import { runPipeline, runSimple, type PipelineStatement } from '../../src/participants/pg-pipeline.js';
+import { callHttpParticipant } from './scenarios.js';
 
 interface Operation {
   readonly sql: string;
@@ -144,20 +145,10 @@ function httpTransaction(portA: string, portB: string): (body: TransactionBody) 
       ['h2', portB],
     ].map(([name, port]) => [name, new Pool(`http://127.0.0.1:${port!}`, { connections: 64, pipelining: 1 })]),
   );
-  const call = async (participant: string, verb: 'prepare' | 'commit', transactionId: string, branchNo: number): Promise<void> => {
+  const call = (participant: string, verb: 'prepare' | 'commit', transactionId: string, branchNo: number): Promise<void> => {
     const pool = pools[participant];
-    if (pool === undefined) throw new Error(`no participant ${participant}`);
-    const res = await pool.request({
-      method: 'POST',
-      path: `/${verb}`,
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ transactionId, branchId: `b${branchNo}`, gid: `tcx:floor:${transactionId}:${branchNo}`, payload: {}, protocol: '2pc' }),
-      headersTimeout: 30_000,
-      bodyTimeout: 30_000,
-    });
-    const text = await res.body.text();
-    if (res.statusCode !== 200) throw new Error(`${verb} answered ${res.statusCode}`);
-    if (verb === 'prepare' && (JSON.parse(text) as { vote?: string }).vote !== 'yes') throw new Error('prepare did not vote yes');
+    if (pool === undefined) return Promise.reject(new Error(`no participant ${participant}`));
+    return callHttpParticipant(pool, verb, transactionId, branchNo);
   };
   return async (body) => {
     const id = `floor-${process.pid}-${transactionNo++}`;
