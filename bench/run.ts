@@ -29,8 +29,10 @@
  *                 wire-floor  reference: the same four calls and two forced records, nothing else
  *   restart     start-up time and memory with many finished transactions in the log
  *
- * Environment: TCX_BENCH_SECONDS (per cell, default 5), TCX_BENCH_ONLY (comma list of
- * scenarios), TCX_BENCH_CLIENTS (comma list of client counts), TCX_BENCH_CPU_PROF (a directory: the coordinator runs with --cpu-prof
+ * Environment: TCX_BENCH_SECONDS (per cell, default 3), TCX_BENCH_ROUNDS (rounds of cells per client count,
+ * default 3), TCX_BENCH_ONLY (comma list of
+ * scenarios), TCX_BENCH_CLIENTS (comma list of client counts), TCX_BENCH_NODE_FLAGS (space-separated flags for the
+ * coordinator's node, e.g. --trace-deopt; its output is then kept), TCX_BENCH_CPU_PROF (a directory: the coordinator runs with --cpu-prof
  * there), TCX_BENCH_RESTART_TRANSACTIONS (default 1000000), TCX_BENCH_PG_URL_A/_B
  * (use these servers instead of starting two).
  */
@@ -41,7 +43,7 @@ import { createAccounts, freshDatabase } from '../test/support/databases.js';
 import { PostgresServer } from '../test/support/postgres-server.js';
 import { CoordinatorChild, type Health } from './perf/coordinator-child.js';
 import { logForce } from './perf/log-force.js';
-import { measure, processCpuSeconds, round2, SECONDS, type Cell } from './perf/measure.js';
+import { measure, processCpuSeconds, round2, round3, SECONDS, type Cell } from './perf/measure.js';
 import { restart, type RestartResult } from './perf/restart.js';
 import { WireFloorChild } from './perf/wire-floor.js';
 import {
@@ -59,6 +61,8 @@ const ONLY = new Set((process.env.TCX_BENCH_ONLY ?? 'log-force,transfer,single-d
 const CPU_PROF = process.env.TCX_BENCH_CPU_PROF;
 /** Client counts per scenario, e.g. TCX_BENCH_CLIENTS=1 for a profile of the single-client path. */
 const CLIENTS = process.env.TCX_BENCH_CLIENTS?.split(',').map(Number);
+/** Rounds of baseline-then-variants per client count (each row is the median of its rounds). */
+const ROUNDS = Math.max(1, Math.floor(Number(process.env.TCX_BENCH_ROUNDS ?? 3)));
 
 export interface Row extends Cell {
   readonly scenario: string;
@@ -69,6 +73,13 @@ export interface Row extends Cell {
   /** Coordinator rows: its CPU time (user + system) per transaction, in ms. */
   readonly coordinatorCpuMsPerTx?: number;
   readonly note?: string;
+  /** Cells this row is the median of (ROUNDS). */
+  readonly rounds?: number;
+  /** Variant rows: the median of the per-round ratios of tx/s to the baseline of the same round, and their range. */
+  readonly ratio?: number;
+  readonly ratioRange?: readonly [number, number];
+  /** Variant rows: the median of the per-round differences of p50 to the baseline's, in ms. */
+  readonly p50OverheadMs?: number;
 }
 
 /** A cell of load on the process `pid`, with that process's CPU time (user + system) per transaction, in ms. */
@@ -139,9 +150,9 @@ async function transfer(
       const res = await coordinator.request('POST', '/v1/participants', { name, kind: 'postgres', connectionString });
       if (res.status !== 201) throw new Error(`registering ${name}: ${res.status} ${JSON.stringify(res.json)}`);
     }
-    await warmUp(transferThroughCoordinator(coordinator, '2pc', true));
     // Like the hand-written client, the two databases' work runs at once; `-ordered` runs it in request order.
     const ops = variants.map((variant) => ({ variant, op: transferThroughCoordinator(coordinator, variant === '3pc' ? '3pc' : '2pc', variant !== '2pc-ordered') }));
+    await warmUp(ops.map((o) => o.op), Math.max(...levels));
     const cells: { variant: string; run: (clients: number) => Promise<Row> }[] = ops.map(({ variant, op }) => ({
       variant,
       run: (clients: number) => coordinatorCell(coordinator, scenario, variant, clients, op),
@@ -149,7 +160,7 @@ async function transfer(
     if (options.wireFloor === true) {
       const started = (floor = await WireFloorChild.start({ postgres: [dbA, dbB] }));
       const op = transferThroughCoordinator(started, '2pc', true);
-      await warmUp(op);
+      await warmUp([op], Math.max(...levels));
       cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(started, scenario, clients, op) });
     }
     await interleaved(rows, scenario, levels, (clients) => measure(clients, byHand), cells);
@@ -161,12 +172,13 @@ async function transfer(
 }
 
 /**
- * Per client count, the baseline's cell and then each variant's, so that every ratio
- * compares cells measured within seconds of each other: this VM's speed drifts over a run by
- * more than the differences measured. The order of the variants rotates with the client
- * count, so that the one measured right after the baseline changes from level to level —
- * with more variants than levels, not every one gets a turn (the transfer's wire floor,
- * listed last, never does); the rows keep the variants' order.
+ * Per client count, ROUNDS rounds of the baseline's cell and then each variant's, so that
+ * every ratio compares cells measured within seconds of each other: this VM's speed drifts
+ * over a run by more than the differences measured. A variant's ratio is the median of its
+ * per-round ratios (each against the baseline of the same round), shown with their range; its
+ * other figures are medians across the rounds. The order of the variants rotates with the
+ * client count and the round, so that the one measured right after the baseline changes; the
+ * rows keep the variants' order.
  */
 async function interleaved(
   rows: Row[],
@@ -176,14 +188,65 @@ async function interleaved(
   variants: readonly { variant: string; run: (clients: number) => Promise<Row> }[],
 ): Promise<void> {
   for (const [level, clients] of levels.entries()) {
-    rows.push({ scenario, variant: 'by-hand', clients, ...(await baseline(clients)) });
-    const measured = new Map<string, Row>();
-    for (let i = 0; i < variants.length; i++) {
-      const v = variants[(i + level) % variants.length]!;
-      measured.set(v.variant, await v.run(clients));
+    const baselines: Cell[] = [];
+    const measured = new Map<string, Row[]>(variants.map((v) => [v.variant, []]));
+    for (let round = 0; round < ROUNDS; round++) {
+      baselines.push(await baseline(clients));
+      for (let i = 0; i < variants.length; i++) {
+        const v = variants[(i + level + round) % variants.length]!;
+        measured.get(v.variant)!.push(await v.run(clients));
+      }
     }
-    for (const v of variants) rows.push(measured.get(v.variant)!);
+    rows.push({ scenario, variant: 'by-hand', clients, ...medianCell(baselines), rounds: ROUNDS });
+    for (const v of variants) rows.push(againstBaselines(measured.get(v.variant)!, baselines));
   }
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function medianOf<T>(items: readonly T[], field: (item: T) => number | undefined): number | undefined {
+  const values = items.map(field).filter((v): v is number => v !== undefined);
+  return values.length === 0 ? undefined : round3(median(values));
+}
+
+/** The rounds' cells as one: counts summed, every other figure the median across the rounds. */
+function medianCell(cells: readonly Cell[]): Cell {
+  const machine = medianOf(cells, (c) => c.machineCpuMsPerOp);
+  const load = medianOf(cells, (c) => c.loadCpuMsPerOp);
+  return {
+    ops: cells.reduce((n, c) => n + c.ops, 0),
+    errors: cells.reduce((n, c) => n + c.errors, 0),
+    perSecond: Math.round(median(cells.map((c) => c.perSecond))),
+    p50Ms: round2(median(cells.map((c) => c.p50Ms))),
+    p99Ms: round2(median(cells.map((c) => c.p99Ms))),
+    ...(machine === undefined ? {} : { machineCpuMsPerOp: machine }),
+    ...(load === undefined ? {} : { loadCpuMsPerOp: load }),
+  };
+}
+
+/** A variant's rounds against the baselines of the same rounds. */
+function againstBaselines(rounds: readonly Row[], baselines: readonly Cell[]): Row {
+  const ratios = rounds.map((r, i) => r.perSecond / Math.max(1, baselines[i]!.perSecond));
+  const first = rounds[0]!;
+  const fsyncs = medianOf(rounds, (r) => r.fsyncsPerTx);
+  const cpu = medianOf(rounds, (r) => r.coordinatorCpuMsPerTx);
+  return {
+    scenario: first.scenario,
+    variant: first.variant,
+    clients: first.clients,
+    ...medianCell(rounds),
+    ...(fsyncs === undefined ? {} : { fsyncsPerTx: round2(fsyncs) }),
+    ...(cpu === undefined ? {} : { coordinatorCpuMsPerTx: cpu }),
+    ratio: round2(median(ratios)),
+    ratioRange: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
+    p50OverheadMs: round2(median(rounds.map((r, i) => r.p50Ms - baselines[i]!.p50Ms))),
+    rounds: rounds.length,
+    ...(first.note === undefined ? {} : { note: first.note }),
+  };
 }
 
 /** A transfer inside one database: plain commit by hand against the coordinator's one-phase commit (and its full 2PC). */
@@ -197,7 +260,6 @@ async function singleDb(rows: Row[], url: string): Promise<void> {
   try {
     const res = await coordinator.request('POST', '/v1/participants', { name: 'a', kind: 'postgres', connectionString: db });
     if (res.status !== 201) throw new Error(`registering a: ${res.status} ${JSON.stringify(res.json)}`);
-    await warmUp(localTransferThroughCoordinator(coordinator, true));
     const variants = (
       [
         ['one-phase', true],
@@ -205,8 +267,9 @@ async function singleDb(rows: Row[], url: string): Promise<void> {
       ] as const
     ).map(([variant, onePhase]) => {
       const op = localTransferThroughCoordinator(coordinator, onePhase);
-      return { variant, run: (clients: number) => coordinatorCell(coordinator, 'single-db', variant, clients, op) };
+      return { variant, op, run: (clients: number) => coordinatorCell(coordinator, 'single-db', variant, clients, op) };
     });
+    await warmUp(variants.map((v) => v.op), Math.max(...levels));
     await interleaved(rows, 'single-db', levels, (clients) => measure(clients, byHand), variants);
   } finally {
     await coordinator.stop();
@@ -240,11 +303,11 @@ async function emptyHttp(rows: Row[]): Promise<void> {
         const res = await coordinator.request('POST', '/v1/participants', { name: `h${i + 1}`, kind: 'http', baseUrl: `http://127.0.0.1:${port}` });
         if (res.status !== 201) throw new Error(`registering h${i + 1}: ${res.status} ${JSON.stringify(res.json)}`);
       }
-      await warmUp(emptyThroughCoordinator(coordinator));
+      await warmUp([emptyThroughCoordinator(coordinator)], Math.max(...levels));
       const floor = await WireFloorChild.start({ http: [participants.ports[0]!, participants.ports[1]!] });
       try {
         const floorOp = emptyThroughCoordinator(floor);
-        await warmUp(floorOp);
+        await warmUp([floorOp], Math.max(...levels));
         // The baseline's pools are sized per client count: made and closed around its cell.
         const byHand = async (clients: number): Promise<Cell> => {
           const baseline = emptyByHand(participants.ports, clients);
@@ -272,18 +335,23 @@ async function emptyHttp(rows: Row[]): Promise<void> {
 
 /**
  * A freshly started coordinator runs its first seconds unoptimised (V8 compiles its hot paths
- * as they get hot) while the baseline ran in a process warmed by its own earlier cells: a few
- * seconds of load, not measured, before its first cell.
+ * as they get hot) while the baseline ran in a process warmed by its own earlier cells. Load,
+ * not measured, before the first cell: every variant at once (client c runs ops[c % n]) at the
+ * highest client count, so the type feedback of all of them and of the busy paths (queued
+ * sessions, group commits of many records) is in before anything is timed. With one variant
+ * at four clients, V8 went on recompiling (deoptimised by the next variant's shapes) for
+ * seconds into every cell: about 7 % of the coordinator's CPU in a cell (perf, 7 Dec).
  */
-async function warmUp(op: (c: number) => Promise<void>): Promise<void> {
-  const end = Date.now() + Math.min(3_000, SECONDS * 600);
-  await Promise.all(Array.from({ length: 4 }, async (_, c) => {
+async function warmUp(ops: readonly ((c: number) => Promise<void>)[], clients: number): Promise<void> {
+  const end = Date.now() + Math.min(6_000, SECONDS * 2_000);
+  await Promise.all(Array.from({ length: clients }, async (_, c) => {
+    const op = ops[c % ops.length]!;
     while (Date.now() < end) await op(c).catch(() => undefined);
   }));
 }
 
 async function startCoordinator(label: string, env: Record<string, string> = {}): Promise<{ child: CoordinatorChild }> {
-  const nodeFlags: string[] = [];
+  const nodeFlags = (process.env.TCX_BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '');
   if (CPU_PROF !== undefined) {
     fs.mkdirSync(CPU_PROF, { recursive: true });
     nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${path.resolve(CPU_PROF)}`, `--cpu-prof-name=coordinator-${label}-${Date.now()}.cpuprofile`);
@@ -292,26 +360,25 @@ async function startCoordinator(label: string, env: Record<string, string> = {})
 }
 
 function printTable(rows: Row[]): void {
-  const baseline = (r: Row): Row | undefined =>
-    rows.find((b) => b.scenario === r.scenario && b.variant === 'by-hand' && b.clients === r.clients);
-  console.log(`\nbench: ${SECONDS} s per cell, ${os.cpus().length} cores, node ${process.version}, ${new Date().toISOString()}`);
-  console.log('ratio: tx/s against the by-hand baseline at the same clients; +p50: p50 minus the baseline\'s;');
+  console.log(`\nbench: ${ROUNDS} rounds of ${SECONDS} s cells, ${os.cpus().length} cores, node ${process.version}, ${new Date().toISOString()}`);
+  console.log('ratio: tx/s against the by-hand baseline of the same round, the median of the rounds (range: lowest and highest);');
+  console.log('+p50: p50 minus the baseline\'s (median of the rounds); the other figures are medians of the rounds;');
   console.log('cpu columns: ms of CPU per transaction of the coordinator process, the load generator, and the whole machine\n');
-  const header = ['scenario', 'variant', 'clients', 'tx/s', 'ratio', 'p50 ms', '+p50 ms', 'p99 ms', 'fsync/tx', 'coord cpu', 'load cpu', 'all cpu'];
-  const widths = [16, 11, 8, 8, 7, 8, 8, 8, 9, 10, 9, 8];
+  const header = ['scenario', 'variant', 'clients', 'tx/s', 'ratio', 'range', 'p50 ms', '+p50 ms', 'p99 ms', 'fsync/tx', 'coord cpu', 'load cpu', 'all cpu'];
+  const widths = [16, 11, 8, 8, 7, 10, 8, 8, 8, 9, 10, 9, 8];
   const line = (cells: string[]): string => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' ');
   console.log(line(header));
   for (const r of rows) {
-    const b = r.variant === 'by-hand' ? undefined : baseline(r);
     console.log(
       line([
         r.scenario,
         r.variant,
         String(r.clients),
         String(r.perSecond),
-        b === undefined ? '' : `${(r.perSecond / Math.max(1, b.perSecond)).toFixed(2)}×`,
+        r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}×`,
+        r.ratioRange === undefined ? '' : `${r.ratioRange[0].toFixed(2)}–${r.ratioRange[1].toFixed(2)}`,
         r.p50Ms.toFixed(2),
-        b === undefined ? '' : (r.p50Ms - b.p50Ms).toFixed(2),
+        r.p50OverheadMs === undefined ? '' : r.p50OverheadMs.toFixed(2),
         r.p99Ms.toFixed(2),
         r.fsyncsPerTx === undefined ? '' : r.fsyncsPerTx.toFixed(2),
         r.coordinatorCpuMsPerTx === undefined ? '' : r.coordinatorCpuMsPerTx.toFixed(3),
@@ -359,7 +426,7 @@ async function main(): Promise<void> {
   const file = path.join('bench-results', `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   fs.writeFileSync(
     file,
-    JSON.stringify({ at: new Date().toISOString(), seconds: SECONDS, cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, rows, restart: restartResult }, null, 2),
+    JSON.stringify({ at: new Date().toISOString(), seconds: SECONDS, rounds: ROUNDS, cores: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, rows, restart: restartResult }, null, 2),
   );
   console.log(`\nwrote ${file}`);
 }

@@ -95,7 +95,9 @@ export class CoordinatorChild implements JsonService {
       clearTimeout(timer);
     }
     if (options.keepDataDir !== true) fs.rmSync(this.dataDir, { recursive: true, force: true });
-    fs.rmSync(this.outputFile, { force: true });
+    // With extra node flags (traces, profiles) the output is what was asked for: keep it.
+    if (process.env.TCX_BENCH_NODE_FLAGS) console.log(`coordinator output kept: ${this.outputFile}`);
+    else fs.rmSync(this.outputFile, { force: true });
   }
 }
 

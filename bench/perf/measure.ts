@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 
-export const SECONDS = Number(process.env.TCX_BENCH_SECONDS ?? 5);
+export const SECONDS = Number(process.env.TCX_BENCH_SECONDS ?? 3);
 
 export interface Cell {
   readonly ops: number;
