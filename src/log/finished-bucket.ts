@@ -1,42 +1,18 @@
 /**
- * A sealed bucket of finished transactions: an immutable, compact binary block
- * that can be searched by transaction id without parsing it. Finished
- * transactions are kept only so that clients (and 3PC participants) can still
- * ask for their outcome; a million of them must neither fill the memory nor
- * slow the start-up, so they live here instead of as objects or JSON.
+ * A sealed bucket of finished transactions, searched in place without parsing it (the layout:
+ * bucket-format.ts; written by bucket-encoder.ts). Finished transactions are kept only so that
+ * clients (and 3PC participants) can still ask for their outcome; a million of them must
+ * neither fill the memory nor slow the start-up, so they live here instead of as objects or JSON.
  *
- * Layout (all integers little-endian):
- *
- *   "TCXF" | u8 version (1) | u32 count | u32 stringsBytes | u32 dataBytes
- *   keys      count × 16 bytes: the transaction ids (UUIDs) as bytes, sorted
- *   offsets   (count + 1) × u32: where each entry starts in data
- *   strings   u16 n, then n × (u16 length, UTF-8): participant names, kinds,
- *             coordinator ids — every repeated string once
- *   data      the entries (below)
- *   u32 crc32 of everything before it
- *
- * An entry: u8 flags (bit 0: 3pc; bits 1-2: outcome 0 none / 1 commit / 2 abort;
- * bits 3-5: decision 0 none / 1 commit / 2 abort / 3 precommit; bit 6: protocol unknown; bit 7:
- * one-phase commit), f64 createdAt,
- * f64 decidedAt, f64 endedAt (epoch ms, NaN when absent), u32 timeoutMs,
- * u16 reason length + UTF-8 reason, u8 branch count, and per branch: u8 flags
- * (bits 0-1: vote 0 none / 1 yes / 2 no / 3 read-only; bit 2: the gid is not
- * the canonical tcx:<coordinator>:<transaction>:<branch>), u32 branch number,
- * u16 participant string, u16 kind string, u16 coordinator-id string, and for a
- * non-canonical gid u16 length + UTF-8 gid.
- *
- * Only transactions whose id is a UUID can be sealed (every id this coordinator
- * creates is one); see `canSeal`.
+ * Only transactions whose id is a UUID can be sealed (every id this coordinator creates is
+ * one); see `canSeal`.
  */
 
 import { crc32 } from 'node:zlib';
+import { DECISIONS, HEADER_BYTES, iso, MAGIC, OUTCOMES, UUID, uuidBytes, uuidString, VERSION, VOTES } from './bucket-format.js';
 import type { BranchRecord, DurableTransaction, ParticipantKind } from './log-records.js';
 
-const MAGIC = 0x46584354; // "TCXF" read as u32le
-const VERSION = 1;
-const HEADER_BYTES = 4 + 1 + 4 + 4 + 4;
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const CANONICAL_GID = /^tcx:([A-Za-z0-9-]{1,40}):([A-Za-z0-9-]{1,64}):(\d{1,6})$/;
+export { encodeBucket } from './bucket-encoder.js';
 
 export class BucketCorruptedError extends Error {
   constructor(detail: string) {
@@ -56,104 +32,6 @@ export function bucketKey(id: string): Buffer | undefined {
 /** True when the transaction can go into a sealed bucket (its id is a lowercase UUID). */
 export function canSeal(tx: DurableTransaction): boolean {
   return UUID.test(tx.id);
-}
-
-function uuidBytes(id: string, into: Buffer, at: number): void {
-  into.write(id.replace(/-/g, ''), at, 16, 'hex');
-}
-
-function uuidString(buf: Buffer, at: number): string {
-  const h = buf.toString('hex', at, at + 16);
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
-
-const OUTCOMES = [undefined, 'commit', 'abort'] as const;
-const DECISIONS = [undefined, 'commit', 'abort', 'precommit'] as const;
-const VOTES = [undefined, 'yes', 'no', 'read-only'] as const;
-
-const time = (iso: string | undefined): number => (iso === undefined ? Number.NaN : Date.parse(iso));
-const iso = (ms: number): string | undefined => (Number.isNaN(ms) ? undefined : new Date(ms).toISOString());
-
-/** Encodes transactions (each with a UUID id, ids unique) into a sealed bucket. */
-export function encodeBucket(transactions: readonly DurableTransaction[]): Buffer {
-  const sorted = transactions.map((tx) => {
-    const key = Buffer.alloc(16);
-    uuidBytes(tx.id, key, 0);
-    return { tx, key };
-  });
-  sorted.sort((a, b) => Buffer.compare(a.key, b.key));
-  const strings = new Map<string, number>();
-  const intern = (s: string): number => {
-    let i = strings.get(s);
-    if (i === undefined) {
-      i = strings.size;
-      if (i > 0xffff) throw new RangeError('too many distinct strings in one bucket');
-      strings.set(s, i);
-    }
-    return i;
-  };
-  const entries = sorted.map(({ tx }) => encodeEntry(tx, intern));
-  const stringParts = [...strings.keys()].map((s) => Buffer.from(s, 'utf8'));
-  const stringsBytes = 2 + stringParts.reduce((n, b) => n + 2 + b.length, 0);
-  const dataBytes = entries.reduce((n, e) => n + e.length, 0);
-  const count = sorted.length;
-  const total = HEADER_BYTES + 16 * count + 4 * (count + 1) + stringsBytes + dataBytes + 4;
-  const out = Buffer.alloc(total);
-  let at = out.writeUInt32LE(MAGIC, 0);
-  at = out.writeUInt8(VERSION, at);
-  at = out.writeUInt32LE(count, at);
-  at = out.writeUInt32LE(stringsBytes, at);
-  at = out.writeUInt32LE(dataBytes, at);
-  for (const { key } of sorted) at += key.copy(out, at);
-  let offset = 0;
-  for (const e of entries) {
-    at = out.writeUInt32LE(offset, at);
-    offset += e.length;
-  }
-  at = out.writeUInt32LE(offset, at);
-  at = out.writeUInt16LE(stringParts.length, at);
-  for (const b of stringParts) {
-    at = out.writeUInt16LE(b.length, at);
-    at += b.copy(out, at);
-  }
-  for (const e of entries) at += e.copy(out, at);
-  out.writeUInt32LE(crc32(out.subarray(0, at)), at);
-  return out;
-}
-
-function encodeEntry(tx: DurableTransaction, intern: (s: string) => number): Buffer {
-  const reason = Buffer.from(tx.reason ?? '', 'utf8').subarray(0, 0xffff);
-  const branches = tx.branches.slice(0, 255).map((b) => {
-    const m = CANONICAL_GID.exec(b.gid);
-    const branchNo = Number(/^b(\d+)$/.exec(b.branchId)?.[1] ?? Number.NaN);
-    const canonical = m !== null && m[2] === tx.id && Number(m[3]) === branchNo;
-    return { b, branchNo: canonical ? branchNo : 0, coordinator: m?.[1] ?? '', gid: canonical ? undefined : Buffer.from(`${b.branchId}\n${b.gid}`, 'utf8') };
-  });
-  const size =
-    1 + 24 + 4 + 2 + reason.length + 1 + branches.reduce((n, x) => n + 1 + 4 + 6 + (x.gid === undefined ? 0 : 2 + x.gid.length), 0);
-  const buf = Buffer.alloc(size);
-  const flags =
-    (tx.protocol === '3pc' ? 1 : 0) | (OUTCOMES.indexOf(tx.outcome) << 1) | (DECISIONS.indexOf(tx.decision) << 3) | (tx.protocol === 'unknown' ? 64 : 0) | (tx.onePhase === true ? 128 : 0);
-  let at = buf.writeUInt8(flags, 0);
-  at = buf.writeDoubleLE(time(tx.createdAt), at);
-  at = buf.writeDoubleLE(time(tx.decidedAt), at);
-  at = buf.writeDoubleLE(time(tx.endedAt), at);
-  at = buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, tx.timeoutMs)), at);
-  at = buf.writeUInt16LE(reason.length, at);
-  at += reason.copy(buf, at);
-  at = buf.writeUInt8(branches.length, at);
-  for (const { b, branchNo, coordinator, gid } of branches) {
-    at = buf.writeUInt8(VOTES.indexOf(b.vote) | (gid === undefined ? 0 : 4), at);
-    at = buf.writeUInt32LE(branchNo, at);
-    at = buf.writeUInt16LE(intern(b.participant), at);
-    at = buf.writeUInt16LE(intern(b.kind), at);
-    at = buf.writeUInt16LE(intern(coordinator), at);
-    if (gid !== undefined) {
-      at = buf.writeUInt16LE(gid.length, at);
-      at += gid.copy(buf, at);
-    }
-  }
-  return buf;
 }
 
 interface BucketTimes {

@@ -84,7 +84,9 @@ export class FinishedTransactions {
     const sealable = [...this.#recent.values()].filter(canSeal);
     if (sealable.length === 0) return undefined;
     const bucket = new FinishedBucket(encodeBucket(sealable));
-    for (const tx of sealable) this.#recent.delete(tx.id);
+    // Usually every one is sealable: one clear() instead of a delete per transaction.
+    if (sealable.length === this.#recent.size) this.#recent.clear();
+    else for (const tx of sealable) this.#recent.delete(tx.id);
     return this.#addSealed(this.#nextSeq, bucket);
   }
 
