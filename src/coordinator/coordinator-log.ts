@@ -78,6 +78,10 @@ export class CoordinatorLog implements LogReads {
       const { records, buckets } = state.snapshot();
       return { records, files: buckets.map((b) => ({ name: bucketFileName(b.seq), data: b.bucket.buffer })) };
     };
+    const prepareSnapshot = async (): Promise<void> => {
+      prune();
+      await state.prepareSnapshot();
+    };
     let lock: DirLock | undefined;
     let opened: Opened;
     if (options.url !== undefined) {
@@ -89,6 +93,7 @@ export class CoordinatorLog implements LogReads {
         epoch: options.leaseEpoch,
         ...(options.leaseMs === undefined ? {} : { idleInTransactionMs: options.leaseMs }),
         snapshot,
+        prepareSnapshot,
         // Compaction by record count (a record is ~200 bytes): about as often as the file log's.
         maxRecordsBeforeCompaction: Math.max(1_000, Math.floor(options.segmentMaxBytes / 200)),
         logger: options.logger,
@@ -104,6 +109,7 @@ export class CoordinatorLog implements LogReads {
           logger: options.logger,
           ...(options.io === undefined ? {} : { io: options.io }),
           snapshot,
+          prepareSnapshot,
         });
       } catch (err) {
         await lock.release();

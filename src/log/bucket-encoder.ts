@@ -21,7 +21,31 @@ import type { BranchRecord, DurableTransaction } from './log-records.js';
  * held the event loop for ~0.2 s, most of it garbage collection.
  */
 export function encodeBucket(transactions: readonly DurableTransaction[]): Buffer {
+  const steps = encodingSteps(transactions, Number.POSITIVE_INFINITY);
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+  }
+}
+
+/**
+ * The same bucket, encoded a slice of entries at a time with the event loop free in between:
+ * for sealing ahead of a compaction while transactions go on. The transactions must not change
+ * until it resolves (finished ones never do).
+ */
+export async function encodeBucketInSlices(transactions: readonly DurableTransaction[], sliceEntries = 2_000): Promise<Buffer> {
+  const steps = encodingSteps(transactions, sliceEntries);
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/** The encoder, pausing (yield) after every `sliceEntries` entries of each pass. */
+function* encodingSteps(transactions: readonly DurableTransaction[], sliceEntries: number): Generator<void, Buffer> {
   const sorted = byId(transactions);
+  yield;
   const count = sorted.length;
   const strings = new Map<string, number>();
   const intern = (s: string): number => {
@@ -37,6 +61,7 @@ export function encodeBucket(transactions: readonly DurableTransaction[]): Buffe
   const entryBytes = new Uint32Array(count);
   let dataBytes = 0;
   for (let i = 0; i < count; i++) {
+    if (i > 0 && i % sliceEntries === 0) yield;
     const tx = sorted[i]!;
     if (!isLowercaseUuid(tx.id)) throw new RangeError(`not a lowercase UUID: ${JSON.stringify(tx.id.slice(0, 40))}`);
     let bytes = 1 + 24 + 4 + 2 + reasonBytes(tx.reason) + 1;
@@ -83,6 +108,7 @@ export function encodeBucket(transactions: readonly DurableTransaction[]): Buffe
   }
   const index = (s: string): number => strings.get(s)!;
   for (let i = 0; i < count; i++) {
+    if (i % sliceEntries === 0) yield;
     const start = at;
     at = writeEntry(sorted[i]!, out, view, at, gid, index);
     if (at - start !== entryBytes[i]) throw new Error(`bucket entry of ${sorted[i]!.id}: wrote ${at - start} bytes, sized ${entryBytes[i]}`);

@@ -46,6 +46,7 @@ import { encodeFrame } from './frame-codec.js';
 import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
 import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
 import { deleteUnreferencedFiles, fileRef, readSnapshotFile, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
+import { SnapshotPreparation } from './snapshot-preparation.js';
 import { events } from '../observability/events.js';
 export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
@@ -60,6 +61,8 @@ export interface FileLogOptions {
   lazyFlushDelayMs?: number;
   /** The state as payloads (and files it includes by reference: see snapshot-files.ts). */
   snapshot: () => Iterable<unknown> | SnapshotContent;
+  /** Work snapshot() would otherwise do at the rotation point, done beforehand (see snapshot-preparation.ts). */
+  prepareSnapshot?: () => Promise<void>;
   logger?: Logger;
   /** Internal, for tests: replaces node:fs/promises. */
   io?: LogIo;
@@ -117,6 +120,7 @@ export class FileLog {
   private failure: LogFailedError | undefined;
   private closing: Promise<void> | undefined;
   private readonly counters = { appendedRecords: 0, fsyncs: 0, compactions: 0, lastFsyncMicros: 0 };
+  private readonly preparation: SnapshotPreparation;
 
   private constructor(
     private readonly options: FileLogOptions,
@@ -128,6 +132,9 @@ export class FileLog {
     this.lazyFlushDelayMs = options.lazyFlushDelayMs ?? 10;
     if (!(this.segmentMaxBytes > 0)) throw new RangeError('segmentMaxBytes must be positive');
     if (!(this.lazyFlushDelayMs >= 0)) throw new RangeError('lazyFlushDelayMs must not be negative');
+    this.preparation = new SnapshotPreparation(options.prepareSnapshot, () => {
+      if (this.closing === undefined) this.kick();
+    }, logger);
   }
 
   /** Opens (or creates) the log and returns every live payload, oldest first, and the snapshot's files. */
@@ -359,7 +366,9 @@ export class FileLog {
     try {
       await Promise.resolve(); // appends made in the same tick join the first batch
       while (this.failure === undefined) {
-        if (this.compactionDue()) {
+        // A compaction asked for runs at once; one the segment's size calls for waits for its
+        // snapshot's preparation, and the batches go on meanwhile.
+        if (this.compactionDue() && (this.compactWaiters.length > 0 || this.preparation.ready())) {
           await this.compactNow();
           continue;
         }
@@ -410,6 +419,7 @@ export class FileLog {
   }
 
   private async compactNow(): Promise<void> {
+    this.preparation.used();
     const waiters = this.compactWaiters.splice(0);
     const seq = this.seq + 1;
     // Synchronous from here to takeBatch(): the snapshot call is the rotation point.

@@ -13,6 +13,7 @@
  * more than `maxFinished` are kept.
  */
 
+import { encodeBucketInSlices } from './bucket-encoder.js';
 import { bucketKey, canSeal, encodeBucket, FinishedBucket } from './finished-bucket.js';
 import type { DurableTransaction } from './log-records.js';
 
@@ -28,6 +29,7 @@ export class FinishedTransactions {
   #sealed: SealedBucket[] = [];
   #nextSeq = 1;
   #sealedCount = 0;
+  #sealingAhead = false;
 
   add(tx: DurableTransaction): void {
     this.#recent.delete(tx.id);
@@ -88,6 +90,29 @@ export class FinishedTransactions {
     if (sealable.length === this.#recent.size) this.#recent.clear();
     else for (const tx of sealable) this.#recent.delete(tx.id);
     return this.#addSealed(this.#nextSeq, bucket);
+  }
+
+  /**
+   * Seals, a slice at a time with the event loop free in between, the transactions that are
+   * recent when it starts — ahead of a compaction, whose seal() then has only the few that
+   * finished meanwhile to do while every transaction in flight waits. If any of them changed
+   * while it ran (replaced or dropped: replay only, never while serving), nothing is sealed and
+   * they stay recent for seal(). Resolves with how many it sealed; one runs at a time.
+   */
+  async sealAhead(minimum = 1): Promise<number> {
+    if (this.#sealingAhead) return 0;
+    const sealable = [...this.#recent.values()].filter(canSeal);
+    if (sealable.length < Math.max(1, minimum)) return 0;
+    this.#sealingAhead = true;
+    try {
+      const bucket = new FinishedBucket(await encodeBucketInSlices(sealable));
+      if (!sealable.every((tx) => this.#recent.get(tx.id) === tx)) return 0;
+      for (const tx of sealable) this.#recent.delete(tx.id);
+      this.#addSealed(this.#nextSeq, bucket);
+      return sealable.length;
+    } finally {
+      this.#sealingAhead = false;
+    }
   }
 
   /** A bucket read back from its file at start-up. */

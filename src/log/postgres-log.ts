@@ -41,6 +41,7 @@ import type { LogStats, SnapshotContent } from './file-log.js';
 import { migrate } from './postgres-log-schema.js';
 import { events } from '../observability/events.js';
 import type { SnapshotFile } from './snapshot-files.js';
+import { SnapshotPreparation } from './snapshot-preparation.js';
 
 export interface PostgresLogOptions {
   readonly url: string;
@@ -48,6 +49,8 @@ export interface PostgresLogOptions {
   /** The epoch of the lease (tcx_lease) this writer holds on coordinatorId. */
   readonly epoch: string;
   readonly snapshot: () => Iterable<unknown> | SnapshotContent;
+  /** Work snapshot() would otherwise do at the rotation point, done beforehand (see snapshot-preparation.ts). */
+  readonly prepareSnapshot?: () => Promise<void>;
   readonly maxRecordsBeforeCompaction?: number;
   readonly lazyFlushDelayMs?: number;
   /** Deadline of every statement and of the connect (ms). */
@@ -130,12 +133,16 @@ export class PostgresLog {
   #failure: LogFailedError | undefined;
   #closing: Promise<void> | undefined;
   readonly #counters = { appendedRecords: 0, fsyncs: 0, compactions: 0, lastFsyncMicros: 0 };
+  readonly #preparation: SnapshotPreparation;
 
   private constructor(client: pg.Client, options: PostgresLogOptions, epoch: string, state: { nextSeq: number; uptoSeq: number; snapshotRecords: number; files: Set<string> }) {
     this.#client = client;
     this.#options = options;
     this.#epoch = epoch;
     this.#logger = options.logger?.child({ component: 'wal', backend: 'postgres' });
+    this.#preparation = new SnapshotPreparation(options.prepareSnapshot, () => {
+      if (this.#closing === undefined) this.#kick();
+    }, this.#logger);
     this.#nextSeq = state.nextSeq;
     this.#deleteUpTo = state.uptoSeq;
     this.#snapshotRecords = state.snapshotRecords;
@@ -256,7 +263,9 @@ export class PostgresLog {
     try {
       await Promise.resolve(); // appends made in the same tick join the first batch
       while (this.#failure === undefined) {
-        if (this.#compactionDue()) {
+        // A compaction asked for runs at once; one the record count calls for waits for its
+        // snapshot's preparation, and the batches go on meanwhile.
+        if (this.#compactionDue() && (this.#compactWaiters.length > 0 || this.#preparation.ready())) {
           await this.#compactNow();
           continue;
         }
@@ -354,6 +363,7 @@ export class PostgresLog {
   }
 
   async #compactNow(): Promise<void> {
+    this.#preparation.used();
     const waiters = this.#compactWaiters.splice(0);
     this.#compacting = waiters;
     // Synchronous from here to takeBatch(): the snapshot call is the rotation point.

@@ -329,6 +329,59 @@ describe('FileLog: compaction', () => {
     await log.close();
   });
 
+  it('goes on writing while a due compaction prepares its snapshot, and compacts once it is ready', async () => {
+    const store = new Store();
+    let release!: () => void;
+    const prepared = new Promise<void>((resolve) => (release = resolve));
+    let preparations = 0;
+    const { log } = await open({
+      segmentMaxBytes: 4096,
+      snapshot: () => store.snapshot(),
+      prepareSnapshot: async () => {
+        preparations++;
+        await prepared;
+      },
+    });
+    const put = (r: Op): Promise<void> => (store.apply(r), log.append(r, { force: true }));
+    // Far past the segment size: every forced write is acknowledged while the preparation waits.
+    for (let i = 0; i < 400; i++) await put({ op: 'set', key: `k${i % 20}`, value: i });
+    expect(preparations).toBe(1);
+    expect(log.stats().compactions).toBe(0);
+    // On demand it does not wait.
+    await log.compact();
+    expect(log.stats().compactions).toBe(1);
+    for (let i = 0; i < 400; i++) await put({ op: 'set', key: `k${i % 20}`, value: -i });
+    expect(log.stats().compactions).toBe(1);
+    release();
+    for (let waited = 0; log.stats().compactions < 2 && waited < 5000; waited += 10) await new Promise((r) => setTimeout(r, 10));
+    expect(log.stats().compactions).toBe(2);
+    await put({ op: 'set', key: 'after', value: 1 });
+    await log.close();
+    const { log: reopened, records } = await open({ snapshot: () => [] });
+    expect(Store.replay(records).map).toEqual(store.map);
+    await reopened.close();
+  });
+
+  it('compacts all the same when preparing the snapshot fails', async () => {
+    const store = new Store();
+    const { log } = await open({
+      segmentMaxBytes: 4096,
+      snapshot: () => store.snapshot(),
+      prepareSnapshot: () => Promise.reject(new Error('no preparation today')),
+      logger: pino({ level: 'silent' }),
+    });
+    for (let i = 0; i < 400; i++) {
+      const r: Op = { op: 'set', key: `k${i % 20}`, value: i };
+      store.apply(r);
+      await log.append(r, { force: true });
+    }
+    expect(log.stats().compactions).toBeGreaterThan(0);
+    await log.close();
+    const { log: reopened, records } = await open({ snapshot: () => [] });
+    expect(Store.replay(records).map).toEqual(store.map);
+    await reopened.close();
+  });
+
   it('compacts on demand; appends made meanwhile follow the snapshot', async () => {
     const store = new Store();
     const { log } = await open({ snapshot: () => store.snapshot() });

@@ -179,3 +179,39 @@ describe('the bucket format', () => {
     for (const tx of txs) expect(bucket.get(tx.id)?.id).toBe(tx.id);
   });
 });
+
+describe('sealing ahead of a compaction', () => {
+  it('seals what was recent when it began; what finishes meanwhile stays recent for the next seal', async () => {
+    const store = new FinishedTransactions();
+    const first = Array.from({ length: 5000 }, (_, i) => finished(i));
+    for (const tx of first) store.add(tx);
+    const sealing = store.sealAhead();
+    const later = Array.from({ length: 50 }, (_, i) => finished(10_000 + i));
+    for (const tx of later) store.add(tx);
+    expect(await sealing).toBe(5000);
+    expect([...store.recent()].map((tx) => tx.id)).toEqual(later.map((tx) => tx.id));
+    for (const tx of [...first, ...later]) expect(store.get(tx.id)).toEqual(tx);
+    expect(store.size).toBe(5050);
+    store.seal();
+    expect(store.sealedBuckets()).toHaveLength(2);
+    expect([...store.recent()]).toEqual([]);
+    for (const tx of [...first, ...later]) expect(store.get(tx.id)).toEqual(tx);
+  });
+
+  it('seals nothing when one of them changed while it ran: the newer version stays, nothing is lost', async () => {
+    const store = new FinishedTransactions();
+    const first = Array.from({ length: 3000 }, (_, i) => finished(i));
+    for (const tx of first) store.add(tx);
+    const sealing = store.sealAhead();
+    const replaced = { ...first[1234]!, reason: 'a newer version of it' };
+    store.add(replaced);
+    store.delete(first[99]!.id);
+    expect(await sealing).toBe(0);
+    expect(store.sealedBuckets()).toHaveLength(0);
+    expect(store.get(replaced.id)).toEqual(replaced);
+    expect(store.get(first[99]!.id)).toBeUndefined();
+    expect(store.size).toBe(2999);
+    // Below its minimum it does not start at all.
+    expect(await store.sealAhead(10_000)).toBe(0);
+  });
+});
