@@ -77,7 +77,10 @@ function* encodingSteps(transactions: readonly DurableTransaction[], sliceEntrie
     entryBytes[i] = bytes;
     dataBytes += bytes;
   }
+  // Counts and lengths the format holds in 16 bits (a DataView would wrap them without a word).
+  if (strings.size > 0xffff) throw new RangeError('too many distinct strings in one bucket');
   const stringParts = [...strings.keys()].map((s) => Buffer.from(s, 'utf8'));
+  for (const b of stringParts) if (b.length > 0xffff) throw new RangeError('a participant name, kind or coordinator id too long for a bucket');
   const stringsBytes = 2 + stringParts.reduce((n, b) => n + 2 + b.length, 0);
   const total = HEADER_BYTES + 16 * count + 4 * (count + 1) + stringsBytes + dataBytes + 4;
   const out = Buffer.alloc(total);

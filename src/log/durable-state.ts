@@ -198,10 +198,11 @@ export class DurableState {
   /**
    * The whole state as records, and the sealed buckets of finished transactions as files;
    * replaying them into an empty DurableState (with the buckets loaded) rebuilds it. Seals the
-   * transactions that finished since the last snapshot into a new bucket.
+   * finished transactions first (FinishedTransactions.seal: the bucket prepared ahead, if any,
+   * and the rest unless only a few finished since).
    */
   snapshot(): { records: Generator<LogRecord>; buckets: readonly SealedBucket[] } {
-    this.finished.seal();
+    this.finished.seal(SEAL_AHEAD_MINIMUM);
     return { records: this.#snapshotRecords(), buckets: this.finished.sealedBuckets() };
   }
 
@@ -222,11 +223,15 @@ export class DurableState {
     for (const resolution of this.manualResolutions.values()) yield resolution;
     for (const audit of this.forgottenBranches.values()) yield* audit;
     for (const tx of this.#transactions.values()) yield { t: 'tx-state', tx: freeze(tx) };
-    for (const tx of this.finished.unsealable()) yield { t: 'tx-state', tx };
+    for (const tx of this.finished.unsealed()) yield { t: 'tx-state', tx };
   }
 }
 
-/** Fewer finished transactions than this are sealed at the compaction itself: not worth a pass ahead. */
+/**
+ * Fewer finished transactions than this are not worth a pass ahead of a compaction, and when one
+ * ran, fewer than this finished since are left recent (written as records) rather than sealed
+ * into a bucket of their own.
+ */
 const SEAL_AHEAD_MINIMUM = 2_000;
 
 /** What a record says of branches adds to what earlier records said of them. */

@@ -30,6 +30,8 @@ export class FinishedTransactions {
   #nextSeq = 1;
   #sealedCount = 0;
   #sealingAhead = false;
+  /** A bucket sealed ahead of the next compaction, and the transactions in it. */
+  #ahead: { readonly transactions: readonly DurableTransaction[]; readonly bucket: FinishedBucket } | undefined;
 
   add(tx: DurableTransaction): void {
     this.#recent.delete(tx.id);
@@ -76,28 +78,51 @@ export class FinishedTransactions {
     return this.#recent.values();
   }
 
-  /** The recent transactions that cannot be sealed (an id that is not a UUID: none this coordinator makes). */
-  *unsealable(): Generator<DurableTransaction> {
-    for (const tx of this.#recent.values()) if (!canSeal(tx)) yield tx;
+  /**
+   * The recent transactions the last seal() left: those that cannot be sealed (an id that is not a
+   * UUID: none this coordinator makes) and those it left for the next one. A snapshot writes them
+   * as records.
+   */
+  *unsealed(): Generator<DurableTransaction> {
+    yield* this.#recent.values();
   }
 
-  /** Seals every sealable recent transaction into a new bucket (at compaction). */
-  seal(): SealedBucket | undefined {
+  /**
+   * Seals the recent transactions into buckets (at compaction, at the rotation point). A bucket
+   * sealed ahead (sealAhead) whose transactions are all still recent and unchanged goes in as it
+   * is; those that finished after it are sealed too when there are at least `minimumRest` of
+   * them, else they stay recent for the next seal (the snapshot writes them as records). Without
+   * a usable bucket sealed ahead, every sealable recent transaction is sealed here. Returns the
+   * buckets it added.
+   */
+  seal(minimumRest = 1): SealedBucket[] {
+    const added: SealedBucket[] = [];
+    const ahead = this.#ahead;
+    this.#ahead = undefined;
+    let rest = minimumRest;
+    if (ahead !== undefined && ahead.transactions.every((tx) => this.#recent.get(tx.id) === tx)) {
+      for (const tx of ahead.transactions) this.#recent.delete(tx.id);
+      added.push(this.#addSealed(this.#nextSeq, ahead.bucket));
+    } else {
+      rest = 1;
+    }
     const sealable = [...this.#recent.values()].filter(canSeal);
-    if (sealable.length === 0) return undefined;
+    if (sealable.length === 0 || sealable.length < rest) return added;
     const bucket = new FinishedBucket(encodeBucket(sealable));
     // Usually every one is sealable: one clear() instead of a delete per transaction.
     if (sealable.length === this.#recent.size) this.#recent.clear();
     else for (const tx of sealable) this.#recent.delete(tx.id);
-    return this.#addSealed(this.#nextSeq, bucket);
+    added.push(this.#addSealed(this.#nextSeq, bucket));
+    return added;
   }
 
   /**
-   * Seals, a slice at a time with the event loop free in between, the transactions that are
-   * recent when it starts — ahead of a compaction, whose seal() then has only the few that
-   * finished meanwhile to do while every transaction in flight waits. If any of them changed
-   * while it ran (replaced or dropped: replay only, never while serving), nothing is sealed and
-   * they stay recent for seal(). Resolves with how many it sealed; one runs at a time.
+   * Encodes, a slice at a time with the event loop free in between, a bucket of the transactions
+   * that are recent when it starts — ahead of a compaction, whose seal() then installs it and has
+   * only the few that finished meanwhile left to do while every transaction in flight waits.
+   * Nothing changes until that seal(): they stay recent (and prunable) meanwhile, and if any of
+   * them changed or went by then, seal() does all the work itself. Resolves with how many it
+   * encoded; one runs at a time.
    */
   async sealAhead(minimum = 1): Promise<number> {
     if (this.#sealingAhead) return 0;
@@ -105,10 +130,7 @@ export class FinishedTransactions {
     if (sealable.length < Math.max(1, minimum)) return 0;
     this.#sealingAhead = true;
     try {
-      const bucket = new FinishedBucket(await encodeBucketInSlices(sealable));
-      if (!sealable.every((tx) => this.#recent.get(tx.id) === tx)) return 0;
-      for (const tx of sealable) this.#recent.delete(tx.id);
-      this.#addSealed(this.#nextSeq, bucket);
+      this.#ahead = { transactions: sealable, bucket: new FinishedBucket(await encodeBucketInSlices(sealable)) };
       return sealable.length;
     } finally {
       this.#sealingAhead = false;

@@ -17,6 +17,8 @@ import { errorMessage } from '../errors.js';
 
 export class SnapshotPreparation {
   #state: 'idle' | 'running' | 'ready' = 'idle';
+  /** Bumped by every compaction: a preparation that was overtaken by one does not count as ready. */
+  #generation = 0;
   readonly #prepare: (() => Promise<void>) | undefined;
   readonly #onReady: () => void;
   readonly #logger: Logger | undefined;
@@ -33,10 +35,12 @@ export class SnapshotPreparation {
     if (prepare === undefined || this.#state === 'ready') return true;
     if (this.#state === 'idle') {
       this.#state = 'running';
+      const generation = this.#generation;
       void Promise.resolve()
         .then(prepare)
         .catch((err: unknown) => this.#logger?.warn({ err: errorMessage(err) }, 'preparing the compaction snapshot failed; the compaction does all of it'))
         .finally(() => {
+          if (generation !== this.#generation) return; // a compaction ran meanwhile: the next one prepares afresh
           this.#state = 'ready';
           this.#onReady();
         });
@@ -44,8 +48,9 @@ export class SnapshotPreparation {
     return false;
   }
 
-  /** A compaction ran: the next one prepares afresh. */
+  /** A compaction ran (on demand, maybe while a preparation was under way): the next one prepares afresh. */
   used(): void {
-    if (this.#state === 'ready') this.#state = 'idle';
+    this.#generation++;
+    this.#state = 'idle';
   }
 }

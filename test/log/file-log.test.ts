@@ -329,7 +329,7 @@ describe('FileLog: compaction', () => {
     await log.close();
   });
 
-  it('goes on writing while a due compaction prepares its snapshot, and compacts once it is ready', async () => {
+  it('goes on writing while a due compaction prepares its snapshot, and compacts once a preparation not overtaken is ready', async () => {
     const store = new Store();
     let release!: () => void;
     const prepared = new Promise<void>((resolve) => (release = resolve));
@@ -352,6 +352,8 @@ describe('FileLog: compaction', () => {
     expect(log.stats().compactions).toBe(1);
     for (let i = 0; i < 400; i++) await put({ op: 'set', key: `k${i % 20}`, value: -i });
     expect(log.stats().compactions).toBe(1);
+    // The compaction on demand overtook the first preparation: the next due one prepares afresh.
+    expect(preparations).toBe(2);
     release();
     for (let waited = 0; log.stats().compactions < 2 && waited < 5000; waited += 10) await new Promise((r) => setTimeout(r, 10));
     expect(log.stats().compactions).toBe(2);

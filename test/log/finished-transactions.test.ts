@@ -89,9 +89,9 @@ describe('the finished-transaction store', () => {
     for (const tx of sealedLater) store.add(tx);
     const odd = finished(99, { id: 'legacy-id-1' });
     store.add(odd);
-    const sealed = store.seal();
+    const [sealed] = store.seal();
     expect(sealed?.bucket.count).toBe(50);
-    expect([...store.unsealable()]).toEqual([odd]);
+    expect([...store.unsealed()]).toEqual([odd]);
     const recent = finished(100);
     store.add(recent);
     expect(store.size).toBe(52);
@@ -180,8 +180,24 @@ describe('the bucket format', () => {
   });
 });
 
+describe('the bucket format: what it cannot hold', () => {
+  it('refuses a 65,536th distinct string and a string past 65,535 bytes instead of writing a bucket that decodes wrong', () => {
+    // Unique participant names, plus the kind and the coordinator id: 65,536 strings exactly.
+    const names = Array.from({ length: 65_534 }, (_, i) => `p${i}`);
+    const txs: DurableTransaction[] = [];
+    for (let t = 0; t * 255 < names.length; t++) {
+      const id = fixedId(20_000 + t);
+      txs.push(finished(t, { id, branches: names.slice(t * 255, (t + 1) * 255).map((participant, n) => ({ branchId: `b${n + 1}`, participant, kind: 'postgres', gid: `tcx:c0ffee:${id}:${n + 1}`, vote: 'yes' as const })) }));
+    }
+    expect(() => encodeBucket(txs)).toThrow(RangeError);
+    expect(() => encodeBucket(txs.slice(0, -1))).not.toThrow();
+    const long = finished(1, { id: fixedId(30_000), branches: [{ branchId: 'b1', participant: 'x'.repeat(70_000), kind: 'postgres', gid: `tcx:c0ffee:${fixedId(30_000)}:1`, vote: 'yes' }] });
+    expect(() => encodeBucket([long])).toThrow(RangeError);
+  });
+});
+
 describe('sealing ahead of a compaction', () => {
-  it('seals what was recent when it began; what finishes meanwhile stays recent for the next seal', async () => {
+  it('changes nothing until the seal, which installs the bucket and leaves a few late ones recent', async () => {
     const store = new FinishedTransactions();
     const first = Array.from({ length: 5000 }, (_, i) => finished(i));
     for (const tx of first) store.add(tx);
@@ -189,25 +205,31 @@ describe('sealing ahead of a compaction', () => {
     const later = Array.from({ length: 50 }, (_, i) => finished(10_000 + i));
     for (const tx of later) store.add(tx);
     expect(await sealing).toBe(5000);
-    expect([...store.recent()].map((tx) => tx.id)).toEqual(later.map((tx) => tx.id));
+    // Until the seal they are all still recent: the invariant "a bucket holds what ended before
+    // the snapshot that sealed it" holds, and pruning still sees each of them.
+    expect(store.sealedBuckets()).toHaveLength(0);
+    expect([...store.recent()]).toHaveLength(5050);
+    const added = store.seal(100);
+    expect(added.map((b) => b.bucket.count)).toEqual([5000]);
+    expect([...store.unsealed()].map((tx) => tx.id)).toEqual(later.map((tx) => tx.id));
     for (const tx of [...first, ...later]) expect(store.get(tx.id)).toEqual(tx);
     expect(store.size).toBe(5050);
-    store.seal();
-    expect(store.sealedBuckets()).toHaveLength(2);
-    expect([...store.recent()]).toEqual([]);
-    for (const tx of [...first, ...later]) expect(store.get(tx.id)).toEqual(tx);
+    // The next seal, with nothing sealed ahead, seals them all.
+    expect(store.seal(100).map((b) => b.bucket.count)).toEqual([50]);
+    expect([...store.unsealed()]).toEqual([]);
   });
 
-  it('seals nothing when one of them changed while it ran: the newer version stays, nothing is lost', async () => {
+  it('is dropped when one of them changed or went before the seal: the seal does all of it, the newer version wins', async () => {
     const store = new FinishedTransactions();
     const first = Array.from({ length: 3000 }, (_, i) => finished(i));
     for (const tx of first) store.add(tx);
-    const sealing = store.sealAhead();
+    expect(await store.sealAhead()).toBe(3000);
     const replaced = { ...first[1234]!, reason: 'a newer version of it' };
     store.add(replaced);
     store.delete(first[99]!.id);
-    expect(await sealing).toBe(0);
-    expect(store.sealedBuckets()).toHaveLength(0);
+    const added = store.seal(10_000);
+    expect(added.map((b) => b.bucket.count)).toEqual([2999]);
+    expect([...store.unsealed()]).toEqual([]);
     expect(store.get(replaced.id)).toEqual(replaced);
     expect(store.get(first[99]!.id)).toBeUndefined();
     expect(store.size).toBe(2999);
