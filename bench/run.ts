@@ -29,12 +29,13 @@
  *                 wire-floor  reference: the same four calls and two forced records, nothing else
  *   restart     start-up time and memory with many finished transactions in the log
  *
- * Environment: TCX_BENCH_SECONDS (per cell, default 3), TCX_BENCH_ROUNDS (rounds of cells per client count,
- * default 3), TCX_BENCH_ONLY (comma list of
- * scenarios), TCX_BENCH_CLIENTS (comma list of client counts), TCX_BENCH_NODE_FLAGS (space-separated flags for the
- * coordinator's node, e.g. --trace-deopt; its output is then kept), TCX_BENCH_CPU_PROF (a directory: the coordinator runs with --cpu-prof
- * there), TCX_BENCH_RESTART_TRANSACTIONS (default 1000000), TCX_BENCH_PG_URL_A/_B
- * (use these servers instead of starting two).
+ * Environment: TCX_BENCH_SECONDS (per cell, default 3), TCX_BENCH_ROUNDS (rounds of cells per
+ * client count, default 3), TCX_BENCH_ONLY (comma list of scenarios), TCX_BENCH_CLIENTS (comma
+ * list of client counts), TCX_BENCH_NODE_FLAGS (space-separated flags for the coordinator's
+ * node, e.g. --trace-deopt or --import ./dist-bench/bench/perf/loop-gaps.js; its output is then
+ * kept), TCX_BENCH_CPU_PROF (a directory: the coordinator runs with --cpu-prof there),
+ * TCX_BENCH_RESTART_TRANSACTIONS (default 1000000), TCX_BENCH_PG_URL_A/_B (use these servers
+ * instead of starting two).
  */
 import fs from 'node:fs';
 import os from 'node:os';
