@@ -62,8 +62,12 @@ export async function writeHistory(dir: string, n: number, tail: number): Promis
   await log.close();
 }
 
+/** Bytes the log's files take on disk (the segment's preallocated tail is sparse: not counted). */
 function dirBytes(dir: string): number {
-  return fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+  return fs.readdirSync(dir).reduce((n, f) => {
+    const st = fs.statSync(path.join(dir, f));
+    return n + Math.min(st.size, st.blocks * 512);
+  }, 0);
 }
 
 const heapOf = (h: Health): number => (h.memory?.heapUsedBytes ?? 0) + (h.memory?.externalBytes ?? 0);

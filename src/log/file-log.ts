@@ -21,6 +21,18 @@
  * newest segment without a durable header or end marker is an interrupted
  * creation: it held nothing acknowledged, so it is removed.
  *
+ * Preallocation: the segment being written is extended (sparse, by ftruncate)
+ * past where it will be rotated, so an fdatasync after an append inside it does
+ * not also commit a new file size to the file system's journal (~50 µs less per
+ * forced batch here, the difference between append and overwrite). The zeros
+ * after the last frame are the segment's clean end, not a torn tail. Whenever
+ * writing resumes after a torn tail, the file is cut at the last good frame
+ * before it is extended again: what lay past that frame must read as zeros, or
+ * a frame left there by an unacknowledged write could line up behind a new one
+ * and come back at the next replay. A rotated segment is cut to its frames and
+ * fsynced before the next one is created, so a segment that is not the last
+ * still ends exactly at its last frame.
+ *
  * Writing: append() puts the encoded frame into the current in-memory batch.
  * A single flusher loop takes the whole batch, writes it with one write at the
  * end of the segment, fdatasyncs once if any record in it was forced (or a
@@ -54,6 +66,8 @@ export type { SnapshotFile } from './snapshot-files.js';
 
 /** Snapshot files read at once at start-up (the thread pool has four threads). */
 const SNAPSHOT_READS_AT_ONCE = 8;
+/** Preallocated past the size at which the segment is rotated, for the batch that crosses it. */
+const PREALLOCATION_SLACK_BYTES = 256 * 1024;
 
 export interface FileLogOptions {
   dir: string;
@@ -171,8 +185,8 @@ export class FileLog {
     let base = 0;
     for (let i = seqs.length - 1; i >= 0; i--) {
       const s = await scan(seqs[i]!);
-      if (i < seqs.length - 1 && s.bad !== undefined) {
-        throw new LogCorruptedError(s.path, s.bad.offset, `${s.bad.reason} in a segment that is not the last`);
+      if (i < seqs.length - 1 && (s.bad !== undefined || s.goodEnd < s.size)) {
+        throw new LogCorruptedError(s.path, s.goodEnd, `${s.bad?.reason ?? 'zero-filled tail'} in a segment that is not the last`);
       }
       if (s.header?.snapshot === true) {
         if (s.snapshot === undefined) throw new LogCorruptedError(s.path, s.goodEnd, 'incomplete snapshot in a segment that is not the last');
@@ -311,13 +325,17 @@ export class FileLog {
   private async resume(s: SegmentScan): Promise<void> {
     const file = await this.io.open(s.path, 'r+');
     try {
-      if (s.goodEnd < s.size) {
+      let size = s.size;
+      if (s.bad !== undefined) {
         this.logger?.warn(
-          { segment: s.path, offset: s.goodEnd, reason: s.bad?.reason, droppedBytes: s.size - s.goodEnd },
+          { segment: s.path, offset: s.goodEnd, reason: s.bad.reason, droppedBytes: s.size - s.goodEnd },
           'truncating a torn tail of the write-ahead log',
         );
-        await file.truncate(s.goodEnd);
+        await file.truncate(s.goodEnd); // before extending again: see Preallocation above
+        size = s.goodEnd;
       }
+      const preallocated = this.preallocationFor(s.baseBytes);
+      if (size < preallocated) await file.truncate(preallocated);
       // What replay read may still be only in the page cache (a crash between write and
       // fdatasync): make it durable before anyone acts on it, or a power cut could take
       // back a decision that recovery already delivered.
@@ -333,11 +351,18 @@ export class FileLog {
     this.baseBytes = s.baseBytes;
   }
 
-  /** Creates a segment durably: write, fdatasync, fsync the directory. */
+  /** The size a segment whose base (header, snapshot, marker) is baseBytes long is extended to. */
+  private preallocationFor(baseBytes: number): number {
+    return Math.max(this.segmentMaxBytes, 2 * baseBytes) + PREALLOCATION_SLACK_BYTES;
+  }
+
+  /** Creates a segment durably: write, preallocate, fdatasync, fsync the directory. */
   private async createSegment(seq: number, frames: Buffer[]): Promise<LogFile> {
     const file = await this.io.open(join(this.dir, segmentFileName(seq)), 'wx');
     try {
-      await writeFully(file, Buffer.concat(frames), 0);
+      const base = Buffer.concat(frames);
+      await writeFully(file, base, 0);
+      await file.truncate(this.preallocationFor(base.length));
       await this.timedSync(file, 'datasync');
       await fsyncDir(this.io, this.dir);
       return file;
@@ -448,6 +473,9 @@ export class FileLog {
     before.sync = true;
     this.compacting = waiters; // rejected by failStop if anything below fails
     await this.writeBatch(before);
+    // The old segment ends at its last frame from now on (see Preallocation above).
+    await this.file?.truncate(this.position);
+    if (this.file !== undefined) await this.timedSync(this.file, 'sync');
 
     // New files are durable before the snapshot that names them.
     for (const f of files) if (!this.files.has(f.name)) await writeSnapshotFile(this.io, this.dir, f);

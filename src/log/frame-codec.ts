@@ -6,9 +6,10 @@
  * The decoder walks a buffer and stops at the first frame that is incomplete
  * (a torn write at the end of the file) or bad (impossible length, checksum
  * mismatch), reporting where the last good frame ended. A length of zero is
- * rejected too: a zero-filled tail (common after a crash on some file systems)
- * would otherwise decode as an endless run of valid empty frames, since
- * crc32c of nothing is 0.
+ * rejected too: a zero-filled tail (a segment's preallocated space, or what a
+ * crash leaves on some file systems) would otherwise decode as an endless run
+ * of valid empty frames, since crc32c of nothing is 0. Whether only zeros
+ * follow is for the reader to tell (segment-scan.ts).
  */
 import { crc32c } from './crc32c.js';
 

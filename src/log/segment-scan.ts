@@ -40,7 +40,19 @@ export interface SegmentScan {
   records: unknown[];
   baseBytes: number; // header (+ snapshot + marker) bytes
   goodEnd: number;
+  /** A torn or corrupt tail. Undefined when the file ends at goodEnd or only zeros follow it. */
   bad: { offset: number; reason: string } | undefined;
+}
+
+const ZEROS = new Uint8Array(64 * 1024);
+
+/** Whether buf holds nothing but zero bytes from `from` on: space preallocated and never written. */
+export function zeroFrom(buf: Uint8Array, from: number): boolean {
+  for (let at = from; at < buf.length; at += ZEROS.length) {
+    const chunk = buf.subarray(at, Math.min(at + ZEROS.length, buf.length));
+    if (Buffer.compare(chunk, ZEROS.subarray(0, chunk.length)) !== 0) return false;
+  }
+  return true;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -70,7 +82,7 @@ export async function scanSegment(io: LogIo, dir: string, seq: number): Promise<
   const decoded = decodeFrames(buf);
   const scan: SegmentScan = {
     seq, path, size: buf.length, header: undefined, snapshot: undefined, records: [], baseBytes: 0,
-    goodEnd: decoded.goodEnd, bad: decoded.error,
+    goodEnd: decoded.goodEnd, bad: decoded.error !== undefined && zeroFrom(buf, decoded.goodEnd) ? undefined : decoded.error,
   };
   const payloads: unknown[] = [];
   for (const frame of decoded.frames) {

@@ -29,6 +29,18 @@ const seg = (n: number): string => join(dir, segmentFileName(n));
 const segments = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.startsWith('segment-')).sort();
 const frame = (value: unknown): Buffer => encodeFrame(Buffer.from(JSON.stringify(value)));
 const rec = (i: number): { i: number; pad: string } => ({ i, pad: 'x'.repeat((i * 7) % 40) });
+/** A segment's frames, without the zeros preallocated after them. */
+const framesOf = async (path: string): Promise<Buffer> => {
+  const buf = await readFile(path);
+  return buf.subarray(0, decodeFrames(buf).goodEnd);
+};
+/** Where a segment's frames end; throws unless only zeros follow (its preallocated space). */
+async function framesEnd(path: string): Promise<number> {
+  const buf = await readFile(path);
+  const end = decodeFrames(buf).goodEnd;
+  if (buf.subarray(end).some((b) => b !== 0)) throw new Error(`${path}: bytes other than zeros after offset ${end}`);
+  return end;
+}
 
 async function writeRecords(values: unknown[], options: Partial<FileLogOptions> = {}): Promise<void> {
   const { log } = await open(options);
@@ -63,7 +75,7 @@ describe('FileLog: replay', () => {
   it('returns the intact prefix after every kind of torn tail, truncates, and goes on', async () => {
     const values = Array.from({ length: 6 }, (_, i) => rec(i + 1));
     await writeRecords(values);
-    const pristine = await readFile(seg(1));
+    const pristine = await framesOf(seg(1));
     const frames = decodeFrames(pristine).frames; // [header, ...records]
     const last = frames.at(-1)!;
     const lastLen = last.end - last.offset;
@@ -74,7 +86,7 @@ describe('FileLog: replay', () => {
       const good = frames.filter((f) => f.end <= size);
       const { log, records } = await open();
       expect(records, `cut ${n}`).toEqual(values.slice(0, good.length - 1));
-      expect((await stat(seg(1))).size).toBe(good.at(-1)!.end);
+      expect(await framesEnd(seg(1))).toBe(good.at(-1)!.end);
       await log.append({ after: n }, { force: true });
       await log.close();
       expect((await open()).records).toEqual([...values.slice(0, good.length - 1), { after: n }]);
@@ -83,7 +95,7 @@ describe('FileLog: replay', () => {
 
   it('starts afresh when even the first header was torn', async () => {
     await writeRecords([1, 2]);
-    await writeFile(seg(1), (await readFile(seg(1))).subarray(0, 5));
+    await writeFile(seg(1), (await framesOf(seg(1))).subarray(0, 5));
     const { log, records } = await open();
     expect(records).toEqual([]);
     await log.append('new', { force: true });
@@ -94,13 +106,13 @@ describe('FileLog: replay', () => {
   it('drops a record whose payload was corrupted, and everything after it', async () => {
     const values = Array.from({ length: 5 }, (_, i) => rec(i));
     await writeRecords(values);
-    const buf = await readFile(seg(1));
+    const buf = await framesOf(seg(1));
     const frames = decodeFrames(buf).frames;
     const lastCopy = Buffer.from(buf);
     lastCopy[frames[5]!.end - 2]! ^= 0x20;
     await writeFile(seg(1), lastCopy);
     expect((await open()).records).toEqual(values.slice(0, 4));
-    expect((await stat(seg(1))).size).toBe(frames[4]!.end);
+    expect(await framesEnd(seg(1))).toBe(frames[4]!.end);
 
     const midCopy = Buffer.from(buf);
     midCopy[frames[2]!.offset + 9]! ^= 0x01;
@@ -114,22 +126,23 @@ describe('FileLog: replay', () => {
 
   it('treats an unparsable payload with a valid checksum as the end of the log', async () => {
     await writeRecords(['a', 'b']);
-    const good = (await stat(seg(1))).size;
-    await writeFile(seg(1), Buffer.concat([await readFile(seg(1)), encodeFrame(Buffer.from('{not json')), frame('c')]));
+    const good = await framesOf(seg(1));
+    await writeFile(seg(1), Buffer.concat([good, encodeFrame(Buffer.from('{not json')), frame('c')]));
     expect((await open()).records).toEqual(['a', 'b']);
-    expect((await stat(seg(1))).size).toBe(good);
+    expect(await framesEnd(seg(1))).toBe(good.length);
   });
 
-  it('treats a garbage length field or a zero-filled tail as a torn tail, and says so', async () => {
+  it('treats a garbage length field as a torn tail, and says so', async () => {
     await writeRecords(['a', 'b']);
-    const good = await readFile(seg(1));
-    for (const tail of [Buffer.alloc(12, 0xff), Buffer.alloc(4096), Buffer.from([0xff, 0xff, 0xff, 0xff])]) {
+    const good = await framesOf(seg(1));
+    const garbage = [Buffer.alloc(12, 0xff), Buffer.from([0xff, 0xff, 0xff, 0xff]), Buffer.concat([Buffer.alloc(4096), Buffer.from([1])])];
+    for (const tail of garbage) {
       await writeFile(seg(1), Buffer.concat([good, tail]));
       const lines: string[] = [];
       const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
       const { log, records } = await open({ logger });
       expect(records).toEqual(['a', 'b']);
-      expect((await stat(seg(1))).size).toBe(good.length);
+      expect(await framesEnd(seg(1))).toBe(good.length);
       expect(log.stats().currentSegmentBytes).toBe(good.length);
       expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([
         expect.objectContaining({ level: 40, segment: seg(1), offset: good.length, droppedBytes: tail.length }),
@@ -138,8 +151,58 @@ describe('FileLog: replay', () => {
     }
   });
 
+  it('preallocates the segment it writes, and reads the zeros after the last frame as its end, not as a torn tail', async () => {
+    const segmentMaxBytes = 64 * 1024;
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    let { log } = await open({ segmentMaxBytes, logger });
+    await log.append('a', { force: true });
+    expect((await stat(seg(1))).size).toBeGreaterThan(segmentMaxBytes);
+    await log.append('b', { force: false });
+    await log.close();
+    const end = await framesEnd(seg(1));
+    for (const tail of [0, 1, 4096]) {
+      // However many zeros follow (none, after an older version of the log; fewer than a frame header; many).
+      await writeFile(seg(1), Buffer.concat([await framesOf(seg(1)), Buffer.alloc(tail)]));
+      let records: unknown[];
+      ({ log, records } = await open({ segmentMaxBytes, logger }));
+      expect(records).toEqual(['a', 'b']);
+      expect(log.stats().currentSegmentBytes).toBe(end);
+      expect((await stat(seg(1))).size).toBeGreaterThan(segmentMaxBytes);
+      await log.close();
+    }
+    expect(lines).toEqual([]);
+    ({ log } = await open({ segmentMaxBytes }));
+    await log.append('c', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['a', 'b', 'c']);
+  });
+
+  it('never brings back a frame that lay past a torn one, once writing goes on over the tear', async () => {
+    // Frames 1..6 were written; frame 3 is torn (its payload damaged), so 4..6 are past the tear:
+    // written but never acknowledged, as after a crash that lost part of a batch.
+    const values = Array.from({ length: 6 }, (_, i) => ({ v: i + 1 }));
+    await writeRecords(values);
+    const buf = Buffer.from(await framesOf(seg(1)));
+    const frames = decodeFrames(buf).frames; // [header, v1, ..., v6]
+    buf[frames[3]!.end - 2]! ^= 0x01;
+    await writeFile(seg(1), buf);
+    let { log, records } = await open();
+    expect(records).toEqual(values.slice(0, 2));
+    // A new record exactly as long as the torn frame: were the bytes past the tear still there,
+    // frames 4..6 would line up behind it and decode as good ones.
+    const replacement = { w: 3 };
+    expect(frame(replacement).length).toBe(frames[3]!.end - frames[3]!.offset);
+    await log.append(replacement, { force: true });
+    await log.close();
+    ({ log, records } = await open());
+    expect(records).toEqual([...values.slice(0, 2), replacement]);
+    await log.close();
+  });
+
   it('replays several segments in order and refuses to guess past corruption in a non-last one', async () => {
     await writeRecords(['a', 'b', 'c']);
+    await writeFile(seg(1), await framesOf(seg(1))); // as rotation leaves it
     await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: false }), frame('d')]));
     const { log, records } = await open();
     expect(records).toEqual(['a', 'b', 'c', 'd']);
@@ -147,7 +210,7 @@ describe('FileLog: replay', () => {
     await log.close();
     expect((await open()).records).toEqual(['a', 'b', 'c', 'd', 'e']);
 
-    const buf = await readFile(seg(1));
+    const buf = await framesOf(seg(1));
     const target = decodeFrames(buf).frames[2]!;
     buf[target.end - 1]! ^= 0x40;
     await writeFile(seg(1), buf);
@@ -282,7 +345,7 @@ describe('FileLog: compaction', () => {
           write: (b, o, l, p) => (events.push(`write ${name}`), h.write(b, o, l, p)),
           datasync: () => (events.push(`datasync ${name}`), h.datasync()),
           sync: () => (events.push(`sync ${name}`), h.sync()),
-          truncate: (n) => h.truncate(n),
+          truncate: (n) => (n < 4096 && events.push(`truncate ${name}`), h.truncate(n)),
           close: () => h.close(),
         };
       },
@@ -294,7 +357,7 @@ describe('FileLog: compaction', () => {
     const [s1, s2] = [segmentFileName(1), segmentFileName(2)];
     expect(events).toEqual([
       `create ${s1}`, `write ${s1}`, `datasync ${s1}`, 'sync dir',
-      `write ${s1}`, `datasync ${s1}`,
+      `write ${s1}`, `datasync ${s1}`, `truncate ${s1}`, `sync ${s1}`,
       `create ${s2}`, `write ${s2}`, `datasync ${s2}`, 'sync dir',
       `unlink ${s1}`, 'sync dir',
     ]);
