@@ -14,8 +14,9 @@
  *   then           ordinary records in append order
  *
  * Framing records are positional, so no caller payload can be mistaken for one.
- * Replay starts at the newest segment with a complete snapshot (older segments
- * are deleted), or at segment 1 if there is none; the chain must be contiguous.
+ * Replay (segment-replay.ts) starts at the newest segment with a complete
+ * snapshot (older segments are deleted), or at segment 1 if there is none; the
+ * chain must be contiguous.
  * A torn or corrupt frame in the last segment is a crash artefact and the file
  * is truncated there; anywhere else it is corruption (LogCorruptedError). A
  * newest segment without a durable header or end marker is an interrupted
@@ -56,16 +57,15 @@ import type { Logger } from 'pino';
 import { LogFailedError, asError, errorMessage } from '../errors.js';
 import { encodeFrame } from './frame-codec.js';
 import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
-import { encodeJson, LogCorruptedError, scanSegment, SEGMENT_NAME, segmentFileName, type SegmentScan } from './segment-scan.js';
-import { deleteUnreferencedFiles, fileRef, readSnapshotFile, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
+import { encodeJson, segmentFileName, type SegmentScan } from './segment-scan.js';
+import { liveSegments } from './segment-replay.js';
+import { deleteUnreferencedFiles, fileRef, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
 import { SnapshotPreparation } from './snapshot-preparation.js';
 import { events } from '../observability/events.js';
 export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
 export type { SnapshotFile } from './snapshot-files.js';
 
-/** Snapshot files read at once at start-up (the thread pool has four threads). */
-const SNAPSHOT_READS_AT_ONCE = 8;
 /** Preallocated past the size at which the segment is rotated, for the batch that crosses it. */
 const PREALLOCATION_SLACK_BYTES = 256 * 1024;
 
@@ -157,82 +157,18 @@ export class FileLog {
     const dir = resolve(options.dir);
     const log = new FileLog(options, io, dir, options.logger?.child({ component: 'wal', dir }));
     await ensureDir(io, dir);
-    const seqs = (await io.readdir(dir))
-      .map((name) => SEGMENT_NAME.exec(name)?.[1])
-      .filter((s): s is string => s !== undefined)
-      .map(Number)
-      .sort((a, b) => a - b);
-    const scans = new Map<number, SegmentScan>();
-    const scan = async (seq: number): Promise<SegmentScan> => {
-      const known = scans.get(seq) ?? (await scanSegment(io, dir, seq));
-      scans.set(seq, known);
-      return known;
-    };
-
-    // 1. A newest segment without a durable header or end marker is an interrupted creation.
-    for (let last = seqs.at(-1); last !== undefined; last = seqs.at(-1)) {
-      const s = await scan(last);
-      if (s.header !== undefined && (!s.header.snapshot || s.snapshot !== undefined)) break;
-      const fallback = seqs.at(-2) === last - 1 || (last === 1 && s.header === undefined);
-      if (!fallback) throw new LogCorruptedError(s.path, s.goodEnd, 'incomplete segment and no older one to fall back on');
-      log.logger?.warn({ segment: s.path, offset: s.goodEnd }, 'removing a segment whose creation was interrupted');
-      await io.unlink(s.path);
-      await fsyncDir(io, dir);
-      seqs.pop();
-    }
-
-    // 2. Replay starts at the newest complete snapshot, or at segment 1.
-    let base = 0;
-    for (let i = seqs.length - 1; i >= 0; i--) {
-      const s = await scan(seqs[i]!);
-      if (i < seqs.length - 1 && (s.bad !== undefined || s.goodEnd < s.size)) {
-        throw new LogCorruptedError(s.path, s.goodEnd, `${s.bad?.reason ?? 'zero-filled tail'} in a segment that is not the last`);
-      }
-      if (s.header?.snapshot === true) {
-        if (s.snapshot === undefined) throw new LogCorruptedError(s.path, s.goodEnd, 'incomplete snapshot in a segment that is not the last');
-        base = i;
-        break;
-      }
-      if (i === 0 && s.seq !== 1) throw new LogCorruptedError(s.path, 0, 'no snapshot and the segments before it are missing');
-    }
-    for (let i = base + 1; i < seqs.length; i++) {
-      if (seqs[i] !== seqs[i - 1]! + 1) throw new LogCorruptedError(join(dir, segmentFileName(seqs[i]!)), 0, `segment ${seqs[i - 1]! + 1} is missing`);
-    }
-
-    // 3. Segments older than the base are superseded by its snapshot.
-    const chain = seqs.slice(base);
-    log.segmentSeqs = [...chain];
-    const superseded = seqs.slice(0, base);
-    for (const seq of superseded) await io.unlink(join(dir, segmentFileName(seq)));
-    if (superseded.length > 0) await fsyncDir(io, dir);
-
-    // 4. The files the base snapshot names; any other is garbage of an older or unfinished one.
-    const baseHeader = chain.length > 0 ? scans.get(chain[0]!)?.header : undefined;
-    const files = new Map<string, Uint8Array>();
-    const refs = baseHeader?.snapshot === true ? baseHeader.files : [];
-    // Read a few at a time (the thread pool overlaps them), checked in order.
-    for (let from = 0; from < refs.length; from += SNAPSHOT_READS_AT_ONCE) {
-      const group = refs.slice(from, from + SNAPSHOT_READS_AT_ONCE);
-      const reads = await Promise.all(group.map((ref) => readSnapshotFile(io, dir, ref)));
-      for (const [i, ref] of group.entries()) {
-        const data = reads[i]!;
-        if (typeof data === 'string') throw new LogCorruptedError(join(dir, ref.name), 0, data);
-        files.set(ref.name, data);
-        log.files.set(ref.name, ref);
-      }
-    }
-    await deleteUnreferencedFiles(io, dir, new Set(log.files.keys()));
-
+    const live = await liveSegments(io, dir, log.logger);
+    log.segmentSeqs = live.chain.map((s) => s.seq);
+    log.files = live.refs;
     const records: unknown[] = [];
-    for (const seq of chain) {
-      const s = scans.get(seq)!;
+    for (const s of live.chain) {
       for (const p of s.snapshot ?? []) records.push(p);
       for (const p of s.records) records.push(p);
     }
-    const lastScan = chain.length > 0 ? scans.get(chain.at(-1)!) : undefined;
+    const lastScan = live.chain.at(-1);
     if (lastScan === undefined) await log.createFirstSegment();
     else await log.resume(lastScan);
-    return { log, records, files };
+    return { log, records, files: live.files };
   }
 
   /** Queues a record; resolves once written (unforced) or written and fdatasynced (forced). */
