@@ -22,17 +22,18 @@
  * newest segment without a durable header or end marker is an interrupted
  * creation: it held nothing acknowledged, so it is removed.
  *
- * Preallocation: the segment being written is extended (sparse, by ftruncate)
- * past where it will be rotated, so an fdatasync after an append inside it does
- * not also commit a new file size to the file system's journal (~50 µs less per
- * forced batch here, the difference between append and overwrite). The zeros
- * after the last frame are the segment's clean end, not a torn tail. Whenever
- * writing resumes after a torn tail, the file is cut at the last good frame
- * before it is extended again: what lay past that frame must read as zeros, or
- * a frame left there by an unacknowledged write could line up behind a new one
- * and come back at the next replay. A rotated segment is cut to its frames and
- * fsynced before the next one is created, so a segment that is not the last
- * still ends exactly at its last frame.
+ * Preallocation: the segment being written is kept extended (sparse, by
+ * ftruncate) up to 1 MiB past its last frame, so most fdatasyncs after an append
+ * do not also have to commit a new file size to the file system's journal (one
+ * still does when a batch reaches a 4 KiB block not yet allocated): forced
+ * appends by one writer 0.17-0.18 ms p50 here against 0.24 when every
+ * append grew the file. The zeros after the last frame are the segment's clean
+ * end, not a torn tail. Whenever writing resumes after a torn tail, the file is
+ * cut at the last good frame before it is extended again: what lay past that
+ * frame must read as zeros, or a frame left there by an unacknowledged write
+ * could line up behind a new one and come back at the next replay. A rotated
+ * segment is cut to its frames before its last fdatasync, so a segment that is
+ * not the last ends exactly at its last frame.
  *
  * Writing: append() puts the encoded frame into the current in-memory batch.
  * A single flusher loop takes the whole batch, writes it with one write at the
@@ -66,8 +67,8 @@ export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
 export type { SnapshotFile } from './snapshot-files.js';
 
-/** Preallocated past the size at which the segment is rotated, for the batch that crosses it. */
-const PREALLOCATION_SLACK_BYTES = 256 * 1024;
+/** Zeros kept ahead of the last frame of the segment being written (see Preallocation above). */
+const PREALLOCATION_WINDOW_BYTES = 1024 * 1024;
 
 export interface FileLogOptions {
   dir: string;
@@ -119,6 +120,8 @@ export class FileLog {
   private file: LogFile | undefined;
   private seq = 0;
   private position = 0;
+  /** The current segment file's size: position plus the zeros preallocated after it. */
+  private fileSize = 0;
   private baseBytes = 0;
   private segmentSeqs: number[] = [];
   /** The files the current snapshot names (all durable). */
@@ -252,7 +255,7 @@ export class FileLog {
 
   private async createFirstSegment(): Promise<void> {
     const header = encodeFrame(encodeJson({ tcxSegment: 1, snapshot: false }));
-    this.file = await this.createSegment(1, [header]);
+    ({ file: this.file, size: this.fileSize } = await this.createSegment(1, [header]));
     this.seq = 1;
     this.position = this.baseBytes = header.length;
     this.segmentSeqs = [1];
@@ -270,8 +273,8 @@ export class FileLog {
         await file.truncate(s.goodEnd); // before extending again: see Preallocation above
         size = s.goodEnd;
       }
-      const preallocated = this.preallocationFor(s.baseBytes);
-      if (size < preallocated) await file.truncate(preallocated);
+      if (size < s.goodEnd + PREALLOCATION_WINDOW_BYTES) await file.truncate((size = s.goodEnd + PREALLOCATION_WINDOW_BYTES));
+      this.fileSize = size;
       // What replay read may still be only in the page cache (a crash between write and
       // fdatasync): make it durable before anyone acts on it, or a power cut could take
       // back a decision that recovery already delivered.
@@ -287,21 +290,17 @@ export class FileLog {
     this.baseBytes = s.baseBytes;
   }
 
-  /** The size a segment whose base (header, snapshot, marker) is baseBytes long is extended to. */
-  private preallocationFor(baseBytes: number): number {
-    return Math.max(this.segmentMaxBytes, 2 * baseBytes) + PREALLOCATION_SLACK_BYTES;
-  }
-
   /** Creates a segment durably: write, preallocate, fdatasync, fsync the directory. */
-  private async createSegment(seq: number, frames: Buffer[]): Promise<LogFile> {
+  private async createSegment(seq: number, frames: Buffer[]): Promise<{ file: LogFile; size: number }> {
     const file = await this.io.open(join(this.dir, segmentFileName(seq)), 'wx');
     try {
       const base = Buffer.concat(frames);
       await writeFully(file, base, 0);
-      await file.truncate(this.preallocationFor(base.length));
+      const size = base.length + PREALLOCATION_WINDOW_BYTES;
+      await file.truncate(size);
       await this.timedSync(file, 'datasync');
       await fsyncDir(this.io, this.dir);
-      return file;
+      return { file, size };
     } catch (err) {
       await file.close().catch(() => undefined);
       throw err;
@@ -352,15 +351,24 @@ export class FileLog {
     return b;
   }
 
-  private async writeBatch(b: Batch): Promise<void> {
+  /** Writes a batch (and syncs it if asked); `last`: the segment's last batch, after which it is cut to its frames. */
+  private async writeBatch(b: Batch, last = false): Promise<void> {
     const file = this.file;
     if (file === undefined) throw new Error('no open segment');
     this.inflight = b.waiters;
     if (b.bytes > 0) {
       const buf = b.frames.length === 1 ? b.frames[0]! : Buffer.concat(b.frames, b.bytes);
       this.dirty = true;
+      if (this.position + buf.length > this.fileSize) {
+        this.fileSize = this.position + buf.length + PREALLOCATION_WINDOW_BYTES;
+        await file.truncate(this.fileSize);
+      }
       await writeFully(file, buf, this.position);
       this.position += buf.length;
+    }
+    if (last && this.fileSize > this.position) {
+      await file.truncate((this.fileSize = this.position)); // made durable by the fdatasync below
+      this.dirty = true;
     }
     let syncedMicros: number | undefined;
     if (b.sync && this.dirty) {
@@ -408,16 +416,14 @@ export class FileLog {
     const before = this.takeBatch();
     before.sync = true;
     this.compacting = waiters; // rejected by failStop if anything below fails
-    await this.writeBatch(before);
-    // The old segment ends at its last frame from now on (see Preallocation above).
-    await this.file?.truncate(this.position);
-    if (this.file !== undefined) await this.timedSync(this.file, 'sync');
+    await this.writeBatch(before, true);
 
     // New files are durable before the snapshot that names them.
     for (const f of files) if (!this.files.has(f.name)) await writeSnapshotFile(this.io, this.dir, f);
-    const file = await this.createSegment(seq, frames);
+    const { file, size } = await this.createSegment(seq, frames);
     const old = this.file;
     this.file = file;
+    this.fileSize = size;
     this.seq = seq;
     this.position = this.baseBytes = frames.reduce((n, f) => n + f.length, 0);
     this.dirty = false;

@@ -152,39 +152,61 @@ describe('FileLog: replay', () => {
   });
 
   it('preallocates the segment it writes, and reads the zeros after the last frame as its end, not as a torn tail', async () => {
-    const segmentMaxBytes = 64 * 1024;
     const lines: string[] = [];
     const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
-    let { log } = await open({ segmentMaxBytes, logger });
+    let { log } = await open({ logger });
     await log.append('a', { force: true });
-    expect((await stat(seg(1))).size).toBeGreaterThan(segmentMaxBytes);
+    const size = (await stat(seg(1))).size;
+    expect(size).toBeGreaterThan(log.stats().currentSegmentBytes);
     await log.append('b', { force: false });
     await log.close();
     const end = await framesEnd(seg(1));
     for (const tail of [0, 1, 4096]) {
-      // However many zeros follow (none, after an older version of the log; fewer than a frame header; many).
+      // However many zeros follow (none, as an older version of the log left it; fewer than a frame header; many).
       await writeFile(seg(1), Buffer.concat([await framesOf(seg(1)), Buffer.alloc(tail)]));
       let records: unknown[];
-      ({ log, records } = await open({ segmentMaxBytes, logger }));
+      ({ log, records } = await open({ logger }));
       expect(records).toEqual(['a', 'b']);
       expect(log.stats().currentSegmentBytes).toBe(end);
-      expect((await stat(seg(1))).size).toBeGreaterThan(segmentMaxBytes);
+      expect((await stat(seg(1))).size).toBeGreaterThanOrEqual(Math.min(size, end + 4096)); // preallocated again
       await log.close();
     }
     expect(lines).toEqual([]);
-    ({ log } = await open({ segmentMaxBytes }));
+    ({ log } = await open());
     await log.append('c', { force: true });
     await log.close();
     expect((await open()).records).toEqual(['a', 'b', 'c']);
   });
 
+  it('keeps a bounded run of zeros ahead of the last frame, whatever the segment size, and extends it as the log grows', async () => {
+    // A segment size far past what a file read at start-up can hold: only the window is preallocated.
+    const options = { segmentMaxBytes: 2 ** 40, lazyFlushDelayMs: 1 };
+    const { log } = await open(options);
+    const first = (await stat(seg(1))).size;
+    expect(first).toBeLessThan(4 * 1024 * 1024);
+    const values = Array.from({ length: 3000 }, (_, i) => ({ i, pad: 'p'.repeat(1000) })); // ~3 MB
+    for (let from = 0; from < values.length; from += 100) {
+      await Promise.all(values.slice(from, from + 100).map((v, j) => log.append(v, { force: j === 99 })));
+      const size = (await stat(seg(1))).size;
+      expect(size).toBeGreaterThanOrEqual(log.stats().currentSegmentBytes);
+      expect(size - log.stats().currentSegmentBytes).toBeLessThanOrEqual(first);
+    }
+    expect((await stat(seg(1))).size).toBeGreaterThan(first);
+    await log.close();
+    const reopened = await open(options);
+    expect(reopened.records).toEqual(values);
+    await reopened.log.close();
+  });
+
   it('never brings back a frame that lay past a torn one, once writing goes on over the tear', async () => {
     // Frames 1..6 were written; frame 3 is torn (its payload damaged), so 4..6 are past the tear:
-    // written but never acknowledged, as after a crash that lost part of a batch.
+    // written but never acknowledged, as after a crash that lost part of a batch. The file keeps
+    // its preallocated zeros after them.
     const values = Array.from({ length: 6 }, (_, i) => ({ v: i + 1 }));
     await writeRecords(values);
-    const buf = Buffer.from(await framesOf(seg(1)));
+    const buf = await readFile(seg(1));
     const frames = decodeFrames(buf).frames; // [header, v1, ..., v6]
+    expect(buf.length).toBeGreaterThan(frames.at(-1)!.end);
     buf[frames[3]!.end - 2]! ^= 0x01;
     await writeFile(seg(1), buf);
     let { log, records } = await open();
@@ -198,6 +220,45 @@ describe('FileLog: replay', () => {
     ({ log, records } = await open());
     expect(records).toEqual([...values.slice(0, 2), replacement]);
     await log.close();
+  });
+
+  it('starts over a segment whose creation a crash interrupted, however much of it is zeros', async () => {
+    // The first segment, preallocated but its header never written.
+    await writeFile(seg(1), Buffer.alloc(1024 * 1024));
+    let { log, records } = await open();
+    expect(records).toEqual([]);
+    await log.append('a', { force: true });
+    await log.close();
+    // A snapshot segment after it whose header made it and nothing else: the one before it stands.
+    await writeFile(seg(1), await framesOf(seg(1))); // as rotation leaves it
+    await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: true, snapshotRecords: 1 }), Buffer.alloc(64 * 1024)]));
+    ({ log, records } = await open());
+    expect(records).toEqual(['a']);
+    expect(await segments()).toEqual([segmentFileName(1)]);
+    await log.append('b', { force: true });
+    await log.close();
+    expect((await open()).records).toEqual(['a', 'b']);
+  });
+
+  it('cuts a segment to its frames when it is rotated, and takes zeros after the frames of a segment that is not the last for corruption', async () => {
+    const { log } = await open({ snapshot: () => ['s'] });
+    await log.append('a', { force: true });
+    const segmentOne = await readFile(seg(1)); // still preallocated
+    await log.compact();
+    await log.close();
+    expect(segmentOne.length).toBeGreaterThan(decodeFrames(segmentOne).goodEnd);
+    // The rotated segment was cut before it was superseded: put it back as a chain without the snapshot.
+    await rm(seg(2));
+    await writeFile(seg(1), segmentOne.subarray(0, decodeFrames(segmentOne).goodEnd));
+    await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: false }), frame('d')]));
+    expect((await open()).records).toEqual(['a', 'd']);
+    await writeFile(seg(1), segmentOne);
+    const err = await open().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(LogCorruptedError);
+    expect((err as LogCorruptedError).message).toMatch(/zero-filled tail in a segment that is not the last/);
   });
 
   it('replays several segments in order and refuses to guess past corruption in a non-last one', async () => {
@@ -357,7 +418,7 @@ describe('FileLog: compaction', () => {
     const [s1, s2] = [segmentFileName(1), segmentFileName(2)];
     expect(events).toEqual([
       `create ${s1}`, `write ${s1}`, `datasync ${s1}`, 'sync dir',
-      `write ${s1}`, `datasync ${s1}`, `truncate ${s1}`, `sync ${s1}`,
+      `write ${s1}`, `datasync ${s1}`, `truncate ${s1}`, `datasync ${s1}`,
       `create ${s2}`, `write ${s2}`, `datasync ${s2}`, 'sync dir',
       `unlink ${s1}`, 'sync dir',
     ]);
