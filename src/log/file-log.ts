@@ -264,17 +264,16 @@ export class FileLog {
   private async resume(s: SegmentScan): Promise<void> {
     const file = await this.io.open(s.path, 'r+');
     try {
-      let size = s.size;
       if (s.bad !== undefined) {
         this.logger?.warn(
           { segment: s.path, offset: s.goodEnd, reason: s.bad.reason, droppedBytes: s.size - s.goodEnd },
           'truncating a torn tail of the write-ahead log',
         );
         await file.truncate(s.goodEnd); // before extending again: see Preallocation above
-        size = s.goodEnd;
       }
-      if (size < s.goodEnd + PREALLOCATION_WINDOW_BYTES) await file.truncate((size = s.goodEnd + PREALLOCATION_WINDOW_BYTES));
-      this.fileSize = size;
+      const onDisk = s.bad !== undefined ? s.goodEnd : s.size;
+      this.fileSize = Math.max(onDisk, s.goodEnd + PREALLOCATION_WINDOW_BYTES);
+      if (this.fileSize > onDisk) await file.truncate(this.fileSize);
       // What replay read may still be only in the page cache (a crash between write and
       // fdatasync): make it durable before anyone acts on it, or a power cut could take
       // back a decision that recovery already delivered.
@@ -367,7 +366,8 @@ export class FileLog {
       this.position += buf.length;
     }
     if (last && this.fileSize > this.position) {
-      await file.truncate((this.fileSize = this.position)); // made durable by the fdatasync below
+      this.fileSize = this.position;
+      await file.truncate(this.fileSize); // made durable by the fdatasync below
       this.dirty = true;
     }
     let syncedMicros: number | undefined;
