@@ -81,6 +81,8 @@ export interface Row extends Cell {
   readonly ratioRange?: readonly [number, number];
   /** Variant rows: the median of the per-round differences of p50 to the baseline's, in ms. */
   readonly p50OverheadMs?: number;
+  /** A variant measured head to head with another of the same rounds (3pc against 2pc): tx/s ratio and p50 difference, medians of the rounds. */
+  readonly versus?: { readonly variant: string; readonly ratio: number; readonly ratioRange: readonly [number, number]; readonly p50DeltaMs: number };
 }
 
 /** A cell of load on the process `pid`, with that process's CPU time (user + system) per transaction, in ms. */
@@ -164,7 +166,9 @@ async function transfer(
       await warmUp([op], Math.max(...levels));
       cells.push({ variant: 'wire-floor', run: (clients: number) => wireFloorCell(started, scenario, clients, op) });
     }
-    await interleaved(rows, scenario, levels, (clients) => measure(clients, byHand), cells);
+    // Target 5 (3PC within 10 % of 2PC) is read off these: 3pc's cells against 2pc's of the same rounds.
+    const headToHead = variants.includes('3pc') && variants.includes('2pc') ? [['3pc', '2pc'] as const] : [];
+    await interleaved(rows, scenario, levels, (clients) => measure(clients, byHand), cells, headToHead);
   } finally {
     await floor?.stop();
     await coordinator.stop();
@@ -187,6 +191,8 @@ async function interleaved(
   levels: readonly number[],
   baseline: (clients: number) => Promise<Cell>,
   variants: readonly { variant: string; run: (clients: number) => Promise<Row> }[],
+  /** [variant, reference]: the variant's cells also against the reference's cells of the same rounds. */
+  headToHead: readonly (readonly [string, string])[] = [],
 ): Promise<void> {
   for (const [level, clients] of levels.entries()) {
     const baselines: Cell[] = [];
@@ -199,8 +205,23 @@ async function interleaved(
       }
     }
     rows.push({ scenario, variant: 'by-hand', clients, ...medianCell(baselines), rounds: ROUNDS });
-    for (const v of variants) rows.push(againstBaselines(measured.get(v.variant)!, baselines));
+    for (const v of variants) {
+      const row = againstBaselines(measured.get(v.variant)!, baselines);
+      const reference = headToHead.find(([variant]) => variant === v.variant)?.[1];
+      rows.push(reference === undefined ? row : { ...row, versus: againstReference(measured.get(v.variant)!, reference, measured.get(reference)!) });
+    }
   }
+}
+
+/** A variant's cells against another variant's cells of the same rounds (the cells of a round are seconds apart). */
+function againstReference(cells: readonly Row[], variant: string, references: readonly Row[]): NonNullable<Row['versus']> {
+  const ratios = cells.map((c, i) => c.perSecond / Math.max(1, references[i]!.perSecond));
+  return {
+    variant,
+    ratio: round2(median(ratios)),
+    ratioRange: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
+    p50DeltaMs: round2(median(cells.map((c, i) => c.p50Ms - references[i]!.p50Ms))),
+  };
 }
 
 function median(values: readonly number[]): number {
@@ -388,6 +409,14 @@ function printTable(rows: Row[]): void {
       ]),
     );
     if (r.note !== undefined) console.log(`  ${r.note}`);
+  }
+  const versus = rows.filter((r) => r.versus !== undefined);
+  if (versus.length > 0) console.log('\nhead to head, against the other variant\'s cells of the same rounds (tx/s ratio, median and range; p50 difference):');
+  for (const r of versus) {
+    const v = r.versus!;
+    console.log(
+      `  ${r.scenario} ${r.variant} against ${v.variant}, ${r.clients} client${r.clients === 1 ? "" : "s"}: ${v.ratio.toFixed(2)}× (${v.ratioRange[0].toFixed(2)}–${v.ratioRange[1].toFixed(2)}), p50 ${v.p50DeltaMs >= 0 ? '+' : ''}${v.p50DeltaMs.toFixed(2)} ms`,
+    );
   }
 }
 

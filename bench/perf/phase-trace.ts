@@ -26,6 +26,7 @@ interface Request {
   readonly arrived: number;
   begun?: number;
   ended?: number;
+  protocol?: string;
 }
 let current: Request | undefined;
 
@@ -38,12 +39,14 @@ diagnosticsChannel.subscribe('tcx:log:flushed', (m) => {
   if (e.forced) add('log: forced flush (the sync)', e.durationMs);
 });
 diagnosticsChannel.subscribe('tcx:transaction:ended', (m) => {
-  const e = m as { durationMs: number; workMs: number; prepareMs?: number; deliverMs?: number };
-  add('tx: begin to end', e.durationMs);
-  add('tx: work', e.workMs);
-  if (e.prepareMs !== undefined) add('tx: prepare until the decision is durable', e.prepareMs);
-  if (e.deliverMs !== undefined) add('tx: phase 2', e.deliverMs);
+  const e = m as { protocol: string; durationMs: number; workMs: number; prepareMs?: number; deliverMs?: number };
+  const tx = `tx ${e.protocol}:`;
+  add(`${tx} begin to end`, e.durationMs);
+  add(`${tx} work`, e.workMs);
+  if (e.prepareMs !== undefined) add(`${tx} prepare until the decision is durable`, e.prepareMs);
+  if (e.deliverMs !== undefined) add(`${tx} phase 2`, e.deliverMs);
   if (current !== undefined) {
+    current.protocol = e.protocol;
     current.ended = performance.now();
     current.begun = current.ended - e.durationMs;
   }
@@ -57,10 +60,11 @@ http.Server.prototype.emit = function (this: http.Server, event: string, ...args
     current = r;
     res.once('finish', () => {
       const done = performance.now();
-      add('request: arrival to answer', done - r.arrived);
+      const request = `request ${r.protocol ?? '?'}:`;
+      add(`${request} arrival to answer`, done - r.arrived);
       if (r.begun !== undefined && r.ended !== undefined) {
-        add('request: arrival to begin', r.begun - r.arrived);
-        add('request: end to answer', done - r.ended);
+        add(`${request} arrival to begin`, r.begun - r.arrived);
+        add(`${request} end to answer`, done - r.ended);
       }
     });
   }
