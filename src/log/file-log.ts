@@ -3,12 +3,17 @@
  *
  * On disk, `dir` holds append-only segment files `segment-<16-digit seq>.log`.
  * A segment is a run of frames (`u32le length | u32le crc32c | payload`, see
- * frame-codec.ts) whose payloads are UTF-8 JSON:
+ * frame-codec.ts) whose payloads are UTF-8 JSON; every frame after the header
+ * is chained (its crc continues the previous frame's), so a valid frame that
+ * was not written right after its predecessor in this very segment (stale
+ * blocks, a misdirected write) ends the log there like a torn one:
  *
- *   frame 0        header {"tcxSegment":seq,"snapshot":false}
- *                  or {"tcxSegment":seq,"snapshot":true,"snapshotRecords":n,"files"?:[…]}
+ *   frame 0        header {"tcxLog":2,"segment":seq,"nonce":hex,"snapshot":false}
+ *                  or {…,"snapshot":true,"snapshotRecords":n,"files"?:[…]}
  *                  (files: immutable files the snapshot includes by reference,
- *                  written before it — see snapshot-files.ts)
+ *                  written before it — see snapshot-files.ts); segments of
+ *                  format 1 ({"tcxSegment":seq,…}, frames not chained) are read
+ *                  and appended to until the next rotation (segment-scan.ts)
  *   frames 1..n    (snapshot segment) the snapshot payloads
  *   frame n+1      (snapshot segment) end marker {"tcxSnapshotEnd":seq,"records":n}
  *   then           ordinary records in append order
@@ -56,9 +61,9 @@
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LogFailedError, asError, errorMessage } from '../errors.js';
-import { encodeFrame } from './frame-codec.js';
+import { encodeFrame, frameCrc, MAX_RECORD_BYTES } from './frame-codec.js';
 import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
-import { encodeJson, segmentFileName, type SegmentScan } from './segment-scan.js';
+import { encodeJson, segmentFileName, segmentHeader, type SegmentScan } from './segment-scan.js';
 import { liveSegments } from './segment-replay.js';
 import { deleteUnreferencedFiles, fileRef, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
 import { SnapshotPreparation } from './snapshot-preparation.js';
@@ -133,6 +138,8 @@ export class FileLog {
   private flusher: Promise<void> | undefined;
   private lazyTimer: NodeJS.Timeout | undefined;
   private dirty = false;
+  /** The crc of the last frame appended to the current segment, which the next one continues; undefined in a format-1 segment. */
+  private chain: number | undefined;
   private compactionPostponedTo = 0;
   private failure: LogFailedError | undefined;
   private closing: Promise<void> | undefined;
@@ -180,10 +187,12 @@ export class FileLog {
     if (this.closing !== undefined) return Promise.reject(new LogFailedError('the write-ahead log is closed'));
     let frame: Buffer;
     try {
-      frame = encodeFrame(encodeJson(payload));
+      frame = encodeFrame(encodeJson(payload), MAX_RECORD_BYTES, this.chain);
     } catch (err) {
       return Promise.reject(asError(err));
     }
+    // Frames reach the file in append order (one flusher, batches in order): the next continues this one.
+    if (this.chain !== undefined) this.chain = frameCrc(frame);
     return new Promise<void>((resolve, reject) => {
       const b = this.batch;
       b.frames.push(frame);
@@ -254,7 +263,8 @@ export class FileLog {
   }
 
   private async createFirstSegment(): Promise<void> {
-    const header = encodeFrame(encodeJson({ tcxSegment: 1, snapshot: false }));
+    const header = encodeFrame(encodeJson(segmentHeader(1, undefined)));
+    this.chain = frameCrc(header);
     ({ file: this.file, size: this.fileSize } = await this.createSegment(1, [header]));
     this.seq = 1;
     this.position = this.baseBytes = header.length;
@@ -287,6 +297,7 @@ export class FileLog {
     this.seq = s.seq;
     this.position = s.goodEnd;
     this.baseBytes = s.baseBytes;
+    this.chain = s.chain;
   }
 
   /** Creates a segment durably: write, preallocate, fdatasync, fsync the directory. */
@@ -395,25 +406,31 @@ export class FileLog {
     let frames: Buffer[];
     let files: readonly SnapshotFile[];
     let refs: FileRef[];
+    let chain: number;
     try {
       const content = this.options.snapshot();
-      const records = Symbol.iterator in content ? content : content.records;
+      const records = Array.from(Symbol.iterator in content ? content : content.records);
       files = Symbol.iterator in content ? [] : content.files;
       // A file the current snapshot names already is durable and unchanged: its reference stands.
       refs = files.map((f) => this.files.get(f.name) ?? fileRef(f));
-      const payloads = Array.from(records, (p) => encodeFrame(encodeJson(p)));
-      frames = [
-        encodeFrame(encodeJson({ tcxSegment: seq, snapshot: true, snapshotRecords: payloads.length, ...(refs.length === 0 ? {} : { files: refs }) })),
-        ...payloads,
-        encodeFrame(encodeJson({ tcxSnapshotEnd: seq, records: payloads.length })),
-      ];
+      const header = encodeFrame(encodeJson(segmentHeader(seq, { snapshotRecords: records.length, ...(refs.length === 0 ? {} : { files: refs }) })));
+      frames = [header];
+      chain = frameCrc(header);
+      const push = (payload: unknown): void => {
+        const frame = encodeFrame(encodeJson(payload), MAX_RECORD_BYTES, chain);
+        chain = frameCrc(frame);
+        frames.push(frame);
+      };
+      for (const record of records) push(record);
+      push({ tcxSnapshotEnd: seq, records: records.length });
     } catch (err) {
       this.compactionPostponedTo = this.position + this.segmentMaxBytes;
       this.logger?.error({ err }, 'the snapshot callback failed; compaction postponed');
       for (const w of waiters) w.reject(asError(err));
       return;
     }
-    const before = this.takeBatch();
+    const before = this.takeBatch(); // encoded on the old segment's chain; what is appended from here on follows the marker
+    this.chain = chain;
     before.sync = true;
     this.compacting = waiters; // rejected by failStop if anything below fails
     await this.writeBatch(before, true);

@@ -3,8 +3,9 @@
  * snapshot (when complete) and its records, and where a torn or corrupt tail
  * begins. See file-log.ts for the format.
  */
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { decodeFrames } from './frame-codec.js';
+import { decodeFrames, MAX_RECORD_BYTES, type DecodeResult } from './frame-codec.js';
 import type { LogIo } from './log-io.js';
 import { parseFileRefs, type FileRef } from './snapshot-files.js';
 
@@ -25,6 +26,8 @@ export const segmentFileName = (seq: number): string => `segment-${String(seq).p
 
 export interface Header {
   seq: number;
+  /** Format 2: the frames after the header are chained to it (frame-codec.ts); format 1: each checked by itself. */
+  chained: boolean;
   snapshot: boolean;
   snapshotRecords: number;
   /** Snapshot segments: the files the snapshot includes by reference (see snapshot-files.ts). */
@@ -42,6 +45,8 @@ export interface SegmentScan {
   goodEnd: number;
   /** A torn or corrupt tail. Undefined when the file ends at goodEnd or only zeros follow it. */
   bad: { offset: number; reason: string } | undefined;
+  /** A chained segment: the crc of its last good frame, which the next frame written continues. */
+  chain: number | undefined;
 }
 
 const ZEROS = new Uint8Array(64 * 1024);
@@ -67,32 +72,71 @@ export function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+/**
+ * A segment's header record. Format 2 (written since December 2026): its own key, so that a
+ * build that knows only format 1 refuses the segment (a bad header) instead of taking its
+ * chained frames for a torn tail and cutting them off; a random nonce, so that two segments
+ * never chain from the same header, not even two creations of the same sequence number.
+ * Format 1 (`tcxSegment`: unchained frames) is still read, and appended to until the next
+ * rotation.
+ */
+export function segmentHeader(seq: number, snapshot: { snapshotRecords: number; files?: readonly unknown[] } | undefined): Record<string, unknown> {
+  const nonce = randomBytes(8).toString('hex');
+  if (snapshot === undefined) return { tcxLog: 2, segment: seq, nonce, snapshot: false };
+  return { tcxLog: 2, segment: seq, nonce, snapshot: true, snapshotRecords: snapshot.snapshotRecords, ...(snapshot.files === undefined ? {} : { files: snapshot.files }) };
+}
+
 export function parseHeader(v: unknown): Header | undefined {
-  if (!isObject(v) || !Number.isSafeInteger(v.tcxSegment) || typeof v.snapshot !== 'boolean') return undefined;
+  if (!isObject(v) || typeof v.snapshot !== 'boolean') return undefined;
+  const chained = v.tcxLog === 2 && typeof v.nonce === 'string';
+  const seq = chained ? v.segment : v.tcxSegment;
+  if (!Number.isSafeInteger(seq) || (!chained && v.tcxLog !== undefined)) return undefined;
   const n = v.snapshot ? v.snapshotRecords : 0;
   if (!Number.isSafeInteger(n) || (n as number) < 0) return undefined;
   const files = v.files === undefined ? [] : parseFileRefs(v.files);
   if (files === undefined) return undefined;
-  return { seq: v.tcxSegment as number, snapshot: v.snapshot, snapshotRecords: n as number, files };
+  return { seq: seq as number, chained, snapshot: v.snapshot, snapshotRecords: n as number, files };
+}
+
+const parseJson = (payload: Uint8Array): unknown => JSON.parse(utf8.decode(payload));
+
+/**
+ * A segment's frames: the header frame checked by itself, then the rest chained to it when the
+ * header says so (format 2), else each by itself (format 1).
+ */
+export function decodeSegment(buf: Uint8Array): DecodeResult {
+  const first = decodeFrames(buf, 0, MAX_RECORD_BYTES, { maxFrames: 1 });
+  const header = first.frames[0];
+  if (header === undefined || first.error !== undefined) return first;
+  let chained = false;
+  try {
+    chained = parseHeader(parseJson(header.payload))?.chained === true;
+  } catch {
+    // an unparsable header: for the reader to report
+  }
+  const rest = decodeFrames(buf, header.end, MAX_RECORD_BYTES, chained ? { chain: header.crc } : {});
+  return { ...rest, frames: [header, ...rest.frames] };
 }
 
 export async function scanSegment(io: LogIo, dir: string, seq: number): Promise<SegmentScan> {
   const path = join(dir, segmentFileName(seq));
   const buf = await io.readFile(path);
-  const decoded = decodeFrames(buf);
+  const decoded = decodeSegment(buf);
   const scan: SegmentScan = {
     seq, path, size: buf.length, header: undefined, snapshot: undefined, records: [], baseBytes: 0,
-    goodEnd: decoded.goodEnd, bad: decoded.error !== undefined && zeroFrom(buf, decoded.goodEnd) ? undefined : decoded.error,
+    goodEnd: decoded.goodEnd, bad: decoded.error !== undefined && zeroFrom(buf, decoded.goodEnd) ? undefined : decoded.error, chain: undefined,
   };
   const payloads: unknown[] = [];
+  let lastCrc: number | undefined;
   for (const frame of decoded.frames) {
     try {
-      payloads.push(JSON.parse(utf8.decode(frame.payload)));
+      payloads.push(parseJson(frame.payload));
     } catch {
       scan.bad = { offset: frame.offset, reason: 'unparsable-json' };
       scan.goodEnd = frame.offset;
       break;
     }
+    lastCrc = frame.crc;
   }
   if (payloads.length === 0) {
     scan.bad ??= { offset: 0, reason: 'missing-header' };
@@ -103,6 +147,7 @@ export async function scanSegment(io: LogIo, dir: string, seq: number): Promise<
     throw new LogCorruptedError(path, 0, `bad segment header ${JSON.stringify(payloads[0])}`);
   }
   scan.header = header;
+  if (header.chained) scan.chain = lastCrc;
   if (!header.snapshot) {
     scan.records = payloads.slice(1);
     scan.baseBytes = decoded.frames[0]!.end;

@@ -4,7 +4,7 @@
  * of rewriting it into every snapshot segment, each piece is written once to a
  * file of its own and the snapshot's header names it with its size and CRC-32:
  *
- *   {"tcxSegment":7,"snapshot":true,"snapshotRecords":n,
+ *   {"tcxLog":2,"segment":7,"nonce":"…","snapshot":true,"snapshotRecords":n,
  *    "files":[{"name":"finished-0000000003.tcxf","bytes":812345,"crc32":123456789}]}
  *
  * A file is written (create, write, fdatasync, directory fsync) before the

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { CoordinatorLog } from '../../src/coordinator/coordinator-log.js';
 import { decisionRecord } from '../../src/coordinator/journal.js';
 import { LiveTransaction } from '../../src/coordinator/live-transaction.js';
-import { decodeFrames } from '../../src/log/frame-codec.js';
+import { decodeSegment } from '../../src/log/segment-scan.js';
 import { silentLogger } from '../../src/logger.js';
 import { balanceOf, createAccounts, freshDatabase, preparedGids, withClient, eventually, prepareByHand } from '../support/databases.js';
 import { startCoordinator, tempDataDir, type InProcessCoordinator } from '../support/in-process-coordinator.js';
@@ -96,7 +96,7 @@ describe('recovery from the journal', () => {
     // The crash tore the last record: it never became durable, so no commit left either.
     const segment = fs.readdirSync(dir).filter((f) => f.startsWith('segment-')).sort().at(-1)!;
     const file = path.join(dir, segment);
-    const framesEnd = decodeFrames(fs.readFileSync(file)).goodEnd; // zeros follow: the segment is preallocated
+    const framesEnd = decodeSegment(fs.readFileSync(file)).goodEnd; // zeros follow: the segment is preallocated
     fs.truncateSync(file, framesEnd - 7);
     await prepareByHand(dbA, `tcx:${cid}:${id}:1`, 'alice', -10);
     await prepareByHand(dbB, `tcx:${cid}:${id}:2`, 'bob', 10);

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { pino } from 'pino';
 import { LogFailedError } from '../../src/errors.js';
-import { decodeFrames, encodeFrame } from '../../src/log/frame-codec.js';
+import { decodeFrames, encodeFrame, MAX_RECORD_BYTES } from '../../src/log/frame-codec.js';
+import { decodeSegment } from '../../src/log/segment-scan.js';
 import {
   FileLog,
   LogCorruptedError,
@@ -27,17 +28,20 @@ const open = (options: Partial<FileLogOptions> = {}): ReturnType<typeof FileLog.
   FileLog.open({ dir, snapshot: () => [], ...options });
 const seg = (n: number): string => join(dir, segmentFileName(n));
 const segments = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.startsWith('segment-')).sort();
+/** A frame of format 1 (checked by itself). */
 const frame = (value: unknown): Buffer => encodeFrame(Buffer.from(JSON.stringify(value)));
+/** A frame chained to the last frame of `segment` (format 2), as the log would write it next. */
+const chainedFrame = (payload: Uint8Array, segment: Buffer): Buffer => encodeFrame(payload, MAX_RECORD_BYTES, decodeSegment(segment).frames.at(-1)!.crc);
 const rec = (i: number): { i: number; pad: string } => ({ i, pad: 'x'.repeat((i * 7) % 40) });
 /** A segment's frames, without the zeros preallocated after them. */
 const framesOf = async (path: string): Promise<Buffer> => {
   const buf = await readFile(path);
-  return buf.subarray(0, decodeFrames(buf).goodEnd);
+  return buf.subarray(0, decodeSegment(buf).goodEnd);
 };
 /** Where a segment's frames end; throws unless only zeros follow (its preallocated space). */
 async function framesEnd(path: string): Promise<number> {
   const buf = await readFile(path);
-  const end = decodeFrames(buf).goodEnd;
+  const end = decodeSegment(buf).goodEnd;
   if (buf.subarray(end).some((b) => b !== 0)) throw new Error(`${path}: bytes other than zeros after offset ${end}`);
   return end;
 }
@@ -76,7 +80,7 @@ describe('FileLog: replay', () => {
     const values = Array.from({ length: 6 }, (_, i) => rec(i + 1));
     await writeRecords(values);
     const pristine = await framesOf(seg(1));
-    const frames = decodeFrames(pristine).frames; // [header, ...records]
+    const frames = decodeSegment(pristine).frames; // [header, ...records]
     const last = frames.at(-1)!;
     const lastLen = last.end - last.offset;
     const cuts = [1, 3, 8 + 1, lastLen - 8, lastLen - 4, lastLen - 1, lastLen, lastLen + 1, lastLen + 9, lastLen + 20];
@@ -107,7 +111,7 @@ describe('FileLog: replay', () => {
     const values = Array.from({ length: 5 }, (_, i) => rec(i));
     await writeRecords(values);
     const buf = await framesOf(seg(1));
-    const frames = decodeFrames(buf).frames;
+    const frames = decodeSegment(buf).frames;
     const lastCopy = Buffer.from(buf);
     lastCopy[frames[5]!.end - 2]! ^= 0x20;
     await writeFile(seg(1), lastCopy);
@@ -127,7 +131,8 @@ describe('FileLog: replay', () => {
   it('treats an unparsable payload with a valid checksum as the end of the log', async () => {
     await writeRecords(['a', 'b']);
     const good = await framesOf(seg(1));
-    await writeFile(seg(1), Buffer.concat([good, encodeFrame(Buffer.from('{not json')), frame('c')]));
+    const unparsable = chainedFrame(Buffer.from('{not json'), good);
+    await writeFile(seg(1), Buffer.concat([good, unparsable, encodeFrame(Buffer.from('"c"'), MAX_RECORD_BYTES, unparsable.readUInt32LE(4))]));
     expect((await open()).records).toEqual(['a', 'b']);
     expect(await framesEnd(seg(1))).toBe(good.length);
   });
@@ -205,7 +210,7 @@ describe('FileLog: replay', () => {
     const values = Array.from({ length: 6 }, (_, i) => ({ v: i + 1 }));
     await writeRecords(values);
     const buf = await readFile(seg(1));
-    const frames = decodeFrames(buf).frames; // [header, v1, ..., v6]
+    const frames = decodeSegment(buf).frames; // [header, v1, ..., v6]
     expect(buf.length).toBeGreaterThan(frames.at(-1)!.end);
     buf[frames[3]!.end - 2]! ^= 0x01;
     await writeFile(seg(1), buf);
@@ -220,6 +225,55 @@ describe('FileLog: replay', () => {
     ({ log, records } = await open());
     expect(records).toEqual([...values.slice(0, 2), replacement]);
     await log.close();
+  });
+
+  it('never replays a valid frame that was not written right after the last one: a stale frame past the end, or one of another creation of the same segment', async () => {
+    // What a file system that can show stale blocks after a crash (ext4 data=writeback), or a
+    // misdirected write, may leave after the last frame: a frame good by its own checksum —
+    // one of format 1, or one of the same records in another log's segment 1 (another
+    // creation of the segment: the same sequence number, the same records before it).
+    const other = join(dir, 'other');
+    const first = await FileLog.open({ dir: other, snapshot: () => [] });
+    for (const v of ['a', 'b', 'stale']) await first.log.append(v, { force: true });
+    await first.log.close();
+    const otherFrames = decodeSegment(await readFile(join(other, segmentFileName(1)))).frames;
+    expect(otherFrames).toHaveLength(4);
+    const staleOfOtherCreation = Buffer.from((await readFile(join(other, segmentFileName(1)))).subarray(otherFrames[3]!.offset, otherFrames[3]!.end));
+    await writeRecords(['a', 'b']);
+    const good = await framesOf(seg(1));
+    for (const stale of [frame('stale'), staleOfOtherCreation]) {
+      const lines: string[] = [];
+      const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+      await writeFile(seg(1), Buffer.concat([good, stale, Buffer.alloc(4096)]));
+      const { log, records } = await open({ logger });
+      expect(records).toEqual(['a', 'b']);
+      expect(await framesEnd(seg(1))).toBe(good.length); // cut there, like a torn tail
+      expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([expect.objectContaining({ reason: 'bad-crc', offset: good.length })]);
+      await log.close();
+    }
+  });
+
+  it('reads a log of format 1 (frames not chained), appends to its segment in that format, and writes format 2 from the next rotation on', async () => {
+    await writeFile(seg(1), Buffer.concat([frame({ tcxSegment: 1, snapshot: false }), frame('a'), Buffer.alloc(1024)]));
+    let state: unknown[] = [];
+    let { log, records } = await open({ snapshot: () => state });
+    expect(records).toEqual(['a']);
+    await log.append('b', { force: true });
+    await log.close();
+    const formatOne = await readFile(seg(1));
+    expect(decodeFrames(formatOne).frames.map((f) => JSON.parse(Buffer.from(f.payload).toString()) as unknown)).toEqual([{ tcxSegment: 1, snapshot: false }, 'a', 'b']);
+    ({ log, records } = await open({ snapshot: () => state }));
+    expect(records).toEqual(['a', 'b']);
+    state = ['a', 'b'];
+    await log.compact();
+    await log.append('c', { force: true });
+    await log.close();
+    const formatTwo = await framesOf(seg(2));
+    const header = JSON.parse(Buffer.from(decodeSegment(formatTwo).frames[0]!.payload).toString()) as Record<string, unknown>;
+    expect(header).toMatchObject({ tcxLog: 2, segment: 2, snapshot: true, snapshotRecords: 2 });
+    expect(decodeFrames(formatTwo).frames).toHaveLength(1); // the frames after the header are chained to it
+    expect(decodeSegment(formatTwo).frames).toHaveLength(5); // header, 2 snapshot records, marker, 'c'
+    expect((await open({ snapshot: () => state })).records).toEqual(['a', 'b', 'c']);
   });
 
   it('starts over a segment whose creation a crash interrupted, however much of it is zeros', async () => {
@@ -246,10 +300,10 @@ describe('FileLog: replay', () => {
     const segmentOne = await readFile(seg(1)); // still preallocated
     await log.compact();
     await log.close();
-    expect(segmentOne.length).toBeGreaterThan(decodeFrames(segmentOne).goodEnd);
+    expect(segmentOne.length).toBeGreaterThan(decodeSegment(segmentOne).goodEnd);
     // The rotated segment was cut before it was superseded: put it back as a chain without the snapshot.
     await rm(seg(2));
-    await writeFile(seg(1), segmentOne.subarray(0, decodeFrames(segmentOne).goodEnd));
+    await writeFile(seg(1), segmentOne.subarray(0, decodeSegment(segmentOne).goodEnd));
     await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: false }), frame('d')]));
     expect((await open()).records).toEqual(['a', 'd']);
     await writeFile(seg(1), segmentOne);
@@ -272,7 +326,7 @@ describe('FileLog: replay', () => {
     expect((await open()).records).toEqual(['a', 'b', 'c', 'd', 'e']);
 
     const buf = await framesOf(seg(1));
-    const target = decodeFrames(buf).frames[2]!;
+    const target = decodeSegment(buf).frames[2]!;
     buf[target.end - 1]! ^= 0x40;
     await writeFile(seg(1), buf);
     const err = await open().then(
@@ -324,7 +378,7 @@ describe('FileLog: group commit', () => {
     await log.append('lazy', { force: false });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(15);
     expect(log.stats().fsyncs).toBe(syncs);
-    expect(decodeFrames(await readFile(seg(1))).frames).toHaveLength(2);
+    expect(decodeSegment(await readFile(seg(1))).frames).toHaveLength(2);
 
     const { log: slow } = await FileLog.open({ dir: join(dir, 'slow'), snapshot: () => [], lazyFlushDelayMs: 60_000 });
     const rider = slow.append('rider', { force: false });

@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { crc32c } from '../../src/log/crc32c.js';
-import { FRAME_HEADER_BYTES, MAX_RECORD_BYTES, decodeFrames, encodeFrame } from '../../src/log/frame-codec.js';
+import { FRAME_HEADER_BYTES, MAX_RECORD_BYTES, decodeFrames, encodeFrame, frameCrc } from '../../src/log/frame-codec.js';
+import { parseHeader, segmentHeader } from '../../src/log/segment-scan.js';
 
 const enc = (s: string): Buffer => encodeFrame(Buffer.from(s));
 const text = (b: Uint8Array): string => Buffer.from(b).toString();
@@ -69,5 +70,46 @@ describe('frame codec', () => {
   it('refuses to encode empty or oversized payloads', () => {
     expect(() => encodeFrame(new Uint8Array(0))).toThrow(RangeError);
     expect(() => encodeFrame(new Uint8Array(5), 4)).toThrow(RangeError);
+  });
+
+  it('chains frames: each checksum continues the one before it, so a frame validates only right after its own predecessor', () => {
+    const chain = (words: string[], seed: number): Buffer[] => {
+      const frames: Buffer[] = [];
+      for (const w of words) {
+        const f = encodeFrame(Buffer.from(w), MAX_RECORD_BYTES, frames.length === 0 ? seed : frameCrc(frames.at(-1)!));
+        frames.push(f);
+      }
+      return frames;
+    };
+    const head = enc('header');
+    const frames = chain(['one', 'two', 'three'], frameCrc(head));
+    expect(frameCrc(frames[2]!)).toBe(crc32c(Buffer.from('headeronetwothree'))); // the CRC of every payload so far
+    const r = decodeFrames(Buffer.concat([head, ...frames]), head.length, MAX_RECORD_BYTES, { chain: frameCrc(head) });
+    expect(r.frames.map((f) => text(f.payload))).toEqual(['one', 'two', 'three']);
+    expect(r.error).toBeUndefined();
+    // Out of order, after another header, or a frame good by itself: the chain stops there.
+    const swapped = Buffer.concat([head, frames[0]!, frames[2]!, frames[1]!]);
+    expect(decodeFrames(swapped, head.length, MAX_RECORD_BYTES, { chain: frameCrc(head) })).toMatchObject({ goodEnd: head.length + frames[0]!.length, error: { reason: 'bad-crc' } });
+    const other = chain(['one', 'two'], frameCrc(enc('another header')));
+    expect(decodeFrames(Buffer.concat([head, frames[0]!, other[1]!]), head.length, MAX_RECORD_BYTES, { chain: frameCrc(head) }).error?.reason).toBe('bad-crc');
+    expect(decodeFrames(Buffer.concat([head, enc('one')]), head.length, MAX_RECORD_BYTES, { chain: frameCrc(head) }).error?.reason).toBe('bad-crc');
+    expect(decodeFrames(Buffer.concat([head, ...frames]), 0, MAX_RECORD_BYTES, { maxFrames: 1 })).toEqual({ frames: [expect.objectContaining({ offset: 0, end: head.length })], goodEnd: head.length });
+  });
+});
+
+describe('segment headers', () => {
+  it('writes format 2 with a fresh nonce, reads formats 1 and 2, and refuses any other', () => {
+    const a = segmentHeader(7, undefined);
+    const b = segmentHeader(7, undefined);
+    expect(a).toMatchObject({ tcxLog: 2, segment: 7, snapshot: false });
+    expect(a.nonce).not.toBe(b.nonce);
+    expect(parseHeader(a)).toEqual({ seq: 7, chained: true, snapshot: false, snapshotRecords: 0, files: [] });
+    expect(parseHeader(segmentHeader(8, { snapshotRecords: 3 }))).toEqual({ seq: 8, chained: true, snapshot: true, snapshotRecords: 3, files: [] });
+    expect(parseHeader({ tcxSegment: 7, snapshot: false })).toEqual({ seq: 7, chained: false, snapshot: false, snapshotRecords: 0, files: [] });
+    // A build that knows only format 1 finds no tcxSegment in a format-2 header and refuses the segment.
+    expect(a.tcxSegment).toBeUndefined();
+    expect(parseHeader({ ...a, tcxLog: 3 })).toBeUndefined();
+    expect(parseHeader({ tcxSegment: 7, tcxLog: 3, snapshot: false })).toBeUndefined();
+    expect(parseHeader({ tcxLog: 2, segment: 7, snapshot: false })).toBeUndefined(); // no nonce
   });
 });
