@@ -27,7 +27,7 @@
  * newest segment without a durable header or end marker is an interrupted
  * creation: it held nothing acknowledged, so it is removed.
  *
- * Preallocation: the segment being written is kept extended (sparse, by
+ * Preallocation (segment-writer.ts): the segment being written is kept extended (sparse, by
  * ftruncate) up to 1 MiB past its last frame, so most fdatasyncs after an append
  * do not also have to commit a new file size to the file system's journal (one
  * still does when a batch reaches a 4 KiB block not yet allocated): forced
@@ -62,18 +62,16 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { LogFailedError, asError, errorMessage } from '../errors.js';
 import { encodeFrame, frameCrc, MAX_RECORD_BYTES } from './frame-codec.js';
-import { ensureDir, fsyncDir, nodeLogIo, writeFully, type LogFile, type LogIo } from './log-io.js';
+import { ensureDir, fsyncDir, nodeLogIo, type LogIo } from './log-io.js';
 import { encodeJson, segmentFileName, segmentHeader, type SegmentScan } from './segment-scan.js';
 import { liveSegments } from './segment-replay.js';
+import { SegmentWriter } from './segment-writer.js';
 import { deleteUnreferencedFiles, fileRef, writeSnapshotFile, type FileRef, type SnapshotFile } from './snapshot-files.js';
 import { SnapshotPreparation } from './snapshot-preparation.js';
 import { events } from '../observability/events.js';
 export { LogCorruptedError, segmentFileName } from './segment-scan.js';
 export { nodeLogIo, type LogFile, type LogIo } from './log-io.js';
 export type { SnapshotFile } from './snapshot-files.js';
-
-/** Zeros kept ahead of the last frame of the segment being written (see Preallocation above). */
-const PREALLOCATION_WINDOW_BYTES = 1024 * 1024;
 
 export interface FileLogOptions {
   dir: string;
@@ -122,11 +120,9 @@ const newBatch = (): Batch => ({ frames: [], bytes: 0, records: 0, sync: false, 
 export class FileLog {
   private readonly segmentMaxBytes: number;
   private readonly lazyFlushDelayMs: number;
-  private file: LogFile | undefined;
-  private seq = 0;
-  private position = 0;
-  /** The current segment file's size: position plus the zeros preallocated after it. */
-  private fileSize = 0;
+  /** The segment being written (segment-writer.ts). */
+  private segment: SegmentWriter | undefined;
+  /** Its header (and snapshot) bytes. */
   private baseBytes = 0;
   private segmentSeqs: number[] = [];
   /** The files the current snapshot names (all durable). */
@@ -137,7 +133,6 @@ export class FileLog {
   private compacting: Waiter[] = [];
   private flusher: Promise<void> | undefined;
   private lazyTimer: NodeJS.Timeout | undefined;
-  private dirty = false;
   /** The crc of the last frame appended to the current segment, which the next one continues; undefined in a format-1 segment. */
   private chain: number | undefined;
   private compactionPostponedTo = 0;
@@ -240,7 +235,7 @@ export class FileLog {
   }
 
   stats(): LogStats {
-    return { segments: this.segmentSeqs.length, currentSegmentBytes: this.position, ...this.counters };
+    return { segments: this.segmentSeqs.length, currentSegmentBytes: this.segment?.position ?? 0, ...this.counters };
   }
 
   private async shutdown(): Promise<void> {
@@ -248,9 +243,9 @@ export class FileLog {
     if (this.failure === undefined) await this.barrier().catch((err: unknown) => (error = err));
     await this.flusher;
     clearTimeout(this.lazyTimer);
-    const file = this.file;
-    this.file = undefined;
-    await file?.close().catch((err: unknown) => (error ??= err));
+    const segment = this.segment;
+    this.segment = undefined;
+    await segment?.close().catch((err: unknown) => (error ??= err));
     if (error !== undefined) throw error;
   }
 
@@ -265,65 +260,15 @@ export class FileLog {
   private async createFirstSegment(): Promise<void> {
     const header = encodeFrame(encodeJson(segmentHeader(1, undefined)));
     this.chain = frameCrc(header);
-    ({ file: this.file, size: this.fileSize } = await this.createSegment(1, [header]));
-    this.seq = 1;
-    this.position = this.baseBytes = header.length;
+    this.segment = await SegmentWriter.create(this.io, this.dir, 1, [header], this.counters);
+    this.baseBytes = header.length;
     this.segmentSeqs = [1];
   }
 
   private async resume(s: SegmentScan): Promise<void> {
-    const file = await this.io.open(s.path, 'r+');
-    try {
-      if (s.bad !== undefined) {
-        this.logger?.warn(
-          { segment: s.path, offset: s.goodEnd, reason: s.bad.reason, droppedBytes: s.size - s.goodEnd },
-          'truncating a torn tail of the write-ahead log',
-        );
-        await file.truncate(s.goodEnd); // before extending again: see Preallocation above
-      }
-      const onDisk = s.bad !== undefined ? s.goodEnd : s.size;
-      this.fileSize = Math.max(onDisk, s.goodEnd + PREALLOCATION_WINDOW_BYTES);
-      if (this.fileSize > onDisk) await file.truncate(this.fileSize);
-      // What replay read may still be only in the page cache (a crash between write and
-      // fdatasync): make it durable before anyone acts on it, or a power cut could take
-      // back a decision that recovery already delivered.
-      await this.timedSync(file, 'sync');
-      await fsyncDir(this.io, this.dir);
-    } catch (err) {
-      await file.close().catch(() => undefined);
-      throw err;
-    }
-    this.file = file;
-    this.seq = s.seq;
-    this.position = s.goodEnd;
+    this.segment = await SegmentWriter.resume(this.io, this.dir, s, this.counters, this.logger);
     this.baseBytes = s.baseBytes;
     this.chain = s.chain;
-  }
-
-  /** Creates a segment durably: write, preallocate, fdatasync, fsync the directory. */
-  private async createSegment(seq: number, frames: Buffer[]): Promise<{ file: LogFile; size: number }> {
-    const file = await this.io.open(join(this.dir, segmentFileName(seq)), 'wx');
-    try {
-      const base = Buffer.concat(frames);
-      await writeFully(file, base, 0);
-      const size = base.length + PREALLOCATION_WINDOW_BYTES;
-      await file.truncate(size);
-      await this.timedSync(file, 'datasync');
-      await fsyncDir(this.io, this.dir);
-      return { file, size };
-    } catch (err) {
-      await file.close().catch(() => undefined);
-      throw err;
-    }
-  }
-
-  /** Returns how long it took, in µs. */
-  private async timedSync(file: LogFile, kind: 'datasync' | 'sync'): Promise<number> {
-    const start = process.hrtime.bigint();
-    await (kind === 'datasync' ? file.datasync() : file.sync());
-    this.counters.fsyncs++;
-    this.counters.lastFsyncMicros = Number((process.hrtime.bigint() - start) / 1000n);
-    return this.counters.lastFsyncMicros;
   }
 
   private kick(): void {
@@ -363,29 +308,12 @@ export class FileLog {
 
   /** Writes a batch (and syncs it if asked); `last`: the segment's last batch, after which it is cut to its frames. */
   private async writeBatch(b: Batch, last = false): Promise<void> {
-    const file = this.file;
-    if (file === undefined) throw new Error('no open segment');
+    const segment = this.segment;
+    if (segment === undefined) throw new Error('no open segment');
     this.inflight = b.waiters;
-    if (b.bytes > 0) {
-      const buf = b.frames.length === 1 ? b.frames[0]! : Buffer.concat(b.frames, b.bytes);
-      this.dirty = true;
-      if (this.position + buf.length > this.fileSize) {
-        this.fileSize = this.position + buf.length + PREALLOCATION_WINDOW_BYTES;
-        await file.truncate(this.fileSize);
-      }
-      await writeFully(file, buf, this.position);
-      this.position += buf.length;
-    }
-    if (last && this.fileSize > this.position) {
-      this.fileSize = this.position;
-      await file.truncate(this.fileSize); // made durable by the fdatasync below
-      this.dirty = true;
-    }
-    let syncedMicros: number | undefined;
-    if (b.sync && this.dirty) {
-      syncedMicros = await this.timedSync(file, 'datasync');
-      this.dirty = false;
-    }
+    if (b.bytes > 0) await segment.append(b.frames.length === 1 ? b.frames[0]! : Buffer.concat(b.frames, b.bytes));
+    if (last) await segment.cut(); // made durable by the sync below
+    const syncedMicros = b.sync || last ? await segment.sync() : undefined;
     this.counters.appendedRecords += b.records;
     if (events.logFlushed.active) events.logFlushed.publish({ backend: 'file', records: b.records, forced: syncedMicros !== undefined, durationMs: (syncedMicros ?? 0) / 1000 });
     this.inflight = [];
@@ -395,13 +323,13 @@ export class FileLog {
   private compactionDue(): boolean {
     if (this.compactWaiters.length > 0) return true;
     if (this.closing !== undefined) return false;
-    return this.position > Math.max(this.segmentMaxBytes, 2 * this.baseBytes, this.compactionPostponedTo);
+    return (this.segment?.position ?? 0) > Math.max(this.segmentMaxBytes, 2 * this.baseBytes, this.compactionPostponedTo);
   }
 
   private async compactNow(): Promise<void> {
     this.preparation.used();
     const waiters = this.compactWaiters.splice(0);
-    const seq = this.seq + 1;
+    const seq = (this.segment?.seq ?? 0) + 1;
     // Synchronous from here to takeBatch(): the snapshot call is the rotation point.
     let frames: Buffer[];
     let files: readonly SnapshotFile[];
@@ -424,7 +352,7 @@ export class FileLog {
       for (const record of records) push(record);
       push({ tcxSnapshotEnd: seq, records: records.length });
     } catch (err) {
-      this.compactionPostponedTo = this.position + this.segmentMaxBytes;
+      this.compactionPostponedTo = (this.segment?.position ?? 0) + this.segmentMaxBytes;
       this.logger?.error({ err }, 'the snapshot callback failed; compaction postponed');
       for (const w of waiters) w.reject(asError(err));
       return;
@@ -437,13 +365,10 @@ export class FileLog {
 
     // New files are durable before the snapshot that names them.
     for (const f of files) if (!this.files.has(f.name)) await writeSnapshotFile(this.io, this.dir, f);
-    const { file, size } = await this.createSegment(seq, frames);
-    const old = this.file;
-    this.file = file;
-    this.fileSize = size;
-    this.seq = seq;
-    this.position = this.baseBytes = frames.reduce((n, f) => n + f.length, 0);
-    this.dirty = false;
+    const next = await SegmentWriter.create(this.io, this.dir, seq, frames, this.counters);
+    const old = this.segment;
+    this.segment = next;
+    this.baseBytes = next.position;
     this.compactionPostponedTo = 0;
     this.segmentSeqs.push(seq);
     this.files = new Map(refs.map((r) => [r.name, r]));
@@ -476,7 +401,7 @@ export class FileLog {
     if (this.failure !== undefined) return;
     const failure = new LogFailedError(`write-ahead log failed: ${errorMessage(cause)}`, cause);
     this.failure = failure;
-    this.logger?.error({ err: cause, segment: this.seq }, 'write-ahead log failed; refusing all further writes');
+    this.logger?.error({ err: cause, segment: this.segment?.seq }, 'write-ahead log failed; refusing all further writes');
     clearTimeout(this.lazyTimer);
     const doomed = [...this.inflight, ...this.takeBatch().waiters, ...this.compacting, ...this.compactWaiters];
     this.inflight = [];
