@@ -12,8 +12,8 @@
  *                  or {…,"snapshot":true,"snapshotRecords":n,"files"?:[…]}
  *                  (files: immutable files the snapshot includes by reference,
  *                  written before it — see snapshot-files.ts); segments of
- *                  format 1 ({"tcxSegment":seq,…}, frames not chained) are read
- *                  and appended to until the next rotation (segment-scan.ts)
+ *                  format 1 ({"tcxSegment":seq,…}, frames not chained) are read,
+ *                  and the last one is rotated at the first flush after the open
  *   frames 1..n    (snapshot segment) the snapshot payloads
  *   frame n+1      (snapshot segment) end marker {"tcxSnapshotEnd":seq,"records":n}
  *   then           ordinary records in append order
@@ -323,7 +323,11 @@ export class FileLog {
   private compactionDue(): boolean {
     if (this.compactWaiters.length > 0) return true;
     if (this.closing !== undefined) return false;
-    return (this.segment?.position ?? 0) > Math.max(this.segmentMaxBytes, 2 * this.baseBytes, this.compactionPostponedTo);
+    const position = this.segment?.position ?? 0;
+    // A segment of format 1 (not chained) is rotated at the first flush after the open: the log
+    // is chained from then on, however long the segment would take to fill.
+    if (this.chain === undefined && position >= this.compactionPostponedTo) return true;
+    return position > Math.max(this.segmentMaxBytes, 2 * this.baseBytes, this.compactionPostponedTo);
   }
 
   private async compactNow(): Promise<void> {
@@ -337,20 +341,26 @@ export class FileLog {
     let chain: number;
     try {
       const content = this.options.snapshot();
-      const records = Array.from(Symbol.iterator in content ? content : content.records);
+      // Encoded first (the header counts them, and the frames chain from the header); each
+      // record's object can go as soon as it is encoded, each encoding once it is framed.
+      const bodies: (Buffer | undefined)[] = Array.from(Symbol.iterator in content ? content : content.records, encodeJson);
       files = Symbol.iterator in content ? [] : content.files;
       // A file the current snapshot names already is durable and unchanged: its reference stands.
       refs = files.map((f) => this.files.get(f.name) ?? fileRef(f));
-      const header = encodeFrame(encodeJson(segmentHeader(seq, { snapshotRecords: records.length, ...(refs.length === 0 ? {} : { files: refs }) })));
+      const n = bodies.length;
+      const header = encodeFrame(encodeJson(segmentHeader(seq, { snapshotRecords: n, ...(refs.length === 0 ? {} : { files: refs }) })));
       frames = [header];
       chain = frameCrc(header);
-      const push = (payload: unknown): void => {
-        const frame = encodeFrame(encodeJson(payload), MAX_RECORD_BYTES, chain);
+      const push = (body: Buffer): void => {
+        const frame = encodeFrame(body, MAX_RECORD_BYTES, chain);
         chain = frameCrc(frame);
         frames.push(frame);
       };
-      for (const record of records) push(record);
-      push({ tcxSnapshotEnd: seq, records: records.length });
+      for (let i = 0; i < n; i++) {
+        push(bodies[i]!);
+        bodies[i] = undefined;
+      }
+      push(encodeJson({ tcxSnapshotEnd: seq, records: n }));
     } catch (err) {
       this.compactionPostponedTo = (this.segment?.position ?? 0) + this.segmentMaxBytes;
       this.logger?.error({ err }, 'the snapshot callback failed; compaction postponed');

@@ -77,8 +77,8 @@ export function isObject(v: unknown): v is Record<string, unknown> {
  * build that knows only format 1 refuses the segment (a bad header) instead of taking its
  * chained frames for a torn tail and cutting them off; a random nonce, so that two segments
  * never chain from the same header, not even two creations of the same sequence number.
- * Format 1 (`tcxSegment`: unchained frames) is still read, and appended to until the next
- * rotation.
+ * Format 1 (`tcxSegment`: unchained frames) is still read; the log rotates such a segment at
+ * its first flush after the open (file-log.ts).
  */
 export function segmentHeader(seq: number, snapshot: { snapshotRecords: number; files?: readonly unknown[] } | undefined): Record<string, unknown> {
   const nonce = randomBytes(8).toString('hex');
@@ -88,7 +88,7 @@ export function segmentHeader(seq: number, snapshot: { snapshotRecords: number; 
 
 export function parseHeader(v: unknown): Header | undefined {
   if (!isObject(v) || typeof v.snapshot !== 'boolean') return undefined;
-  const chained = v.tcxLog === 2 && typeof v.nonce === 'string';
+  const chained = v.tcxLog === 2 && typeof v.nonce === 'string' && v.nonce.length >= 8;
   const seq = chained ? v.segment : v.tcxSegment;
   if (!Number.isSafeInteger(seq) || (!chained && v.tcxLog !== undefined)) return undefined;
   const n = v.snapshot ? v.snapshotRecords : 0;

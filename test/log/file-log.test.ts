@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { pino } from 'pino';
 import { LogFailedError } from '../../src/errors.js';
-import { decodeFrames, encodeFrame, MAX_RECORD_BYTES } from '../../src/log/frame-codec.js';
-import { decodeSegment } from '../../src/log/segment-scan.js';
+import { decodeFrames, encodeFrame, frameCrc, MAX_RECORD_BYTES } from '../../src/log/frame-codec.js';
+import { decodeSegment, segmentHeader } from '../../src/log/segment-scan.js';
 import {
   FileLog,
   LogCorruptedError,
@@ -30,6 +30,12 @@ const seg = (n: number): string => join(dir, segmentFileName(n));
 const segments = async (): Promise<string[]> => (await readdir(dir)).filter((f) => f.startsWith('segment-')).sort();
 /** A frame of format 1 (checked by itself). */
 const frame = (value: unknown): Buffer => encodeFrame(Buffer.from(JSON.stringify(value)));
+/** A segment of format 2 as the log writes it: the header, then a frame per value, chained to it. */
+const chainedSegment = (header: Record<string, unknown>, values: unknown[]): Buffer => {
+  const frames = [frame(header)];
+  for (const v of values) frames.push(encodeFrame(Buffer.from(JSON.stringify(v)), MAX_RECORD_BYTES, frameCrc(frames.at(-1)!)));
+  return Buffer.concat(frames);
+};
 /** A frame chained to the last frame of `segment` (format 2), as the log would write it next. */
 const chainedFrame = (payload: Uint8Array, segment: Buffer): Buffer => encodeFrame(payload, MAX_RECORD_BYTES, decodeSegment(segment).frames.at(-1)!.crc);
 const rec = (i: number): { i: number; pad: string } => ({ i, pad: 'x'.repeat((i * 7) % 40) });
@@ -253,27 +259,27 @@ describe('FileLog: replay', () => {
     }
   });
 
-  it('reads a log of format 1 (frames not chained), appends to its segment in that format, and writes format 2 from the next rotation on', async () => {
+  it('reads a log of format 1 (frames not chained) and rotates it at the first flush after the open, so that it is chained from then on', async () => {
     await writeFile(seg(1), Buffer.concat([frame({ tcxSegment: 1, snapshot: false }), frame('a'), Buffer.alloc(1024)]));
-    let state: unknown[] = [];
-    let { log, records } = await open({ snapshot: () => state });
+    const state: unknown[] = [];
+    const { log, records } = await open({ snapshot: () => [...state] });
     expect(records).toEqual(['a']);
+    state.push('a', 'b'); // the snapshot holds everything appended before the rotation point
     await log.append('b', { force: true });
-    await log.close();
-    const formatOne = await readFile(seg(1));
-    expect(decodeFrames(formatOne).frames.map((f) => JSON.parse(Buffer.from(f.payload).toString()) as unknown)).toEqual([{ tcxSegment: 1, snapshot: false }, 'a', 'b']);
-    ({ log, records } = await open({ snapshot: () => state }));
-    expect(records).toEqual(['a', 'b']);
-    state = ['a', 'b'];
-    await log.compact();
     await log.append('c', { force: true });
     await log.close();
+    expect(await segments()).toEqual([segmentFileName(2)]);
     const formatTwo = await framesOf(seg(2));
     const header = JSON.parse(Buffer.from(decodeSegment(formatTwo).frames[0]!.payload).toString()) as Record<string, unknown>;
     expect(header).toMatchObject({ tcxLog: 2, segment: 2, snapshot: true, snapshotRecords: 2 });
     expect(decodeFrames(formatTwo).frames).toHaveLength(1); // the frames after the header are chained to it
-    expect(decodeSegment(formatTwo).frames).toHaveLength(5); // header, 2 snapshot records, marker, 'c'
-    expect((await open({ snapshot: () => state })).records).toEqual(['a', 'b', 'c']);
+    expect(decodeSegment(formatTwo).frames).toHaveLength(5); // header, the 2 snapshot records, marker, 'c'
+    const reopened = await open({ snapshot: () => [...state] });
+    expect(reopened.records).toEqual(['a', 'b', 'c']);
+    expect(reopened.log.stats().compactions).toBe(0); // format 2 now: no further rotation at the open
+    await reopened.log.append('d', { force: true });
+    await reopened.log.close();
+    expect(await segments()).toEqual([segmentFileName(2)]);
   });
 
   it('starts over a segment whose creation a crash interrupted, however much of it is zeros', async () => {
@@ -318,7 +324,7 @@ describe('FileLog: replay', () => {
   it('replays several segments in order and refuses to guess past corruption in a non-last one', async () => {
     await writeRecords(['a', 'b', 'c']);
     await writeFile(seg(1), await framesOf(seg(1))); // as rotation leaves it
-    await writeFile(seg(2), Buffer.concat([frame({ tcxSegment: 2, snapshot: false }), frame('d')]));
+    await writeFile(seg(2), chainedSegment(segmentHeader(2, undefined), ['d']));
     const { log, records } = await open();
     expect(records).toEqual(['a', 'b', 'c', 'd']);
     await log.append('e', { force: true });
@@ -603,10 +609,9 @@ describe('FileLog: compaction', () => {
 
   it('ignores a snapshot segment left without its end marker by a crash, wherever the crash hit', async () => {
     await writeRecords(['a', 'b', 'c']);
-    const header = frame({ tcxSegment: 2, snapshot: true, snapshotRecords: 3 });
-    const marker = frame({ tcxSnapshotEnd: 2, records: 3 });
-    const full = Buffer.concat([header, frame('s1'), frame('s2'), frame('s3'), marker, frame('after')]);
-    const cuts = [0, 5, header.length, header.length + 20, full.length - frame('after').length - 3];
+    const full = chainedSegment(segmentHeader(2, { snapshotRecords: 3 }), ['s1', 's2', 's3', { tcxSnapshotEnd: 2, records: 3 }, 'after']);
+    const headerBytes = decodeSegment(full).frames[0]!.end;
+    const cuts = [0, 5, headerBytes, headerBytes + 20, full.length - frame('after').length - 3];
     for (const cut of cuts) {
       await writeFile(seg(2), full.subarray(0, cut));
       const { log, records } = await open();
