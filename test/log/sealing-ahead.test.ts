@@ -21,9 +21,12 @@ afterEach(() => {
 const open = (dir: string): ReturnType<typeof CoordinatorLog.open> =>
   CoordinatorLog.open({ dir, segmentMaxBytes: 1 << 20, retentionMs: 86_400_000, maxRetainedTransactions: 1_000_000, logger: silentLogger() });
 
+/** An hour ago: well within the log's retention (a fixed date stops being so a day later). */
+const START = Date.now() - 3_600_000;
+
 function ended(i: number): DurableTransaction {
   const id = randomUUID();
-  const at = new Date(Date.parse('2026-12-07T00:00:00.000Z') + i).toISOString();
+  const at = new Date(START + i).toISOString();
   const commit = i % 5 !== 0;
   return {
     id,
