@@ -208,21 +208,12 @@ async function interleaved(
     for (const v of variants) {
       const row = againstBaselines(measured.get(v.variant)!, baselines);
       const reference = headToHead.find(([variant]) => variant === v.variant)?.[1];
-      rows.push(reference === undefined ? row : { ...row, versus: againstReference(measured.get(v.variant)!, reference, measured.get(reference)!) });
+      // Against the other variant's cells of the same rounds (the cells of a round are seconds apart).
+      rows.push(reference === undefined ? row : { ...row, versus: { variant: reference, ...perRound(measured.get(v.variant)!, measured.get(reference)!) } });
     }
   }
 }
 
-/** A variant's cells against another variant's cells of the same rounds (the cells of a round are seconds apart). */
-function againstReference(cells: readonly Row[], variant: string, references: readonly Row[]): NonNullable<Row['versus']> {
-  const ratios = cells.map((c, i) => c.perSecond / Math.max(1, references[i]!.perSecond));
-  return {
-    variant,
-    ratio: round2(median(ratios)),
-    ratioRange: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
-    p50DeltaMs: round2(median(cells.map((c, i) => c.p50Ms - references[i]!.p50Ms))),
-  };
-}
 
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -250,9 +241,19 @@ function medianCell(cells: readonly Cell[]): Cell {
   };
 }
 
+/** Cells against the cells of the same rounds: the median tx/s ratio, its range, and the median p50 difference. */
+function perRound(cells: readonly Cell[], references: readonly Cell[]): { ratio: number; ratioRange: [number, number]; p50DeltaMs: number } {
+  const ratios = cells.map((c, i) => c.perSecond / Math.max(1, references[i]!.perSecond));
+  return {
+    ratio: round2(median(ratios)),
+    ratioRange: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
+    p50DeltaMs: round2(median(cells.map((c, i) => c.p50Ms - references[i]!.p50Ms))),
+  };
+}
+
 /** A variant's rounds against the baselines of the same rounds. */
 function againstBaselines(rounds: readonly Row[], baselines: readonly Cell[]): Row {
-  const ratios = rounds.map((r, i) => r.perSecond / Math.max(1, baselines[i]!.perSecond));
+  const { ratio, ratioRange, p50DeltaMs } = perRound(rounds, baselines);
   const first = rounds[0]!;
   const fsyncs = medianOf(rounds, (r) => r.fsyncsPerTx);
   const cpu = medianOf(rounds, (r) => r.coordinatorCpuMsPerTx);
@@ -263,9 +264,9 @@ function againstBaselines(rounds: readonly Row[], baselines: readonly Cell[]): R
     ...medianCell(rounds),
     ...(fsyncs === undefined ? {} : { fsyncsPerTx: round2(fsyncs) }),
     ...(cpu === undefined ? {} : { coordinatorCpuMsPerTx: cpu }),
-    ratio: round2(median(ratios)),
-    ratioRange: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
-    p50OverheadMs: round2(median(rounds.map((r, i) => r.p50Ms - baselines[i]!.p50Ms))),
+    ratio,
+    ratioRange,
+    p50OverheadMs: p50DeltaMs,
     rounds: rounds.length,
     ...(first.note === undefined ? {} : { note: first.note }),
   };
@@ -415,7 +416,7 @@ function printTable(rows: Row[]): void {
   for (const r of versus) {
     const v = r.versus!;
     console.log(
-      `  ${r.scenario} ${r.variant} against ${v.variant}, ${r.clients} client${r.clients === 1 ? "" : "s"}: ${v.ratio.toFixed(2)}× (${v.ratioRange[0].toFixed(2)}–${v.ratioRange[1].toFixed(2)}), p50 ${v.p50DeltaMs >= 0 ? '+' : ''}${v.p50DeltaMs.toFixed(2)} ms`,
+      `  ${r.scenario} ${r.variant} against ${v.variant}, ${r.clients} client${r.clients === 1 ? '' : 's'}: ${v.ratio.toFixed(2)}× (${v.ratioRange[0].toFixed(2)}–${v.ratioRange[1].toFixed(2)}), p50 ${v.p50DeltaMs >= 0 ? '+' : ''}${v.p50DeltaMs.toFixed(2)} ms`,
     );
   }
 }

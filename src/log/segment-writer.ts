@@ -37,27 +37,24 @@ export class SegmentWriter {
   }
 
   /** Creates segment `seq` durably with its first frames: write, preallocate, fdatasync, fsync the directory. */
-  static async create(io: LogIo, dir: string, seq: number, frames: readonly Buffer[], counters: SyncCounters): Promise<SegmentWriter> {
-    const file = await io.open(join(dir, segmentFileName(seq)), 'wx');
-    try {
+  static create(io: LogIo, dir: string, seq: number, frames: readonly Buffer[], counters: SyncCounters): Promise<SegmentWriter> {
+    return SegmentWriter.#durable(io, dir, join(dir, segmentFileName(seq)), 'wx', 'datasync', counters, async (file) => {
       const base = Buffer.concat(frames);
       await writeFully(file, base, 0);
       const size = base.length + PREALLOCATION_WINDOW_BYTES;
       await file.truncate(size);
-      const segment = new SegmentWriter(file, seq, base.length, size, counters);
-      await segment.#timedSync('datasync');
-      await fsyncDir(io, dir);
-      return segment;
-    } catch (err) {
-      await file.close().catch(() => undefined);
-      throw err;
-    }
+      return { seq, at: base.length, size };
+    });
   }
 
-  /** Goes on writing the last segment replay read: a torn tail cut off first, the window preallocated again, all of it made durable. */
-  static async resume(io: LogIo, dir: string, s: SegmentScan, counters: SyncCounters, logger: Logger | undefined): Promise<SegmentWriter> {
-    const file = await io.open(s.path, 'r+');
-    try {
+  /**
+   * Goes on writing the last segment replay read: a torn tail cut off first, the window
+   * preallocated again, all of it made durable — what replay read may still be only in the page
+   * cache (a crash between write and fdatasync), and a power cut must not take back a decision
+   * that recovery is about to deliver.
+   */
+  static resume(io: LogIo, dir: string, s: SegmentScan, counters: SyncCounters, logger: Logger | undefined): Promise<SegmentWriter> {
+    return SegmentWriter.#durable(io, dir, s.path, 'r+', 'sync', counters, async (file) => {
       if (s.bad !== undefined) {
         logger?.warn(
           { segment: s.path, offset: s.goodEnd, reason: s.bad.reason, droppedBytes: s.size - s.goodEnd },
@@ -68,11 +65,25 @@ export class SegmentWriter {
       const onDisk = s.bad !== undefined ? s.goodEnd : s.size;
       const size = Math.max(onDisk, s.goodEnd + PREALLOCATION_WINDOW_BYTES);
       if (size > onDisk) await file.truncate(size);
-      // What replay read may still be only in the page cache (a crash between write and
-      // fdatasync): make it durable before anyone acts on it, or a power cut could take
-      // back a decision that recovery already delivered.
-      const segment = new SegmentWriter(file, s.seq, s.goodEnd, size, counters);
-      await segment.#timedSync('sync');
+      return { seq: s.seq, at: s.goodEnd, size };
+    });
+  }
+
+  /** Opens `path`, lets `layOut` write and size it, then syncs the file and its directory; closes the file on any failure. */
+  static async #durable(
+    io: LogIo,
+    dir: string,
+    path: string,
+    flags: string,
+    kind: 'datasync' | 'sync',
+    counters: SyncCounters,
+    layOut: (file: LogFile) => Promise<{ seq: number; at: number; size: number }>,
+  ): Promise<SegmentWriter> {
+    const file = await io.open(path, flags);
+    try {
+      const { seq, at, size } = await layOut(file);
+      const segment = new SegmentWriter(file, seq, at, size, counters);
+      await segment.#timedSync(kind);
       await fsyncDir(io, dir);
       return segment;
     } catch (err) {
