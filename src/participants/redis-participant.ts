@@ -31,19 +31,19 @@
  * or possibly prepared"; findPrepared lists it, and resolving an entry whose record is gone
  * is a no-op that removes it. Every staged record has an index entry.
  *
- * Cluster: `INFO cluster` decides at the first connection; with cluster_enabled:1 the
- * adapter uses ioredis Cluster seeded with the URL's node, and refuses a branch whose keys
- * (writes and guards) span several hash slots. Every call is bounded: connectTimeout,
- * commandTimeout, no offline queue, no retry or re-send of a command whose outcome is unknown.
+ * Cluster: `INFO cluster` decides at the first connection (redis-connection.ts); with
+ * cluster_enabled:1 the adapter uses ioredis Cluster seeded with the URL's node, and refuses
+ * a branch whose keys (writes and guards) span several hash slots. Every call is bounded:
+ * connectTimeout, commandTimeout, no offline queue, no retry or re-send of a command whose
+ * outcome is unknown.
  */
 
-import { readFileSync } from 'node:fs';
-import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
 import { CoordinatorError, errorMessage } from '../errors.js';
 import { isSafeGid, parseGid } from './gid.js';
 import type { BranchRef, EnlistResult, ParticipantAdapter, PrepareResult } from './participant.js';
-import { withTimeout } from '../lib/with-timeout.js';
+import { isReplyError, RedisConnection, redisUnreachable } from './redis-connection.js';
+import { durabilityProblems } from './redis-durability.js';
 import {
   MAX_BRANCH_BYTES,
   MAX_BRANCH_OPERATIONS,
@@ -75,44 +75,6 @@ export interface RedisParticipantOptions {
   readonly allowVolatile?: boolean;
 }
 
-type ScriptRunner = (numKeys: number, ...args: string[]) => Promise<unknown>;
-interface ScriptCommands {
-  tcxPrepare: ScriptRunner;
-  tcxCommit: ScriptRunner;
-  tcxAbort: ScriptRunner;
-  tcxPrecommit: ScriptRunner;
-}
-type Client = (Redis | Cluster) & ScriptCommands;
-
-const SCRIPT_FILES: Record<keyof ScriptCommands, string> = {
-  tcxPrepare: 'prepare.lua',
-  tcxCommit: 'commit.lua',
-  tcxAbort: 'abort.lua',
-  tcxPrecommit: 'precommit.lua',
-};
-
-const INCLUDE = /^--- @include "([A-Za-z0-9_.-]+)"[ \t]*$/gm;
-const scriptSources = new Map<string, string>();
-
-/** Reads lua/<file> next to this module, inlining `--- @include "x.lua"` lines; errors name the include stack. */
-export function loadLuaScript(file: string, stack: readonly string[] = []): string {
-  if (stack.length === 0) {
-    const cached = scriptSources.get(file);
-    if (cached !== undefined) return cached;
-  }
-  if (stack.includes(file)) throw new CoordinatorError('INTERNAL', `Lua include cycle: ${[...stack, file].join(' -> ')}`);
-  let text: string;
-  try {
-    text = readFileSync(new URL(`./lua/${file}`, import.meta.url), 'utf8');
-  } catch (err) {
-    const from = stack.length === 0 ? '' : ` (included from ${stack.join(' -> ')})`;
-    throw new CoordinatorError('INTERNAL', `cannot read Lua script ${file}${from}: ${errorMessage(err)}`, { cause: err });
-  }
-  const source = text.replace(INCLUDE, (_line, name: string) => loadLuaScript(name, [...stack, file]));
-  if (stack.length === 0) scriptSources.set(file, source);
-  return source;
-}
-
 /** In memory until prepared: 'preparing' means a prepare was sent, so Redis may hold a record. */
 interface RedisBranch {
   readonly ops: RedisStagedOperation[];
@@ -120,8 +82,6 @@ interface RedisBranch {
   stagedKey: string | undefined;
 }
 
-const VOLATILE_RISK = 'staged (prepared) writes would be lost on a Redis restart, breaking atomicity';
-const EVICTING_POLICIES = new Set(['allkeys-lru', 'allkeys-lfu', 'allkeys-random']);
 const MAX_LISTED = 100_000;
 
 export class RedisParticipant implements ParticipantAdapter {
@@ -133,17 +93,14 @@ export class RedisParticipant implements ParticipantAdapter {
   readonly #options: RedisParticipantOptions;
   readonly #log: Logger;
   readonly #branches = new Map<string, RedisBranch>();
-  #connecting: Promise<Client> | undefined;
-  #client: Client | undefined;
-  #cluster = false;
-  #closed = false;
-  #healthy = true;
+  readonly #connection: RedisConnection;
   #warnings: string[] = [];
 
   constructor(options: RedisParticipantOptions) {
     this.name = options.name;
     this.#options = options;
     this.#log = options.logger.child({ participant: options.name });
+    this.#connection = new RedisConnection(options, this.#log);
   }
 
   /** Warnings of the last verify(): durability that allowVolatile let through. */
@@ -153,7 +110,7 @@ export class RedisParticipant implements ParticipantAdapter {
 
   /** True once connected to a server with cluster_enabled:1. */
   get clusterMode(): boolean {
-    return this.#cluster;
+    return this.#connection.clusterMode;
   }
 
   async verify(): Promise<void> {
@@ -166,43 +123,9 @@ export class RedisParticipant implements ParticipantAdapter {
     if (protocol !== 'redis:' && protocol !== 'rediss:') {
       throw new CoordinatorError('VALIDATION_FAILED', `redis participant ${this.name}: url must be redis://… or rediss://…`);
     }
-    const client = await this.#connection();
+    const client = await this.#connection.client();
     await this.#call('PING', () => client.ping());
-    const nodes: Redis[] = client instanceof Cluster ? client.nodes('master') : [client];
-    const problems: string[] = [];
-    for (const node of nodes) {
-      const where = nodes.length > 1 ? ` (node ${node.options.host ?? '?'}:${node.options.port ?? '?'})` : '';
-      let settings: Map<string, string>;
-      try {
-        settings = new Map();
-        for (const name of ['appendonly', 'appendfsync', 'maxmemory-policy']) {
-          const reply = (await node.config('GET', name)) as unknown;
-          if (Array.isArray(reply)) for (let i = 0; i + 1 < reply.length; i += 2) settings.set(String(reply[i]), String(reply[i + 1]));
-        }
-      } catch (err) {
-        if (!isReplyError(err)) throw unreachable(this.name, err);
-        problems.push(
-          `could not verify the durability of redis participant ${this.name}${where}: CONFIG GET is not available (${errorMessage(err)}). ` +
-            `Unless the server runs with appendonly yes and appendfsync always, ${VOLATILE_RISK}.`,
-        );
-        continue;
-      }
-      const appendonly = settings.get('appendonly') ?? 'unknown';
-      const appendfsync = settings.get('appendfsync') ?? 'unknown';
-      if (appendonly !== 'yes' || appendfsync !== 'always') {
-        problems.push(
-          `redis participant ${this.name}${where} runs with appendonly ${appendonly}, appendfsync ${appendfsync}: ${VOLATILE_RISK}. ` +
-            'Set appendonly yes and appendfsync always (CONFIG SET, then CONFIG REWRITE).',
-        );
-      }
-      const policy = settings.get('maxmemory-policy');
-      if (policy !== undefined && EVICTING_POLICIES.has(policy)) {
-        problems.push(
-          `redis participant ${this.name}${where} runs with maxmemory-policy ${policy}: staged records and locks could be evicted. ` +
-            'Use noeviction (or a volatile-* policy).',
-        );
-      }
-    }
+    const problems = await durabilityProblems(client, this.name);
     if (problems.length === 0) {
       this.#warnings = [];
       return;
@@ -234,8 +157,8 @@ export class RedisParticipant implements ParticipantAdapter {
         `a redis branch holds at most ${MAX_BRANCH_OPERATIONS} operations and ${MAX_BRANCH_BYTES / 1024 / 1024} MiB of keys and values`,
       );
     }
-    const client = await this.#connection();
-    if (this.#cluster) assertOneSlot(staged);
+    const client = await this.#connection.client();
+    if (this.#connection.clusterMode) assertOneSlot(staged);
     if (signal?.aborted === true) throw new CoordinatorError('OPERATION_FAILED', `cancelled: ${errorMessage(signal.reason)}`);
     const results = await Promise.all(
       operations.map(async (op, index) => {
@@ -243,7 +166,7 @@ export class RedisParticipant implements ParticipantAdapter {
         try {
           return { value: await client.get(op.key) };
         } catch (err) {
-          if (!isReplyError(err)) throw unreachable(this.name, err);
+          if (!isReplyError(err)) throw redisUnreachable(this.name, err);
           throw new CoordinatorError('OPERATION_FAILED', `operation ${index} failed on ${this.name}: ${errorMessage(err)}`, {
             cause: err,
             details: { participant: this.name, operation: index },
@@ -278,7 +201,7 @@ export class RedisParticipant implements ParticipantAdapter {
     const stagedKey = stagedRecordKey(keys[0] as string, gid);
     const keysJson = JSON.stringify(keys);
     try {
-      const client = await this.#connection();
+      const client = await this.#connection.client();
       if (writes) {
         entry.state = 'preparing';
         entry.stagedKey = stagedKey;
@@ -342,7 +265,7 @@ export class RedisParticipant implements ParticipantAdapter {
     if (!isSafeGid(gid) || coordinator === undefined) {
       throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
     }
-    const client = await this.#connection();
+    const client = await this.#connection.client();
     const stagedKey =
       this.#branches.get(gid)?.stagedKey ?? (await this.#call('HGET index', () => client.hget(stagedIndexKey(coordinator), gid)));
     if (stagedKey === null || stagedKey === undefined) {
@@ -361,7 +284,7 @@ export class RedisParticipant implements ParticipantAdapter {
     if (!isSafeGid(gid) || coordinator === undefined) {
       throw new CoordinatorError('INTERNAL', `refusing to use malformed gid ${JSON.stringify(gid)}`);
     }
-    const client = await this.#connection();
+    const client = await this.#connection.client();
     const indexKey = stagedIndexKey(coordinator);
     const stagedKey = this.#branches.get(gid)?.stagedKey ?? (await this.#call('HGET index', () => client.hget(indexKey, gid)));
     if (stagedKey !== null) {
@@ -388,7 +311,7 @@ export class RedisParticipant implements ParticipantAdapter {
     if (coordinator === undefined) {
       throw new CoordinatorError('VALIDATION_FAILED', `redis participants list prepared branches per coordinator: prefix must start with tcx:<coordinatorId>:`);
     }
-    const client = await this.#connection();
+    const client = await this.#connection.client();
     const indexKey = stagedIndexKey(coordinator);
     const gids: string[] = [];
     let cursor = '0';
@@ -411,131 +334,8 @@ export class RedisParticipant implements ParticipantAdapter {
   }
 
   async close(): Promise<void> {
-    this.#closed = true;
     this.#branches.clear(); // unprepared work only lived here; prepared work is staged in Redis
-    const connecting = this.#connecting;
-    this.#connecting = undefined;
-    const client = this.#client ?? (await connecting?.catch(() => undefined));
-    this.#client = undefined;
-    if (client === undefined) return;
-    await withTimeout(client.quit(), this.#options.commandTimeoutMs, 'QUIT').catch(() => undefined);
-    client.disconnect();
-  }
-
-  // ---- connection ----
-
-  async #connection(): Promise<Client> {
-    if (this.#closed) throw new CoordinatorError('SHUTTING_DOWN', `redis participant ${this.name} is closed`);
-    this.#connecting ??= this.#open().catch((err: unknown) => {
-      this.#connecting = undefined;
-      throw err;
-    });
-    const client = await this.#connecting;
-    if (client.status !== 'ready') {
-      if (client.status === 'end') {
-        this.#connecting = undefined;
-        throw unreachable(this.name, new Error('connection ended'));
-      }
-      await whenReady(client, this.#options.connectTimeoutMs).catch((err: unknown) => {
-        throw unreachable(this.name, err);
-      });
-    }
-    return client;
-  }
-
-  async #open(): Promise<Client> {
-    const o = this.#options;
-    const common = {
-      connectTimeout: o.connectTimeoutMs,
-      commandTimeout: o.commandTimeoutMs,
-      // A command that timed out has an unknown outcome and the coordinator already acted on
-      // it (a prepare that timed out is a no vote). Re-sending it after a reconnect could
-      // stage a branch nobody will resolve promptly: never re-send, never retry blindly.
-      maxRetriesPerRequest: 0,
-      autoResendUnfulfilledCommands: false,
-      connectionName: 'tx-coordinator',
-    } satisfies RedisOptions;
-    const standalone = new Redis(o.url, {
-      ...common,
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      retryStrategy: (times) => Math.min(times * 100, 2_000),
-    });
-    this.#watch(standalone);
-    // A refused AUTH shows only as an 'error' event; connect() itself rejects "Connection is closed.".
-    let refusal: unknown;
-    const remember = (err: unknown): void => {
-      if (isReplyError(err) && /^(WRONGPASS|NOAUTH|NOPERM)\b/.test(errorMessage(err))) refusal = err;
-    };
-    standalone.on('error', remember);
-    try {
-      await withTimeout(standalone.connect(), o.connectTimeoutMs, 'connect');
-    } catch (err) {
-      standalone.disconnect();
-      if (refusal !== undefined) {
-        throw new CoordinatorError('PARTICIPANT_AUTH_FAILED', `redis participant ${this.name} refused the credentials: ${errorMessage(refusal)}`, {
-          cause: refusal,
-        });
-      }
-      throw unreachable(this.name, err);
-    } finally {
-      standalone.off('error', remember);
-    }
-    let cluster = false;
-    try {
-      cluster = /^cluster_enabled:1\s*$/m.test(await standalone.info('cluster'));
-    } catch (err) {
-      this.#log.warn({ err: errorMessage(err) }, 'INFO cluster failed; assuming a standalone server');
-    }
-    let client: Redis | Cluster = standalone;
-    if (cluster) {
-      standalone.disconnect();
-      const url = new URL(o.url);
-      const node = { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port === '' ? 6379 : url.port) };
-      const clusterClient = new Cluster([node], {
-        lazyConnect: true,
-        enableOfflineQueue: false,
-        scaleReads: 'master',
-        slotsRefreshTimeout: o.connectTimeoutMs,
-        clusterRetryStrategy: (times) => Math.min(times * 100, 2_000),
-        redisOptions: {
-          ...common,
-          ...(url.username === '' ? {} : { username: decodeURIComponent(url.username) }),
-          ...(url.password === '' ? {} : { password: decodeURIComponent(url.password) }),
-          ...(url.protocol === 'rediss:' ? { tls: {} } : {}),
-        },
-      });
-      this.#watch(clusterClient);
-      try {
-        await withTimeout(clusterClient.connect(), o.connectTimeoutMs, 'cluster connect');
-      } catch (err) {
-        clusterClient.disconnect();
-        throw unreachable(this.name, err);
-      }
-      client = clusterClient;
-    }
-    for (const [command, file] of Object.entries(SCRIPT_FILES)) client.defineCommand(command, { lua: loadLuaScript(file) });
-    this.#cluster = cluster;
-    this.#client = client as Client;
-    if (this.#closed) {
-      client.disconnect();
-      throw new CoordinatorError('SHUTTING_DOWN', `redis participant ${this.name} is closed`);
-    }
-    this.#log.debug({ cluster }, 'connected to redis');
-    return client as Client;
-  }
-
-  #watch(client: Redis | Cluster): void {
-    client.on('error', (err: unknown) => {
-      if (!this.#healthy) return;
-      this.#healthy = false;
-      this.#log.warn({ err: errorMessage(err) }, 'redis connection failed; reconnecting');
-    });
-    client.on('ready', () => {
-      if (this.#healthy) return;
-      this.#healthy = true;
-      this.#log.info('redis connection restored');
-    });
+    await this.#connection.close();
   }
 
   /** Runs one Redis call; connection failures and timeouts become PARTICIPANT_UNREACHABLE. */
@@ -547,7 +347,7 @@ export class RedisParticipant implements ParticipantAdapter {
       if (isReplyError(err)) {
         throw new CoordinatorError('OPERATION_FAILED', `${what} failed on ${this.name}: ${errorMessage(err)}`, { cause: err });
       }
-      throw unreachable(this.name, err, what);
+      throw redisUnreachable(this.name, err, what);
     }
   }
 }
@@ -563,31 +363,4 @@ function parseKeyList(json: string, stagedKey: string): string[] {
     throw new CoordinatorError('INTERNAL', `staged record ${stagedKey} holds a malformed key list`);
   }
   return keys;
-}
-
-function isReplyError(err: unknown): boolean {
-  return err instanceof Error && err.name === 'ReplyError';
-}
-
-function unreachable(name: string, err: unknown, what?: string): CoordinatorError {
-  const during = what === undefined ? '' : ` (${what})`;
-  return new CoordinatorError('PARTICIPANT_UNREACHABLE', `cannot reach redis participant ${name}${during}: ${errorMessage(err)}`, { cause: err });
-}
-
-/** Resolves when the client is ready again, rejects when it ends or after ms; leaves no listener behind. */
-function whenReady(client: Redis | Cluster, ms: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const settle = (err?: Error): void => {
-      clearTimeout(timer);
-      client.off('ready', ready);
-      client.off('end', ended);
-      if (err === undefined) resolve();
-      else reject(err);
-    };
-    const ready = (): void => settle();
-    const ended = (): void => settle(new Error('connection ended'));
-    const timer = setTimeout(() => settle(new Error(`not ready within ${ms} ms`)), ms);
-    client.on('ready', ready);
-    client.on('end', ended);
-  });
 }

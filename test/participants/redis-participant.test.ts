@@ -10,7 +10,8 @@ import { CoordinatorError } from '../../src/errors.js';
 import { makeGid } from '../../src/participants/gid.js';
 import { silentLogger } from '../../src/logger.js';
 import type { BranchRef } from '../../src/participants/participant.js';
-import { RedisParticipant, loadLuaScript } from '../../src/participants/redis-participant.js';
+import { loadLuaScript } from '../../src/participants/redis-connection.js';
+import { RedisParticipant } from '../../src/participants/redis-participant.js';
 import {
   assertOneSlot,
   crc16,
