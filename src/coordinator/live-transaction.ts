@@ -8,7 +8,7 @@
 import type { TransactionEndedEvent } from '../observability/events.js';
 import type { DurableTransaction, ForgottenBranch, LoggedProtocol, OnePhaseEvidence, ParticipantKind, ProtocolName } from '../log/log-records.js';
 import { initialState, type TwoPhaseState, type Vote } from '../protocol/commit-protocol.js';
-import type { PrepareResult } from '../participants/participant.js';
+import type { BranchRef, PrepareResult } from '../participants/participant.js';
 import { CoordinatorError } from '../errors.js';
 import { Mutex } from './mutex.js';
 
@@ -206,6 +206,17 @@ export function invalidState(tx: LiveTransaction, what: string): CoordinatorErro
  * from a shared log while no instance runs it (decided, phase 2 not finished — or a one-phase
  * commit whose answer was lost: in doubt).
  */
+/** What an adapter is told of a branch in every call. */
+export function branchRef(tx: LiveTransaction, branch: LiveBranch): BranchRef {
+  return {
+    transactionId: tx.id,
+    protocol: tx.protocol,
+    branchId: branch.branchId,
+    gid: branch.gid,
+    ...(branch.payload === undefined ? {} : { payload: branch.payload }),
+  };
+}
+
 export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).

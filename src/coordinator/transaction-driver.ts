@@ -10,10 +10,11 @@
  *   deliver           phase 2 to each branch, retried with backoff until it is
  *                     acknowledged (rule 5); visible as in doubt meanwhile
  *   log-end           the unforced end record; the transaction leaves memory
- *   commit-one-phase  the lone branch commits on its store in one step; a lost
- *                     answer forces the store's evidence to the log, then the
- *                     store is asked for the outcome, with backoff, until it can
- *                     tell (never by a second commit)
+ *   commit-one-phase  the lone branch commits on its store in one step
+ *                     (one-phase-commit.ts); a lost answer forces the store's
+ *                     evidence to the log, then the store is asked for the
+ *                     outcome, with backoff, until it can tell (never by a
+ *                     second commit)
  *
  * Each step is synchronous, so no two interleave; the results of I/O come back
  * as new events. Timeouts abort abandoned transactions (rule 7).
@@ -22,15 +23,16 @@
 import type { Logger } from 'pino';
 import { isoNow } from '../lib/iso-clock.js';
 import { asError, errorMessage } from '../errors.js';
-import type { BranchRef, OnePhaseResult, OnePhaseUnknown, ParticipantAdapter } from '../participants/participant.js';
+import type { BranchRef } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
 import { hitFailPoint } from './fail-points.js';
 import { flatLineLogger } from '../logger.js';
-import { decisionRecord, endedRecord, onePhaseInDoubtRecord } from './journal.js';
-import { endedEvent, type LiveBranch, type LiveTransaction } from './live-transaction.js';
+import { decisionRecord, endedRecord } from './journal.js';
+import { branchRef, endedEvent, type LiveBranch, type LiveTransaction } from './live-transaction.js';
 import { events, observeCall } from '../observability/events.js';
+import { OnePhaseCommit } from './one-phase-commit.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 
 export interface DriverHooks {
@@ -49,8 +51,7 @@ export class TransactionDriver {
   readonly #decisionLogger: Logger;
   readonly #hooks: DriverHooks;
   readonly #stopping: AbortSignal;
-  /** Aborted when a graceful stop no longer waits for one-phase COMMIT answers (abandonOnePhaseAnswers). */
-  readonly #answersAbandoned = new AbortController();
+  readonly #onePhase: OnePhaseCommit;
   readonly #leaseHeld: () => boolean;
 
   constructor(deps: {
@@ -71,16 +72,27 @@ export class TransactionDriver {
     this.#decisionLogger = flatLineLogger(deps.logger);
     this.#hooks = deps.hooks;
     this.#stopping = deps.stopping;
+    this.#onePhase = new OnePhaseCommit({
+      log: deps.log,
+      registry: deps.registry,
+      retry: deps.retry,
+      logger: deps.logger,
+      decisionLogger: this.#decisionLogger,
+      stopping: deps.stopping,
+      leaseHeld: this.#leaseHeld,
+      decided: (tx) => this.#hooks.decided(tx),
+      applyInternal: (tx, event) => this.applyInternal(tx, event),
+    });
   }
 
-  /**
-   * A graceful stop's deadline is near: a one-phase COMMIT still waiting for its answer stops
-   * waiting, and its evidence is forced as for a lost answer (the log is still open), so that
-   * recovery asks the store after the restart instead of forgetting the transaction. No COMMIT
-   * leaves after this; nobody is asked until the restart.
-   */
+  /** A graceful stop's deadline is near: one-phase COMMITs stop waiting for their answers (one-phase-commit.ts). */
   abandonOnePhaseAnswers(): void {
-    this.#answersAbandoned.abort();
+    this.#onePhase.abandonAnswers();
+  }
+
+  /** Recovery: a one-phase commit whose answer was lost before a restart; the store is asked what it did. */
+  resumeOnePhase(tx: LiveTransaction): Promise<void> {
+    return this.#onePhase.resume(tx);
   }
 
   /** A client's event: a rejected transition throws (the API answers 409). */
@@ -115,13 +127,7 @@ export class TransactionDriver {
   }
 
   ref(tx: LiveTransaction, branch: LiveBranch): BranchRef {
-    return {
-      transactionId: tx.id,
-      protocol: tx.protocol,
-      branchId: branch.branchId,
-      gid: branch.gid,
-      ...(branch.payload === undefined ? {} : { payload: branch.payload }),
-    };
+    return branchRef(tx, branch);
   }
 
   async onTimeout(tx: LiveTransaction): Promise<void> {
@@ -149,130 +155,9 @@ export class TransactionDriver {
         this.#end(tx, action.outcome);
         return;
       case 'commit-one-phase':
-        void this.#commitOnePhase(tx, action.branchId);
+        void this.#onePhase.commit(tx, action.branchId);
         return;
     }
-  }
-
-  /**
-   * One-phase commit: the store decides, nothing is logged before (a crash leaves the log
-   * silent, and the store has committed all of the branch's work or none of it). A lost
-   * answer is not a "no": the store's evidence is forced to the log, and the store is asked
-   * what it did until it can tell (after a restart, by recovery), in doubt meanwhile.
-   */
-  async #commitOnePhase(tx: LiveTransaction, branchId: string): Promise<void> {
-    const branch = tx.branches.get(branchId);
-    if (branch === undefined) return;
-    tx.onePhase = true;
-    tx.preparingMs ??= performance.now();
-    const adapter = this.#registry.adapter(branch.participant);
-    const ref = this.ref(tx, branch);
-    if (!this.#leaseHeld()) {
-      // No commit leaves once the lease may have gone; the open work is rolled back (or ends with its session).
-      await adapter.abort(ref).catch(() => undefined);
-      await this.#finishOnePhase(tx, branchId, { outcome: 'abort', reason: "this instance lost its coordinator id's lease" });
-      return;
-    }
-    hitFailPoint('before-one-phase-commit');
-    branch.attempts = 1;
-    branch.lastAttemptAt = isoNow();
-    let answer: OnePhaseResult | OnePhaseUnknown;
-    try {
-      answer = await observeCall(adapter, 'commit-one-phase', () => adapter.commitOnePhase!(ref, this.#answersAbandoned.signal));
-    } catch (err) {
-      // An adapter that broke its contract: whether COMMIT left is not known, and nothing says how to find out.
-      answer = { outcome: 'unknown', evidence: {}, reason: `one-phase commit on ${branch.participant} failed: ${errorMessage(err)}` };
-    }
-    if (answer.outcome === 'unknown') {
-      await this.#recordOnePhaseInDoubt(tx, branch, answer);
-      const asked = await this.#askOnePhaseOutcome(tx, branch);
-      if (asked === undefined) return; // stopping: recovery asks again after the restart
-      answer = asked;
-    }
-    hitFailPoint('after-one-phase-commit');
-    await this.#finishOnePhase(tx, branchId, answer);
-  }
-
-  /** Recovery: a one-phase commit whose answer was lost before a restart; the store is asked what it did. */
-  async resumeOnePhase(tx: LiveTransaction): Promise<void> {
-    const [branch] = tx.branches.values();
-    if (branch === undefined) return;
-    const result = await this.#askOnePhaseOutcome(tx, branch);
-    if (result !== undefined) await this.#finishOnePhase(tx, branch.branchId, result);
-  }
-
-  /**
-   * The answer was lost: its evidence forced to the log so that a restart does not forget it,
-   * then no longer undecided for the open-transaction limits (the store has it). Should the
-   * force fail, the client hears LOG_UNAVAILABLE: a restart would not know the transaction.
-   */
-  async #recordOnePhaseInDoubt(tx: LiveTransaction, branch: LiveBranch, unknown: OnePhaseUnknown): Promise<void> {
-    tx.onePhaseEvidence = unknown.evidence;
-    branch.lastError = unknown.reason;
-    this.#logger.warn({ txId: tx.id, branchId: branch.branchId, participant: branch.participant, err: unknown.reason }, 'one-phase commit: answer lost; asking the store');
-    try {
-      await this.#log.force(onePhaseInDoubtRecord(tx, branch, unknown.evidence, unknown.reason));
-      tx.onePhaseInDoubtLogged = true;
-      hitFailPoint('one-phase-answer-lost');
-    } catch (err) {
-      // The log failed (the coordinator is unhealthy now): the store is still asked while this process runs.
-      tx.logFailure = asError(err);
-      this.#logger.error({ txId: tx.id, err: errorMessage(err) }, 'one-phase commit: forcing the lost answer\'s evidence failed');
-    }
-    this.#hooks.decided(tx);
-    tx.changed();
-  }
-
-  /** Asks the store, with backoff, until it tells; undefined when the coordinator stops first. */
-  async #askOnePhaseOutcome(tx: LiveTransaction, branch: LiveBranch): Promise<OnePhaseResult | undefined> {
-    const adapter = (): ParticipantAdapter => this.#registry.adapter(branch.participant);
-    const evidence = tx.onePhaseEvidence ?? {};
-    for (let attempt = 0; ; attempt++) {
-      if (this.#stopping.aborted || this.#answersAbandoned.signal.aborted) return undefined;
-      if (!this.#leaseHeld()) {
-        // The lease may have passed to another instance, which asks (from the logged evidence) now.
-        await sleep(backoffDelay(this.#retry, attempt), this.#stopping, tx.wakeSignal);
-        continue;
-      }
-      branch.attempts += 1;
-      branch.lastAttemptAt = isoNow();
-      try {
-        const current = adapter();
-        const result = await observeCall(current, 'one-phase-outcome', () => current.onePhaseOutcome!(this.ref(tx, branch), evidence));
-        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
-        return result;
-      } catch (err) {
-        branch.finishedAttempts = (branch.finishedAttempts ?? 0) + 1;
-        branch.lastError = errorMessage(err);
-        // An operator resolved it by hand (durable already), and the store still cannot tell: their word.
-        if (tx.onePhaseResolution !== undefined) return tx.onePhaseResolution;
-        const delay = backoffDelay(this.#retry, attempt);
-        this.#logger.warn(
-          { txId: tx.id, branchId: branch.branchId, participant: branch.participant, attempt: attempt + 1, retryInMs: delay, err: branch.lastError },
-          'one-phase commit: outcome not known yet; asking the store again',
-        );
-        tx.changed();
-        await sleep(delay, this.#stopping, tx.wakeSignal);
-      }
-    }
-  }
-
-  async #finishOnePhase(tx: LiveTransaction, branchId: string, result: OnePhaseResult): Promise<void> {
-    const branch = tx.branches.get(branchId);
-    if (branch !== undefined) delete branch.lastError;
-    tx.decidedAt ??= isoNow();
-    tx.decidedMs ??= performance.now();
-    // A commit's end record is its only record; after a lost answer the in-doubt record would
-    // bring the transaction back, to be asked again (maybe answered otherwise): forced too.
-    const inDoubtBefore = tx.onePhaseEvidence !== undefined || tx.onePhaseResolution !== undefined;
-    if (result.outcome === 'commit' || inDoubtBefore) await this.#forceOnePhaseEnd(tx, result.outcome);
-    this.applyInternal(tx, {
-      type: 'one-phase-outcome',
-      branchId,
-      outcome: result.outcome,
-      ...(result.reason === undefined ? {} : { reason: result.reason }),
-    });
-    this.#decisionLogger.info({ txId: tx.id, decision: result.outcome, branches: 1, onePhase: true, ...(result.reason === undefined ? {} : { reason: result.reason }) }, 'decision');
   }
 
   async #prepareBranch(tx: LiveTransaction, branchId: string): Promise<void> {
@@ -388,24 +273,6 @@ export class TransactionDriver {
     if (decision === 'commit') hitFailPoint('between-commits');
     if (decision === 'precommit') hitFailPoint('between-precommits');
     this.applyInternal(tx, { type: 'ack', branchId, verdict: decision });
-  }
-
-  /**
-   * The end record of a one-phase commit is its only record, and it is forced before the
-   * client hears "committed" (group commit shares the fsync): an answered commit is never
-   * forgotten by a crash, on this instance or any other reading a shared log. (An abort needs
-   * no force — the log's silence means abort — unless an in-doubt record precedes it.)
-   */
-  async #forceOnePhaseEnd(tx: LiveTransaction, outcome: Decision): Promise<void> {
-    const record = endedRecord(tx, outcome);
-    try {
-      await this.#log.force(record);
-      tx.endLogged = true;
-    } catch (err) {
-      // The store decided whatever the log does: the client hears LOG_UNAVAILABLE with the outcome.
-      tx.logFailure = asError(err);
-      this.#logger.error({ txId: tx.id, outcome, err: errorMessage(err) }, 'one-phase commit: forcing its end record failed');
-    }
   }
 
   #end(tx: LiveTransaction, outcome: Decision): void {
