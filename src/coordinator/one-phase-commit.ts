@@ -205,3 +205,17 @@ export class OnePhaseCommit {
     }
   }
 }
+
+/**
+ * One-phase commit fits a transaction the client did not keep from it, of exactly one branch
+ * whose store can commit in one step and tell the outcome afterwards, and may now (asked
+ * once after a restart; the machine checks the branch count again).
+ */
+export async function onePhaseFits(tx: LiveTransaction, registry: ParticipantRegistry): Promise<boolean> {
+  if (!tx.onePhaseAllowed || tx.branches.size !== 1) return false;
+  const [branch] = tx.branches.values();
+  if (branch === undefined || branch.prepareSent) return false;
+  const adapter = registry.adapter(branch.participant);
+  if (adapter.commitOnePhase === undefined || adapter.onePhaseOutcome === undefined) return false;
+  return (await adapter.onePhaseUsable?.()) ?? true;
+}

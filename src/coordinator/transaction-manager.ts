@@ -19,6 +19,7 @@ import type { CoordinatorLog } from './coordinator-log.js';
 import { BranchWork, type EnlistAnswer, type EnlistRequest, type PlannedWork } from './branch-work.js';
 import { prepareIntentRecord } from './journal.js';
 import { invalidState, type LiveBranch, type LiveTransaction, type TransactionView } from './live-transaction.js';
+import { onePhaseFits } from './one-phase-commit.js';
 import { forgetBranch, resolveOnePhase, retryDelivery, type OperatorActionDeps } from './operator-actions.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import { resumeUnfinished } from './resume.js';
@@ -26,6 +27,7 @@ import type { TokenQuotaOptions } from './token-quotas.js';
 import { TransactionAdmission, type BeginRequest } from './transaction-admission.js';
 import type { ListFilter, ListPage } from './transaction-listing.js';
 import { TransactionDriver } from './transaction-driver.js';
+import { drainTransactions } from './transaction-drain.js';
 import { TransactionTable } from './transaction-table.js';
 
 export interface TransactionManagerOptions {
@@ -147,7 +149,7 @@ export class TransactionManager {
       }
       // A lone branch whose store commits in one step does so right after its work: nothing
       // to prepare, nothing to force.
-      if (request.commit && (await this.#onePhaseFits(tx))) {
+      if (request.commit && (await onePhaseFits(tx, this.#registry))) {
         for (const p of planned) {
           p.onePhaseFollows = p.prepareAfter;
           p.prepareAfter = false;
@@ -226,7 +228,7 @@ export class TransactionManager {
   }
 
   async #commitLocked(tx: LiveTransaction): Promise<TransactionView> {
-    const fits = tx.state.phase === 'active' && (await this.#onePhaseFits(tx));
+    const fits = tx.state.phase === 'active' && (await onePhaseFits(tx, this.#registry));
     const phase = tx.state.phase;
     if (phase === 'active' || phase === 'preparing' || phase === 'prepared') {
       this.#admission.assertAcceptingWork(tx);
@@ -350,56 +352,15 @@ export class TransactionManager {
     for (const tx of this.#table.all()) clearTimeout(tx.timer);
   }
 
-  /**
-   * Stops taking new work; waits up to `deadlineMs` for in-flight phase 2 to finish. Near the
-   * deadline a one-phase COMMIT still unanswered is no longer waited for: its evidence is
-   * forced while the log is open, and recovery asks its store after the restart.
-   */
+  /** Stops taking new work; waits up to `deadlineMs` for the live transactions (transaction-drain.ts). */
   async drain(deadlineMs: number): Promise<void> {
     this.#admission.stopAccepting();
-    const deadline = Date.now() + deadlineMs;
-    // Kept at the end for forcing the evidence of unanswered one-phase COMMITs.
-    const phase2Deadline = deadline - Math.min(1_000, Math.floor(deadlineMs / 4));
-    // Every undecided transaction aborts at once; none waits for another, and none past the
-    // deadline. A one-phase commit cannot be aborted: its COMMIT is with the store.
-    const aborts = this.#table
-      .all()
-      .filter((tx) => tx.state.decision === undefined && tx.state.phase !== 'preparing' && tx.state.phase !== 'one-phase')
-      .map((tx) => this.abort(tx.id, 'coordinator shutting down').catch(() => undefined));
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(aborts), new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, phase2Deadline - Date.now()))))]);
-    clearTimeout(timer);
-    await this.#waitForEach((tx) => isTerminal(tx.state.phase), phase2Deadline);
-    this.#driver.abandonOnePhaseAnswers();
-    await this.#waitForEach((tx) => tx.state.phase !== 'one-phase' || tx.onePhaseInDoubtLogged || tx.logFailure !== undefined, deadline);
+    await drainTransactions({ table: this.#table, abort: (id, reason) => this.abort(id, reason), driver: this.#driver }, deadlineMs);
     this.#stopping.abort();
     for (const tx of this.#table.all()) clearTimeout(tx.timer);
   }
 
-  /** Waits until `done` holds for every live transaction, or until `deadline` (epoch ms). */
-  async #waitForEach(done: (tx: LiveTransaction) => boolean, deadline: number): Promise<void> {
-    for (const tx of this.#table.all()) {
-      const left = deadline - Date.now();
-      if (left <= 0) return;
-      await tx.waitUntil(() => done(tx), left);
-    }
-  }
-
   // ---- helpers --------------------------------------------------------------------------
-
-  /**
-   * One-phase commit fits a transaction the client did not keep from it, of exactly one branch
-   * whose store can commit in one step and tell the outcome afterwards, and may now (asked
-   * once after a restart; the machine checks the branch count again).
-   */
-  async #onePhaseFits(tx: LiveTransaction): Promise<boolean> {
-    if (!tx.onePhaseAllowed || tx.branches.size !== 1) return false;
-    const [branch] = tx.branches.values();
-    if (branch === undefined || branch.prepareSent) return false;
-    const adapter = this.#registry.adapter(branch.participant);
-    if (adapter.commitOnePhase === undefined || adapter.onePhaseOutcome === undefined) return false;
-    return (await adapter.onePhaseUsable?.()) ?? true;
-  }
 
   /** Before any prepare leaves, the branches recovery cannot find by itself must be durable. */
   async #makeEnlistmentsDurable(tx: LiveTransaction): Promise<void> {
