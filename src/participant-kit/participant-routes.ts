@@ -38,48 +38,16 @@
  * before the new state was fsynced, the handler runs again after restart, so
  * `commit` and `abort` must tolerate a repeat of a completed call.
  *
- * 3PC timeouts (participant side of Skeen's termination). They run from the
- * moment the branch entered its state (`updatedAt`), so a restarted service
- * re-arms them from the store. The inquiry is
- * `GET {coordinatorUrl}/v1/transactions/{transactionId}` with a bounded
- * timeout; coordinatorUrl is the plugin option if set, else the one the
- * can-commit body carried.
- *
- *   UNCERTAIN (voted yes, no pre-commit) for `uncertainTimeoutMs`:
- *     404 UNKNOWN_TRANSACTION          abort (presumed abort: no durable
- *                                       pre-commit/commit decision exists)
- *     decision 'abort' or state aborting/aborted          abort
- *     state precommitted/committing/committed             commit
- *     decision 'commit' in a state past 'deciding'        commit
- *     active/preparing/prepared/deciding or anything else  ask again later
- *     unreachable (network error, timeout, 5xx, a 404 that is not the
- *     coordinator's UNKNOWN_TRANSACTION, unreadable answer):
- *       onUnreachableUncertain 'wait' (default): ask again with backoff.
- *         Blocking, like 2PC, but safe.
- *       onUnreachableUncertain 'abort': Skeen's textbook rule, abort.
- *         NOT SAFE when the coordinator crashed (or is partitioned away) after
- *         forcing its pre-commit decision and reached some participants but
- *         not this one: those time out as PRECOMMITTED and commit while this
- *         one aborts. 3PC is non-blocking only under crash failures with a
- *         termination protocol among the participants; this kit has none
- *         (participants do not talk to each other), so choose 'abort' only if
- *         availability matters more than atomicity.
- *   PRECOMMITTED for `precommitTimeoutMs`: ask the same way; decision 'abort'
- *     or state aborting/aborted → abort; anything else, including 404 and
- *     unreachable → commit. Safe: the coordinator forces its pre-commit
- *     decision before the first pre-commit leaves, so commit is the outcome.
- *
- * Every re-inquiry and every retry of a failed timeout decision waits with
- * exponential backoff (`retry`), each request is bounded (`inquiryTimeoutMs`);
- * app.close() clears all timers and cancels inquiries in flight.
- * 2PC-prepared branches have no timers: they wait for the coordinator, whose
- * recovery delivers the outcome.
+ * 3PC branches time out and ask the coordinator for the outcome: termination.ts says how,
+ * and which answer means what. 2PC-prepared branches have no timers: they wait for the
+ * coordinator, whose recovery delivers the outcome.
  */
 
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import { Agent, request } from 'undici';
 import type { BranchEntry, BranchProtocol, BranchStatus, BranchStore } from './branch-store.js';
-import { readBounded } from '../lib/read-bounded.js';
+import { branchKey, terminationTimers, type RetryPolicy, type UnreachablePolicy } from './termination.js';
+
+export { classifyInquiry, type RetryPolicy, type UnreachablePolicy } from './termination.js';
 
 export interface BranchCall<P> {
   readonly transactionId: string;
@@ -101,13 +69,6 @@ export interface ParticipantHandlers<P> {
   preCommit?(call: BranchCall<P>): Promise<void>;
 }
 
-export type UnreachablePolicy = 'wait' | 'abort';
-
-export interface RetryPolicy {
-  readonly initialMs: number;
-  readonly maxMs: number;
-}
-
 /** Everything but the store and the handlers: what a service tunes. */
 export interface ParticipantKitOptions {
   /** Coordinator base URL for 3PC inquiries; wins over the coordinatorUrl of the can-commit body. */
@@ -127,9 +88,6 @@ export interface ParticipantKitOptions {
   /** Bearer token for the inquiry, when the coordinator requires one (TCX_API_TOKENS). */
   readonly coordinatorToken?: string;
 }
-
-/** A coordinator's answer is a small JSON document; a larger one is cut off and ignored. */
-const MAX_INQUIRY_ANSWER_BYTES = 256 * 1024;
 
 
 export interface ParticipantRoutesOptions<P> extends ParticipantKitOptions {
@@ -168,68 +126,19 @@ interface CallBody {
   uncertainTimeoutMs?: number;
 }
 
-/** What the coordinator said, before the branch's status gives it a meaning. */
-type Inquiry =
-  | { readonly kind: 'abort' | 'commit' | 'pending' | 'no-record' | 'unreachable'; readonly detail: string };
-
-const ABORT_STATES = new Set(['aborting', 'aborted']);
-const COMMIT_STATES = new Set(['precommitted', 'committing', 'committed']);
-/** States in which a decision, even if already named, may not be durable yet. */
-const UNDECIDED_STATES = new Set(['active', 'preparing', 'prepared', 'deciding']);
-
-/**
- * Reads a coordinator answer to GET /v1/transactions/{id}. Exported for tests.
- * `expectedCoordinatorId` (from the branch's gid) guards presumed abort: a 404 from a
- * different coordinator — a new instance after a lost log, a wrong URL — says nothing.
- */
-export function classifyInquiry(status: number, body: unknown, expectedCoordinatorId?: string): Inquiry {
-  const b = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : undefined;
-  if (status === 404) {
-    const error = b?.error as { code?: unknown; details?: { coordinatorId?: unknown } } | undefined;
-    const code = error?.code;
-    const answeredBy = error?.details?.coordinatorId;
-    if (expectedCoordinatorId !== undefined && typeof answeredBy === 'string' && answeredBy !== expectedCoordinatorId) {
-      return { kind: 'unreachable', detail: `a different coordinator (${answeredBy}) answered 404` };
-    }
-    // Only the coordinator's own "no such transaction" is a presumed abort; a missing route
-    // (wrong coordinatorUrl, a proxy) says nothing about the transaction.
-    if (code === 'UNKNOWN_TRANSACTION') return { kind: 'no-record', detail: 'coordinator has no record of the transaction' };
-    return { kind: 'unreachable', detail: `coordinator answered 404 ${typeof code === 'string' ? code : 'without UNKNOWN_TRANSACTION'}` };
-  }
-  if (status < 200 || status >= 300) return { kind: 'unreachable', detail: `coordinator answered ${status}` };
-  const state = typeof b?.state === 'string' ? b.state : undefined;
-  const decision = b?.decision;
-  if (state === undefined) return { kind: 'unreachable', detail: 'coordinator answer has no state' };
-  if (decision === 'abort' || ABORT_STATES.has(state)) return { kind: 'abort', detail: `coordinator state ${state}, decision abort` };
-  if (COMMIT_STATES.has(state)) return { kind: 'commit', detail: `coordinator state ${state}` };
-  if (decision === 'commit' && !UNDECIDED_STATES.has(state)) return { kind: 'commit', detail: `coordinator state ${state}, decision commit` };
-  return { kind: 'pending', detail: `coordinator state ${state}, not decided yet` };
-}
-
-interface Watch {
-  readonly transactionId: string;
-  readonly branchId: string;
-  /** Bumped whenever the branch changes state; a check started for an older generation does not re-arm. */
-  gen: number;
-  attempts: number;
-  timer?: NodeJS.Timeout;
-  nextAt?: number;
-  last?: string;
-}
-
-const keyOf = (transactionId: string, branchId: string): string => `${transactionId}/${branchId}`;
-const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
-/** setTimeout's ceiling; a later deadline is simply re-checked. */
-const MAX_DELAY_MS = 2_000_000_000;
-
 export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
   const { store, handlers } = options;
   const uncertainTimeoutMs = options.uncertainTimeoutMs ?? 30_000;
-  const precommitTimeoutMs = options.precommitTimeoutMs ?? 30_000;
-  const onUnreachable = options.onUnreachableUncertain ?? 'wait';
-  const inquiryTimeoutMs = options.inquiryTimeoutMs ?? 5_000;
-  const retry = options.retry ?? { initialMs: 1_000, maxMs: 30_000 };
   const configuredUrl = options.coordinatorUrl?.replace(/\/+$/, '');
+  const settings = {
+    uncertainTimeoutMs,
+    precommitTimeoutMs: options.precommitTimeoutMs ?? 30_000,
+    onUnreachable: options.onUnreachableUncertain ?? 'wait',
+    inquiryTimeoutMs: options.inquiryTimeoutMs ?? 5_000,
+    retry: options.retry ?? { initialMs: 1_000, maxMs: 30_000 },
+    configuredUrl,
+    coordinatorToken: options.coordinatorToken,
+  } as const;
 
   // One branch's calls run one at a time (a duplicate may arrive while the first is running).
   const locks = new Map<string, Promise<unknown>>();
@@ -258,86 +167,9 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
   });
 
   return async function plugin(app: FastifyInstance): Promise<void> {
-    const watches = new Map<string, Watch>();
-    const inflight = new Set<Promise<void>>();
-    const closing = new AbortController();
-    let closed = false;
-    const agent = new Agent({
-      connect: { timeout: inquiryTimeoutMs },
-      headersTimeout: inquiryTimeoutMs,
-      bodyTimeout: inquiryTimeoutMs,
-    });
-
-    const backoff = (attempt: number): number => {
-      const ceiling = Math.min(retry.maxMs, retry.initialMs * 2 ** Math.min(attempt, 30));
-      return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
-    };
-
-    function arm(w: Watch, at: number): void {
-      if (closed) return;
-      clearTimeout(w.timer);
-      w.nextAt = at;
-      const gen = w.gen;
-      w.timer = setTimeout(() => {
-        w.timer = undefined;
-        if (Date.now() < at - 5) arm(w, at); // past setTimeout's ceiling
-        else track(check(w, gen));
-      }, Math.min(MAX_DELAY_MS, Math.max(0, at - Date.now())));
-      w.timer.unref();
-    }
-
-    function track(p: Promise<void>): void {
-      inflight.add(p);
-      void p.finally(() => inflight.delete(p));
-    }
-
-    /** Starts (or stops) the timeout of a branch after a durable state change, or at start-up. */
-    function watch(e: BranchEntry): void {
-      const k = keyOf(e.transactionId, e.branchId);
-      const old = watches.get(k);
-      const timed = (e.status === 'prepared' && e.protocol === '3pc') || e.status === 'precommitted';
-      if (old !== undefined) {
-        clearTimeout(old.timer);
-        old.gen++;
-      }
-      if (!timed || closed) {
-        watches.delete(k);
-        return;
-      }
-      const w: Watch = old ?? { transactionId: e.transactionId, branchId: e.branchId, gen: 0, attempts: 0 };
-      w.attempts = 0;
-      watches.set(k, w);
-      const timeout = e.status === 'precommitted' ? precommitTimeoutMs : (e.uncertainTimeoutMs ?? uncertainTimeoutMs);
-      const since = Date.parse(e.updatedAt);
-      arm(w, (Number.isNaN(since) ? Date.now() : since) + timeout);
-    }
-
-    async function inquire(e: BranchEntry): Promise<Inquiry> {
-      const base = configuredUrl ?? e.coordinatorUrl?.replace(/\/+$/, '');
-      if (base === undefined) return { kind: 'unreachable', detail: 'no coordinatorUrl known for this branch' };
-      try {
-        const res = await request(`${base}/v1/transactions/${encodeURIComponent(e.transactionId)}`, {
-          method: 'GET',
-          dispatcher: agent,
-          headers: {
-            accept: 'application/json',
-            ...(options.coordinatorToken === undefined ? {} : { authorization: `Bearer ${options.coordinatorToken}` }),
-          },
-          signal: AbortSignal.any([AbortSignal.timeout(inquiryTimeoutMs), closing.signal]),
-        });
-        const text = await readBounded(res.body, MAX_INQUIRY_ANSWER_BYTES);
-        let body: unknown = null;
-        try {
-          body = text === '' ? null : JSON.parse(text);
-        } catch {
-          body = null;
-        }
-        const expected = e.gid === undefined ? undefined : /^tcx:([^:]+):/.exec(e.gid)?.[1];
-        return classifyInquiry(res.statusCode, body, expected);
-      } catch (err) {
-        return { kind: 'unreachable', detail: `inquiry failed: ${errorText(err)}` };
-      }
-    }
+    const timers = terminationTimers(settings, { store, log: app.log, serialized, resolve: (e, outcome, by, reason) => resolve(e, outcome, by, reason) });
+    const watch = (e: BranchEntry): void => timers.watch(e);
+    app.addHook('onClose', () => timers.close());
 
     /** Applies an outcome to a prepared/precommitted branch: the handler, then the durable state. Call serialized. */
     async function resolve(e: BranchEntry, outcome: 'commit' | 'abort', by: 'coordinator' | 'timeout', reason?: string): Promise<BranchEntry> {
@@ -355,66 +187,11 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
       return next;
     }
 
-    /** One timeout round for a watched branch: inquire, then decide, wait, or retry. */
-    async function check(w: Watch, gen: number): Promise<void> {
-      const k = keyOf(w.transactionId, w.branchId);
-      try {
-        const e = await store.get(w.transactionId, w.branchId);
-        if (closed || w.gen !== gen || e === undefined) return;
-        if (!((e.status === 'prepared' && e.protocol === '3pc') || e.status === 'precommitted')) return;
-        const answer = await inquire(e);
-        if (closed || w.gen !== gen) return;
-        w.attempts++;
-        w.last = `${answer.kind}: ${answer.detail}`;
-        let outcome: 'commit' | 'abort' | 'wait';
-        if (e.status === 'precommitted') {
-          outcome = answer.kind === 'abort' ? 'abort' : 'commit';
-        } else if (answer.kind === 'abort' || answer.kind === 'no-record') {
-          outcome = 'abort';
-        } else if (answer.kind === 'commit') {
-          outcome = 'commit';
-        } else if (answer.kind === 'unreachable' && onUnreachable === 'abort') {
-          outcome = 'abort';
-        } else {
-          outcome = 'wait';
-        }
-        const state = e.status === 'precommitted' ? 'precommitted' : 'uncertain';
-        if (outcome === 'wait') {
-          app.log.warn({ transactionId: e.transactionId, branchId: e.branchId, attempt: w.attempts, answer: w.last }, `3pc: branch still ${state}`);
-          arm(w, Date.now() + backoff(w.attempts - 1));
-          return;
-        }
-        const reason = `${state} timeout, ${answer.kind === 'unreachable' && outcome === 'abort' ? 'policy abort on unreachable coordinator: ' : ''}${w.last}`;
-        await serialized(k, async () => {
-          const now = await store.get(w.transactionId, w.branchId);
-          // A coordinator message got here first (or the branch moved on): its own watch() took over.
-          if (closed || w.gen !== gen || now === undefined || now.status !== e.status || now.updatedAt !== e.updatedAt) return;
-          app.log.info({ transactionId: e.transactionId, branchId: e.branchId, outcome, reason }, `3pc: resolving ${state} branch on timeout`);
-          await resolve(now, outcome, 'timeout', reason);
-        });
-      } catch (err) {
-        if (closed || w.gen !== gen) return;
-        w.attempts++;
-        w.last = `error: ${errorText(err)}`;
-        app.log.error({ transactionId: w.transactionId, branchId: w.branchId, err: w.last }, '3pc: timeout handling failed; retrying');
-        arm(w, Date.now() + backoff(w.attempts - 1));
-      }
-    }
-
-    app.addHook('onClose', async () => {
-      closed = true;
-      for (const w of watches.values()) clearTimeout(w.timer);
-      watches.clear();
-      closing.abort();
-      await Promise.allSettled([...inflight]);
-      await agent.close();
-    });
-
     // Branches left uncertain or precommitted by an earlier run get their timeouts back.
     for (const e of await store.list()) watch(e);
 
     async function vote(verb: 'prepare' | 'can-commit', b: CallBody, reply: FastifyReply): Promise<FastifyReply> {
-      return serialized(keyOf(b.transactionId, b.branchId), async () => {
+      return serialized(branchKey(b.transactionId, b.branchId), async () => {
         const known = await store.get(b.transactionId, b.branchId);
         if (known !== undefined) {
           if (known.status === 'aborted') return reply.send({ vote: 'no', reason: known.reason ?? 'branch already aborted' });
@@ -464,7 +241,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
 
     app.post('/pre-commit', { schema: { body: callBody } }, async (request, reply) => {
       const b = request.body as CallBody;
-      return serialized(keyOf(b.transactionId, b.branchId), async () => {
+      return serialized(branchKey(b.transactionId, b.branchId), async () => {
         const known = await store.get(b.transactionId, b.branchId);
         if (known?.status === 'precommitted' || known?.status === 'committed') return reply.send({ status: known.status });
         if (known?.status !== 'prepared') {
@@ -481,7 +258,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
 
     app.post('/commit', { schema: { body: callBody } }, async (request, reply) => {
       const b = request.body as CallBody;
-      return serialized(keyOf(b.transactionId, b.branchId), async () => {
+      return serialized(branchKey(b.transactionId, b.branchId), async () => {
         const known = await store.get(b.transactionId, b.branchId);
         if (known === undefined || known.status === 'aborted') {
           return reply.status(409).send({ error: 'branch is not prepared', status: known?.status ?? 'unknown' });
@@ -493,7 +270,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
 
     app.post('/abort', { schema: { body: callBody } }, async (request, reply) => {
       const b = request.body as CallBody;
-      return serialized(keyOf(b.transactionId, b.branchId), async () => {
+      return serialized(branchKey(b.transactionId, b.branchId), async () => {
         const known = await store.get(b.transactionId, b.branchId);
         if (known?.status === 'committed') return reply.status(409).send({ error: 'branch already committed', status: 'committed' });
         if (known?.status === 'prepared' || known?.status === 'precommitted') {
@@ -524,7 +301,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
         const entries = (await store.list()).filter((e) => status === undefined || e.status === status);
         return {
           branches: entries.map((e) => {
-            const w = watches.get(keyOf(e.transactionId, e.branchId));
+            const inquiry = timers.inquiry(e.transactionId, e.branchId);
             return {
               transactionId: e.transactionId,
               branchId: e.branchId,
@@ -533,15 +310,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
               updatedAt: e.updatedAt,
               ...(e.reason === undefined ? {} : { reason: e.reason }),
               ...(e.resolvedBy === undefined ? {} : { resolvedBy: e.resolvedBy }),
-              ...(w === undefined
-                ? {}
-                : {
-                    inquiry: {
-                      attempts: w.attempts,
-                      ...(w.nextAt === undefined ? {} : { nextAt: new Date(w.nextAt).toISOString() }),
-                      ...(w.last === undefined ? {} : { last: w.last }),
-                    },
-                  }),
+              ...(inquiry === undefined ? {} : { inquiry }),
             };
           }),
         };
