@@ -201,11 +201,6 @@ export function invalidState(tx: LiveTransaction, what: string): CoordinatorErro
   });
 }
 
-/**
- * The view of a transaction known only from the log: finished, seen before a restart, or read
- * from a shared log while no instance runs it (decided, phase 2 not finished — or a one-phase
- * commit whose answer was lost: in doubt).
- */
 /** What an adapter is told of a branch in every call. */
 export function branchRef(tx: LiveTransaction, branch: LiveBranch): BranchRef {
   return {
@@ -217,6 +212,11 @@ export function branchRef(tx: LiveTransaction, branch: LiveBranch): BranchRef {
   };
 }
 
+/**
+ * The view of a transaction known only from the log: finished, seen before a restart, or read
+ * from a shared log while no instance runs it (decided, phase 2 not finished — or a one-phase
+ * commit whose answer was lost: in doubt).
+ */
 export function durableView(tx: DurableTransaction, forgotten: readonly ForgottenBranch[] = []): TransactionView {
   const outcome = tx.outcome;
   // A durable 3PC pre-commit is a commit decision (the commit record after it is not forced).

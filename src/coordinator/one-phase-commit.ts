@@ -1,9 +1,9 @@
 /**
- * One-phase commit of a transaction with a single branch (the driver's `commit-one-phase`
- * action): the branch's store commits in one step and decides. Nothing is logged before the
- * COMMIT leaves — a crash leaves the log silent, and the store has committed all of the
- * branch's work or none of it — and a commit's end record, its only record, is forced before
- * the client hears the outcome. A lost answer is never taken for a "no" and never answered by
+ * One-phase commit of a transaction with a single branch: whether it fits (onePhaseFits, asked
+ * by the manager), and the driver's `commit-one-phase` action, in which the branch's store
+ * commits in one step and decides. Nothing is logged before the COMMIT leaves — a crash
+ * leaves the log silent, and the store has committed all of the branch's work or none of it —
+ * and a commit's end record, its only record, is forced before the client hears the outcome. A lost answer is never taken for a "no" and never answered by
  * a second COMMIT: the store's evidence is forced to the log, and the store is asked what it
  * did, with backoff, until it can tell (after a restart, by recovery).
  */

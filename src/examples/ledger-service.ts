@@ -11,7 +11,7 @@
  * It speaks 2PC and 3PC. COORDINATOR_URL is where an uncertain or
  * precommitted 3PC branch asks for the outcome when its timeout expires
  * (UNCERTAIN_TIMEOUT_MS, PRECOMMIT_TIMEOUT_MS; ON_UNREACHABLE_UNCERTAIN=wait|abort,
- * see src/participant-kit/participant-routes.ts before choosing abort), with
+ * see src/participant-kit/termination.ts before choosing abort), with
  * COORDINATOR_TOKEN as its bearer token when the coordinator requires one.
  *
  * GET /accounts shows the balances. Balances and branch state are kept in

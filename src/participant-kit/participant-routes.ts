@@ -77,7 +77,7 @@ export interface ParticipantKitOptions {
   readonly uncertainTimeoutMs?: number;
   /** How long a branch may stay precommitted before it inquires (and then commits). Default 30 s. */
   readonly precommitTimeoutMs?: number;
-  /** What an uncertain branch does while the coordinator cannot be reached. Default 'wait' (see header). */
+  /** What an uncertain branch does while the coordinator cannot be reached. Default 'wait'; 'abort' can break atomicity (termination.ts says when). */
   readonly onUnreachableUncertain?: UnreachablePolicy;
   /** Deadline of one inquiry request. Default 5 s. */
   readonly inquiryTimeoutMs?: number;
@@ -137,7 +137,7 @@ export function participantRoutes<P>(options: ParticipantRoutesOptions<P>) {
     inquiryTimeoutMs: options.inquiryTimeoutMs ?? 5_000,
     retry: options.retry ?? { initialMs: 1_000, maxMs: 30_000 },
     configuredUrl,
-    coordinatorToken: options.coordinatorToken,
+    coordinatorToken: () => options.coordinatorToken,
   } as const;
 
   // One branch's calls run one at a time (a duplicate may arrive while the first is running).

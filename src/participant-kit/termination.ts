@@ -113,7 +113,8 @@ export interface TerminationSettings {
   readonly retry: RetryPolicy;
   /** The configured coordinator URL (no trailing slash); else the branch's own. */
   readonly configuredUrl: string | undefined;
-  readonly coordinatorToken: string | undefined;
+  /** Read at every inquiry (a service may rotate it). */
+  readonly coordinatorToken: () => string | undefined;
 }
 
 interface TerminationLog {
@@ -209,13 +210,14 @@ export function terminationTimers(settings: TerminationSettings, deps: Terminati
   async function inquire(e: BranchEntry): Promise<Inquiry> {
     const base = configuredUrl ?? e.coordinatorUrl?.replace(/\/+$/, '');
     if (base === undefined) return { kind: 'unreachable', detail: 'no coordinatorUrl known for this branch' };
+    const token = settings.coordinatorToken();
     try {
       const res = await request(`${base}/v1/transactions/${encodeURIComponent(e.transactionId)}`, {
         method: 'GET',
         dispatcher: agent,
         headers: {
           accept: 'application/json',
-          ...(settings.coordinatorToken === undefined ? {} : { authorization: `Bearer ${settings.coordinatorToken}` }),
+          ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
         },
         signal: AbortSignal.any([AbortSignal.timeout(inquiryTimeoutMs), closing.signal]),
       });
