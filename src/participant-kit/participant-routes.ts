@@ -89,7 +89,6 @@ export interface ParticipantKitOptions {
   readonly coordinatorToken?: string;
 }
 
-
 export interface ParticipantRoutesOptions<P> extends ParticipantKitOptions {
   readonly store: BranchStore;
   readonly handlers: ParticipantHandlers<P>;
