@@ -214,7 +214,6 @@ async function interleaved(
   }
 }
 
-
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;

@@ -12,7 +12,7 @@ import { CoordinatorError, errorMessage } from '../errors.js';
 import type { EnlistResult, ParticipantAdapter } from '../participants/participant.js';
 import { observeCall } from '../observability/events.js';
 import { makeGid } from '../participants/gid.js';
-import type { LiveBranch, LiveTransaction } from './live-transaction.js';
+import { branchRef, type LiveBranch, type LiveTransaction } from './live-transaction.js';
 import type { ParticipantRegistry } from './participant-registry.js';
 import type { TransactionDriver } from './transaction-driver.js';
 
@@ -125,7 +125,7 @@ export class BranchWork {
   #prepareEarly(tx: LiveTransaction, entry: PlannedWork): void {
     const { branch, adapter } = entry;
     branch.prepareSent = true;
-    branch.earlyPrepare = adapter.prepare(this.#deps.driver.ref(tx, branch), { decisionFollows: true }).catch((err: unknown) => ({
+    branch.earlyPrepare = adapter.prepare(branchRef(tx, branch), { decisionFollows: true }).catch((err: unknown) => ({
       vote: 'no' as const,
       reason: `prepare on ${branch.participant} failed: ${errorMessage(err)}`,
     }));
@@ -208,7 +208,7 @@ export class BranchWork {
 
   async runWork(tx: LiveTransaction, planned: PlannedWork): Promise<EnlistAnswer> {
     const { branch, adapter, work } = planned;
-    const ref = this.#deps.driver.ref(tx, branch);
+    const ref = branchRef(tx, branch);
     const result = await observeCall(adapter, 'work', () => adapter.enlist(ref, work, tx.cancelWork.signal, { prepareAfter: planned.prepareAfter, onePhaseFollows: planned.onePhaseFollows === true }),
     );
     if (result.vote !== undefined) {

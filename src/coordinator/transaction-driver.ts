@@ -23,7 +23,6 @@
 import type { Logger } from 'pino';
 import { isoNow } from '../lib/iso-clock.js';
 import { asError, errorMessage } from '../errors.js';
-import type { BranchRef } from '../participants/participant.js';
 import { isTerminal, step, type TwoPhaseAction, type TwoPhaseEvent, type Verdict, type Decision } from '../protocol/commit-protocol.js';
 import { backoffDelay, sleep, type BackoffPolicy } from './backoff.js';
 import type { CoordinatorLog } from './coordinator-log.js';
@@ -126,10 +125,6 @@ export class TransactionDriver {
     tx.wakeUp();
   }
 
-  ref(tx: LiveTransaction, branch: LiveBranch): BranchRef {
-    return branchRef(tx, branch);
-  }
-
   async onTimeout(tx: LiveTransaction): Promise<void> {
     if (tx.state.decision === undefined && tx.state.phase === 'active') tx.cancelWork.abort(new Error('transaction timed out'));
     await tx.lock.run(async () => {
@@ -179,7 +174,7 @@ export class TransactionDriver {
     } else {
       try {
         const adapter = this.#registry.adapter(branch.participant);
-        const ref = this.ref(tx, branch);
+        const ref = branchRef(tx, branch);
         const options = { decisionFollows: tx.state.commitRequested };
         // 3PC can-commit: stores with one durable "yes" state prepare here (design rule 3).
         const canCommit = tx.protocol === '3pc' ? adapter.canCommit?.bind(adapter) : undefined;
@@ -247,7 +242,7 @@ export class TransactionDriver {
       branch.lastAttemptAt = isoNow();
       try {
         const current = this.#registry.adapter(branch.participant);
-        const ref = this.ref(tx, branch);
+        const ref = branchRef(tx, branch);
         if (decision === 'precommit') {
           const preCommit = current.preCommit?.bind(current);
           if (preCommit !== undefined) await observeCall(current, 'pre-commit', () => preCommit(ref));

@@ -24,7 +24,7 @@ export class SegmentWriter {
   private constructor(
     private readonly file: LogFile,
     readonly seq: number,
-    /** `position` */
+    /** Backs `position`. */
     private at: number,
     /** The file's size: position plus the zeros preallocated after it. */
     private size: number,
